@@ -1,0 +1,126 @@
+"""connect(): a Dask client for a LocalCluster, an existing scheduler, SSH, SLURM or Kubernetes.
+
+Resolution order: ``scheduler`` argument (``--scheduler``), then ``config`` (``--cluster FILE``),
+then the VCLUST_SCHEDULER environment variable, then a LocalCluster sized to the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+
+from .config import (ClusterConfig, KubernetesConfig, LocalConfig, SchedulerConfig, SlurmConfig,
+                     SSHConfig, load_cluster_config)
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def resolve(scheduler: str | None = None, cluster_file=None) -> ClusterConfig:
+    """The cluster config that ``connect`` would use, without starting anything (for dry runs)."""
+    if scheduler and cluster_file:
+        raise InputError("pass either --scheduler or --cluster, not both")
+    if scheduler:
+        return SchedulerConfig(address=scheduler)
+    if cluster_file:
+        return load_cluster_config(cluster_file)
+    env = os.environ.get("VCLUST_SCHEDULER")
+    if env:
+        return SchedulerConfig(address=env)
+    return LocalConfig()
+
+
+def local_cluster_kwargs(cfg: LocalConfig) -> dict:
+    """LocalCluster arguments sized to this machine: one single-threaded worker process per core
+    (numpy kernels release the GIL, but separate processes keep the BLAS and the GIL-bound
+    parts of pynndescent from fighting), and the machine's memory shared among them."""
+    import psutil
+
+    cores = os.cpu_count() or 1
+    n_workers = cfg.n_workers or (cores if cfg.processes else 1)
+    threads = cfg.threads_per_worker or max(1, cores // n_workers)
+    memory = cfg.memory_limit
+    if memory == "auto":
+        memory = int(psutil.virtual_memory().total * 0.8 / n_workers)
+    kwargs = dict(n_workers=n_workers, threads_per_worker=threads, memory_limit=memory,
+                  processes=cfg.processes, dashboard_address=cfg.dashboard_address,
+                  host="127.0.0.1")
+    if cfg.local_directory:
+        kwargs["local_directory"] = cfg.local_directory
+    return kwargs
+
+
+def slurm_cluster_kwargs(cfg: SlurmConfig) -> dict:
+    kwargs = dict(cores=cfg.cores, memory=cfg.memory, processes=cfg.processes,
+                  walltime=cfg.walltime, job_extra_directives=cfg.job_extra_directives,
+                  job_script_prologue=cfg.job_script_prologue)
+    for key in ("queue", "account", "interface", "local_directory", "python"):
+        value = getattr(cfg, key)
+        if value is not None:
+            kwargs[key] = value
+    return kwargs
+
+
+def make_slurm_cluster(cfg: SlurmConfig):
+    from dask_jobqueue import SLURMCluster
+
+    return SLURMCluster(**slurm_cluster_kwargs(cfg))
+
+
+def _start(cfg: ClusterConfig):
+    """(cluster or None, client)."""
+    from distributed import Client, LocalCluster
+
+    if isinstance(cfg, SchedulerConfig):
+        try:
+            if cfg.address.endswith(".json"):
+                client = Client(scheduler_file=cfg.address, timeout=cfg.timeout)
+            else:
+                client = Client(cfg.address, timeout=cfg.timeout)
+        except OSError as exc:
+            raise InputError(f"cannot reach the Dask scheduler at {cfg.address}: {exc}") from None
+        return None, client
+    if isinstance(cfg, LocalConfig):
+        cluster = LocalCluster(**local_cluster_kwargs(cfg))
+    elif isinstance(cfg, SlurmConfig):
+        cluster = make_slurm_cluster(cfg)
+        cluster.scale(jobs=cfg.n_jobs)
+    elif isinstance(cfg, SSHConfig):
+        from distributed import SSHCluster
+
+        cluster = SSHCluster(cfg.hosts, connect_options=cfg.connect_options,
+                             worker_options=cfg.worker_options,
+                             scheduler_options=cfg.scheduler_options,
+                             remote_python=cfg.remote_python)
+    elif isinstance(cfg, KubernetesConfig):
+        try:
+            from dask_kubernetes.operator import KubeCluster
+        except ImportError:
+            raise InputError("kubernetes clusters need dask-kubernetes: pip install 'vclust[kubernetes]'") from None
+        cluster = KubeCluster(name=cfg.name, image=cfg.image, namespace=cfg.namespace,
+                              n_workers=cfg.n_workers, resources=cfg.resources, env=cfg.env)
+    else:  # pragma: no cover - config validation covers the kinds
+        raise AssertionError(cfg)
+    return cluster, Client(cluster)
+
+
+@contextmanager
+def connect(scheduler: str | None = None, cluster_file=None, *, announce=None):
+    """Yield a ``distributed.Client``; close what was started on exit.
+
+    ``announce(text)`` is called with the dashboard address (the CLI prints it).
+    """
+    cfg = resolve(scheduler, cluster_file)
+    cluster, client = _start(cfg)
+    try:
+        n = len(client.scheduler_info().get("workers", {}))
+        where = cfg.kind if cfg.kind != "scheduler" else cfg.address
+        if announce:
+            link = client.dashboard_link if client.dashboard_link else "no dashboard"
+            announce(f"dask: {where}, {n} worker(s), dashboard {link}")
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,119 @@
+"""Cluster configs (cluster_configs/*.yaml): load, validate, resolve defaults.
+
+Every key of every kind is declared here with its default; the shipped YAML files carry each key
+with the same default and a comment. Unknown keys and wrong types fail when the file is loaded,
+naming the key. Settings resolve in one order: command-line flag, then config file / job spec,
+then environment (VCLUST_SCHEDULER), then these defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalConfig(_Strict):
+    kind: Literal["local"] = "local"
+    n_workers: Optional[int] = Field(None, ge=1)  # None: one per core
+    threads_per_worker: Optional[int] = Field(None, ge=1)  # None: cores / workers
+    memory_limit: Union[str, float, int] = "auto"  # per worker; "auto" shares the machine's memory
+    processes: bool = True
+    dashboard_address: Optional[str] = ":0"  # ":0" a free port; null for no dashboard
+    local_directory: Optional[str] = None
+
+
+class SchedulerConfig(_Strict):
+    kind: Literal["scheduler"] = "scheduler"
+    address: str  # tcp://host:8786, or a scheduler file path (scheduler.json)
+    timeout: float = Field(30.0, gt=0)  # seconds to wait for the scheduler
+
+
+class SSHConfig(_Strict):
+    kind: Literal["ssh"] = "ssh"
+    hosts: list[str] = Field(min_length=2)  # first host runs the scheduler, the rest workers
+    connect_options: dict = Field(default_factory=dict)  # asyncssh.connect options (username, ...)
+    worker_options: dict = Field(default_factory=lambda: {"nthreads": 2, "memory_limit": "auto"})
+    scheduler_options: dict = Field(default_factory=lambda: {"port": 8786, "dashboard_address": ":8787"})
+    remote_python: Optional[str] = None  # python on the hosts; None: the same path as here
+
+
+class SlurmConfig(_Strict):
+    kind: Literal["slurm"] = "slurm"
+    queue: Optional[str] = None  # partition (-p)
+    account: Optional[str] = None  # -A
+    cores: int = Field(8, ge=1)  # cores per job
+    memory: str = "32GB"  # memory per job
+    processes: int = Field(2, ge=1)  # dask workers per job
+    walltime: str = "02:00:00"
+    n_jobs: int = Field(4, ge=1)  # jobs to submit (cluster.scale(jobs=...))
+    interface: Optional[str] = None  # network interface for workers (ib0, eth0, ...)
+    local_directory: Optional[str] = None  # worker scratch space on the compute node
+    python: Optional[str] = None  # python on the compute nodes; None: the same path as here
+    job_extra_directives: list[str] = Field(default_factory=list)  # extra #SBATCH lines
+    job_script_prologue: list[str] = Field(default_factory=list)  # shell lines before the worker
+
+
+class KubernetesConfig(_Strict):
+    kind: Literal["kubernetes"] = "kubernetes"
+    name: str = "vclust"
+    image: str = "ghcr.io/dask/dask:latest"  # must contain vclust's dependencies
+    namespace: Optional[str] = None
+    n_workers: int = Field(4, ge=1)
+    resources: dict = Field(default_factory=lambda: {"requests": {"cpu": "2", "memory": "8Gi"},
+                                                     "limits": {"cpu": "2", "memory": "8Gi"}})
+    env: dict[str, str] = Field(default_factory=dict)  # environment for scheduler and workers
+
+
+KINDS = {
+    "local": LocalConfig,
+    "scheduler": SchedulerConfig,
+    "ssh": SSHConfig,
+    "slurm": SlurmConfig,
+    "kubernetes": KubernetesConfig,
+}
+ClusterConfig = Union[LocalConfig, SchedulerConfig, SSHConfig, SlurmConfig, KubernetesConfig]
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """One line naming the first bad key: 'cluster.yaml: key 'n_wrokers': extra inputs ...'."""
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key '{key}'"
+    return f"{where}: key '{key}': {err['msg']} (got {err.get('input')!r})"
+
+
+def parse_cluster_config(data: dict, where: str = "cluster config") -> ClusterConfig:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
+    kind = data.get("kind", "local")
+    if kind not in KINDS:
+        raise InputError(f"{where}: key 'kind' must be one of {', '.join(KINDS)}; got {kind!r}")
+    try:
+        return KINDS[kind].model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, where)) from None
+
+
+def load_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return data
+
+
+def load_cluster_config(path) -> ClusterConfig:
+    return parse_cluster_config(load_yaml(path), str(path))

@@ -1,0 +1,211 @@
+"""Safe pickle reading for descriptor files.
+
+Two readers, tried in order:
+
+1. ``scan_array``: for a pickle holding one plain numpy array (the common case, and the only one
+   that can be multi-GB), the opcodes are interpreted by a pure-Python unpickler that builds no
+   object at all: it records the array's dtype, shape and order and the *file offset* of its raw
+   bytes, skipping them with a seek. Rows are then read with ``pread``-style seeks, so a 4 GB
+   pickle ingests with bounded memory and no code from the file is ever run.
+2. ``restricted_load``: anything else (a DataFrame, a list of vectors, a dict id -> vector) is
+   loaded in full by an unpickler that admits only an allow-list of numpy / pandas / pyarrow
+   data constructors. A pickle whose reduce would call ``os.system`` or similar is refused.
+
+``trust=True`` (the CLI's ``--trust-pickle``) falls back to the plain unpickler.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import InputError
+
+_NUMPY_RECONSTRUCT = {
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "_reconstruct"),
+}
+_NUMPY_FROMBUFFER = {
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+}
+
+# (module, name) pairs that only rebuild data. Nothing here evaluates strings or touches files.
+SAFE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "scalar"),
+    *_NUMPY_RECONSTRUCT,
+    *_NUMPY_FROMBUFFER,
+    ("builtins", "slice"),
+    ("builtins", "bytearray"),
+    ("builtins", "complex"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+    ("pandas", "DataFrame"),
+    ("pandas", "Series"),
+    ("pandas", "Index"),
+    ("pandas", "RangeIndex"),
+    ("pandas", "StringDtype"),
+    ("pandas.core.frame", "DataFrame"),
+    ("pandas.core.series", "Series"),
+    ("pandas.core.indexes.base", "_new_Index"),
+    ("pandas.core.indexes.base", "Index"),
+    ("pandas.core.indexes.range", "RangeIndex"),
+    ("pandas._libs.internals", "_unpickle_block"),
+    ("pandas.core.internals.managers", "BlockManager"),
+    ("pandas.core.internals.managers", "SingleBlockManager"),
+    ("pandas.core.internals.blocks", "new_block"),
+    ("pandas.arrays", "ArrowStringArray"),
+    ("pandas.arrays", "StringArray"),
+    ("pandas.core.arrays.string_arrow", "ArrowStringArray"),
+    ("pandas.core.arrays.string_", "StringArray"),
+    ("pandas.core.arrays.string_", "StringDtype"),
+    ("pyarrow.lib", "_restore_array"),
+    ("pyarrow.lib", "type_for_alias"),
+    ("pyarrow.lib", "py_buffer"),
+}
+
+
+def _is_safe(module: str, name: str) -> bool:
+    if (module, name) in SAFE_GLOBALS:
+        return True
+    # numpy's dtype classes (numpy.dtypes.Float32DType, ...) only describe element types.
+    return module == "numpy.dtypes" and name.endswith("DType")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if _is_safe(module, name):
+            return super().find_class(module, name)
+        raise InputError(
+            f"refused to unpickle '{module}.{name}': vclust reads pickles holding numpy/pandas "
+            "data only; if you trust this file, pass --trust-pickle"
+        )
+
+
+def restricted_load(f) -> object:
+    """Load a pickle admitting only numpy / pandas / pyarrow data constructors."""
+    return _RestrictedUnpickler(f).load()
+
+
+# --------------------------------------------------------------------------- fast path
+
+
+@dataclass
+class ArrayLayout:
+    """Where a pickled array's raw bytes are in the file."""
+
+    dtype: np.dtype
+    shape: tuple
+    fortran: bool
+    offset: int
+    nbytes: int
+
+
+class _NotPlainArray(Exception):
+    pass
+
+
+class _Lazy:
+    __slots__ = ("offset", "length")
+
+    def __init__(self, offset, length):
+        self.offset, self.length = offset, length
+
+
+class _Spec:
+    """Stands in for the ndarray while scanning; collects what numpy's reduce passes."""
+
+    shape = None
+    dtype = None
+    fortran = False
+    data = None
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise _NotPlainArray
+        _, self.shape, self.dtype, self.fortran, self.data = state
+
+
+def _fake_reconstruct(cls, shape, typecode):
+    return _Spec()
+
+
+def _fake_frombuffer(buf, dtype, shape, order):
+    spec = _Spec()
+    spec.shape, spec.dtype, spec.fortran, spec.data = shape, dtype, order == "F", buf
+    return spec
+
+
+class _ScanUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcodes can be replaced
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, f):
+        super().__init__(f)
+        self._raw = f
+
+    def _bytes(self, n):
+        # Large payloads are written outside pickle frames, so the file position is exact.
+        if self._unframer.current_frame is not None or n < (1 << 16):
+            data = self.read(n)
+            if len(data) != n:
+                raise EOFError("truncated pickle")
+            return data
+        offset = self._raw.tell()
+        self._raw.seek(n, io.SEEK_CUR)
+        return _Lazy(offset, n)
+
+    def _load_binbytes(self):
+        (n,) = struct.unpack("<I", self.read(4))
+        self.append(self._bytes(n))
+
+    def _load_binbytes8(self):
+        (n,) = struct.unpack("<Q", self.read(8))
+        self.append(self._bytes(n))
+
+    dispatch[pickle.BINBYTES[0]] = _load_binbytes
+    dispatch[pickle.BINBYTES8[0]] = _load_binbytes8
+    dispatch[pickle.BYTEARRAY8[0]] = _load_binbytes8
+
+    def find_class(self, module, name):
+        if (module, name) in _NUMPY_RECONSTRUCT:
+            return _fake_reconstruct
+        if (module, name) in _NUMPY_FROMBUFFER:
+            return _fake_frombuffer
+        if (module, name) in {("numpy", "ndarray"), ("numpy", "dtype")} or (
+            module == "numpy.dtypes" and name.endswith("DType")
+        ):
+            return super().find_class(module, name)
+        raise _NotPlainArray
+
+
+def scan_array(f, file_size: int) -> ArrayLayout | None:
+    """Locate a single pickled numpy array's raw bytes without loading them.
+
+    Returns None when the pickle holds anything but one plain numeric array (the caller then
+    uses ``restricted_load``). Raises EOFError/UnpicklingError on a truncated or corrupt file.
+    """
+    f.seek(0)
+    try:
+        obj = _ScanUnpickler(f).load()
+    except _NotPlainArray:
+        return None
+    if not isinstance(obj, _Spec) or not isinstance(obj.dtype, np.dtype):
+        return None
+    data = obj.data
+    dtype = obj.dtype
+    shape = tuple(int(s) for s in obj.shape)
+    if dtype.hasobject or not isinstance(data, (_Lazy, bytes, bytearray)):
+        return None
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if isinstance(data, _Lazy):
+        if data.length != nbytes or data.offset + nbytes > file_size:
+            raise EOFError("array data is shorter than its header says")
+        return ArrayLayout(dtype, shape, bool(obj.fortran), data.offset, nbytes)
+    return None  # small array held in-frame: the full restricted load is just as cheap

@@ -1,0 +1,291 @@
+"""Zarr v3 descriptor store: one row index shared by every descriptor set, appended batch by batch.
+
+Layout::
+
+    STORE/zarr.json              group attributes: format, version, chunk_rows, dims, ledger
+    STORE/ids                    (n_rows,) string, forward slashes
+    STORE/batch                  (n_rows,) string, the batch each row came in
+    STORE/descriptors/<NAME>     (n_rows, dims) float32, chunked by rows
+    STORE.lock                   beside the store while a writer holds it
+
+The ledger (a list in the group attributes) is the source of truth for what is stored: the rows
+of batch *i* are ``ledger[i]["start"]:ledger[i]["stop"]``. An append resizes the arrays, writes
+the rows and only then writes its ledger entry, so rows past the last entry are an unfinished
+append: a writer rolls them back when it opens the store, and readers never see them.
+
+This module knows nothing of file formats or clustering.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, StoreLockedError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vclust-store"
+VERSION = 1
+DEFAULT_CHUNK_ROWS = 8192
+
+
+def _codec():
+    import zarr
+
+    # lz4 at a low level: descriptors compress little (post-ReLU zeros), reading must be fast.
+    return zarr.codecs.BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def store_lock(path):
+    """Hold ``<STORE>.lock`` for the duration: one writer at a time.
+
+    A lock left by a process that died on this host is taken over (with a warning).
+    """
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                held = json.loads(lock.read_text() or "{}")
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == info["host"] and held.get("pid") and not _pid_alive(held["pid"]):
+                log.warning("taking over the lock of %s left by dead process %s", path, held["pid"])
+                lock.unlink(missing_ok=True)
+                continue
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
+            raise StoreLockedError(
+                f"store {path} is being written by pid {held.get('pid', '?')} on "
+                f"{held.get('host', '?')} since {since}; wait for it to finish, or remove {lock} "
+                "if that process is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+class Store:
+    """A descriptor store. Open with ``Store.open(path)`` (read) or inside ``store_lock`` with
+    ``Store.open(path, mode="a")`` (append; rolls back an unfinished append)."""
+
+    def __init__(self, path, group):
+        self.path = Path(path)
+        self._group = group
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path, mode: str = "r") -> "Store":
+        import zarr
+
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise InputError(f"{path}: not a vclust store (no zarr.json); create one with vclust ingest")
+        group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+        attrs = group.attrs.asdict()
+        if attrs.get("format") != FORMAT:
+            raise InputError(f"{path}: a Zarr group but not a vclust store (format={attrs.get('format')!r})")
+        if attrs.get("version", 0) > VERSION:
+            raise InputError(
+                f"{path}: store format version {attrs['version']} is newer than this vclust "
+                f"understands ({VERSION}); upgrade vclust"
+            )
+        store = cls(path, group)
+        if mode != "r":
+            store._recover()
+        return store
+
+    @classmethod
+    def create(cls, path, dims: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "Store":
+        import zarr
+
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise InputError(f"{path}: exists and is not an empty folder; pick a new store path")
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("ids", shape=(0,), chunks=(chunk_rows,), dtype=str)
+        group.create_array("batch", shape=(0,), chunks=(chunk_rows,), dtype=str)
+        for name, d in dims.items():
+            group.create_array(
+                f"descriptors/{name}", shape=(0, d), chunks=(chunk_rows, d), dtype="float32",
+                compressors=_codec(),
+            )
+        group.attrs.update(
+            {"format": FORMAT, "version": VERSION, "chunk_rows": int(chunk_rows),
+             "dims": {k: int(v) for k, v in dims.items()}, "ledger": []}
+        )
+        return cls(path, group)
+
+    def _recover(self):
+        n = self.n_rows
+        for arr in self._arrays():
+            if arr.shape[0] != n:
+                log.warning(
+                    "%s: rolling back an unfinished append (%s has %d rows, ledger %d)",
+                    self.path, arr.path, arr.shape[0], n,
+                )
+                arr.resize((n,) + arr.shape[1:])
+                self._drop_chunks_past(arr, n)
+
+    def _drop_chunks_past(self, arr, n_rows):
+        """Delete chunk files wholly past ``n_rows`` so a later append never reads stale data."""
+        first_dead = -(-n_rows // self.chunk_rows)
+        chunk_dir = self.path / arr.path / "c"
+        if not chunk_dir.is_dir():
+            return
+        for entry in chunk_dir.iterdir():
+            if entry.name.isdigit() and int(entry.name) >= first_dead:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    # ------------------------------------------------------------------ reading
+
+    @property
+    def attrs(self) -> dict:
+        return self._group.attrs.asdict()
+
+    @property
+    def ledger(self) -> list[dict]:
+        return list(self.attrs.get("ledger", []))
+
+    @property
+    def n_rows(self) -> int:
+        """Committed rows (rows of batches in the ledger)."""
+        ledger = self.ledger
+        return int(ledger[-1]["stop"]) if ledger else 0
+
+    @property
+    def chunk_rows(self) -> int:
+        return int(self.attrs["chunk_rows"])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(self.attrs.get("dims", {}))
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.dims)
+
+    def batch_ids(self) -> list[str]:
+        return [b["id"] for b in self.ledger]
+
+    def batch_entry(self, batch_id: str) -> dict:
+        for b in self.ledger:
+            if b["id"] == batch_id:
+                return b
+        raise InputError(
+            f"{self.path}: no batch '{batch_id}'; batches are: {', '.join(self.batch_ids()) or 'none'}"
+        )
+
+    def batch_rows(self, batch_id: str) -> tuple[int, int]:
+        entry = self.batch_entry(batch_id)
+        return int(entry["start"]), int(entry["stop"])
+
+    def _arrays(self):
+        yield self._group["ids"]
+        yield self._group["batch"]
+        for name in self.names:
+            yield self._group[f"descriptors/{name}"]
+
+    def array(self, name: str):
+        if name not in self.dims:
+            raise InputError(
+                f"{self.path}: no descriptor set '{name}'; the store holds: {', '.join(self.names)}"
+            )
+        return self._group[f"descriptors/{name}"]
+
+    def descriptors(self, name: str, start: int = 0, stop: int | None = None):
+        """Committed rows of one descriptor set as a dask array chunked as stored."""
+        import dask.array as da
+
+        arr = self.array(name)
+        stop = self.n_rows if stop is None else stop
+        x = da.from_zarr(arr)
+        return x[start:stop]
+
+    def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.n_rows if stop is None else stop
+        return np.asarray(self._group["ids"][start:stop], dtype=object)
+
+    def batches(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        stop = self.n_rows if stop is None else stop
+        return np.asarray(self._group["batch"][start:stop], dtype=object)
+
+    def info(self) -> dict:
+        """What ``vclust info`` prints."""
+        return {
+            "path": str(self.path),
+            "format": f"{FORMAT} v{self.attrs.get('version')}",
+            "rows": self.n_rows,
+            "chunk_rows": self.chunk_rows,
+            "descriptors": self.dims,
+            "batches": [
+                {"id": b["id"], "rows": int(b["stop"]) - int(b["start"]), "start": b["start"],
+                 "stop": b["stop"], "dropped": len(b.get("dropped_ids", [])),
+                 "created": b.get("created")}
+                for b in self.ledger
+            ],
+            "bytes_on_disk": _du(self.path),
+        }
+
+    # ------------------------------------------------------------------ appending
+
+    def begin_append(self, batch_id: str, n_rows: int):
+        """Grow every array by ``n_rows``; return the first new row. Not committed until
+        ``commit_batch``."""
+        start = self.n_rows
+        for arr in self._arrays():
+            arr.resize((start + n_rows,) + arr.shape[1:])
+        return start
+
+    def write_index_columns(self, start: int, ids: np.ndarray, batch_id: str):
+        n = len(ids)
+        step = self.chunk_rows * 8
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            self._group["ids"][start + a : start + b] = np.asarray(ids[a:b], dtype=str)
+            self._group["batch"][start + a : start + b] = np.full(b - a, batch_id, dtype=str)
+
+    def commit_batch(self, entry: dict):
+        """Write the ledger entry: the append becomes visible."""
+        ledger = self.ledger
+        ledger.append(entry)
+        self._group.attrs["ledger"] = ledger
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
