@@ -1,0 +1,288 @@
+"""The job steps (fit, label, export) as sequences of library calls.
+
+Each step takes plain arguments, reports progress through ``say(text)`` and returns a summary
+dict; the CLI and ``vclust run`` (vclust.runner) both call these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def _quiet(_msg):
+    pass
+
+
+def parse_descriptors(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split("+")]
+    if not spec or any(not n for n in names) or len(set(names)) != len(names):
+        raise InputError(f"--descriptor must look like NAME or NAME+NAME; got '{spec}'")
+    return names
+
+
+def parse_k_range(text: str) -> list[int]:
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise InputError(f"--k-range must look like A:B with 2 <= A <= B; got '{text}'") from None
+    if not 2 <= a <= b:
+        raise InputError(f"--k-range must look like A:B with 2 <= A <= B; got '{text}'")
+    return list(range(a, b + 1))
+
+
+def store_fingerprint(store) -> dict:
+    """What a model was fitted on: the store's batches and their source checksums."""
+    h = hashlib.sha256()
+    for b in store.ledger:
+        h.update(json.dumps([b["id"], b["start"], b["stop"],
+                             sorted(s["sha256"] for s in b["sources"])]).encode())
+    return {"store": str(store.path), "rows": store.n_rows, "batches": store.batch_ids(),
+            "sha256": h.hexdigest()}
+
+
+def _worker_memory() -> int | None:
+    try:
+        from distributed import get_client
+
+        info = get_client().scheduler_info()["workers"].values()
+        return int(sum(w.get("memory_limit", 0) for w in info)) or None
+    except (ValueError, ImportError):
+        return None
+
+
+def _maybe_persist(z, say):
+    """Keep the reduced rows in worker memory when they take under a quarter of it."""
+    mem = _worker_memory()
+    nbytes = z.nbytes
+    if mem is None or nbytes < mem / 4:
+        say(f"keeping the reduced rows in memory ({nbytes / 1e6:.0f} MB)")
+        try:
+            from distributed import get_client, wait
+
+            z = get_client().persist(z)
+            wait(z)
+            return z
+        except ValueError:
+            return z.persist()
+    say(f"reduced rows ({nbytes / 1e6:.0f} MB) exceed a quarter of worker memory: streaming them")
+    return z
+
+
+def _sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray | None:
+    if sample is None or sample >= n_rows:
+        return None
+    if sample < 2:
+        raise InputError(f"--sample must be at least 2; got {sample}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=sample, replace=False))
+
+
+def fit(store_path, descriptors: list[str], *, k: int | None = None,
+        k_range: list[int] | None = None, algorithm: str = "kmeans",
+        pca_variance: float = 0.90, max_components: int = 256, l2: bool | None = None,
+        standardize: bool | None = None, sample: int | None = None, seed: int = 0,
+        sample_size: int = 20_000, outlier_options: dict | None = None, say=_quiet):
+    """Fit preprocessing, clusters and outlier scoring on the store's rows.
+
+    Returns the unsaved ``Model``; ``model.info["metrics"]`` holds one row per k tried.
+    """
+    from .algorithms import ALGORITHMS, fit_algorithm
+    from .metrics import choose_k, evaluate_partition
+    from .model import Model, assign
+    from .outliers import OutlierScorer
+    from .preprocess import MixturePreprocessor, Preprocessor
+    from .store import Store
+
+    if algorithm not in ALGORITHMS:
+        raise InputError(f"--algorithm must be one of {', '.join(ALGORITHMS)}; got '{algorithm}'")
+    if k is not None and k_range is not None:
+        raise InputError("pass either --k or --k-range, not both")
+    ks = k_range or [k if k is not None else 12]
+    if min(ks) < 2:
+        raise InputError(f"--k must be at least 2; got {min(ks)}")
+    if not 0 < pca_variance <= 1:
+        raise InputError(f"--pca-variance must be in (0, 1]; got {pca_variance}")
+
+    store = Store.open(store_path)
+    for d in descriptors:
+        store.array(d)  # clear error for an unknown set
+    if store.n_rows < max(ks) * 2:
+        raise InputError(f"{store.path}: {store.n_rows} rows are too few for k={max(ks)}")
+    rows = _sample_rows(store.n_rows, sample, seed)
+    sets = {}
+    for d in descriptors:
+        x = store.descriptors(d)
+        sets[d] = x[rows] if rows is not None else x
+    n = len(rows) if rows is not None else store.n_rows
+    say(f"fitting on {n} rows of {'+'.join(descriptors)}"
+        + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
+
+    pre_kwargs = dict(pca_variance=pca_variance, max_components=max_components, random_state=seed)
+    if l2 is not None:
+        pre_kwargs["l2"] = l2
+    if standardize is not None:
+        pre_kwargs["standardize"] = standardize
+    if len(descriptors) == 1:
+        pre = Preprocessor(**pre_kwargs).fit(sets[descriptors[0]])
+        z = pre.transform(sets[descriptors[0]])
+        say(f"preprocessed: {pre.n_components_} components keep "
+            f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance")
+    else:
+        pre = MixturePreprocessor({d: Preprocessor(**pre_kwargs) for d in descriptors}).fit(sets)
+        z = pre.transform(sets)
+        say(f"preprocessed mixture: {z.shape[1]} columns from {len(descriptors)} sets")
+    z = _maybe_persist(z, say)
+
+    table, fitted = [], {}
+    for kk in ks:
+        clusterer = fit_algorithm(algorithm, z, kk, sample_size=sample_size, random_state=seed)
+        labels, dist = assign(clusterer, z)
+        row = evaluate_partition(z, labels, n_clusters=kk, random_state=seed)
+        row = {"k": kk, "algorithm": algorithm, **{key: row[key] for key in
+               ("calinski_harabasz", "davies_bouldin", "silhouette", "inertia")}}
+        table.append(row)
+        fitted[kk] = clusterer
+        say(f"k={kk}: CH {row['calinski_harabasz']:.1f}  DB {row['davies_bouldin']:.3f}  "
+            f"silhouette {row['silhouette']:.3f}")
+    best_k = choose_k(table) if len(table) > 1 else ks[0]
+    clusterer = fitted[best_k]
+    if len(table) > 1:
+        say(f"chose k={best_k} (rule: vclust.metrics.choose_k)")
+
+    labels, dist = assign(clusterer, z)
+    scorer = OutlierScorer(random_state=seed, **(outlier_options or {}))
+    scorer.fit(z, labels, dist, clusterer.cluster_centers_)
+    score, flag = scorer.score(z, labels, dist)
+    import dask
+
+    labels_np, dist_np, score_np, flag_np = dask.compute(labels, dist, score, flag)
+    say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
+
+    from .drift import reference_profile
+
+    info = {
+        "fit": {"store": str(store.path), "descriptors": descriptors, "algorithm": algorithm,
+                "k": best_k, "k_tried": ks, "pca_variance": pca_variance, "sample": sample,
+                "rows_fitted": n, "seed": seed},
+        "fingerprint": store_fingerprint(store),
+        "metrics": table,
+        "chosen_k": best_k,
+        "profile": reference_profile(labels_np, dist_np, flag_np, best_k),
+        "clusters": cluster_readings(labels_np, dist_np, flag_np, best_k,
+                                     store.ids() if rows is None else store.ids()[rows]),
+    }
+    return Model(descriptors, pre, clusterer, scorer, info)
+
+
+def cluster_readings(labels, dist, flags, n_clusters, ids, n_examples: int = 5) -> list[dict]:
+    """Per cluster: size, share, outlier share, mean distance, and the ids of the images nearest
+    its centre (the ones an analyst looks at to read the cluster)."""
+    out = []
+    n = len(labels)
+    for c in range(n_clusters):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) == 0:
+            out.append({"cluster": c, "size": 0, "share": 0.0, "outlier_share": 0.0,
+                        "mean_distance": None, "examples": []})
+            continue
+        near = idx[np.argsort(dist[idx], kind="stable")[:n_examples]]
+        out.append({"cluster": c, "size": int(len(idx)), "share": len(idx) / n,
+                    "outlier_share": float(flags[idx].mean()),
+                    "mean_distance": float(dist[idx].mean()),
+                    "examples": [str(ids[i]) for i in near]})
+    return out
+
+
+def save_model(model, model_dir=None, registry=None, make_current: bool = True) -> tuple[Path, str]:
+    """Save to ``model_dir``, or register in ``registry`` (and make it current)."""
+    if (model_dir is None) == (registry is None):
+        raise InputError("pass exactly one of --model MODEL_DIR or --registry DIR")
+    if model_dir is not None:
+        path = model.save(Path(model_dir))
+        return path, model.model_id
+    from .registry import Registry
+
+    reg = Registry(registry)
+    model_id = reg.new_model_id()
+    model.model_id = model_id
+    staged = reg.stage()
+    target = staged / "model"
+    model.save(target)
+    reg.register(target, model_id=model_id, make_current=make_current)
+    return reg.path(model_id), model_id
+
+
+def resolve_model(model=None, registry=None):
+    """Load a model from a dir, or from a registry (its ``current`` unless ``model`` names an id)."""
+    from .model import Model
+
+    if registry is not None:
+        from .registry import Registry
+
+        reg = Registry(registry)
+        return Model.load(reg.resolve(model or "current"))
+    if model is None:
+        raise InputError("pass --model MODEL_DIR or --registry DIR")
+    return Model.load(model)
+
+
+def _label_frame(store_path: str, row0: int, labels, dist, score, flag):
+    import pandas as pd
+    import zarr
+
+    n = len(labels)
+    ids = np.asarray(zarr.open_array(f"{store_path}/ids", mode="r")[row0 : row0 + n], dtype=object)
+    return pd.DataFrame({
+        "image_id": ids.astype(str), "row": np.arange(row0, row0 + n, dtype=np.int64),
+        "cluster": labels.astype(np.int32), "distance": dist.astype(np.float32),
+        "outlier_score": score.astype(np.float32), "is_outlier": flag.astype(bool),
+    })
+
+
+def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = False,
+          skip_existing: bool = False, say=_quiet) -> dict:
+    """Label batches of the store with ``model`` into ``labels_dir`` (model=<id>/batch=<id>/).
+
+    Only the rows of the chosen batches are read: cost follows the batch, not the store.
+    """
+    import dask
+
+    from .labels import list_partitions, write_batch
+    from .store import Store
+
+    store = Store.open(store_path)
+    if all_batches:
+        chosen = store.batch_ids()
+    else:
+        chosen = list(batches or [])
+        if not chosen:
+            raise InputError("pass --batch ID (one or more) or --all")
+        for b in chosen:
+            store.batch_entry(b)
+    done = set()
+    if skip_existing:
+        done = {(p["model"], p["batch"]) for p in list_partitions(labels_dir)}
+    written = []
+    for b in chosen:
+        if (model.model_id, b) in done:
+            say(f"batch {b} already labelled by model {model.model_id}: kept")
+            continue
+        start, stop = store.batch_rows(b)
+        sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
+        outs = model.apply(sets)
+        offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
+        parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks)
+                 for o, *blocks in zip(offsets, *(a.to_delayed().ravel() for a in outs))]
+        write_batch(labels_dir, model.model_id, b, parts)
+        written.append({"batch": b, "rows": stop - start})
+        say(f"labelled batch {b}: {stop - start} rows")
+    return {"model": model.model_id, "labelled": written}

@@ -1,0 +1,184 @@
+"""Model bundle: a directory with manifest.json and .npy arrays (no pickle), applied to any rows.
+
+A model chains three fitted parts, each with ``to_state() -> (params, arrays)`` and
+``from_state(params, arrays)``:
+
+    preprocess   Preprocessor (one descriptor set) or MixturePreprocessor (several)
+    clusterer    a FittedClusterer from vclust.algorithms (KMeans or a sample-fit algorithm)
+    outliers     OutlierScorer
+
+``Model.apply`` maps them over row blocks of the store: the same rows give the same labels,
+whatever the chunking or the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vclust-model"
+VERSION = 1
+PARTS = ("preprocess", "clusterer", "outliers")
+LIBRARIES = ("vclust", "numpy", "dask", "distributed", "zarr", "scikit-learn", "pynndescent",
+             "numba", "pyarrow", "pandas")
+
+
+def library_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _to_jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def _load_part(part: str, params: dict, arrays: dict):
+    if part == "preprocess":
+        from .preprocess import MixturePreprocessor, Preprocessor
+
+        cls = MixturePreprocessor if params.get("kind") == "mixture" else Preprocessor
+        return cls.from_state(params["state"], arrays)
+    if part == "clusterer":
+        from .algorithms import load_clusterer
+
+        return load_clusterer(params, arrays)
+    if part == "outliers":
+        from .outliers import OutlierScorer
+
+        return OutlierScorer.from_state(params, arrays)
+    raise AssertionError(part)
+
+
+@dataclass
+class Model:
+    """A fitted model: descriptor sets, the three parts, and what the fit learned about its data."""
+
+    descriptors: list[str]
+    preprocess: object
+    clusterer: object
+    outliers: object
+    info: dict = field(default_factory=dict)  # metrics table, chosen k, profile, fingerprint...
+    model_id: str | None = None
+    path: Path | None = None
+
+    # ------------------------------------------------------------------ persistence
+
+    def _part_states(self):
+        from .preprocess import MixturePreprocessor
+
+        pre_params, pre_arrays = self.preprocess.to_state()
+        kind = "mixture" if isinstance(self.preprocess, MixturePreprocessor) else "single"
+        yield "preprocess", {"kind": kind, "state": pre_params}, pre_arrays
+        yield "clusterer", *self.clusterer.to_state()
+        yield "outliers", *self.outliers.to_state()
+
+    def save(self, path) -> Path:
+        """Write the bundle to ``path`` (written beside it, then renamed into place)."""
+        path = Path(path)
+        if path.exists():
+            raise InputError(f"{path}: exists; models are never overwritten, pick a new --model path")
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        try:
+            manifest = {
+                "format": FORMAT, "version": VERSION, "model_id": self.model_id or path.name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "descriptors": list(self.descriptors), "libraries": library_versions(),
+                "parts": {}, **_to_jsonable(self.info),
+            }
+            for part, params, arrays in self._part_states():
+                files = {}
+                for key, arr in arrays.items():
+                    fname = f"{part}.{key.replace('/', '.')}.npy"
+                    np.save(tmp / fname, np.asarray(arr), allow_pickle=False)
+                    files[key] = fname
+                manifest["parts"][part] = {"params": _to_jsonable(params), "arrays": files}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path = path
+        self.model_id = manifest["model_id"]
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Model":
+        path = Path(path)
+        mf = path / "manifest.json"
+        if not mf.is_file():
+            raise InputError(f"{path}: not a vclust model dir (no manifest.json)")
+        try:
+            manifest = json.loads(mf.read_text())
+        except ValueError as exc:
+            raise InputError(f"{mf}: unreadable manifest ({exc})") from None
+        if manifest.get("format") != FORMAT:
+            raise InputError(f"{path}: not a vclust model (format={manifest.get('format')!r})")
+        if manifest.get("version", 0) > VERSION:
+            raise InputError(f"{path}: model version {manifest['version']} is newer than this vclust")
+        parts = {}
+        for part in PARTS:
+            spec = manifest["parts"][part]
+            arrays = {k: np.load(path / f, allow_pickle=False) for k, f in spec["arrays"].items()}
+            parts[part] = _load_part(part, spec["params"], arrays)
+        info = {k: v for k, v in manifest.items()
+                if k not in ("parts", "descriptors", "format", "version", "model_id")}
+        return cls(manifest["descriptors"], parts["preprocess"], parts["clusterer"],
+                   parts["outliers"], info, manifest.get("model_id"), path)
+
+    # ------------------------------------------------------------------ applying
+
+    def reduce(self, sets: dict):
+        """The reduced rows (dask) from ``{name: dask array}`` of the model's descriptor sets."""
+        missing = [d for d in self.descriptors if d not in sets]
+        if missing:
+            raise InputError(f"the model needs descriptor sets {missing}; the store lacks them")
+        if len(self.descriptors) == 1:
+            return self.preprocess.transform(sets[self.descriptors[0]])
+        return self.preprocess.transform({d: sets[d] for d in self.descriptors})
+
+    def apply(self, sets: dict):
+        """(cluster int32, distance float32, outlier_score float32, is_outlier bool), all lazy
+        dask arrays over the same rows as ``sets``."""
+        z = self.reduce(sets)
+        labels, dist = assign(self.clusterer, z)
+        score, flag = self.outliers.score(z, labels, dist)
+        return labels, dist, score, flag
+
+
+def _assign_block(block, clusterer):
+    labels, dist = clusterer.predict_block(block)
+    return np.column_stack([labels.astype(np.float64), dist.astype(np.float64)])
+
+
+def assign(clusterer, z):
+    """Cluster and distance to its centre for every row of the dask array ``z``, in one pass."""
+    both = z.map_blocks(_assign_block, clusterer, dtype=np.float64, chunks=(z.chunks[0], (2,)))
+    return both[:, 0].astype(np.int32), both[:, 1].astype(np.float32)

@@ -1,0 +1,322 @@
+"""Job specs (jobs/*.yaml): load, validate, resolve, dry-run and run; the nightly job.
+
+A spec names its steps and gives each step its section::
+
+    name: nightly-relabel
+    steps: [ingest, label, drift]
+    store: data/store
+    registry: data/registry
+    labels: data/labels
+    ingest: {sources: [incoming/{today}], batch: "{today}"}
+    drift: {report_dir: data/drift, psi: 0.2}
+    refit: false
+
+Strings may hold ``{today}`` (UTC date, YYYYMMDD) and ``$VARS``. ``--set key.sub=value``
+overrides a value before validation (the value is read as YAML: numbers, true/false, lists).
+Unknown keys and wrong types fail at load time, naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .config import format_validation_error, load_yaml
+from .errors import InputError
+
+STEPS = ("synth", "ingest", "fit", "label", "drift", "export", "report")
+EXIT_DRIFT = 3
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthStep(_Strict):
+    out: str  # folder for the generated case
+    rows: int = Field(20_000, ge=10)
+    seed: int = 0
+
+
+class IngestStep(_Strict):
+    sources: list[str] = Field(min_length=1)  # descriptor files, or one case folder
+    batch: Optional[str] = None  # default: a UTC timestamp
+    ids: Optional[str] = None
+    name: Optional[str] = None
+    chunk_rows: int = Field(8192, ge=1)
+    on_invalid: Literal["error", "drop"] = "error"
+    trust_pickle: bool = False
+
+
+class FitStep(_Strict):
+    descriptor: str  # NAME or NAME+NAME
+    k: Optional[int] = Field(None, ge=2)
+    k_range: Optional[str] = None  # "A:B"
+    algorithm: str = "kmeans"
+    pca_variance: float = Field(0.90, gt=0, le=1)
+    sample: Optional[int] = Field(None, ge=2)
+    seed: int = 0
+
+
+class LabelStep(_Strict):
+    batches: Optional[list[str]] = None  # default: the batch just ingested, else all
+    all: bool = False
+
+
+class DriftStep(_Strict):
+    report_dir: str
+    psi: float = Field(0.2, gt=0)  # population stability index of cluster shares
+    outlier_rate_ratio: float = Field(2.0, gt=0)  # batch outlier rate / fit outlier rate
+    mean_distance_ratio: float = Field(1.5, gt=0)  # batch mean distance / fit mean distance
+
+
+class ExportStep(_Strict):
+    csv: str
+
+
+class ReportStep(_Strict):
+    out: str  # folder for clusters.png and clusters.md
+    truth: Optional[str] = None  # truth.csv of a synthetic case, to read clusters against
+
+
+class JobSpec(_Strict):
+    name: str
+    steps: list[Literal[STEPS]] = Field(min_length=1)
+    store: str
+    registry: str
+    labels: str
+    cluster: Optional[str] = None  # cluster config file (cluster_configs/*.yaml)
+    scheduler: Optional[str] = None  # or the address of a running scheduler
+    refit: bool = False  # nightly: on a drift alert, fit a new model, make it current, relabel all
+    synth: Optional[SynthStep] = None
+    ingest: Optional[IngestStep] = None
+    fit: Optional[FitStep] = None
+    label: LabelStep = LabelStep()
+    drift: Optional[DriftStep] = None
+    export: Optional[ExportStep] = None
+    report: Optional[ReportStep] = None
+
+    @model_validator(mode="after")
+    def _sections_present(self):
+        for step in self.steps:
+            if step != "label" and getattr(self, step) is None:
+                raise ValueError(f"step '{step}' is listed in steps but has no '{step}:' section")
+        if self.refit and self.fit is None:
+            raise ValueError("refit: true needs a 'fit:' section")
+        return self
+
+
+def _set_path(data: dict, dotted: str, value):
+    keys = dotted.split(".")
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise InputError(f"--set {dotted}: '{k}' is not a section")
+    node[keys[-1]] = value
+
+
+def _expand(obj):
+    today = time.strftime("%Y%m%d", time.gmtime())
+    if isinstance(obj, str):
+        return os.path.expandvars(obj.replace("{today}", today))
+    if isinstance(obj, dict):
+        return {k: _expand(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand(v) for v in obj]
+    return obj
+
+
+def parse_spec(data: dict, where: str, overrides=()) -> JobSpec:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping of keys")
+    for item in overrides:
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE; got '{item}'")
+        key, value = item.split("=", 1)
+        _set_path(data, key.strip(), yaml.safe_load(value))
+    try:
+        return JobSpec.model_validate(_expand(data))
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, where)) from None
+
+
+def load_spec(path, overrides=()) -> JobSpec:
+    return parse_spec(load_yaml(path), str(path), overrides)
+
+
+def plan(spec: JobSpec, scheduler=None, cluster_file=None) -> dict:
+    """The resolved plan that a dry run prints."""
+    from .cluster import resolve
+
+    cfg = resolve(scheduler or spec.scheduler, cluster_file or spec.cluster)
+    steps = []
+    for step in spec.steps:
+        section = getattr(spec, step)
+        steps.append({"step": step, **(section.model_dump() if section is not None else {})})
+    return {"job": spec.name, "store": spec.store, "registry": spec.registry,
+            "labels": spec.labels, "model": "new model (registered, made current)"
+            if "fit" in spec.steps else f"current model of {spec.registry}",
+            "refit_on_drift": spec.refit, "cluster": cfg.model_dump(), "steps": steps}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_job(path, overrides=(), dry_run=False, scheduler=None, cluster_file=None, say=print) -> int:
+    spec = load_spec(path, overrides)
+    return run_spec(spec, dry_run=dry_run, scheduler=scheduler, cluster_file=cluster_file, say=say)
+
+
+def run_spec(spec: JobSpec, dry_run=False, scheduler=None, cluster_file=None, say=print) -> int:
+    if dry_run:
+        print(json.dumps(plan(spec, scheduler, cluster_file), indent=2))
+        return 0
+    from .cluster import connect
+
+    with connect(scheduler or spec.scheduler, cluster_file or spec.cluster, announce=say):
+        return _run_steps(spec, say)
+
+
+def _nightly_record(spec: JobSpec, batch: str) -> Path:
+    return Path(spec.registry) / "nightly" / f"{batch}.json"
+
+
+def _run_steps(spec: JobSpec, say) -> int:
+    from . import jobs
+    from .ingest import ingest
+
+    ingested = None
+    for step in spec.steps:
+        say(f"step {step}")
+        if step == "synth":
+            from .synth import generate_case
+
+            generate_case(spec.synth.out, n_rows=spec.synth.rows, seed=spec.synth.seed)
+        elif step == "ingest":
+            s = spec.ingest
+            ingested = ingest(spec.store, s.sources, name=s.name, ids_csv=s.ids, batch=s.batch,
+                              chunk_rows=s.chunk_rows, on_invalid=s.on_invalid,
+                              trust_pickle=s.trust_pickle, progress=say)
+            say(f"ingest: batch {ingested['batch']} {ingested['status']} ({ingested['rows']} rows)")
+            record = _nightly_record(spec, ingested["batch"])
+            if "drift" in spec.steps and ingested["status"] == "unchanged" and record.exists():
+                done = json.loads(record.read_text())
+                say(f"batch {ingested['batch']} was already processed on {done['when']} "
+                    f"(model {done['model']}): nothing to do")
+                return int(done["exit_code"])
+        elif step == "fit":
+            _fit_and_register(spec, say)
+        elif step == "label":
+            _label(spec, ingested, say)
+        elif step == "drift":
+            return _drift(spec, ingested, say)
+        elif step == "export":
+            from .labels import export_csv
+            from .registry import Registry
+
+            n = export_csv(spec.labels, spec.export.csv, model=Registry(spec.registry).current())
+            say(f"export: {n} rows to {spec.export.csv}")
+        elif step == "report":
+            from .report import write_report
+
+            model = jobs.resolve_model(registry=spec.registry)
+            paths = write_report(spec.store, model, spec.labels, spec.report.out,
+                                 truth=spec.report.truth)
+            say("report: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _fit_and_register(spec: JobSpec, say):
+    from . import jobs
+
+    f = spec.fit
+    k_range = jobs.parse_k_range(f.k_range) if f.k_range else None
+    model = jobs.fit(spec.store, jobs.parse_descriptors(f.descriptor), k=f.k, k_range=k_range,
+                     algorithm=f.algorithm, pca_variance=f.pca_variance, sample=f.sample,
+                     seed=f.seed, say=say)
+    path, model_id = jobs.save_model(model, registry=spec.registry)
+    say(f"fit: model {model_id} registered and made current ({path})")
+    return model
+
+
+def _label(spec: JobSpec, ingested, say):
+    from . import jobs
+
+    model = jobs.resolve_model(registry=spec.registry)
+    s = spec.label
+    if s.all or (s.batches is None and ingested is None):
+        jobs.label(spec.store, model, spec.labels, all_batches=True, say=say)
+    else:
+        batches = s.batches or [ingested["batch"]]
+        jobs.label(spec.store, model, spec.labels, batches=batches, say=say)
+
+
+def _drift(spec: JobSpec, ingested, say) -> int:
+    from . import jobs
+    from .drift import drift_report, write_report
+    from .labels import read_labels
+
+    if ingested is None:
+        raise InputError("the drift step compares the batch just ingested: list 'ingest' before it")
+    batch = ingested["batch"]
+    model = jobs.resolve_model(registry=spec.registry)
+    frame = read_labels(spec.labels, model=model.model_id, batches=[batch])
+    d = spec.drift
+    thresholds = {"psi": d.psi, "outlier_rate_ratio": d.outlier_rate_ratio,
+                  "mean_distance_ratio": d.mean_distance_ratio}
+    report = drift_report(model.info["profile"], frame, thresholds)
+    report.update({"batch": batch, "model": model.model_id})
+    out = Path(d.report_dir) / f"model={model.model_id}" / f"batch={batch}"
+    json_path, text_path = write_report(report, out)
+    alerts = report["alerts"]
+    say(f"drift: {'ALERT ' + ', '.join(alerts) if alerts else 'no threshold crossed'} "
+        f"(report {text_path})")
+    refit_id = None
+    if alerts and spec.refit:
+        new = _fit_and_register(spec, say)
+        jobs.label(spec.store, new, spec.labels, all_batches=True, say=say)
+        refit_id = new.model_id
+    code = EXIT_DRIFT if alerts else 0
+    record = _nightly_record(spec, batch)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"batch": batch, "model": model.model_id, "alerts": alerts,
+                               "refit_model": refit_id, "exit_code": code,
+                               "report": str(json_path),
+                               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    os.replace(tmp, record)
+    return code
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def demo_spec(out: str, rows: int = 20_000, seed: int = 0) -> dict:
+    """The demo job (jobs/demo.yaml is the same job as a file)."""
+    out = str(out)
+    return {
+        "name": "demo",
+        "steps": ["synth", "ingest", "fit", "label", "export", "report"],
+        "store": f"{out}/store", "registry": f"{out}/registry", "labels": f"{out}/labels",
+        "synth": {"out": f"{out}/case", "rows": rows, "seed": seed},
+        "ingest": {"sources": [f"{out}/case"], "batch": "demo-0"},
+        "fit": {"descriptor": "vdc_type+vdc_color", "k_range": "6:16", "seed": seed},
+        "label": {"all": True},
+        "export": {"csv": f"{out}/labels.csv"},
+        "report": {"out": f"{out}/report", "truth": f"{out}/case/truth.csv"},
+    }
+
+
+def run_demo(out, rows=20_000, seed=0, scheduler=None, cluster_file=None, say=print) -> int:
+    out = Path(out)
+    if (out / "store").exists():
+        raise InputError(f"{out}: holds an earlier demo; remove it or pass --out NEW_DIR")
+    spec = parse_spec(demo_spec(str(out), rows, seed), "demo")
+    return run_spec(spec, scheduler=scheduler, cluster_file=cluster_file, say=say)
