@@ -1,0 +1,145 @@
+"""End to end on a real LocalCluster: synth -> ingest -> fit -> label -> export, the model bundle,
+and the nightly job (drift exit codes, idempotence)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from vclust import jobs
+from vclust.ingest import ingest
+from vclust.labels import read_labels
+from vclust.model import Model
+from vclust.runner import load_spec, run_spec
+from vclust.synth import generate_case, read_truth
+
+VCLUST = [sys.executable, "-m", "vclust.cli"]
+SETS = ("vdc_color", "vdc_type")
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A 4,000-row synthetic case cut into batches: fit rows, a like-for-like batch, and a
+    batch drawn from two colours only (shifted cluster shares)."""
+    root = tmp_path_factory.mktemp("case")
+    generate_case(root / "case", n_rows=4000, seed=3)
+    truth = read_truth(root / "case")
+    arrays = {s: pd.read_pickle(root / "case" / "descriptors" / f"{s}.pickle") for s in SETS}
+    ids = truth["path"].to_numpy()
+    inlier = (truth["outlier_kind"].fillna("") == "").to_numpy()
+    rows = {"fit": np.arange(0, 2500), "same": np.arange(2500, 3200)}
+    top2 = truth.loc[inlier, "colour"].value_counts().index[:2]
+    rows["drifted"] = np.flatnonzero(truth["colour"].isin(top2).to_numpy() & inlier)[-700:]
+    rows["drifted"] = rows["drifted"][rows["drifted"] >= 3200]
+    batches = {}
+    for name, idx in rows.items():
+        d = root / name
+        d.mkdir()
+        for s in SETS:
+            np.save(d / f"{s}.npy", arrays[s][idx])
+        pd.DataFrame({"paths": ids[idx]}).to_csv(d / "ids.csv", index=False)
+        batches[name] = [str(d / f"{s}.npy") for s in SETS] + ["--ids", str(d / "ids.csv")]
+    return {"root": root, "truth": truth, "batches": batches, "rows": rows, "arrays": arrays}
+
+
+def _ingest(store, case, name):
+    files = [f for f in case["batches"][name] if f.endswith(".npy")]
+    return ingest(store, files, ids_csv=case["batches"][name][-1], batch=name)
+
+
+def test_fit_label_export_and_bundle(case, local_client, tmp_path):
+    store = tmp_path / "store"
+    _ingest(store, case, "fit")
+    _ingest(store, case, "same")
+    model = jobs.fit(store, ["vdc_color"], k_range=[4, 6], seed=0)
+    table = model.info["metrics"]
+    assert [r["k"] for r in table] == [4, 6]
+    assert model.info["chosen_k"] in (4, 6)
+    path, model_id = jobs.save_model(model, registry=tmp_path / "reg")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["metrics"] == json.loads(json.dumps(table))
+    assert not list(path.rglob("*.pkl")) and not list(path.rglob("*.pickle"))
+
+    loaded = jobs.resolve_model(registry=tmp_path / "reg")
+    assert loaded.model_id == model_id
+    labels_dir = tmp_path / "labels"
+    jobs.label(store, loaded, labels_dir, batches=["same"])
+    jobs.label(store, loaded, labels_dir, all_batches=True)
+    full = read_labels(labels_dir, model=model_id).sort_values("row")
+    assert len(full) == 3200 and full["row"].is_unique
+    # labels of a batch equal those of the same rows from a full relabel (relabel replaced it)
+    again = tmp_path / "labels2"
+    jobs.label(store, loaded, again, batches=["same"])
+    one = read_labels(again, model=model_id).sort_values("row").reset_index(drop=True)
+    same_rows = full[full["row"] >= 2500].reset_index(drop=True)
+    pd.testing.assert_frame_equal(one[same_rows.columns], same_rows, check_categorical=False)
+    # the saved and reloaded model gives the same labels as the fitted one
+    from vclust.store import Store
+
+    x = {"vdc_color": Store.open(store).descriptors("vdc_color")}
+    a = model.apply(x)[0].compute()
+    b = Model.load(path).apply(x)[0].compute()
+    np.testing.assert_array_equal(a, b)
+
+    csv = tmp_path / "out.csv"
+    out = subprocess.run(VCLUST + ["export", str(labels_dir), "--csv", str(csv), "--registry",
+                                   str(tmp_path / "reg")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    exported = pd.read_csv(csv)
+    assert list(exported.columns) == ["path", "cluster", "is_outlier", "outlier_score"]
+    assert len(exported) == 3200 and exported["path"].is_unique
+
+
+def _nightly(tmp_path, store, case, batch, refit=False):
+    spec = {
+        "name": "nightly", "steps": ["ingest", "label", "drift"],
+        "store": str(store), "registry": str(tmp_path / "reg"), "labels": str(tmp_path / "labels"),
+        "refit": refit,
+        "ingest": {"sources": [f for f in case["batches"][batch] if f.endswith(".npy")],
+                   "ids": case["batches"][batch][-1], "batch": batch},
+        "drift": {"report_dir": str(tmp_path / "drift"), "psi": 0.25},
+        "fit": {"descriptor": "vdc_color", "k": 6},
+    }
+    path = tmp_path / f"nightly-{batch}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_nightly_drift_exit_codes_and_idempotence(case, tmp_path):
+    store = tmp_path / "store"
+    ingest(store, [f for f in case["batches"]["fit"] if f.endswith(".npy")],
+           ids_csv=case["batches"]["fit"][-1], batch="fit")
+    run = VCLUST + ["run", "--cluster", str(tmp_path / "local.yaml")]
+    (tmp_path / "local.yaml").write_text("kind: local\nn_workers: 2\nthreads_per_worker: 1\n"
+                                         "dashboard_address: null\nprocesses: false\n")
+    out = subprocess.run(VCLUST + ["fit", str(store), "--descriptor", "vdc_color", "--k", "6",
+                                   "--registry", str(tmp_path / "reg"), "--cluster",
+                                   str(tmp_path / "local.yaml")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+    same = subprocess.run(run + [str(_nightly(tmp_path, store, case, "same"))],
+                          capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stderr
+    drifted = subprocess.run(run + [str(_nightly(tmp_path, store, case, "drifted"))],
+                             capture_output=True, text=True, timeout=300)
+    assert drifted.returncode == 3, drifted.stderr
+    report = json.loads(next((tmp_path / "drift").rglob("batch=drifted/*.json")).read_text())
+    assert "psi" in report["alerts"]
+
+    # the same night again: nothing changes, same exit code
+    def snapshot():
+        return {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()
+                and "nightly-" not in p.name}
+
+    before = snapshot()
+    again = subprocess.run(run + [str(_nightly(tmp_path, store, case, "drifted"))],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 3, again.stderr
+    assert snapshot() == before
