@@ -35,6 +35,7 @@ def cmd_fit(args, say):
     with _connect(args, say):
         model = jobs.fit(args.store, descriptors, k=args.k, k_range=k_range,
                          algorithm=args.algorithm, pca_variance=args.pca_variance,
+                         scaling=args.scaling,
                          sample=args.sample, seed=args.seed, say=say)
     path, model_id = jobs.save_model(model, args.model, args.registry)
     print_metrics(model)
@@ -95,8 +96,10 @@ def register(sub, add_cluster_args):
     ks.add_argument("--k-range", metavar="A:B",
                     help="fit every k in A..B, score each by Calinski-Harabasz, Davies-Bouldin "
                          "and silhouette, keep the best (see README: choosing k)")
-    s.add_argument("--pca-variance", type=float, default=0.90,
-                   help="share of variance the PCA keeps (default 0.90)")
+    s.add_argument("--pca-variance", type=float, default=0.95,
+                   help="share of variance the PCA keeps (default 0.95, see docs/preprocessing.md)")
+    s.add_argument("--scaling", default="l2", choices=("l2", "standardize", "l2+standardize", "none"),
+                   help="row/column scaling before PCA (default l2)")
     s.add_argument("--algorithm", default="kmeans",
                    help="kmeans (default), minibatch, gmm, bisecting, agglomerative, hdbscan")
     s.add_argument("--sample", type=int, help="fit on a seeded sample of N rows (labels still "

@@ -86,10 +86,14 @@ def _sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray | Non
     return np.sort(rng.choice(n_rows, size=sample, replace=False))
 
 
+SCALINGS = {"l2": (True, False), "standardize": (False, True),
+            "l2+standardize": (True, True), "none": (False, False)}
+
+
 def fit(store_path, descriptors: list[str], *, k: int | None = None,
         k_range: list[int] | None = None, algorithm: str = "kmeans",
-        pca_variance: float = 0.90, max_components: int = 256, l2: bool | None = None,
-        standardize: bool | None = None, sample: int | None = None, seed: int = 0,
+        pca_variance: float = 0.95, max_components: int = 256, scaling: str = "l2",
+        sample: int | None = None, seed: int = 0,
         sample_size: int = 20_000, outlier_options: dict | None = None, say=_quiet):
     """Fit preprocessing, clusters and outlier scoring on the store's rows.
 
@@ -109,6 +113,8 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
     ks = k_range or [k if k is not None else 12]
     if min(ks) < 2:
         raise InputError(f"--k must be at least 2; got {min(ks)}")
+    if scaling not in SCALINGS:
+        raise InputError(f"--scaling must be one of {', '.join(SCALINGS)}; got '{scaling}'")
     if not 0 < pca_variance <= 1:
         raise InputError(f"--pca-variance must be in (0, 1]; got {pca_variance}")
 
@@ -126,11 +132,9 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
     say(f"fitting on {n} rows of {'+'.join(descriptors)}"
         + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
 
-    pre_kwargs = dict(pca_variance=pca_variance, max_components=max_components, random_state=seed)
-    if l2 is not None:
-        pre_kwargs["l2"] = l2
-    if standardize is not None:
-        pre_kwargs["standardize"] = standardize
+    l2, standardize = SCALINGS[scaling]
+    pre_kwargs = dict(l2=l2, standardize=standardize, pca_variance=pca_variance,
+                      max_components=max_components, random_state=seed)
     if len(descriptors) == 1:
         pre = Preprocessor(**pre_kwargs).fit(sets[descriptors[0]])
         z = pre.transform(sets[descriptors[0]])
@@ -146,32 +150,34 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
     for kk in ks:
         clusterer = fit_algorithm(algorithm, z, kk, sample_size=sample_size, random_state=seed)
         labels, dist = assign(clusterer, z)
-        row = evaluate_partition(z, labels, n_clusters=kk, random_state=seed)
-        row = {"k": kk, "algorithm": algorithm, **{key: row[key] for key in
+        row = evaluate_partition(z, labels, n_clusters=clusterer.n_clusters_, random_state=seed)
+        row = {"k": clusterer.n_clusters_, "algorithm": algorithm, **{key: row[key] for key in
                ("calinski_harabasz", "davies_bouldin", "silhouette", "inertia")}}
         table.append(row)
         fitted[kk] = clusterer
         say(f"k={kk}: CH {row['calinski_harabasz']:.1f}  DB {row['davies_bouldin']:.3f}  "
             f"silhouette {row['silhouette']:.3f}")
-    best_k = choose_k(table) if len(table) > 1 else ks[0]
-    clusterer = fitted[best_k]
+    best_k = choose_k(table) if len(table) > 1 else table[0]["k"]
+    clusterer = next(fitted[kk] for kk, row in zip(ks, table) if row["k"] == best_k)
     if len(table) > 1:
         say(f"chose k={best_k} (rule: vclust.metrics.choose_k)")
 
     labels, dist = assign(clusterer, z)
     scorer = OutlierScorer(random_state=seed, **(outlier_options or {}))
-    scorer.fit(z, labels, dist, clusterer.cluster_centers_)
-    score, flag = scorer.score(z, labels, dist)
+    scorer.fit(z, labels, dist, clusterer.cluster_centers_,
+               row_index=rows)
     import dask
 
-    labels_np, dist_np, score_np, flag_np = dask.compute(labels, dist, score, flag)
+    labels_np, dist_np = dask.compute(labels, dist)
+    flag_np = scorer.fit_scores_ > scorer.threshold_
     say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
 
     from .drift import reference_profile
 
     info = {
         "fit": {"store": str(store.path), "descriptors": descriptors, "algorithm": algorithm,
-                "k": best_k, "k_tried": ks, "pca_variance": pca_variance, "sample": sample,
+                "k": best_k, "k_tried": ks, "pca_variance": pca_variance, "scaling": scaling,
+                "sample": sample,
                 "rows_fitted": n, "seed": seed},
         "fingerprint": store_fingerprint(store),
         "metrics": table,

@@ -59,7 +59,8 @@ class FitStep(_Strict):
     k: Optional[int] = Field(None, ge=2)
     k_range: Optional[str] = None  # "A:B"
     algorithm: str = "kmeans"
-    pca_variance: float = Field(0.90, gt=0, le=1)
+    pca_variance: float = Field(0.95, gt=0, le=1)
+    scaling: Literal["l2", "standardize", "l2+standardize", "none"] = "l2"
     sample: Optional[int] = Field(None, ge=2)
     seed: int = 0
 
@@ -239,7 +240,8 @@ def _fit_and_register(spec: JobSpec, say):
     f = spec.fit
     k_range = jobs.parse_k_range(f.k_range) if f.k_range else None
     model = jobs.fit(spec.store, jobs.parse_descriptors(f.descriptor), k=f.k, k_range=k_range,
-                     algorithm=f.algorithm, pca_variance=f.pca_variance, sample=f.sample,
+                     algorithm=f.algorithm, pca_variance=f.pca_variance, scaling=f.scaling,
+                     sample=f.sample,
                      seed=f.seed, say=say)
     path, model_id = jobs.save_model(model, registry=spec.registry)
     say(f"fit: model {model_id} registered and made current ({path})")

@@ -1,0 +1,66 @@
+"""Shared fixtures: a real LocalCluster, and real `dask scheduler` / `dask worker` processes."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def local_client():
+    """A real LocalCluster: two single-threaded worker processes on 127.0.0.1."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, memory_limit="3GB") as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dask_processes(tmp_path_factory):
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    bindir = os.path.dirname(sys.executable)
+    dask_cmd = os.path.join(bindir, "dask")
+    tmp = tmp_path_factory.mktemp("dask")
+    procs = [subprocess.Popen([dask_cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0", "--no-show"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)]
+    try:
+        from distributed import Client
+
+        for _ in range(2):
+            procs.append(subprocess.Popen(
+                [dask_cmd, "worker", addr, "--nthreads", "1", "--memory-limit", "2GB",
+                 "--no-dashboard", "--local-directory", str(tmp)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp))
+        deadline = time.time() + 60
+        while True:
+            try:
+                with Client(addr, timeout=5) as c:
+                    c.wait_for_workers(2, timeout=max(1, deadline - time.time()))
+                break
+            except (OSError, TimeoutError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield addr
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()

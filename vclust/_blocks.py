@@ -1,0 +1,88 @@
+"""Small shared helpers for map-reduce over the row blocks of numpy or dask arrays.
+
+Kernels see numpy blocks; these helpers decide whether the blocks come from a dask array (run
+as tasks, on the cluster when a client is active) or from an in-memory array (run in threads).
+Results are always combined in block order, so sums do not depend on which worker ran what.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+def is_dask(x) -> bool:
+    return hasattr(x, "dask") and hasattr(x, "chunks")
+
+
+def check_2d(X, what="X"):
+    if X.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (n_samples, n_features); got shape {X.shape}")
+    if is_dask(X) and len(X.chunks[1]) != 1:
+        raise ValueError(f"{what} must be chunked by rows only; rechunk with X.rechunk({{1: -1}})")
+
+
+def row_offsets(X) -> list[int]:
+    if is_dask(X):
+        sizes = X.chunks[0]
+    else:
+        step = 65_536
+        sizes = [min(step, X.shape[0] - a) for a in range(0, X.shape[0], step)] or [0]
+    return list(np.cumsum((0,) + tuple(sizes[:-1])))
+
+
+def map_blocks_reduce(func, X, *arrays, args=()):
+    """``[func(block, *aligned_blocks, row0, *args) for each row block]`` in block order.
+
+    ``arrays`` are 1-D arrays aligned with X's rows (labels, distances), dask or numpy.
+    """
+    import dask
+
+    offsets = row_offsets(X)
+    if is_dask(X):
+        xs = X.to_delayed().ravel()
+        others = []
+        for a in arrays:
+            if is_dask(a):
+                a = a.rechunk((X.chunks[0],))
+                others.append(a.to_delayed().ravel())
+            else:
+                others.append([a[o:o + n] for o, n in zip(offsets, X.chunks[0])])
+        tasks = [dask.delayed(func, pure=True)(x, *(o[i] for o in others), int(offsets[i]), *args)
+                 for i, x in enumerate(xs)]
+        return list(dask.compute(*tasks))
+    sizes = np.diff(offsets + [X.shape[0]])
+    jobs = [(X[o:o + n], *(a[o:o + n] for a in arrays), int(o)) for o, n in zip(offsets, sizes)]
+    with ThreadPoolExecutor() as pool:
+        return list(pool.map(lambda j: func(*j, *args), jobs))
+
+
+def row_uniform(rows: np.ndarray, seed: int, stream: int = 0) -> np.ndarray:
+    """A uniform [0, 1) number per absolute row index (splitmix64): the same row gets the same
+    number whatever the chunking, so sampling does not depend on how the rows are split."""
+    z = (rows.astype(np.uint64) + np.uint64((seed * 0x9E3779B1 + stream * 0x85EBCA77) & (2**63 - 1)))
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def sample_rows(X, size: int, seed: int, stream: int = 7):
+    """A seeded sample of about ``size`` rows (numpy, with their absolute row indices), chosen by
+    ``row_uniform`` so it is the same whatever the chunking."""
+    n = X.shape[0]
+    if size >= n:
+        data = np.asarray(X.compute() if is_dask(X) else X)
+        return data, np.arange(n)
+    p = size / n
+
+    def pick(block, row0):
+        rows = np.arange(row0, row0 + block.shape[0])
+        keep = row_uniform(rows, seed, stream) < p
+        return np.asarray(block)[keep], rows[keep]
+
+    parts = map_blocks_reduce(pick, X)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

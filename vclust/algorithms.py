@@ -1,0 +1,154 @@
+"""Clustering algorithms to compare, all extended to every row in parallel.
+
+"kmeans" is vclust's KMeans on all rows. The others are fitted on a seeded sample of rows
+(``sample_size``) with scikit-learn and extended to all rows by ``map_blocks``, from arrays only
+(no pickle in the model):
+
+    minibatch, bisecting   nearest of the fitted centres (bisecting: flat nearest centre, not
+                           the tree descent; the difference only touches rows near a split)
+    gmm                    most probable component, from stored weights, means and Cholesky
+                           factors of the precisions (full covariances)
+    agglomerative          Ward linkage with a 10-nearest-neighbour connectivity graph; rows take
+                           the label of their nearest sample row
+    hdbscan                density clusters (their number is found, not given); sample noise
+                           rows are not used as anchors, so every row joins its nearest cluster
+
+Every clusterer reports, per row, its cluster and the distance to that cluster's centre (the
+mean of its sample members for the non-centroid methods).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._blocks import is_dask, sample_rows
+from .kmeans import KMeans, assign
+
+ALGORITHMS = ("kmeans", "minibatch", "gmm", "bisecting", "agglomerative", "hdbscan")
+
+
+def _nearest_anchor(block, anchors, anchor_labels, step=2048):
+    """Label of the nearest anchor row for each row (brute force in sub-blocks)."""
+    x = np.asarray(block, dtype=np.float32)
+    a = anchors.astype(np.float32)
+    asq = np.einsum("ij,ij->i", a, a)
+    out = np.empty(len(x), np.int32)
+    for s in range(0, len(x), step):
+        d = asq - 2 * x[s:s + step] @ a.T
+        out[s:s + step] = anchor_labels[d.argmin(axis=1)]
+    return out
+
+
+class FittedClusterer:
+    """A fitted clustering, applied to row blocks."""
+
+    def __init__(self, name, centers, params=None, arrays=None):
+        self.name = name
+        self.cluster_centers_ = np.asarray(centers, dtype=np.float32)
+        self.n_clusters_ = len(self.cluster_centers_)
+        self.params = dict(params or {})
+        self.arrays = dict(arrays or {})
+
+    def _labels_block(self, x):
+        if self.name == "gmm":
+            return self._gmm_labels(x)
+        if self.name in ("agglomerative", "hdbscan"):
+            return _nearest_anchor(x, self.arrays["anchors"], self.arrays["anchor_labels"])
+        return assign(x, self.cluster_centers_)[0]
+
+    def _gmm_labels(self, x):
+        x = np.asarray(x, dtype=np.float64)
+        means, chol, w = self.arrays["means"], self.arrays["precisions_cholesky"], self.arrays["weights"]
+        logp = np.empty((len(x), len(means)))
+        for c in range(len(means)):
+            y = (x - means[c]) @ chol[c]
+            logp[:, c] = -0.5 * (y * y).sum(axis=1) + np.log(np.diag(chol[c])).sum() + np.log(w[c])
+        return logp.argmax(axis=1).astype(np.int32)
+
+    def predict_block(self, block):
+        """(labels int32, distance float32 to the assigned cluster's centre) for a numpy block."""
+        x = np.asarray(block, dtype=np.float32)
+        labels = self._labels_block(x)
+        diff = x - self.cluster_centers_[labels]
+        return labels, np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
+
+    def predict(self, X):
+        if is_dask(X):
+            return X.map_blocks(lambda b: self._labels_block(b), dtype=np.int32, drop_axis=1,
+                                chunks=(X.chunks[0],))
+        return self._labels_block(X)
+
+    def to_state(self):
+        params = {"name": self.name, **self.params}
+        return params, {"cluster_centers": self.cluster_centers_, **self.arrays}
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        arrays = dict(arrays)
+        centers = arrays.pop("cluster_centers")
+        p = {k: v for k, v in params.items() if k != "name"}
+        return cls(params["name"], centers, p, arrays)
+
+
+def load_clusterer(params, arrays):
+    """A clusterer back from its saved state (any algorithm)."""
+    if params.get("name") not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm in model: {params.get('name')!r}")
+    return FittedClusterer.from_state(params, arrays)
+
+
+def _centres_of(x, labels, k):
+    return np.stack([x[labels == c].mean(axis=0) if (labels == c).any() else np.zeros(x.shape[1])
+                     for c in range(k)])
+
+
+def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **kwargs):
+    """Fit ``name`` (one of ALGORITHMS) with ``n_clusters`` on X (numpy or dask, reduced rows)."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {name!r}")
+    if name == "kmeans":
+        km = KMeans(n_clusters, random_state=random_state, **kwargs).fit(X)
+        return FittedClusterer("kmeans", km.cluster_centers_,
+                               {"n_iter": int(km.n_iter_), "inertia": float(km.inertia_)})
+    sample, _ = sample_rows(X, sample_size, random_state, stream=21)
+    sample = sample.astype(np.float64)
+    params = {"sample_size": int(len(sample)), "random_state": int(random_state)}
+    if name == "minibatch":
+        from sklearn.cluster import MiniBatchKMeans
+
+        m = MiniBatchKMeans(n_clusters, random_state=random_state, n_init=3).fit(sample)
+        return FittedClusterer(name, m.cluster_centers_, params)
+    if name == "bisecting":
+        from sklearn.cluster import BisectingKMeans
+
+        m = BisectingKMeans(n_clusters, random_state=random_state).fit(sample)
+        return FittedClusterer(name, m.cluster_centers_, params)
+    if name == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        m = GaussianMixture(n_clusters, covariance_type="full", random_state=random_state,
+                            reg_covar=1e-5).fit(sample)
+        return FittedClusterer(name, m.means_, params, {
+            "means": m.means_, "precisions_cholesky": m.precisions_cholesky_, "weights": m.weights_})
+    if name == "agglomerative":
+        from sklearn.cluster import AgglomerativeClustering
+        from sklearn.neighbors import kneighbors_graph
+
+        conn = kneighbors_graph(sample, n_neighbors=min(10, len(sample) - 1), include_self=False)
+        labels = AgglomerativeClustering(n_clusters, linkage="ward", connectivity=conn).fit_predict(sample)
+        return FittedClusterer(name, _centres_of(sample, labels, n_clusters), params,
+                               {"anchors": sample.astype(np.float32), "anchor_labels": labels.astype(np.int32)})
+    # hdbscan
+    from sklearn.cluster import HDBSCAN
+
+    min_size = max(5, len(sample) // (4 * n_clusters))
+    labels = HDBSCAN(min_cluster_size=min_size).fit_predict(sample)
+    keep = labels >= 0
+    if keep.sum() == 0 or labels.max() < 1:
+        raise ValueError(f"HDBSCAN found fewer than 2 clusters on the {len(sample)}-row sample "
+                         "(min_cluster_size {min_size}); try another algorithm or a larger k")
+    k = int(labels.max()) + 1
+    params.update(min_cluster_size=int(min_size), noise_share=float(1 - keep.mean()))
+    return FittedClusterer(name, _centres_of(sample, labels, k), params,
+                           {"anchors": sample[keep].astype(np.float32),
+                            "anchor_labels": labels[keep].astype(np.int32)})

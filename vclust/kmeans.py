@@ -1,0 +1,353 @@
+"""Scalable KMeans on numpy or dask arrays.
+
+Every Lloyd iteration is one map-reduce over the row blocks: each block computes its squared
+distances to the centres with one float32 matrix product (||x||^2 - 2 x.C^T + ||c||^2), takes the
+argmin, and returns per-cluster sums (float64, via a sparse one-hot product), counts, its inertia
+and its farthest rows (for empty-cluster repair). The client combines the blocks in order and
+moves the centres. The rows are persisted in worker memory when they fit; otherwise every
+iteration streams them from their source.
+
+Initialisation: "k-means||" (Bahmani et al.: a few oversampling rounds over all rows, then a
+weighted k-means++ on the candidates), "k-means++" on a seeded sample, or given centres. Row
+sampling uses a hash of the absolute row index, so the result does not depend on the chunking.
+``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
+
+from ._blocks import check_2d, is_dask, map_blocks_reduce, row_uniform, sample_rows
+
+log = logging.getLogger(__name__)
+
+
+def assign(X_block, centers, centers_sqnorm=None):
+    """Nearest centre and squared distance for each row of a numpy block.
+
+    Returns (labels int32 (n,), sqdist float32 (n,)).
+    """
+    x = np.asarray(X_block, dtype=np.float32)
+    c = np.asarray(centers, dtype=np.float32)
+    if centers_sqnorm is None:
+        centers_sqnorm = np.einsum("ij,ij->i", c, c)
+    d = x @ c.T
+    d *= -2
+    d += centers_sqnorm
+    labels = d.argmin(axis=1).astype(np.int32)
+    best = d[np.arange(len(x)), labels] + np.einsum("ij,ij->i", x, x)
+    return labels, np.maximum(best, 0).astype(np.float32)
+
+
+def _lloyd_block(block, row0, centers, n_far):
+    x = np.asarray(block, dtype=np.float32)
+    k = centers.shape[0]
+    labels, sq = assign(x, centers)
+    onehot = sp.csr_matrix((np.ones(len(x), np.float64), (labels, np.arange(len(x)))),
+                           shape=(k, len(x)))
+    sums = onehot @ x.astype(np.float64)
+    counts = np.bincount(labels, minlength=k)
+    far = np.argsort(-sq, kind="stable")[:n_far]
+    return sums, counts, float(sq.sum(dtype=np.float64)), sq[far], x[far], far + row0
+
+
+def _stats_block(block, row0):
+    x = np.asarray(block, dtype=np.float64)
+    return x.shape[0], x.sum(axis=0), (x * x).sum(axis=0)
+
+
+def _mindist_block(block, row0, centers):
+    return assign(block, centers)[1]
+
+
+def _kmeans_parallel_block(block, row0, centers, phi, ell, seed, rnd):
+    sq = assign(block, centers)[1].astype(np.float64)
+    rows = np.arange(row0, row0 + len(sq))
+    keep = row_uniform(rows, seed, 100 + rnd) < ell * sq / phi
+    return np.asarray(block, dtype=np.float32)[keep], float(sq.sum())
+
+
+def _count_nearest_block(block, row0, centers):
+    return np.bincount(assign(block, centers)[0], minlength=len(centers))
+
+
+class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
+    """KMeans for numpy or dask arrays (n_samples, n_features), scikit-learn style.
+
+    Parameters
+    ----------
+    n_clusters : int
+    init : {"k-means||", "k-means++"} or ndarray (n_clusters, n_features)
+    n_init : int
+        Runs from different seeded inits; the one with the lowest inertia is kept.
+    max_iter : int
+        Lloyd iterations (passes over the data), or mini-batch epochs.
+    tol : float
+        Stop when the squared centre shift summed over centres is below
+        ``tol * mean feature variance`` (scikit-learn's rule).
+    oversampling_factor : float
+        k-means|| draws about ``oversampling_factor * n_clusters`` rows per round.
+    init_sample_size : int or None
+        Rows used by "k-means++" (default max(100 k, 20000)).
+    algorithm : {"lloyd", "minibatch"}
+    batch_size : int
+        Rows per mini-batch step (mini-batch only).
+    persist : {"auto", True, False}
+        Keep dask input in worker memory while iterating ("auto": when it takes under a
+        quarter of the workers' memory).
+    random_state : int
+    """
+
+    def __init__(self, n_clusters=8, *, init="k-means||", n_init=3, max_iter=100, tol=1e-4,
+                 oversampling_factor=2.0, init_sample_size=None, algorithm="lloyd",
+                 batch_size=10_000, max_no_improvement=10, persist="auto", random_state=0):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.oversampling_factor = oversampling_factor
+        self.init_sample_size = init_sample_size
+        self.algorithm = algorithm
+        self.batch_size = batch_size
+        self.max_no_improvement = max_no_improvement
+        self.persist = persist
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ validation
+
+    def _validate(self, X):
+        check_2d(X)
+        if not isinstance(self.n_clusters, (int, np.integer)) or self.n_clusters < 1:
+            raise ValueError(f"n_clusters must be a positive integer; got {self.n_clusters!r}")
+        if X.shape[0] < self.n_clusters:
+            raise ValueError(f"n_samples={X.shape[0]} should be >= n_clusters={self.n_clusters}")
+        if self.algorithm not in ("lloyd", "minibatch"):
+            raise ValueError(f"algorithm must be 'lloyd' or 'minibatch'; got {self.algorithm!r}")
+        if isinstance(self.init, str):
+            if self.init not in ("k-means||", "k-means++"):
+                raise ValueError(f"init must be 'k-means||', 'k-means++' or an array; got {self.init!r}")
+        elif np.shape(self.init) != (self.n_clusters, X.shape[1]):
+            raise ValueError(f"init array must have shape ({self.n_clusters}, {X.shape[1]}); "
+                             f"got {np.shape(self.init)}")
+        if self.max_iter < 1 or self.tol < 0 or self.n_init < 1:
+            raise ValueError("max_iter and n_init must be >= 1 and tol >= 0")
+        if self.persist not in ("auto", True, False):
+            raise ValueError(f"persist must be 'auto', True or False; got {self.persist!r}")
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X, y=None):
+        self._validate(X)
+        X = self._maybe_persist(X)
+        n, s1, s2 = (np.sum(v, axis=0) for v in zip(*map_blocks_reduce(_stats_block, X)))
+        mean_var = float(np.mean(s2 / n - (s1 / n) ** 2))
+        self._tol = self.tol * mean_var
+        n_init = self.n_init if isinstance(self.init, str) else 1
+        best = None
+        for run in range(n_init):
+            seed = int(np.random.default_rng([self.random_state, run]).integers(1 << 31))
+            centers = self._init_centers(X, seed)
+            if self.algorithm == "minibatch":
+                centers, n_iter = self._minibatch(X, centers, seed), self.max_iter
+            else:
+                centers, n_iter = self._lloyd(X, centers)
+            inertia = self._inertia(X, centers) if n_init > 1 else 0.0
+            if best is None or inertia < best[0]:
+                best = (inertia, centers, n_iter)
+        _, centers, self.n_iter_ = best
+        self.cluster_centers_ = centers.astype(np.float32)
+        self.n_features_in_ = X.shape[1]
+        # the final assignment: labels and inertia agree with the returned centres
+        self.inertia_ = self._inertia(X, self.cluster_centers_)
+        self.labels_ = self.predict(X)
+        return self
+
+    @staticmethod
+    def _inertia(X, centers):
+        """Sum of squared distances to the nearest centre (scikit-learn's definition)."""
+        parts = map_blocks_reduce(_mindist_block, X, args=(np.asarray(centers, np.float32),))
+        return float(sum(np.sum(d, dtype=np.float64) for d in parts))
+
+    def _maybe_persist(self, X):
+        if not is_dask(X) or self.persist is False:
+            return X
+        if self.persist == "auto":
+            try:
+                from distributed import get_client
+
+                mem = sum(w.get("memory_limit", 0) for w in
+                          get_client().scheduler_info()["workers"].values())
+            except (ValueError, ImportError):
+                import psutil
+
+                mem = psutil.virtual_memory().available
+            if X.nbytes > mem / 4:
+                log.info("streaming %d MB of rows each iteration (too big to persist)", X.nbytes // 1e6)
+                return X
+        return X.persist()
+
+    def _init_centers(self, X, seed):
+        k = self.n_clusters
+        if not isinstance(self.init, str):
+            return np.asarray(self.init, dtype=np.float64)
+        from sklearn.cluster import kmeans_plusplus
+
+        rng = np.random.default_rng(seed)
+        if self.init == "k-means++":
+            size = self.init_sample_size or max(100 * k, 20_000)
+            sample, _ = sample_rows(X, size, seed, stream=1)
+            if len(sample) < k:
+                sample, _ = sample_rows(X, X.shape[0], seed)
+            centers, _ = kmeans_plusplus(sample.astype(np.float64), k,
+                                         random_state=int(rng.integers(1 << 31)))
+            return centers
+        # k-means||: first centre = the row with the smallest hash, then oversampling rounds
+        first, _ = sample_rows(X, max(1, min(X.shape[0], 64)), seed, stream=2)
+        cand = first[:1].astype(np.float32)
+        ell = self.oversampling_factor * k
+        phi = self._inertia(X, cand)
+        for rnd in range(5):
+            if phi <= 0:
+                break
+            parts = map_blocks_reduce(_kmeans_parallel_block, X,
+                                      args=(cand, phi, ell, seed, rnd))
+            new = [p[0] for p in parts if len(p[0])]
+            if new:
+                cand = np.concatenate([cand] + new)
+            phi = self._inertia(X, cand)
+        if len(cand) <= k:
+            extra, _ = sample_rows(X, 20 * k, seed, stream=3)
+            cand = np.concatenate([cand, extra.astype(np.float32)])
+        weights = np.sum(map_blocks_reduce(_count_nearest_block, X, args=(cand,)), axis=0)
+        from sklearn.cluster import KMeans as _SK
+
+        sk = _SK(k, init="k-means++", n_init=1, random_state=int(rng.integers(1 << 31)))
+        sk.fit(cand.astype(np.float64), sample_weight=weights.astype(np.float64) + 1e-12)
+        return sk.cluster_centers_
+
+    def _step(self, X, centers):
+        k = self.n_clusters
+        parts = map_blocks_reduce(_lloyd_block, X, args=(centers.astype(np.float32), k))
+        sums = np.sum([p[0] for p in parts], axis=0)
+        counts = np.sum([p[1] for p in parts], axis=0)
+        inertia = float(sum(p[2] for p in parts))
+        far_d = np.concatenate([p[3] for p in parts])
+        far_x = np.concatenate([p[4] for p in parts])
+        far_r = np.concatenate([p[5] for p in parts])
+        new = centers.copy()
+        nz = counts > 0
+        new[nz] = sums[nz] / counts[nz, None]
+        empty = np.flatnonzero(~nz)
+        if len(empty):  # re-seed empty clusters at the farthest rows (ties broken by row)
+            order = np.lexsort((far_r, -far_d))
+            for c, i in zip(empty, order):
+                new[c] = far_x[i]
+            log.info("re-seeded %d empty cluster(s)", len(empty))
+        return new, inertia
+
+    def _lloyd(self, X, centers):
+        centers = np.asarray(centers, dtype=np.float64)
+        n_iter = 0
+        for it in range(self.max_iter):
+            new, _ = self._step(X, centers)
+            shift = float(((new - centers) ** 2).sum())
+            centers = new
+            n_iter = it + 1
+            if shift <= self._tol:
+                break
+        return centers, n_iter
+
+    def _minibatch(self, X, centers, seed):
+        """Mini-batch updates (Sculley 2010) over blocks of rows in a seeded order."""
+        centers = np.asarray(centers, dtype=np.float64)
+        counts = np.zeros(self.n_clusters)
+        rng = np.random.default_rng(seed)
+        n = X.shape[0]
+        starts = np.arange(0, n, self.batch_size)
+        best, stale = np.inf, 0
+        for _ in range(self.max_iter):
+            for a in rng.permutation(starts):
+                block = X[a:a + self.batch_size]
+                block = np.asarray(block.compute() if is_dask(block) else block, dtype=np.float32)
+                labels, sq = assign(block, centers)
+                k_counts = np.bincount(labels, minlength=self.n_clusters)
+                sums = np.zeros_like(centers)
+                np.add.at(sums, labels, block)
+                hit = k_counts > 0
+                counts[hit] += k_counts[hit]
+                eta = k_counts[hit] / counts[hit]
+                centers[hit] += eta[:, None] * (sums[hit] / k_counts[hit, None] - centers[hit])
+                batch_inertia = float(sq.mean())
+                if batch_inertia < best * (1 - 1e-4):
+                    best, stale = batch_inertia, 0
+                else:
+                    stale += 1
+                if stale >= self.max_no_improvement * max(1, len(starts) // 10):
+                    return centers
+        return centers
+
+    # ------------------------------------------------------------------ applying
+
+    def _check_fitted(self):
+        if not hasattr(self, "cluster_centers_"):
+            raise ValueError("this KMeans is not fitted yet; call fit first")
+
+    def _predict_block(self, block):
+        return assign(block, self.cluster_centers_, self._csq())[0]
+
+    def _csq(self):
+        c = self.cluster_centers_
+        return np.einsum("ij,ij->i", c, c)
+
+    def predict(self, X):
+        self._check_fitted()
+        if is_dask(X):
+            return X.map_blocks(self._predict_block, dtype=np.int32, drop_axis=1,
+                                chunks=(X.chunks[0],))
+        return self._predict_block(X)
+
+    def predict_block(self, block):
+        """(labels int32, distance float32 to the assigned centre) for a numpy block."""
+        labels, sq = assign(block, self.cluster_centers_, self._csq())
+        return labels, np.sqrt(sq)
+
+    def _transform_block(self, block):
+        x = np.asarray(block, dtype=np.float32)
+        c = self.cluster_centers_
+        d = np.einsum("ij,ij->i", x, x)[:, None] - 2 * x @ c.T + self._csq()[None, :]
+        return np.sqrt(np.maximum(d, 0)).astype(np.float32)
+
+    def transform(self, X):
+        self._check_fitted()
+        if is_dask(X):
+            return X.map_blocks(self._transform_block, dtype=np.float32,
+                                chunks=(X.chunks[0], (self.n_clusters,)))
+        return self._transform_block(X)
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+    # ------------------------------------------------------------------ state
+
+    def to_state(self):
+        params = {k: v for k, v in self.get_params().items() if k != "init"}
+        params["init"] = self.init if isinstance(self.init, str) else "array"
+        params.update(n_iter_=int(getattr(self, "n_iter_", 0)), inertia_=float(self.inertia_))
+        return params, {"cluster_centers": self.cluster_centers_}
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        fitted = ("n_iter_", "inertia_")
+        p = {k: v for k, v in params.items() if k not in fitted}
+        if p.get("init") == "array":
+            p["init"] = "k-means++"
+        obj = cls(**p)
+        obj.n_iter_, obj.inertia_ = params["n_iter_"], params["inertia_"]
+        obj.cluster_centers_ = np.asarray(arrays["cluster_centers"], dtype=np.float32)
+        obj.n_features_in_ = obj.cluster_centers_.shape[1]
+        return obj

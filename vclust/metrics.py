@@ -1,0 +1,169 @@
+"""Partition metrics computed exactly over all rows as map-reduce, plus a sampled silhouette.
+
+Two passes over the rows: the first gathers per-cluster counts and sums (the cluster means),
+the second the squared and plain distances of every row to its cluster mean. From those:
+
+    Calinski-Harabasz = [B / (k - 1)] / [W / (n - k)]
+        W = sum_i ||x_i - mu_c(i)||^2,   B = sum_c n_c ||mu_c - mu||^2
+    Davies-Bouldin = mean_c max_{c' != c} (S_c + S_c') / ||mu_c - mu_c'||
+        S_c = mean distance of the members of c to mu_c
+
+Both equal sklearn.metrics on in-memory data (same edge cases), in float64.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from ._blocks import is_dask, map_blocks_reduce, row_uniform
+
+
+def _sums_block(block, labels, row0, k):
+    x = np.asarray(block, dtype=np.float64)
+    labels = np.asarray(labels)
+    onehot = sp.csr_matrix((np.ones(len(x)), (labels, np.arange(len(x)))), shape=(k, len(x)))
+    return np.bincount(labels, minlength=k), onehot @ x
+
+
+def _dist_block(block, labels, row0, means):
+    x = np.asarray(block, dtype=np.float64)
+    labels = np.asarray(labels)
+    k = len(means)
+    sq = ((x - means[labels]) ** 2).sum(axis=1)
+    return (np.bincount(labels, weights=sq, minlength=k),
+            np.bincount(labels, weights=np.sqrt(sq), minlength=k))
+
+
+def _n_clusters(labels, n_clusters):
+    if n_clusters is not None:
+        return int(n_clusters)
+    top = labels.max().compute() if is_dask(labels) else np.max(labels)
+    return int(top) + 1
+
+
+def cluster_sums(X, labels, n_clusters=None):
+    """(counts (k,), sums (k, d) float64) in one pass."""
+    k = _n_clusters(labels, n_clusters)
+    parts = map_blocks_reduce(_sums_block, X, labels, args=(k,))
+    return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
+
+
+def _partition_stats(X, labels, n_clusters=None):
+    counts, sums = cluster_sums(X, labels, n_clusters)
+    means = sums / np.maximum(counts, 1)[:, None]
+    parts = map_blocks_reduce(_dist_block, X, labels, args=(means,))
+    sq = np.sum([p[0] for p in parts], axis=0)
+    dist = np.sum([p[1] for p in parts], axis=0)
+    return counts, sums, means, sq, dist
+
+
+def _check_labels(counts):
+    k = int((counts > 0).sum())
+    n = int(counts.sum())
+    if not 1 < k < n:
+        raise ValueError(f"number of labels is {k}; valid values are 2 to n_samples - 1 ({n - 1})")
+
+
+def _ch(counts, sums, means, sq):
+    n = counts.sum()
+    k = int((counts > 0).sum())
+    mu = sums.sum(axis=0) / n
+    within = sq.sum()
+    between = float((counts * ((means - mu) ** 2).sum(axis=1)).sum())
+    return 1.0 if within == 0 else float(between * (n - k) / (within * (k - 1)))
+
+
+def _db(counts, means, dist):
+    keep = counts > 0
+    means, s = means[keep], dist[keep] / counts[keep]
+    if np.allclose(s, 0):
+        return 0.0
+    diff = means[:, None, :] - means[None, :, :]
+    centroid = np.sqrt((diff**2).sum(axis=2))
+    if np.allclose(centroid, 0):
+        return 0.0
+    centroid[centroid == 0] = np.inf
+    scores = (s[:, None] + s[None, :]) / centroid
+    np.fill_diagonal(scores, -np.inf)  # a cluster is not compared with itself
+    return float(np.mean(scores.max(axis=1)))
+
+
+def calinski_harabasz(X, labels, n_clusters=None) -> float:
+    counts, sums, means, sq, _ = _partition_stats(X, labels, n_clusters)
+    _check_labels(counts)
+    return _ch(counts, sums, means, sq)
+
+
+def davies_bouldin(X, labels, n_clusters=None) -> float:
+    counts, _, means, _, dist = _partition_stats(X, labels, n_clusters)
+    _check_labels(counts)
+    return _db(counts, means, dist)
+
+
+def silhouette_sampled(X, labels, sample_size=10_000, random_state=0) -> float:
+    """scikit-learn's silhouette on a seeded sample of rows (chosen by row hash)."""
+    from sklearn.metrics import silhouette_score
+
+    n = X.shape[0]
+    p = min(1.0, sample_size / n)
+
+    def pick(block, lab, row0):
+        keep = row_uniform(np.arange(row0, row0 + len(lab)), random_state, 11) < p
+        return np.asarray(block)[keep], np.asarray(lab)[keep]
+
+    parts = map_blocks_reduce(pick, X, labels)
+    xs = np.concatenate([q[0] for q in parts])
+    ls = np.concatenate([q[1] for q in parts])
+    if len(np.unique(ls)) < 2 or len(ls) < 3:
+        return float("nan")
+    return float(silhouette_score(xs, ls))
+
+
+def evaluate_partition(X, labels, *, n_clusters=None, silhouette_sample=10_000,
+                       random_state=0) -> dict:
+    """Calinski-Harabasz, Davies-Bouldin, inertia (to the cluster means), sizes and a sampled
+    silhouette. Reads X three times (sums, distances, silhouette sample)."""
+    counts, sums, means, sq, dist = _partition_stats(X, labels, n_clusters)
+    _check_labels(counts)
+    return {
+        "n_clusters": int(len(counts)),
+        "calinski_harabasz": _ch(counts, sums, means, sq),
+        "davies_bouldin": _db(counts, means, dist),
+        "silhouette": silhouette_sampled(X, labels, silhouette_sample, random_state),
+        "inertia": float(sq.sum()),
+        "sizes": [int(c) for c in counts],
+    }
+
+
+def choose_k(table: list[dict]) -> int:
+    """The k to keep from a k-range table.
+
+    Rule: rank the rows by Calinski-Harabasz (higher is better) and by Davies-Bouldin (lower is
+    better); the best mean rank wins; ties go to the smaller k. Each metric alone drifts with k
+    (CH often favours few clusters, DB is noisy), their agreement is a steadier choice.
+    """
+    if not table:
+        raise ValueError("empty k-range table")
+    ks = np.array([r["k"] for r in table])
+    ch = np.array([r["calinski_harabasz"] for r in table])
+    db = np.array([r["davies_bouldin"] for r in table])
+    rank_ch = (-ch).argsort(kind="stable").argsort()
+    rank_db = db.argsort(kind="stable").argsort()
+    score = (rank_ch + rank_db) / 2.0
+    order = np.lexsort((ks, score))
+    return int(ks[order[0]])
+
+
+def k_range_table(X, ks, *, random_state=0, silhouette_sample=10_000, **kmeans_kwargs):
+    """Fit vclust's KMeans for each k and evaluate it: one row per k."""
+    from .kmeans import KMeans
+
+    table = []
+    for k in ks:
+        km = KMeans(k, random_state=random_state, **kmeans_kwargs).fit(X)
+        row = evaluate_partition(X, km.labels_, n_clusters=k, random_state=random_state,
+                                 silhouette_sample=silhouette_sample)
+        table.append({"k": k, **{m: row[m] for m in ("calinski_harabasz", "davies_bouldin",
+                                                      "silhouette", "inertia")}})
+    return table

@@ -1,0 +1,292 @@
+"""Outlier scoring with a pynndescent reference index, run per row block across the workers.
+
+Fit: a seeded reference sample of the reduced rows (``reference_size``) gets an NNDescent index,
+built once. For each reference row we keep its k nearest reference neighbours *other than
+itself*, its k-distance and its local reachability density (LOF's lrd).
+
+Score of a row x (query k + 1 neighbours; a row that is itself in the reference is dropped from
+its own neighbour list by its row index, never by distance, so exact duplicates still count):
+
+    knn     log of the mean distance to its k nearest reference neighbours
+    lof     log of LOF: mean lrd of those neighbours / lrd(x),
+            lrd(x) = 1 / mean_o max(d(x, o), kdist(o))
+    centre  distance to its cluster centre, as a robust z within that cluster:
+            (d - median_c) / (1.4826 MAD_c)
+    small   membership of a cluster holding less than ``min_cluster_share`` of the rows
+
+knn and lof become robust z-scores against the reference rows ((v - median) / (1.4826 MAD)).
+The combined z is the largest of the weighted z's (plus ``small_z`` for small clusters), and
+
+    outlier_score = 1 / (1 + exp(-(z - 3)))          in (0, 1); z = 3 gives 0.5
+
+A max is used because the two kinds of outlier light up different components: an isolated junk
+vector has a large knn and lof, a tight group (glare frames, empty frames of one camera: each
+other's nearest neighbours, so knn and lof look normal) lies far from its cluster's centre or
+forms a cluster of its own. ``is_outlier`` = score above a threshold fitted on the fit rows: the
+(1 - contamination) quantile, or median + mad_z * 1.4826 MAD of the scores.
+
+The index is not pickled: the scorer ships the reference rows and their neighbour graph, and each
+worker process rebuilds the index once (``init_graph`` makes that cheap) and caches it by
+fingerprint. Nothing numba-compiled crosses process boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+
+from ._blocks import is_dask, sample_rows
+
+log = logging.getLogger(__name__)
+
+_INDEX_CACHE: dict = {}
+
+
+def _robust(v):
+    med = float(np.median(v))
+    mad = float(np.median(np.abs(v - med))) * 1.4826
+    return med, mad if mad > 1e-12 else 1e-12
+
+
+def _index_from(ref, graph_idx, graph_dist, seed, n_neighbors):
+    from pynndescent import NNDescent
+
+    index = NNDescent(ref, n_neighbors=n_neighbors, random_state=seed, init_graph=graph_idx,
+                      init_dist=graph_dist, n_jobs=1, compressed=False, verbose=False)
+    index.prepare()
+    return index
+
+
+class OutlierScorer:
+    """Outlier scores in [0, 1] for reduced rows; see the module docstring for the formula."""
+
+    def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="contamination",
+                 contamination=0.02, mad_z=3.5, min_cluster_share=0.005, weights=None,
+                 small_z=6.0, index_neighbors=30, random_state=0):
+        self.n_neighbors = n_neighbors
+        self.reference_size = reference_size
+        self.threshold = threshold
+        self.contamination = contamination
+        self.mad_z = mad_z
+        self.min_cluster_share = min_cluster_share
+        self.weights = weights
+        self.small_z = small_z
+        self.index_neighbors = index_neighbors
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ pickling
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_index", None)  # numba state is rebuilt where the scorer lands
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    # ------------------------------------------------------------------ fitting
+
+    def _validate(self, n):
+        if self.threshold not in ("contamination", "mad"):
+            raise ValueError(f"threshold must be 'contamination' or 'mad'; got {self.threshold!r}")
+        if not 0 < self.contamination < 0.5:
+            raise ValueError(f"contamination must be in (0, 0.5); got {self.contamination}")
+        if n < self.n_neighbors + 2:
+            raise ValueError(f"need more than n_neighbors + 1 = {self.n_neighbors + 1} rows; got {n}")
+
+    @property
+    def _w(self):
+        w = {"knn": 1.0, "lof": 1.0, "centre": 1.0}
+        w.update(self.weights or {})
+        return w
+
+    def fit(self, X, labels, center_dist, centers=None, row_index=None):
+        """Build the reference index and fit the score's normalisation and threshold.
+
+        X, labels, center_dist : rows (dask or numpy) of the fit; ``row_index`` maps X's rows to
+        absolute row ids (default 0..n-1), used to skip a reference row's own entry.
+        """
+        import dask
+
+        n = X.shape[0]
+        self._validate(n)
+        k = self.n_neighbors
+        ref, pos = sample_rows(X, self.reference_size, self.random_state, stream=31)
+        ref = np.ascontiguousarray(ref, dtype=np.float32)
+        rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
+        self.ref_rows_ = rows_abs[pos].astype(np.int64)
+        self.reference_ = ref
+        from pynndescent import NNDescent
+
+        m = len(ref)
+        nn = NNDescent(ref, n_neighbors=min(self.index_neighbors, m - 1), random_state=self.random_state,
+                       n_jobs=1, compressed=False, verbose=False)
+        self.graph_indices_, self.graph_distances_ = (a.copy() for a in nn.neighbor_graph)
+        nn.prepare()
+        self._index = nn
+        self._cache_index()
+        # the reference's own neighbours, itself excluded (column 0 of the graph is the row)
+        gi, gd = self.graph_indices_, self.graph_distances_
+        own = gi == np.arange(m)[:, None]
+        nbr_i = np.where(own, -1, gi)
+        idx = np.argsort(np.where(nbr_i < 0, np.inf, gd), axis=1, kind="stable")[:, :k]
+        ref_nbr = np.take_along_axis(gi, idx, 1)
+        ref_d = np.take_along_axis(gd, idx, 1)
+        self.kdist_ = ref_d[:, -1].astype(np.float32)
+        reach = np.maximum(ref_d, self.kdist_[ref_nbr])
+        self.lrd_ = (1.0 / np.maximum(reach.mean(axis=1), 1e-12)).astype(np.float32)
+        # per-cluster spread of distance-to-centre, and cluster shares, over all fit rows
+        lab, dist = dask.compute(labels, center_dist) if is_dask(labels) else (labels, center_dist)
+        lab, dist = np.asarray(lab), np.asarray(dist, dtype=np.float64)
+        n_clusters = int(lab.max()) + 1 if centers is None else len(centers)
+        self.cluster_median_ = np.zeros(n_clusters)
+        self.cluster_mad_ = np.ones(n_clusters)
+        for c in range(n_clusters):
+            v = dist[lab == c]
+            if len(v):
+                self.cluster_median_[c], self.cluster_mad_[c] = _robust(v)
+        self.cluster_share_ = np.bincount(lab, minlength=n_clusters) / len(lab)
+        # normalisation of knn and lof on the reference rows
+        knn_raw, lof_raw = self._raw_components(ref, self.ref_rows_)
+        self.knn_norm_ = np.array(_robust(knn_raw))
+        self.lof_norm_ = np.array(_robust(lof_raw))
+        # threshold on the scores of every fit row
+        scores = self._score_all(X, lab, dist, rows_abs)
+        if self.threshold == "contamination":
+            self.threshold_ = float(np.quantile(scores, 1 - self.contamination))
+        else:
+            med, mad = _robust(scores)
+            self.threshold_ = float(min(med + self.mad_z * mad, np.nextafter(1, 0)))
+        self.fit_outlier_rate_ = float((scores > self.threshold_).mean())
+        self.fit_scores_ = scores  # scores of the fit rows (not saved with the model)
+        return self
+
+    # ------------------------------------------------------------------ the index
+
+    def _fingerprint(self):
+        h = hashlib.sha1(self.reference_.tobytes())
+        h.update(self.graph_indices_.tobytes())
+        return h.hexdigest()
+
+    def _cache_index(self):
+        _INDEX_CACHE.clear()  # one model's index per process at a time
+        _INDEX_CACHE[self._fingerprint()] = self._index
+
+    def index(self):
+        """The NNDescent index: built at fit, else rebuilt once per process from the arrays."""
+        if getattr(self, "_index", None) is None:
+            key = self._fingerprint()
+            cached = _INDEX_CACHE.get(key)
+            if cached is None:
+                log.info("building the outlier reference index (%d rows)", len(self.reference_))
+                cached = _index_from(self.reference_, self.graph_indices_, self.graph_distances_,
+                                     self.random_state, self.graph_indices_.shape[1])
+                _INDEX_CACHE.clear()
+                _INDEX_CACHE[key] = cached
+            self._index = cached
+        return self._index
+
+    def neighbours(self, x, rows):
+        """(positions (n, k), distances (n, k)) of the k nearest reference rows, skipping a row's
+        own reference entry."""
+        k = self.n_neighbors
+        idx, dist = self.index().query(np.asarray(x, dtype=np.float32), k=k + 1)
+        is_self = self.ref_rows_[idx] == np.asarray(rows)[:, None]
+        order = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # self entries move last
+        return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
+
+    # ------------------------------------------------------------------ scoring
+
+    def _raw_components(self, x, rows):
+        idx, d = self.neighbours(x, rows)
+        knn = np.log(np.maximum(d.mean(axis=1), 1e-12))
+        reach = np.maximum(d, self.kdist_[idx])
+        lrd = 1.0 / np.maximum(reach.mean(axis=1), 1e-12)
+        lof = np.log(np.maximum(self.lrd_[idx].mean(axis=1) / lrd, 1e-12))
+        return knn, lof
+
+    def score_block(self, x, labels, center_dist, rows):
+        """(outlier_score float32, is_outlier bool) for one numpy block."""
+        labels = np.asarray(labels)
+        knn, lof = self._raw_components(x, rows)
+        w = self._w
+        z_knn = (knn - self.knn_norm_[0]) / self.knn_norm_[1]
+        z_lof = (lof - self.lof_norm_[0]) / self.lof_norm_[1]
+        z_centre = (np.asarray(center_dist, np.float64) - self.cluster_median_[labels]) / self.cluster_mad_[labels]
+        z = np.maximum.reduce([w["knn"] * z_knn, w["lof"] * z_lof, w["centre"] * z_centre])
+        small = self.cluster_share_[labels] < self.min_cluster_share
+        z = np.where(small, np.maximum(z, self.small_z), z)
+        score = 1.0 / (1.0 + np.exp(-(np.clip(z, -50, 50) - 3.0)))
+        score = score.astype(np.float32)
+        flag = score > getattr(self, "threshold_", np.inf)
+        return score, flag
+
+    def _score_all(self, X, labels, dist, rows_abs):
+        if is_dask(X) and np.array_equal(rows_abs[[0, -1]], [0, len(rows_abs) - 1]):
+            import dask.array as da
+
+            chunks = (X.chunks[0],)
+            s, _ = self.score(X, da.from_array(labels, chunks=chunks),
+                              da.from_array(dist, chunks=chunks))
+            return s.compute()
+        out = []
+        step = 8192
+        xs = X
+        for a in range(0, X.shape[0], step):
+            block = xs[a:a + step]
+            block = block.compute() if is_dask(block) else block
+            out.append(self.score_block(block, labels[a:a + step], dist[a:a + step],
+                                        rows_abs[a:a + step])[0])
+        return np.concatenate(out)
+
+    def score(self, X, labels, center_dist, row_offset=0):
+        """(outlier_score, is_outlier) for every row; dask in -> dask out (one task per block,
+        run on the workers), numpy in -> numpy out. ``row_offset`` is the absolute row id of X's
+        first row (the reference skips a row's own entry by that id)."""
+        import dask
+        import dask.array as da
+
+        if not is_dask(X):
+            rows = np.arange(row_offset, row_offset + X.shape[0])
+            return self.score_block(X, labels, center_dist, rows)
+        me = dask.delayed(self, pure=True, traverse=False)
+        offsets = np.cumsum((row_offset,) + X.chunks[0][:-1])
+        labels = labels.rechunk((X.chunks[0],))
+        center_dist = center_dist.rechunk((X.chunks[0],))
+
+        def one(scorer, x, lab, dist, row0):
+            s, f = scorer.score_block(x, lab, dist, np.arange(row0, row0 + len(x)))
+            return np.stack([s, f.astype(np.float32)], axis=1)
+
+        blocks = []
+        for i, (x, lab, dist) in enumerate(zip(X.to_delayed().ravel(), labels.to_delayed().ravel(),
+                                               center_dist.to_delayed().ravel())):
+            n = X.chunks[0][i]
+            res = dask.delayed(one, pure=True)(me, x, lab, dist, int(offsets[i]))
+            blocks.append(da.from_delayed(res, shape=(n, 2), dtype=np.float32))
+        both = da.concatenate(blocks, axis=0)
+        return both[:, 0], both[:, 1] > 0.5
+
+    # ------------------------------------------------------------------ state
+
+    _ARRAYS = ("reference_", "ref_rows_", "graph_indices_", "graph_distances_", "kdist_", "lrd_",
+               "cluster_median_", "cluster_mad_", "cluster_share_", "knn_norm_", "lof_norm_")
+    _PARAMS = ("n_neighbors", "reference_size", "threshold", "contamination", "mad_z",
+               "min_cluster_share", "weights", "small_z", "index_neighbors", "random_state")
+
+    def to_state(self):
+        params = {k: getattr(self, k) for k in self._PARAMS}
+        params.update(threshold_=self.threshold_, fit_outlier_rate_=self.fit_outlier_rate_)
+        return params, {k.rstrip("_"): getattr(self, k) for k in self._ARRAYS}
+
+    @classmethod
+    def from_state(cls, params, arrays):
+        obj = cls(**{k: params[k] for k in cls._PARAMS})
+        obj.threshold_ = params["threshold_"]
+        obj.fit_outlier_rate_ = params["fit_outlier_rate_"]
+        for k in cls._ARRAYS:
+            setattr(obj, k, np.asarray(arrays[k.rstrip("_")]))
+        obj._index = None
+        return obj
