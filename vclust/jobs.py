@@ -169,7 +169,7 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
     import dask
 
     labels_np, dist_np = dask.compute(labels, dist)
-    flag_np = scorer.fit_scores_ > scorer.threshold_
+    flag_np = scorer.fit_flags_
     say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
 
     from .drift import reference_profile

@@ -12,7 +12,10 @@ its own neighbour list by its row index, never by distance, so exact duplicates 
             lrd(x) = 1 / mean_o max(d(x, o), kdist(o))
     centre  distance to its cluster centre, as a robust z within that cluster:
             (d - median_c) / (1.4826 MAD_c)
-    small   membership of a cluster holding less than ``min_cluster_share`` of the rows
+    small   membership of a degenerate cluster: one holding less than ``min_cluster_share`` of
+            the rows, or one far tighter than the others (median distance to its centre under
+            ``tight_cluster_ratio`` times the median of the clusters' medians): near-identical
+            frames that k-means gave a cluster of their own
 
 knn and lof become robust z-scores against the reference rows ((v - median) / (1.4826 MAD)).
 The combined z is the largest of the weighted z's (plus ``small_z`` for small clusters), and
@@ -25,9 +28,10 @@ other's nearest neighbours, so knn and lof look normal) lies far from its cluste
 forms a cluster of its own. ``is_outlier`` = score above a threshold fitted on the fit rows: the
 (1 - contamination) quantile, or median + mad_z * 1.4826 MAD of the scores.
 
-The index is not pickled: the scorer ships the reference rows and their neighbour graph, and each
-worker process rebuilds the index once (``init_graph`` makes that cheap) and caches it by
-fingerprint. Nothing numba-compiled crosses process boundaries.
+The index is built once per fit (pynndescent compiles its graph-building kernels for ~50 s per
+process, uncached). What it learned is kept as arrays (vclust.annindex: the prepared index's own
+state, no pickle); a worker process restores it once (~3 s, the search kernels only) and caches it
+by fingerprint, so chunks never rebuild or recompile it. Nothing numba-compiled is pickled.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import logging
 import numpy as np
 
 from ._blocks import is_dask, sample_rows
+from .annindex import index_from_state, index_to_state
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +55,12 @@ def _robust(v):
     return med, mad if mad > 1e-12 else 1e-12
 
 
-def _index_from(ref, graph_idx, graph_dist, seed, n_neighbors):
-    from pynndescent import NNDescent
-
-    index = NNDescent(ref, n_neighbors=n_neighbors, random_state=seed, init_graph=graph_idx,
-                      init_dist=graph_dist, n_jobs=1, compressed=False, verbose=False)
-    index.prepare()
-    return index
-
-
 class OutlierScorer:
     """Outlier scores in [0, 1] for reduced rows; see the module docstring for the formula."""
 
     def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="contamination",
                  contamination=0.02, mad_z=3.5, min_cluster_share=0.005, weights=None,
-                 small_z=6.0, index_neighbors=30, random_state=0):
+                 tight_cluster_ratio=0.15, small_z=6.0, index_neighbors=30, random_state=0):
         self.n_neighbors = n_neighbors
         self.reference_size = reference_size
         self.threshold = threshold
@@ -72,6 +68,7 @@ class OutlierScorer:
         self.mad_z = mad_z
         self.min_cluster_share = min_cluster_share
         self.weights = weights
+        self.tight_cluster_ratio = tight_cluster_ratio
         self.small_z = small_z
         self.index_neighbors = index_neighbors
         self.random_state = random_state
@@ -123,12 +120,12 @@ class OutlierScorer:
         m = len(ref)
         nn = NNDescent(ref, n_neighbors=min(self.index_neighbors, m - 1), random_state=self.random_state,
                        n_jobs=1, compressed=False, verbose=False)
-        self.graph_indices_, self.graph_distances_ = (a.copy() for a in nn.neighbor_graph)
+        gi, gd = (a.copy() for a in nn.neighbor_graph)
         nn.prepare()
         self._index = nn
+        self._index_params, self._index_arrays = index_to_state(nn)
         self._cache_index()
         # the reference's own neighbours, itself excluded (column 0 of the graph is the row)
-        gi, gd = self.graph_indices_, self.graph_distances_
         own = gi == np.arange(m)[:, None]
         nbr_i = np.where(own, -1, gi)
         idx = np.argsort(np.where(nbr_i < 0, np.inf, gd), axis=1, kind="stable")[:, :k]
@@ -148,26 +145,29 @@ class OutlierScorer:
             if len(v):
                 self.cluster_median_[c], self.cluster_mad_[c] = _robust(v)
         self.cluster_share_ = np.bincount(lab, minlength=n_clusters) / len(lab)
+        typical = np.median(self.cluster_median_[self.cluster_share_ > 0])
+        self.cluster_degenerate_ = ((self.cluster_share_ < self.min_cluster_share)
+                                    | (self.cluster_median_ < self.tight_cluster_ratio * typical))
         # normalisation of knn and lof on the reference rows
         knn_raw, lof_raw = self._raw_components(ref, self.ref_rows_)
         self.knn_norm_ = np.array(_robust(knn_raw))
         self.lof_norm_ = np.array(_robust(lof_raw))
-        # threshold on the scores of every fit row
-        scores = self._score_all(X, lab, dist, rows_abs)
+        # threshold on the combined z of every fit row
+        z = self._z_all(X, lab, dist, rows_abs)
         if self.threshold == "contamination":
-            self.threshold_ = float(np.quantile(scores, 1 - self.contamination))
+            self.threshold_z_ = float(np.quantile(z, 1 - self.contamination))
         else:
-            med, mad = _robust(scores)
-            self.threshold_ = float(min(med + self.mad_z * mad, np.nextafter(1, 0)))
-        self.fit_outlier_rate_ = float((scores > self.threshold_).mean())
-        self.fit_scores_ = scores  # scores of the fit rows (not saved with the model)
+            self.threshold_z_ = float(self.mad_z)  # z is already a robust z-score
+        self.threshold_ = float(1.0 / (1.0 + np.exp(-(min(self.threshold_z_, 50) - 3.0))))
+        self.fit_flags_ = z >= self.threshold_z_  # of the fit rows (not saved with the model)
+        self.fit_outlier_rate_ = float(self.fit_flags_.mean())
         return self
 
     # ------------------------------------------------------------------ the index
 
     def _fingerprint(self):
         h = hashlib.sha1(self.reference_.tobytes())
-        h.update(self.graph_indices_.tobytes())
+        h.update(self.ref_rows_.tobytes())
         return h.hexdigest()
 
     def _cache_index(self):
@@ -180,9 +180,8 @@ class OutlierScorer:
             key = self._fingerprint()
             cached = _INDEX_CACHE.get(key)
             if cached is None:
-                log.info("building the outlier reference index (%d rows)", len(self.reference_))
-                cached = _index_from(self.reference_, self.graph_indices_, self.graph_distances_,
-                                     self.random_state, self.graph_indices_.shape[1])
+                log.info("restoring the outlier reference index (%d rows)", len(self.reference_))
+                cached = index_from_state(self._index_params, self._index_arrays)
                 _INDEX_CACHE.clear()
                 _INDEX_CACHE[key] = cached
             self._index = cached
@@ -207,8 +206,8 @@ class OutlierScorer:
         lof = np.log(np.maximum(self.lrd_[idx].mean(axis=1) / lrd, 1e-12))
         return knn, lof
 
-    def score_block(self, x, labels, center_dist, rows):
-        """(outlier_score float32, is_outlier bool) for one numpy block."""
+    def z_block(self, x, labels, center_dist, rows):
+        """The combined robust z of each row of a numpy block (see the module docstring)."""
         labels = np.asarray(labels)
         knn, lof = self._raw_components(x, rows)
         w = self._w
@@ -216,30 +215,30 @@ class OutlierScorer:
         z_lof = (lof - self.lof_norm_[0]) / self.lof_norm_[1]
         z_centre = (np.asarray(center_dist, np.float64) - self.cluster_median_[labels]) / self.cluster_mad_[labels]
         z = np.maximum.reduce([w["knn"] * z_knn, w["lof"] * z_lof, w["centre"] * z_centre])
-        small = self.cluster_share_[labels] < self.min_cluster_share
-        z = np.where(small, np.maximum(z, self.small_z), z)
-        score = 1.0 / (1.0 + np.exp(-(np.clip(z, -50, 50) - 3.0)))
-        score = score.astype(np.float32)
-        flag = score > getattr(self, "threshold_", np.inf)
-        return score, flag
+        small = self.cluster_degenerate_[labels]
+        return np.where(small, np.maximum(z, self.small_z), z)
 
-    def _score_all(self, X, labels, dist, rows_abs):
-        if is_dask(X) and np.array_equal(rows_abs[[0, -1]], [0, len(rows_abs) - 1]):
-            import dask.array as da
+    def score_block(self, x, labels, center_dist, rows):
+        """(outlier_score float32, is_outlier bool) for one numpy block."""
+        z = self.z_block(x, labels, center_dist, rows)
+        score = (1.0 / (1.0 + np.exp(-(np.clip(z, -50, 50) - 3.0)))).astype(np.float32)
+        # the threshold is on z: scores of far outliers all round to 1.0 in float32
+        return score, z >= getattr(self, "threshold_z_", np.inf)
 
-            chunks = (X.chunks[0],)
-            s, _ = self.score(X, da.from_array(labels, chunks=chunks),
-                              da.from_array(dist, chunks=chunks))
-            return s.compute()
-        out = []
-        step = 8192
-        xs = X
-        for a in range(0, X.shape[0], step):
-            block = xs[a:a + step]
-            block = block.compute() if is_dask(block) else block
-            out.append(self.score_block(block, labels[a:a + step], dist[a:a + step],
-                                        rows_abs[a:a + step])[0])
-        return np.concatenate(out)
+    def _z_all(self, X, labels, dist, rows_abs):
+        """Combined z of the fit rows: on the workers, one task per block."""
+        import dask
+        import dask.array as da
+
+        if not is_dask(X):
+            X = da.from_array(X, chunks=(65_536, X.shape[1]))
+        me = dask.delayed(self, pure=True, traverse=False)
+        tasks = []
+        for i, x in enumerate(X.to_delayed().ravel()):
+            a = int(sum(X.chunks[0][:i]))
+            b = a + X.chunks[0][i]
+            tasks.append(dask.delayed(_z_task)(me, x, labels[a:b], dist[a:b], rows_abs[a:b]))
+        return np.concatenate(dask.compute(*tasks))
 
     def score(self, X, labels, center_dist, row_offset=0):
         """(outlier_score, is_outlier) for every row; dask in -> dask out (one task per block,
@@ -271,22 +270,33 @@ class OutlierScorer:
 
     # ------------------------------------------------------------------ state
 
-    _ARRAYS = ("reference_", "ref_rows_", "graph_indices_", "graph_distances_", "kdist_", "lrd_",
-               "cluster_median_", "cluster_mad_", "cluster_share_", "knn_norm_", "lof_norm_")
+    _ARRAYS = ("reference_", "ref_rows_", "kdist_", "lrd_",
+               "cluster_median_", "cluster_mad_", "cluster_share_", "cluster_degenerate_",
+               "knn_norm_", "lof_norm_")
     _PARAMS = ("n_neighbors", "reference_size", "threshold", "contamination", "mad_z",
-               "min_cluster_share", "weights", "small_z", "index_neighbors", "random_state")
+               "min_cluster_share", "weights", "tight_cluster_ratio", "small_z", "index_neighbors",
+               "random_state")
 
     def to_state(self):
         params = {k: getattr(self, k) for k in self._PARAMS}
-        params.update(threshold_=self.threshold_, fit_outlier_rate_=self.fit_outlier_rate_)
-        return params, {k.rstrip("_"): getattr(self, k) for k in self._ARRAYS}
+        params.update(threshold_=self.threshold_, threshold_z_=self.threshold_z_,
+                      fit_outlier_rate_=self.fit_outlier_rate_, index=self._index_params)
+        arrays = {k.rstrip("_"): getattr(self, k) for k in self._ARRAYS}
+        arrays.update({f"index/{k}": v for k, v in self._index_arrays.items()})
+        return params, arrays
 
     @classmethod
     def from_state(cls, params, arrays):
         obj = cls(**{k: params[k] for k in cls._PARAMS})
-        obj.threshold_ = params["threshold_"]
+        obj.threshold_, obj.threshold_z_ = params["threshold_"], params["threshold_z_"]
         obj.fit_outlier_rate_ = params["fit_outlier_rate_"]
         for k in cls._ARRAYS:
             setattr(obj, k, np.asarray(arrays[k.rstrip("_")]))
+        obj._index_params = params["index"]
+        obj._index_arrays = {k[len("index/"):]: v for k, v in arrays.items() if k.startswith("index/")}
         obj._index = None
         return obj
+
+
+def _z_task(scorer, x, labels, dist, rows):
+    return scorer.z_block(x, labels, dist, rows)

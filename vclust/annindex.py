@@ -1,0 +1,83 @@
+"""A prepared pynndescent index as JSON-able params plus numpy arrays, without pickle.
+
+Building an NNDescent costs a numba compilation of about 50 s per process on this machine
+(pynndescent does not cache its graph-building kernels); restoring a prepared index from its
+state costs only the search kernels, about 3 s. So the model dir keeps the index's own state
+(the ``__getstate__`` dict: search graph, search trees, vertex order, raw data ...) as arrays,
+and a worker restores it with ``__setstate__``, never rebuilding the graph.
+
+The numba functions in the state are dropped; ``__setstate__`` recreates them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _encode(value, path, arrays):
+    import scipy.sparse as sp
+
+    if isinstance(value, np.ndarray):
+        arrays[path] = value
+        return {"__array__": path}
+    if isinstance(value, np.generic):
+        return {"__scalar__": str(value.dtype), "value": value.item()}
+    if sp.issparse(value):
+        csr = value.tocsr()
+        for part in ("data", "indices", "indptr"):
+            arrays[f"{path}.{part}"] = getattr(csr, part)
+        return {"__csr__": path, "shape": list(csr.shape), "array": isinstance(value, sp.sparray)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{path}.{i}", arrays) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{path}.{i}", arrays) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {"__dict__": {k: _encode(v, f"{path}.{k}", arrays) for k, v in value.items()}}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store index attribute {path} of type {type(value).__name__}")
+
+
+def _decode(value, arrays):
+    import scipy.sparse as sp
+
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__array__" in value:
+        return np.asarray(arrays[value["__array__"]])
+    if "__scalar__" in value:
+        return np.dtype(value["__scalar__"]).type(value["value"])
+    if "__csr__" in value:
+        p = value["__csr__"]
+        cls = sp.csr_array if value["array"] else sp.csr_matrix
+        return cls((arrays[f"{p}.data"], arrays[f"{p}.indices"], arrays[f"{p}.indptr"]),
+                   shape=tuple(value["shape"]))
+    if "__tuple__" in value:
+        return tuple(_decode(v, arrays) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {k: _decode(v, arrays) for k, v in value["__dict__"].items()}
+    raise ValueError(f"unreadable index state entry {value!r}")
+
+
+def index_to_state(index) -> tuple[dict, dict]:
+    """(params, arrays) of a prepared NNDescent."""
+    state = index.__getstate__()
+    params, arrays = {}, {}
+    for key, value in state.items():
+        if callable(value) or key == "_rp_forest":
+            continue
+        params[key] = _encode(value, key, arrays)
+    return params, arrays
+
+
+def index_from_state(params: dict, arrays: dict):
+    """The NNDescent back, ready to query (compiles only the search kernels)."""
+    from pynndescent import NNDescent
+
+    state = {key: _decode(value, arrays) for key, value in params.items()}
+    index = NNDescent.__new__(NNDescent)
+    index.__setstate__(state)
+    index._input_dtype = np.float32
+    return index
