@@ -75,6 +75,17 @@ def _count_nearest_block(block, row0, centers):
     return np.bincount(assign(block, centers)[0], minlength=len(centers))
 
 
+def _labels_of(block, centers):
+    return assign(block, centers)[0]
+
+
+def _distances_to(block, centers):
+    x = np.asarray(block, dtype=np.float32)
+    c = np.asarray(centers, dtype=np.float32)
+    d = np.einsum("ij,ij->i", x, x)[:, None] - 2 * x @ c.T + np.einsum("ij,ij->i", c, c)[None, :]
+    return np.sqrt(np.maximum(d, 0)).astype(np.float32)
+
+
 class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
     """KMeans for numpy or dask arrays (n_samples, n_features), scikit-learn style.
 
@@ -306,8 +317,8 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
 
     def predict(self, X):
         self._check_fitted()
-        if is_dask(X):
-            return X.map_blocks(self._predict_block, dtype=np.int32, drop_axis=1,
+        if is_dask(X):  # a plain function of the centres: the graph must not hold self.labels_
+            return X.map_blocks(_labels_of, self.cluster_centers_, dtype=np.int32, drop_axis=1,
                                 chunks=(X.chunks[0],))
         return self._predict_block(X)
 
@@ -317,15 +328,12 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         return labels, np.sqrt(sq)
 
     def _transform_block(self, block):
-        x = np.asarray(block, dtype=np.float32)
-        c = self.cluster_centers_
-        d = np.einsum("ij,ij->i", x, x)[:, None] - 2 * x @ c.T + self._csq()[None, :]
-        return np.sqrt(np.maximum(d, 0)).astype(np.float32)
+        return _distances_to(block, self.cluster_centers_)
 
     def transform(self, X):
         self._check_fitted()
         if is_dask(X):
-            return X.map_blocks(self._transform_block, dtype=np.float32,
+            return X.map_blocks(_distances_to, self.cluster_centers_, dtype=np.float32,
                                 chunks=(X.chunks[0], (self.n_clusters,)))
         return self._transform_block(X)
 

@@ -139,9 +139,10 @@ def evaluate_partition(X, labels, *, n_clusters=None, silhouette_sample=10_000,
 def choose_k(table: list[dict]) -> int:
     """The k to keep from a k-range table.
 
-    Rule: rank the rows by Calinski-Harabasz (higher is better) and by Davies-Bouldin (lower is
-    better); the best mean rank wins; ties go to the smaller k. Each metric alone drifts with k
-    (CH often favours few clusters, DB is noisy), their agreement is a steadier choice.
+    Rule: rank the rows by Calinski-Harabasz (higher is better), by Davies-Bouldin (lower is
+    better) and by the sampled silhouette (higher is better); the best mean rank wins; ties go to
+    the smaller k. Each metric alone drifts with k (CH keeps favouring few clusters on CNN
+    descriptors, DB and silhouette are noisier); their agreement is a steadier choice.
     """
     if not table:
         raise ValueError("empty k-range table")
@@ -150,7 +151,10 @@ def choose_k(table: list[dict]) -> int:
     db = np.array([r["davies_bouldin"] for r in table])
     rank_ch = (-ch).argsort(kind="stable").argsort()
     rank_db = db.argsort(kind="stable").argsort()
-    score = (rank_ch + rank_db) / 2.0
+    sil = np.array([r.get("silhouette", np.nan) for r in table], dtype=float)
+    sil = np.where(np.isnan(sil), -np.inf, sil)
+    rank_sil = (-sil).argsort(kind="stable").argsort()
+    score = (rank_ch + rank_db + rank_sil) / 3.0
     order = np.lexsort((ks, score))
     return int(ks[order[0]])
 

@@ -127,7 +127,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         if method == "covariance" or self.pca_variance is None:
             n, mean, scatter = _moments(X, self.l2)
             cov = scatter / (n - 1)
-            var = np.diag(cov).copy()
+            var = np.diag(scatter) / n  # population variance, as StandardScaler
             scale = np.sqrt(var) if self.standardize else np.ones(d)
             scale[scale < 1e-12] = 1.0
             mat = cov / np.outer(scale, scale)
@@ -167,10 +167,10 @@ class Preprocessor(BaseEstimator, TransformerMixin):
             raise ValueError(f"{sum(p[3] for p in parts)} row(s) hold NaN or Inf; drop them before fitting")
         n = sum(p[0] for p in parts)
         mean = sum(p[1] for p in parts) / n
-        var = (sum(p[2] for p in parts) - n * mean**2) / (n - 1)
+        var = (sum(p[2] for p in parts) - n * mean**2) / n
         scale = np.sqrt(var) if self.standardize else np.ones(d)
         scale[scale < 1e-12] = 1.0
-        total = float((var / scale**2).sum())
+        total = float((var / scale**2).sum()) * n / (n - 1)
         rank = min(d, self.n_components or self.max_components)
         width = min(d, rank + 16)
         q = np.random.default_rng(self.random_state).normal(size=(d, width))

@@ -1,0 +1,197 @@
+"""Preprocessing, KMeans, metrics and the comparison algorithms against scikit-learn."""
+
+import glob
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SKKMeans
+from sklearn.datasets import make_blobs
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score as ari
+from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+from sklearn.preprocessing import StandardScaler
+
+from vclust.algorithms import ALGORITHMS, fit_algorithm, load_clusterer
+from vclust.kmeans import KMeans
+from vclust.metrics import (calinski_harabasz, choose_k, davies_bouldin, evaluate_partition,
+                            k_range_table)
+from vclust.preprocess import MixturePreprocessor, Preprocessor
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    x, y = make_blobs(4000, n_features=12, centers=5, cluster_std=1.0, random_state=1)
+    return x.astype(np.float32), y
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+@pytest.mark.parametrize("chunks", [4000, 333])
+def test_pca_matches_sklearn(blobs, chunks):
+    x, _ = blobs
+    x = np.abs(x)
+    pre = Preprocessor(l2=False, standardize=True, pca_variance=0.9).fit(da.from_array(x, chunks=(chunks, -1)))
+    sk = PCA(pre.n_components_).fit(StandardScaler().fit_transform(x))
+    np.testing.assert_allclose(pre.explained_variance_ratio_, sk.explained_variance_ratio_, rtol=1e-5)
+    assert np.cumsum(pre.explained_variance_ratio_)[-1] >= 0.9
+    assert np.cumsum(pre.explained_variance_ratio_)[-2] < 0.9
+    ours = pre.transform(x)
+    theirs = sk.transform(StandardScaler().fit_transform(x))
+    signs = np.sign((ours * theirs).sum(axis=0))
+    np.testing.assert_allclose(ours, theirs * signs, atol=1e-4)
+
+
+def test_randomized_pca_close_to_exact(blobs):
+    x, _ = blobs
+    exact = Preprocessor(standardize=False, l2=False, n_components=4).fit(x)
+    rnd = Preprocessor(standardize=False, l2=False, n_components=4, svd_method="randomized").fit(
+        da.from_array(x, chunks=(1000, -1)))
+    np.testing.assert_allclose(rnd.explained_variance_, exact.explained_variance_, rtol=1e-3)
+
+
+def test_constant_columns_and_nan():
+    x = np.random.default_rng(0).random((200, 6)).astype(np.float32)
+    x[:, 2] = 0  # a dead unit
+    pre = Preprocessor(standardize=True, l2=False, pca_variance=None).fit(x)
+    assert np.isfinite(pre.transform(x)).all() and pre.scale_[2] == 1
+    x[5, 1] = np.nan
+    with pytest.raises(ValueError, match="1 row"):
+        Preprocessor().fit(da.from_array(x, chunks=(50, -1)))
+
+
+def test_mixture_weights_equal_variance_and_state(blobs):
+    x, _ = blobs
+    sets = {"a": np.abs(x[:, :6]) * 10, "b": np.abs(x[:, 6:])}
+    mix = MixturePreprocessor({n: Preprocessor() for n in sets}).fit(sets)
+    z = mix.transform(sets)
+    na = mix.preprocessors["a"].n_components_
+    var_a, var_b = z[:, :na].var(axis=0).sum(), z[:, na:].var(axis=0).sum()
+    assert abs(var_a / var_b - 1) < 1e-2
+    params, arrays = mix.to_state()
+    again = MixturePreprocessor.from_state(params, arrays)
+    np.testing.assert_array_equal(again.transform(sets), z)
+
+
+# --------------------------------------------------------------------------- kmeans
+
+
+@pytest.mark.parametrize("init", ["k-means||", "k-means++"])
+def test_kmeans_matches_sklearn(blobs, init):
+    x, y = blobs
+    ours = KMeans(5, init=init, random_state=0).fit(x)
+    sk = SKKMeans(5, n_init=3, random_state=0).fit(x)
+    assert ari(ours.labels_, sk.labels_) == 1.0 and ari(ours.labels_, y) == 1.0
+    assert ours.inertia_ == pytest.approx(sk.inertia_, rel=1e-5)
+    np.testing.assert_array_equal(ours.predict(x), ours.labels_)
+    np.testing.assert_allclose(ours.transform(x[:10]),
+                               np.linalg.norm(x[:10, None] - ours.cluster_centers_[None], axis=2), rtol=1e-4)
+
+
+def test_same_labels_whatever_chunking_and_workers(blobs, local_client):
+    x, _ = blobs
+    ref = KMeans(5, random_state=3).fit(x).labels_
+    for chunks in (4000, 999, 250):
+        got = KMeans(5, random_state=3).fit(da.from_array(x, chunks=(chunks, -1))).labels_.compute()
+        np.testing.assert_array_equal(got, ref)
+
+
+def test_same_labels_one_worker(blobs):
+    from distributed import Client, LocalCluster
+
+    x, _ = blobs
+    ref = KMeans(5, random_state=3).fit(x).labels_
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c, Client(c):
+        got = KMeans(5, random_state=3).fit(da.from_array(x, chunks=(700, -1))).labels_.compute()
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_empty_cluster_is_repaired(blobs):
+    x, _ = blobs
+    init = np.vstack([x[:4], np.full((1, x.shape[1]), 1e4, np.float32)])
+    km = KMeans(5, init=init, random_state=0).fit(x)
+    assert len(np.unique(km.labels_)) == 5
+
+
+def test_minibatch_close_to_lloyd(blobs):
+    x, _ = blobs
+    lloyd = KMeans(5, random_state=0).fit(x).labels_
+    mb = KMeans(5, algorithm="minibatch", batch_size=500, max_iter=5, random_state=0).fit(
+        da.from_array(x, chunks=(1000, -1))).labels_.compute()
+    assert ari(lloyd, mb) >= 0.95
+
+
+def test_kmeans_state_and_errors(blobs):
+    x, _ = blobs
+    km = KMeans(5, random_state=0).fit(x)
+    again = KMeans.from_state(*km.to_state())
+    np.testing.assert_array_equal(again.predict(x), km.predict(x))
+    with pytest.raises(ValueError, match="n_clusters must be a positive integer"):
+        KMeans(0).fit(x)
+    with pytest.raises(ValueError, match="init must be"):
+        KMeans(3, init="random").fit(x)
+    with pytest.raises(ValueError, match="chunked by rows only"):
+        KMeans(3).fit(da.from_array(x, chunks=(1000, 6)))
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunks", [4000, 777])
+def test_ch_db_equal_sklearn(blobs, dtype, chunks):
+    x, _ = blobs
+    x = x.astype(dtype)
+    labels = KMeans(6, random_state=0).fit(x).labels_
+    xd, ld = da.from_array(x, chunks=(chunks, -1)), da.from_array(labels, chunks=chunks)
+    assert calinski_harabasz(xd, ld) == pytest.approx(calinski_harabasz_score(x, labels), rel=1e-6)
+    assert davies_bouldin(xd, ld) == pytest.approx(davies_bouldin_score(x, labels), rel=1e-6)
+    ev = evaluate_partition(xd, ld)
+    assert ev["inertia"] == pytest.approx(KMeans(6, random_state=0).fit(x).inertia_, rel=1e-4)
+    assert sum(ev["sizes"]) == len(x)
+
+
+def test_k_range_table_and_choose_k(blobs):
+    x, _ = blobs
+    table = k_range_table(x, [3, 4, 5, 6, 7], random_state=0)
+    assert [r["k"] for r in table] == [3, 4, 5, 6, 7]
+    assert choose_k(table) == 5
+    with pytest.raises(ValueError, match="number of labels is 1"):
+        calinski_harabasz(x, np.zeros(len(x), int))
+
+
+# --------------------------------------------------------------------------- algorithms
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_each_algorithm_end_to_end(blobs, name):
+    x, y = blobs
+    xd = da.from_array(x, chunks=(1000, -1))
+    cl = fit_algorithm(name, xd, 5, sample_size=1500, random_state=0)
+    labels = cl.predict(xd).compute()
+    assert ari(labels, y) >= 0.9, (name, ari(labels, y))
+    again = load_clusterer(*cl.to_state())
+    np.testing.assert_array_equal(again.predict_block(x)[0], labels)
+    np.testing.assert_allclose(again.predict_block(x)[1],
+                               np.linalg.norm(x - cl.cluster_centers_[labels], axis=1), rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- real descriptors
+
+
+def test_real_descriptors_default_pipeline_ari():
+    xs, ys = [], []
+    files = sorted(glob.glob("/work/shared/data/real-descriptors/*.npz")
+                   or glob.glob("../shared/data/real-descriptors/*.npz"))
+    assert len(files) == 15, "real descriptors not found"
+    for i, f in enumerate(files):
+        xs.append(np.load(f)["X"])
+        ys.append(np.full(len(xs[-1]), i))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    xd = da.from_array(x, chunks=(1000, -1))
+    z = Preprocessor().fit(xd).transform(xd)
+    labels = KMeans(15, random_state=0).fit(z).labels_.compute()
+    score = ari(y, labels)
+    print(f"MVTec 15 categories, default preprocessing + KMeans(15): ARI {score:.3f}")
+    assert score >= 0.95, f"ARI {score:.3f}"
