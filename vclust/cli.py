@@ -86,8 +86,13 @@ def cmd_synth(args, say):
 
 
 def cmd_ingest(args, say):
+    from pathlib import Path
+
     from .ingest import ingest
 
+    for src in args.sources + ([args.ids] if args.ids else []):
+        if not Path(src).exists():  # before starting a cluster: the cheap checks first
+            raise InputError(f"{src}: no such file or folder")
     with _connect(args, say):
         summary = ingest(
             args.store, args.sources, name=args.name, ids_csv=args.ids, batch=args.batch,

@@ -150,7 +150,10 @@ def _coerce_object(obj, path: Path):
 
 
 def _numeric_frame(frame, path: Path) -> np.ndarray:
-    bad = [str(c) for c, t in frame.dtypes.items() if not np.issubdtype(t, np.number)]
+    import pandas as pd
+
+    bad = [str(c) for c, t in frame.dtypes.items()
+           if not pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t)]
     if bad:
         raise InputError(
             f"{path}: non-numeric columns {', '.join(bad[:5])}; expected one numeric column per "

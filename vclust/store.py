@@ -271,7 +271,7 @@ class Store:
         for a in range(0, n, step):
             b = min(n, a + step)
             self._group["ids"][start + a : start + b] = np.asarray(ids[a:b], dtype=str)
-            self._group["batch"][start + a : start + b] = np.full(b - a, batch_id, dtype=str)
+            self._group["batch"][start + a : start + b] = np.asarray([batch_id] * (b - a), dtype=str)
 
     def commit_batch(self, entry: dict):
         """Write the ledger entry: the append becomes visible."""

@@ -1,0 +1,90 @@
+"""Cluster configs and real `dask scheduler` / `dask worker` processes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vclust.cluster import make_slurm_cluster, resolve
+from vclust.config import KINDS, load_cluster_config, parse_cluster_config
+from vclust.errors import InputError
+from vclust.store import Store
+
+REPO = Path(__file__).resolve().parents[1]
+VCLUST = [sys.executable, "-m", "vclust.cli"]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_shipped_config_has_every_key_with_its_default(kind):
+    path = REPO / "cluster_configs" / f"{kind}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    model = KINDS[kind]
+    assert set(raw) == set(model.model_fields), f"{path.name}: keys differ from {model.__name__}"
+    cfg = load_cluster_config(path)
+    assert cfg.kind == kind
+    text = path.read_text()
+    for key in model.model_fields:
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}:"))
+        assert "#" in line or key == "kind" or ":" in line, f"{key} has no comment"
+
+
+def test_bad_key_and_bad_type_are_named(tmp_path):
+    with pytest.raises(InputError, match="unknown key 'n_wrokers'"):
+        parse_cluster_config({"kind": "local", "n_wrokers": 2}, "x.yaml")
+    with pytest.raises(InputError, match="key 'cores'"):
+        parse_cluster_config({"kind": "slurm", "cores": "many"}, "x.yaml")
+    with pytest.raises(InputError, match="key 'kind' must be one of"):
+        parse_cluster_config({"kind": "yarn"}, "x.yaml")
+
+
+def test_resolution_order(monkeypatch, tmp_path):
+    monkeypatch.setenv("VCLUST_SCHEDULER", "tcp://10.0.0.1:8786")
+    assert resolve().address == "tcp://10.0.0.1:8786"
+    assert resolve(scheduler="tcp://127.0.0.1:9").address == "tcp://127.0.0.1:9"
+    assert resolve(cluster_file=REPO / "cluster_configs" / "local.yaml").kind == "local"
+    with pytest.raises(InputError, match="not both"):
+        resolve("tcp://127.0.0.1:9", REPO / "cluster_configs" / "local.yaml")
+    monkeypatch.delenv("VCLUST_SCHEDULER")
+    assert resolve().kind == "local"
+
+
+def test_slurm_job_script_renders_the_config():
+    cfg = parse_cluster_config({"kind": "slurm", "queue": "gpu-free", "account": "city",
+                                "cores": 6, "memory": "24GB", "walltime": "01:30:00",
+                                "processes": 3, "job_extra_directives": ["--qos=low"]})
+    cluster = make_slurm_cluster(cfg)
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for needle in ("#SBATCH -p gpu-free", "#SBATCH -A city", "#SBATCH -n 1",
+                   "#SBATCH --cpus-per-task=6", "#SBATCH -t 01:30:00", "#SBATCH --qos=low",
+                   "--nworkers 3"):
+        assert needle in script, (needle, script)
+    assert "#SBATCH --mem=23G" in script or "#SBATCH --mem=" in script
+
+
+def test_ingest_and_distributed_read_on_real_scheduler_and_workers(dask_processes, tmp_path):
+    from distributed import Client
+
+    x = np.random.default_rng(0).random((5000, 16)).astype(np.float32)
+    np.save(tmp_path / "osnet.npy", x)
+    out = subprocess.run(VCLUST + ["ingest", str(tmp_path / "store"), str(tmp_path / "osnet.npy"),
+                                   "--chunk-rows", "500", "--scheduler", dask_processes],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert dask_processes in out.stderr  # the scheduler it used is announced
+    with Client(dask_processes) as client:
+        d = Store.open(tmp_path / "store").descriptors("osnet")
+        total = d.sum(axis=0).compute()
+        np.testing.assert_allclose(total, x.sum(axis=0, dtype=np.float64), rtol=1e-5)
+        # both worker processes hold pieces of the persisted array
+        p = client.persist(d)
+        from distributed import wait
+
+        wait(p)
+        holders = {w for ws in client.who_has(p).values() for w in ws}
+        assert len(holders) == 2, holders
