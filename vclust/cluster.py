@@ -44,8 +44,9 @@ def local_cluster_kwargs(cfg: LocalConfig) -> dict:
     if memory == "auto":
         memory = int(psutil.virtual_memory().total * 0.8 / n_workers)
     kwargs = dict(n_workers=n_workers, threads_per_worker=threads, memory_limit=memory,
-                  processes=cfg.processes, dashboard_address=cfg.dashboard_address,
-                  host="127.0.0.1")
+                  processes=cfg.processes, dashboard_address=cfg.dashboard_address)
+    if cfg.processes:
+        kwargs["host"] = "127.0.0.1"  # threads-only clusters talk in-process, no address
     if cfg.local_directory:
         kwargs["local_directory"] = cfg.local_directory
     return kwargs
