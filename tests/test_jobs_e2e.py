@@ -143,3 +143,24 @@ def test_nightly_drift_exit_codes_and_idempotence(case, tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 3, again.stderr
     assert snapshot() == before
+
+
+@pytest.mark.parametrize("algorithm", ["minibatch", "gmm", "bisecting", "agglomerative", "hdbscan"])
+def test_each_algorithm_fits_and_labels_a_store(case, tmp_path, algorithm):
+    from vclust.store import Store
+
+    store = tmp_path / "store"
+    _ingest(store, case, "fit")
+    model = jobs.fit(store, ["vdc_color"], k_range=[5, 6], algorithm=algorithm, sample_size=1500)
+    assert [r["algorithm"] for r in model.info["metrics"]] == [algorithm] * 2
+    path = model.save(tmp_path / "m")
+    again = Model.load(path)
+    x = {"vdc_color": Store.open(store).descriptors("vdc_color")}
+    lab, dist, score, flag = (a.compute() for a in again.apply(x))
+    np.testing.assert_array_equal(lab, model.apply(x)[0].compute())
+    assert len(lab) == 2500 and (dist >= 0).all() and ((score >= 0) & (score <= 1)).all()
+    truth = case["truth"].iloc[case["rows"]["fit"]]
+    from sklearn.metrics import adjusted_rand_score
+
+    inl = (truth["outlier_kind"] == "").to_numpy()
+    assert adjusted_rand_score(truth["colour"].to_numpy()[inl], lab[inl]) > 0.3

@@ -1,0 +1,99 @@
+"""Fit for one k on a 416,314-row synthetic osnet set (512 dims), side by side in one run:
+
+- vclust: Preprocessor(standardize, PCA 0.90) + KMeans(k) on a LocalCluster, rows read from Zarr
+- scikit-learn in memory: StandardScaler, randomized PCA (same components), KMeans(n_init=1)
+- dask-ml on the same Zarr data: StandardScaler, IncrementalPCA (same components), KMeans
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+from common import DATA, ROWS, machine, write_section
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=ROWS)
+    ap.add_argument("--k", type=int, default=12)
+    ap.add_argument("--skip-dask-ml", action="store_true")
+    args = ap.parse_args()
+    from distributed import Client, LocalCluster, wait
+    from sklearn.metrics import adjusted_rand_score
+
+    from vclust.kmeans import KMeans
+    from vclust.preprocess import Preprocessor
+    from vclust.store import Store
+
+    store = Store.open(DATA / f"store-{args.rows}")
+    rows = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        x = store.descriptors("osnet")
+        t0 = time.perf_counter()
+        pre = Preprocessor(l2=False, standardize=True, pca_variance=0.90).fit(x)
+        t1 = time.perf_counter()
+        z = client.persist(pre.transform(x))
+        wait(z)
+        t2 = time.perf_counter()
+        km = KMeans(args.k, n_init=1, random_state=0).fit(z)
+        ours = km.labels_.compute()
+        t3 = time.perf_counter()
+        n_comp = pre.n_components_
+        rows.append(("vclust (Zarr, 2 workers)", t1 - t0, t2 - t1, t3 - t2, t3 - t0, ours))
+
+        if not args.skip_dask_ml:
+            import dask_ml.cluster
+            import dask_ml.decomposition
+            import dask_ml.preprocessing
+
+            t0 = time.perf_counter()
+            xs = dask_ml.preprocessing.StandardScaler().fit_transform(x)
+            xs = client.persist(xs)
+            wait(xs)
+            t1 = time.perf_counter()
+            ipca = dask_ml.decomposition.IncrementalPCA(n_components=n_comp, batch_size=8192)
+            zz = client.persist(ipca.fit_transform(xs))
+            wait(zz)
+            t2 = time.perf_counter()
+            dk = dask_ml.cluster.KMeans(n_clusters=args.k, random_state=0).fit(zz)
+            dl = np.asarray(dk.labels_.compute() if hasattr(dk.labels_, "compute") else dk.labels_)
+            t3 = time.perf_counter()
+            rows.append(("dask-ml (Zarr, 2 workers)", t1 - t0, t2 - t1, t3 - t2, t3 - t0, dl))
+            del xs, zz
+
+    from sklearn.cluster import KMeans as SK
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    xm = store.descriptors("osnet").compute()  # loaded before timing: in-memory baseline
+    t0 = time.perf_counter()
+    xs = StandardScaler().fit_transform(xm)
+    t1 = time.perf_counter()
+    zs = PCA(n_components=n_comp, svd_solver="randomized", random_state=0).fit_transform(xs)
+    t2 = time.perf_counter()
+    sl = SK(args.k, n_init=1, random_state=0).fit_predict(zs)
+    t3 = time.perf_counter()
+    rows.insert(0, ("scikit-learn (in memory)", t1 - t0, t2 - t1, t3 - t2, t3 - t0, sl))
+
+    sk_total = rows[0][4]
+    lines = [f"## Fit, one k ({args.rows:,} x 512 synthetic osnet, k={args.k}, "
+             f"PCA to 0.90 variance = {n_comp} components)", "",
+             f"Side by side in one run on {machine()}. vclust and dask-ml read the rows from the "
+             "same Zarr store on a LocalCluster of 2 single-threaded workers (cluster start not "
+             "counted); scikit-learn gets the rows already in memory.", "",
+             "| pipeline | standardise | PCA | KMeans | total | vs scikit-learn | ARI vs scikit-learn |",
+             "|---|---|---|---|---|---|---|"]
+    for name, a, b, c, tot, lab in rows:
+        lines.append(f"| {name} | {a:.1f} s | {b:.1f} s | {c:.1f} s | {tot:.1f} s | "
+                     f"{tot / sk_total:.2f}x | {adjusted_rand_score(sl, lab):.3f} |")
+    lines += ["", "vclust's standardise column is its one-pass mean + covariance (the PCA is fitted "
+              "from it on the client); its PCA column is the projection pass, persisted in worker "
+              "memory. Targets: vclust at most 0.5x scikit-learn, at least 5x faster than dask-ml, "
+              "ARI >= 0.95."]
+    write_section("fit", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

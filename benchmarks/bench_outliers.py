@@ -1,0 +1,132 @@
+"""Outlier scoring on the reduced rows of the 416,314-row synthetic set, side by side in one run:
+vclust (pynndescent reference index, scored on the workers), scikit-learn exact NearestNeighbors
+(k=10) and faiss IndexIVFFlat (nlist 1024, nprobe 16)."""
+
+import argparse
+import time
+
+import numpy as np
+
+from common import DATA, ROWS, machine, write_section
+
+
+def recall(found, exact):
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)]))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=ROWS)
+    ap.add_argument("--exact-queries", type=int, default=20_000,
+                    help="exact kNN is timed on this many queries and scaled to all rows")
+    args = ap.parse_args()
+    import dask.array as da
+    import pandas as pd
+    from distributed import Client, LocalCluster, wait
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import NearestNeighbors
+
+    from vclust.kmeans import KMeans
+    from vclust.outliers import OutlierScorer
+    from vclust.preprocess import Preprocessor
+    from vclust.store import Store
+
+    store = Store.open(DATA / f"store-{args.rows}")
+    truth = pd.read_csv(DATA / f"case-{args.rows}" / "truth.csv", keep_default_na=False)
+    y = (truth["outlier_kind"] != "").to_numpy()
+    res = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        x = store.descriptors("osnet")
+        pre = Preprocessor(max_components=64).fit(x)
+        z = client.persist(pre.transform(x))
+        wait(z)
+        km = KMeans(12, random_state=0).fit(z)
+        labels, dist = km.predict(z), z.map_blocks(
+            lambda b, c: np.sqrt(((b - c[np.argmin(((b[:, None] - c[None]) ** 2).sum(2), 1)]) ** 2).sum(1)),
+            km.cluster_centers_, dtype=np.float32, drop_axis=1)
+        labels, dist = client.persist([labels, dist])
+        wait([labels, dist])
+        zn = z.compute()
+        # numba start-up, paid once per process: a tiny index in a fresh worker process
+        t0 = time.perf_counter()
+        client.run(lambda: __import__("pynndescent").NNDescent(
+            np.random.default_rng(0).random((500, 8)).astype("float32"), n_neighbors=10))
+        res["compile"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scorer = OutlierScorer(reference_size=50_000, random_state=0).fit(z, labels, dist, km.cluster_centers_)
+        res["fit"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        score = scorer.score(z, labels, dist)[0].compute()  # what `vclust label` runs
+        res["score"] = time.perf_counter() - t0
+        client.restart()
+        t0 = time.perf_counter()
+        scorer.score(z, labels, dist)[0].compute()  # fresh workers: index restored once each
+        res["score_cold"] = time.perf_counter() - t0
+
+    n, d = zn.shape
+    rng = np.random.default_rng(0)
+    sample = np.sort(rng.choice(n, 5000, replace=False))
+    # exact over all rows, timed on a subset of queries and scaled
+    t0 = time.perf_counter()
+    nn = NearestNeighbors(n_neighbors=11).fit(zn)
+    build = time.perf_counter() - t0
+    q = np.sort(rng.choice(n, args.exact_queries, replace=False))
+    t0 = time.perf_counter()
+    nn.kneighbors(zn[q])
+    per_query = (time.perf_counter() - t0) / len(q)
+    exact_total = build + per_query * n
+    ex_d, ex_i = nn.kneighbors(zn[sample])
+    ex_i, ex_d = ex_i[:, 1:], ex_d[:, 1:]
+    # exact 10-NN mean distance of every row is needed for its AUC: the same subset scaling
+    # cannot give an AUC, so the AUC is computed on the queries' stratified sample
+    strat = np.sort(np.concatenate([np.flatnonzero(y), rng.choice(np.flatnonzero(~y), 20_000, replace=False)]))
+    d_strat = nn.kneighbors(zn[strat])[0][:, 1:].mean(1)
+    auc_exact = roc_auc_score(y[strat], d_strat)
+
+    import faiss
+
+    faiss.omp_set_num_threads(2)
+    t0 = time.perf_counter()
+    quant = faiss.IndexFlatL2(d)
+    ivf = faiss.IndexIVFFlat(quant, d, 1024)
+    ivf.train(zn[rng.choice(n, min(n, 100_000), replace=False)])
+    ivf.add(zn)
+    ivf.nprobe = 16
+    fd, fi = ivf.search(zn, 11)
+    res["faiss"] = time.perf_counter() - t0
+    f_rec = recall(fi[sample, 1:], ex_i)
+    auc_faiss = roc_auc_score(y, np.sqrt(np.maximum(fd[:, 1:], 0)).mean(1))
+
+    # vclust's ANN searches the reference sample: its recall is against exact neighbours there
+    ref = scorer.reference_
+    exr = NearestNeighbors(n_neighbors=10).fit(ref).kneighbors(zn[sample], return_distance=False)
+    vi, _ = scorer.neighbours(zn[sample], np.full(len(sample), -1))
+    v_rec = recall(vi, exr)
+    auc_v = roc_auc_score(y, score)
+    auc_v_strat = roc_auc_score(y[strat], score[strat])
+    vtotal = res["fit"]
+    text = f"""## Outlier scoring ({n:,} reduced rows, {d} dims: osnet after l2 + PCA)
+
+Side by side in one run on {machine()}; planted outliers: {int(y.sum())} rows (junk vectors and
+tight glare/empty groups) among {n:,}. vclust runs on a LocalCluster of 2 workers.
+
+| method | wall time | recall@10 (5,000 queries) | ROC-AUC planted outliers |
+|---|---|---|---|
+| vclust fit: 50k-row reference index + scoring every row | {vtotal:.1f} s | {v_rec:.3f} (vs exact within its reference) | {auc_v:.3f} (stratified sample: {auc_v_strat:.3f}) |
+| vclust scoring every row again (what `vclust label` runs) | {res['score']:.1f} s warm, {res['score_cold']:.1f} s on fresh workers | | |
+| scikit-learn exact NearestNeighbors k=10 | {exact_total:.0f} s (fit {build:.1f} s + {per_query * 1e3:.2f} ms/query x {n:,}, timed on {len(q):,} queries) | 1.000 | {auc_exact:.3f} (10-NN mean distance, stratified sample) |
+| faiss IndexIVFFlat nlist 1024 nprobe 16 (train + add + search) | {res['faiss']:.1f} s | {f_rec:.3f} | {auc_faiss:.3f} (10-NN mean distance) |
+
+numba start-up: pynndescent compiles its index-building kernels on first use in each process
+({res['compile']:.1f} s measured on the workers here; the fit pays it once in the client).
+Scoring never rebuilds the index: each worker restores it from its saved state once (the cold
+run above includes that). vclust vs exact: {exact_total / vtotal:.0f}x faster (fit) and
+{exact_total / res['score']:.0f}x (scoring). The stratified AUC uses all planted outliers and
+20,000 random inliers (exact 10-NN over 416k queries is too slow to run in full here).
+"""
+    write_section("outliers", text)
+
+
+if __name__ == "__main__":
+    main()

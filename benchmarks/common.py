@@ -1,0 +1,95 @@
+"""Shared benchmark helpers: data locations, wall time and peak memory of a process tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+DATA = Path(os.environ.get("VCLUST_BENCH_DATA", "/tmp/vclust-bench"))
+RESULTS = Path(__file__).resolve().parent / "results"
+ROWS = 416_314
+
+
+class PeakMemory:
+    """Polls the summed RSS of a process and all its descendants every 0.1 s; keeps the max."""
+
+    def __init__(self, pid: int | None = None):
+        self.pid = pid or os.getpid()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                root = psutil.Process(self.pid)
+                procs = [root] + root.children(recursive=True)
+                total = 0
+                for p in procs:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                self.peak = max(self.peak, total)
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def timed(results: dict, key: str):
+    t0 = time.perf_counter()
+    yield
+    results[key] = time.perf_counter() - t0
+
+
+def run_measured(cmd: list[str], **kw) -> tuple[float, int, subprocess.CompletedProcess]:
+    """Run a command; return (wall seconds, peak RSS of its process tree in bytes, result)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    with PeakMemory(proc.pid) as mem:
+        out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} failed ({proc.returncode}):\n{err[-3000:]}")
+    return wall, mem.peak, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def vclust_cmd() -> list[str]:
+    return [sys.executable, "-m", "vclust.cli"]
+
+
+def ensure_case(rows: int = ROWS, seed: int = 0) -> Path:
+    """The synthetic case (all four descriptor sets), generated once."""
+    case = DATA / f"case-{rows}"
+    if not (case / "truth.csv").exists():
+        from vclust.synth import generate_case
+
+        generate_case(case, n_rows=rows, seed=seed)
+    return case
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+            f"Python {sys.version.split()[0]}")
+
+
+def write_section(name: str, text: str):
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text.rstrip() + "\n")
+    print(text)
