@@ -26,7 +26,13 @@ from .store import DEFAULT_CHUNK_ROWS, Store, store_lock
 
 log = logging.getLogger(__name__)
 
-VALIDATE_ROWS = 1 << 16  # rows per validation task: fixed so digests do not depend on the store
+BLOCK_BYTES = 32 << 20  # bytes per validation block (and digest unit) and per write task, about
+
+
+def validate_rows(width: int, itemsize: int) -> int:
+    """Rows per validation block: a function of the source alone, so digests do not depend on
+    the store. ~32 MiB keeps a 2560-dim block (and its temporaries) small on every worker."""
+    return max(256, BLOCK_BYTES // max(1, width * itemsize))
 
 
 @dataclass
@@ -54,10 +60,7 @@ def _check_block(block: np.ndarray, first_row: int) -> BlockCheck:
 
 def _validate_range(source: S.Source, start: int, stop: int) -> list[BlockCheck]:
     """Validation task for rows [start, stop) of a range-readable source."""
-    out = []
-    for i, block in enumerate(_read_range(source, start, stop)):
-        out.append(_check_block(block, start + i * VALIDATE_ROWS))
-    return out
+    return [_check_block(np.concatenate(list(_read_range(source, start, stop))), start)]
 
 
 def _read_range(source: S.Source, start: int, stop: int):
@@ -67,7 +70,7 @@ def _read_range(source: S.Source, start: int, stop: int):
     # layout sources: read only the asked rows
     lay = source._layout
     if len(lay.shape) != 2:
-        yield from source.blocks(VALIDATE_ROWS)
+        yield from source.blocks(1 << 16)
         return
     row_bytes = lay.shape[1] * lay.dtype.itemsize
     shifted = S.pickles.ArrayLayout(
@@ -85,7 +88,7 @@ def _materialise_streaming(source: S.Source) -> S.Source:
     """csv/parquet sources are read whole in the client (they are the small formats)."""
     if source._kind in ("array", "layout"):
         return source
-    blocks = list(source.blocks(VALIDATE_ROWS))
+    blocks = list(source.blocks(1 << 16))
     widths = {b.shape[1] for b in blocks if b.ndim == 2}
     if len(widths) > 1:
         raise InputError(f"{source.path}: ragged rows: widths {sorted(widths)} in one file")
@@ -100,8 +103,12 @@ def validate_source(source: S.Source) -> dict:
     n = source.n_rows or 0
     if n == 0:
         raise InputError(f"{source.path}: empty source (0 rows); expected descriptor rows")
-    tasks = [dask.delayed(_validate_range, pure=False)(source, a, min(n, a + VALIDATE_ROWS))
-             for a in range(0, n, VALIDATE_ROWS)]
+    arr = source._array if source._kind == "array" else None
+    shape = arr.shape if arr is not None else source._layout.shape
+    dtype = arr.dtype if arr is not None else source._layout.dtype
+    step = validate_rows(shape[1] if len(shape) == 2 else 1, dtype.itemsize)
+    tasks = [dask.delayed(_validate_range, pure=False)(source, a, min(n, a + step))
+             for a in range(0, n, step)]
     checks = [c for group in dask.compute(*tasks) for c in group]
     for c in checks:
         if c.problem:
@@ -140,8 +147,9 @@ def _write_range(store_path: str, name: str, source: S.Source, kept: np.ndarray 
     return dst_stop - dst_start
 
 
-def _aligned_ranges(start: int, stop: int, chunk_rows: int, chunks_per_task: int = 4):
-    step = chunk_rows * chunks_per_task
+def _aligned_ranges(start: int, stop: int, chunk_rows: int, row_bytes: int):
+    """Destination ranges on chunk boundaries, each about BLOCK_BYTES * 2 (at least one chunk)."""
+    step = chunk_rows * max(1, (2 * BLOCK_BYTES) // max(1, chunk_rows * row_bytes))
     edges = [start]
     nxt = (start // step + 1) * step
     while nxt < stop:
@@ -198,7 +206,7 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
         tasks = [
             dask.delayed(_write_range, pure=False)(str(store.path), s.name, s, kept, a, b, start)
             for s in sources
-            for a, b in _aligned_ranges(start, start + n_keep, store.chunk_rows)
+            for a, b in _aligned_ranges(start, start + n_keep, store.chunk_rows, 4 * store.dims[s.name])
         ]
         dask.compute(*tasks)
         store.write_index_columns(start, kept_ids, batch)
