@@ -47,9 +47,10 @@ def _lloyd_block(block, row0, centers, n_far):
     x = np.asarray(block, dtype=np.float32)
     k = centers.shape[0]
     labels, sq = assign(x, centers)
-    onehot = sp.csr_matrix((np.ones(len(x), np.float64), (labels, np.arange(len(x)))),
+    onehot = sp.csr_matrix((np.ones(len(x), np.float32), (labels, np.arange(len(x)))),
                            shape=(k, len(x)))
-    sums = onehot @ x.astype(np.float64)
+    # float32 within a block (no float64 copy of the rows), float64 across blocks
+    sums = (onehot @ x).astype(np.float64)
     counts = np.bincount(labels, minlength=k)
     far = np.argsort(-sq, kind="stable")[:n_far]
     return sums, counts, float(sq.sum(dtype=np.float64)), sq[far], x[far], far + row0
