@@ -9,9 +9,9 @@ from .errors import InputError
 
 
 def _connect(args, say):
-    from .cluster import connect
+    from .cli import _connect as connect  # one definition; cli is loaded before these run
 
-    return connect(args.scheduler, args.cluster, announce=say)
+    return connect(args, say)
 
 
 def print_metrics(model, file=sys.stdout):
