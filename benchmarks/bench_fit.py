@@ -16,12 +16,14 @@ from common import DATA, ROWS, machine, write_section
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=ROWS)
-    ap.add_argument("--k", type=int, default=12)
+    ap.add_argument("--k", type=int, default=10,
+                    help="10: the synthetic osnet set's colours, its clear optimum")
     ap.add_argument("--skip-dask-ml", action="store_true")
     args = ap.parse_args()
     from distributed import Client, LocalCluster, wait
     from sklearn.metrics import adjusted_rand_score
 
+    from vclust._blocks import compact
     from vclust.kmeans import KMeans
     from vclust.preprocess import Preprocessor
     from vclust.store import Store
@@ -34,16 +36,16 @@ def main():
         t0 = time.perf_counter()
         pre = Preprocessor(l2=False, standardize=True, pca_variance=0.90).fit(x)
         t1 = time.perf_counter()
-        z = client.persist(pre.transform(x))
+        z = client.persist(compact(pre.transform(x)))  # what `vclust fit` keeps in memory
         wait(z)
         t2 = time.perf_counter()
-        km = KMeans(args.k, n_init=1, random_state=0).fit(z)
+        km = KMeans(args.k, random_state=0).fit(z)  # vclust's defaults: k-means|| x 3 inits
         ours = km.labels_.compute()
         t3 = time.perf_counter()
         n_comp = pre.n_components_
         rows.append(("vclust (Zarr, 2 workers)", t1 - t0, t2 - t1, t3 - t2, t3 - t0, ours))
         print(f"vclust: {n_comp} components, {t1 - t0:.1f} / {t2 - t1:.1f} / {t3 - t2:.1f} s, "
-              f"{km.n_iter_} Lloyd iterations", flush=True)
+              f"{km.n_iter_} Lloyd iterations (best of {km.n_init} inits)", flush=True)
 
         if not args.skip_dask_ml:
             import dask_ml.cluster

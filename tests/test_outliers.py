@@ -20,7 +20,7 @@ from vclust.synth import generate_case, read_truth
 def synth_reduced(tmp_path_factory):
     """Reduced vdc_type rows of a synthetic case with planted junk and tight groups."""
     root = tmp_path_factory.mktemp("synth")
-    generate_case(root, n_rows=6000, seed=5, outlier_share=0.04)
+    generate_case(root, n_rows=10_000, seed=5, outlier_share=0.05)  # >= 2 groups: glare and empty
     truth = read_truth(root)
     x = np.load(root / "descriptors" / "vdc_type.pickle", allow_pickle=True)
     z = Preprocessor().fit(x).transform(x)

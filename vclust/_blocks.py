@@ -58,6 +58,37 @@ def map_blocks_reduce(func, X, *arrays, args=()):
         return list(pool.map(lambda j: func(*j, *args), jobs))
 
 
+def shared(obj):
+    """A handle to pass ``obj`` into many tasks: with a distributed client, scattered once to every
+    worker (a large object, such as an outlier index, then travels once per worker instead of
+    inside every graph); without one, a delayed wrapping it."""
+    import dask
+
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return dask.delayed(obj, pure=True, traverse=False)
+    return client.scatter(obj, broadcast=True, hash=False)
+
+
+BLOCK_BYTES = 16 * 2**20
+
+
+def compact_rows(n_features: int, itemsize: int = 4) -> int:
+    """Rows per block for data held in worker memory: the power of two nearest below
+    ``BLOCK_BYTES`` per block (at least 8,192 rows). It depends on the width only, so the same
+    rows always fall in the same blocks, whatever the store's chunking or the worker count."""
+    rows = BLOCK_BYTES // max(1, n_features * itemsize)
+    return max(8192, 1 << int(np.log2(max(rows, 1))))
+
+
+def compact(X):
+    """``X`` rechunked into ``compact_rows`` blocks (few tasks per pass over reduced rows)."""
+    return X.rechunk({0: compact_rows(X.shape[1], X.dtype.itemsize), 1: -1})
+
+
 def row_uniform(rows: np.ndarray, seed: int, stream: int = 0) -> np.ndarray:
     """A uniform [0, 1) number per absolute row index (splitmix64): the same row gets the same
     number whatever the chunking, so sampling does not depend on how the rows are split."""

@@ -60,11 +60,16 @@ def _worker_memory() -> int | None:
 
 
 def _maybe_persist(z, say):
-    """Keep the reduced rows in worker memory when they take under a quarter of it."""
+    """Keep the reduced rows in worker memory, in compact blocks, when they take under a quarter
+    of it (every later pass, k-means iterations, metrics and outlier scores, then reads them
+    from memory in a few tasks)."""
+    from ._blocks import compact
+
     mem = _worker_memory()
     nbytes = z.nbytes
     if mem is None or nbytes < mem / 4:
-        say(f"keeping the reduced rows in memory ({nbytes / 1e6:.0f} MB)")
+        z = compact(z)
+        say(f"keeping the reduced rows in memory ({nbytes / 1e6:.0f} MB in {z.numblocks[0]} blocks)")
         try:
             from distributed import get_client, wait
 
@@ -284,7 +289,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
             continue
         start, stop = store.batch_rows(b)
         sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
-        outs = model.apply(sets)
+        outs = model.apply(sets, row_offset=start)
         offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
         parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks)
                  for o, *blocks in zip(offsets, *(a.to_delayed().ravel() for a in outs))]

@@ -7,9 +7,11 @@ and its farthest rows (for empty-cluster repair). The client combines the blocks
 moves the centres. The rows are persisted in worker memory when they fit; otherwise every
 iteration streams them from their source.
 
-Initialisation: "k-means||" (Bahmani et al.: a few oversampling rounds over all rows, then a
-weighted k-means++ on the candidates), "k-means++" on a seeded sample, or given centres. Row
-sampling uses a hash of the absolute row index, so the result does not depend on the chunking.
+Initialisation: "k-means||" (Bahmani et al.: five rounds over all rows, each adding
+``oversampling_factor * k`` rows drawn with probability proportional to their squared distance to
+the candidates so far, in one pass per round by weighted reservoir keys; then a weighted k-means++
+on the candidates), "k-means++" on a seeded sample, or given centres. Row sampling uses a hash of
+the absolute row index, so the result does not depend on the chunking.
 ``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
 """
 
@@ -21,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from ._blocks import check_2d, is_dask, map_blocks_reduce, row_uniform, sample_rows
+from ._blocks import check_2d, compact, is_dask, map_blocks_reduce, row_uniform, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,17 @@ def assign(X_block, centers, centers_sqnorm=None):
     d = x @ c.T
     d *= -2
     d += centers_sqnorm
-    labels = d.argmin(axis=1).astype(np.int32)
-    best = d[np.arange(len(x)), labels] + np.einsum("ij,ij->i", x, x)
-    return labels, np.maximum(best, 0).astype(np.float32)
+    labels = d.argmin(axis=1)
+    best = np.take_along_axis(d, labels[:, None], 1)[:, 0] + np.einsum("ij,ij->i", x, x)
+    return labels.astype(np.int32), np.maximum(best, 0, out=best)
+
+
+def _farthest(sq, n):
+    """Positions of the n largest values, largest first, ties by position (no full sort)."""
+    if n >= len(sq):
+        return np.argsort(-sq, kind="stable")
+    top = np.argpartition(-sq, n - 1)[:n]
+    return top[np.lexsort((top, -sq[top]))]
 
 
 def _lloyd_block(block, row0, centers, n_far):
@@ -52,7 +62,7 @@ def _lloyd_block(block, row0, centers, n_far):
     # float32 within a block (no float64 copy of the rows), float64 across blocks
     sums = (onehot @ x).astype(np.float64)
     counts = np.bincount(labels, minlength=k)
-    far = np.argsort(-sq, kind="stable")[:n_far]
+    far = _farthest(sq, n_far)
     return sums, counts, float(sq.sum(dtype=np.float64)), sq[far], x[far], far + row0
 
 
@@ -65,11 +75,23 @@ def _mindist_block(block, row0, centers):
     return assign(block, centers)[1]
 
 
-def _kmeans_parallel_block(block, row0, centers, phi, ell, seed, rnd):
-    sq = assign(block, centers)[1].astype(np.float64)
-    rows = np.arange(row0, row0 + len(sq))
-    keep = row_uniform(rows, seed, 100 + rnd) < ell * sq / phi
-    return np.asarray(block, dtype=np.float32)[keep], float(sq.sum())
+def _kmeans_parallel_block(block, row0, centers, ell, seed, rnd):
+    """One k-means|| round over a block, in a single pass: the block's ``ell`` best rows by the
+    Efraimidis-Spirakis key log(u) / d^2 (u from the row's hash). The ``ell`` best keys over
+    all blocks are a sample of ``ell`` rows drawn with probability proportional to d^2,
+    without replacement: the round needs no separate pass for the cost phi."""
+    x = np.asarray(block, dtype=np.float32)
+    rows = np.arange(row0, row0 + len(x))
+    u = row_uniform(rows, seed, 100 + rnd)
+    if centers is None:  # the first round: one uniform row
+        sq = np.ones(len(x))
+    else:
+        sq = assign(x, centers)[1].astype(np.float64)
+    with np.errstate(divide="ignore"):
+        key = np.where(sq > 0, np.log(np.maximum(u, 1e-300)) / np.maximum(sq, 1e-300), -np.inf)
+    top = _farthest(key, min(ell, len(key)))
+    top = top[np.isfinite(key[top])]
+    return key[top], rows[top], x[top], float(sq.sum())
 
 
 def _count_nearest_block(block, row0, centers):
@@ -114,7 +136,7 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
     random_state : int
     """
 
-    def __init__(self, n_clusters=8, *, init="k-means||", n_init=3, max_iter=100, tol=1e-4,
+    def __init__(self, n_clusters=8, *, init="k-means||", n_init=1, max_iter=100, tol=1e-4,
                  oversampling_factor=2.0, init_sample_size=None, algorithm="lloyd",
                  batch_size=10_000, max_no_improvement=10, persist="auto", random_state=0):
         self.n_clusters = n_clusters
@@ -186,6 +208,7 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         return float(sum(np.sum(d, dtype=np.float64) for d in parts))
 
     def _maybe_persist(self, X):
+        """Persisted in compact blocks (see ``_blocks.compact``) when it fits, else streamed."""
         if not is_dask(X) or self.persist is False:
             return X
         if self.persist == "auto":
@@ -201,7 +224,7 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
             if X.nbytes > mem / 4:
                 log.info("streaming %d MB of rows each iteration (too big to persist)", X.nbytes // 1e6)
                 return X
-        return X.persist()
+        return compact(X).persist()
 
     def _init_centers(self, X, seed):
         k = self.n_clusters
@@ -218,27 +241,27 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
             centers, _ = kmeans_plusplus(sample.astype(np.float64), k,
                                          random_state=int(rng.integers(1 << 31)))
             return centers
-        # k-means||: first centre = the row with the smallest hash, then oversampling rounds
-        first, _ = sample_rows(X, max(1, min(X.shape[0], 64)), seed, stream=2)
-        cand = first[:1].astype(np.float32)
-        ell = self.oversampling_factor * k
-        phi = self._inertia(X, cand)
-        for rnd in range(5):
-            if phi <= 0:
-                break
+        # k-means|| (Bahmani et al.): one uniform row, then rounds that each add ``ell`` rows
+        # drawn with probability proportional to d^2 to the candidates so far (one pass each)
+        ell = max(1, int(round(self.oversampling_factor * k)))
+        cand = None
+        for rnd in range(6):
             parts = map_blocks_reduce(_kmeans_parallel_block, X,
-                                      args=(cand, phi, ell, seed, rnd))
-            new = [p[0] for p in parts if len(p[0])]
-            if new:
-                cand = np.concatenate([cand] + new)
-            phi = self._inertia(X, cand)
+                                      args=(cand, 1 if cand is None else ell, seed, rnd))
+            if cand is not None and sum(p[3] for p in parts) <= 0:
+                break  # every row sits on a candidate
+            keys = np.concatenate([p[0] for p in parts])
+            rows = np.concatenate([p[1] for p in parts])
+            xs = np.concatenate([p[2] for p in parts])
+            pick = np.lexsort((rows, -keys))[:1 if cand is None else ell]
+            cand = xs[pick] if cand is None else np.concatenate([cand, xs[pick]])
         if len(cand) <= k:
             extra, _ = sample_rows(X, 20 * k, seed, stream=3)
             cand = np.concatenate([cand, extra.astype(np.float32)])
         weights = np.sum(map_blocks_reduce(_count_nearest_block, X, args=(cand,)), axis=0)
         from sklearn.cluster import KMeans as _SK
 
-        sk = _SK(k, init="k-means++", n_init=1, random_state=int(rng.integers(1 << 31)))
+        sk = _SK(k, init="k-means++", n_init=10, random_state=int(rng.integers(1 << 31)))
         sk.fit(cand.astype(np.float64), sample_weight=weights.astype(np.float64) + 1e-12)
         return sk.cluster_centers_
 

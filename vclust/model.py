@@ -164,12 +164,13 @@ class Model:
             return self.preprocess.transform(sets[self.descriptors[0]])
         return self.preprocess.transform({d: sets[d] for d in self.descriptors})
 
-    def apply(self, sets: dict):
+    def apply(self, sets: dict, row_offset: int = 0):
         """(cluster int32, distance float32, outlier_score float32, is_outlier bool), all lazy
-        dask arrays over the same rows as ``sets``."""
+        dask arrays over the same rows as ``sets``, whose first row is the store's row
+        ``row_offset`` (the outlier score skips a row's own entry in the reference by that id)."""
         z = self.reduce(sets)
         labels, dist = assign(self.clusterer, z)
-        score, flag = self.outliers.score(z, labels, dist)
+        score, flag = self.outliers.score(z, labels, dist, row_offset=row_offset)
         return labels, dist, score, flag
 
 

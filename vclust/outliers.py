@@ -41,7 +41,7 @@ import logging
 
 import numpy as np
 
-from ._blocks import is_dask, sample_rows
+from ._blocks import is_dask, sample_rows, shared
 from .annindex import index_from_state, index_to_state
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class OutlierScorer:
 
         if not is_dask(X):
             X = da.from_array(X, chunks=(65_536, X.shape[1]))
-        me = dask.delayed(self, pure=True, traverse=False)
+        me = shared(self)
         tasks = []
         for i, x in enumerate(X.to_delayed().ravel()):
             a = int(sum(X.chunks[0][:i]))
@@ -250,7 +250,7 @@ class OutlierScorer:
         if not is_dask(X):
             rows = np.arange(row_offset, row_offset + X.shape[0])
             return self.score_block(X, labels, center_dist, rows)
-        me = dask.delayed(self, pure=True, traverse=False)
+        me = shared(self)
         offsets = np.cumsum((row_offset,) + X.chunks[0][:-1])
         labels = labels.rechunk((X.chunks[0],))
         center_dist = center_dist.rechunk((X.chunks[0],))
