@@ -89,6 +89,74 @@ def compact(X):
     return X.rechunk({0: compact_rows(X.shape[1], X.dtype.itemsize), 1: -1})
 
 
+MEMORY_SHARE = 0.25
+
+
+def memory_budget() -> int:
+    """Bytes vclust may hold in memory: ``MEMORY_SHARE`` of the workers' memory limits with a
+    distributed client, else of the machine's available memory."""
+    try:
+        from distributed import get_client
+
+        info = get_client().scheduler_info()["workers"].values()
+        total = int(sum(w.get("memory_limit", 0) or 0 for w in info))
+        if total:
+            return int(total * MEMORY_SHARE)
+    except (ImportError, ValueError):
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available * MEMORY_SHARE)
+
+
+def hold(arrays: list, budget: int | None = None):
+    """Persist dask ``arrays`` (in compact blocks) when together they fit in ``budget`` (default
+    ``memory_budget()``), so later passes read memory instead of their source; otherwise return
+    them unchanged, to be streamed from their source on every pass.
+
+    Returns (arrays, held: bool).
+    """
+    import dask
+
+    nbytes = sum(a.nbytes for a in arrays)
+    if nbytes > (memory_budget() if budget is None else budget):
+        return arrays, False
+    out = [compact(a) for a in arrays]
+    try:
+        from distributed import get_client, wait
+
+        out = get_client().persist(out)
+        wait(out)
+    except (ImportError, ValueError):
+        out = list(dask.persist(*out))
+    return out, True
+
+
+def map_blocks_tree(func, combine, X, args=()):
+    """``func`` over the row blocks of X (as ``map_blocks_reduce``), then the results merged
+    pairwise by ``combine(a, b)`` in block order, in a fixed binary tree: with a dask X the
+    merging runs on the workers and only the root travels to the client (for results as large
+    as a d x d scatter matrix per block). The tree's shape depends on the number of blocks only,
+    so the result is the same on any cluster."""
+    if not is_dask(X):
+        parts = map_blocks_reduce(func, X, args=args)
+        return _tree(parts, combine)
+    import dask
+
+    offsets = row_offsets(X)
+    parts = [dask.delayed(func, pure=True)(x, int(offsets[i]), *args)
+             for i, x in enumerate(X.to_delayed().ravel())]
+    return dask.compute(_tree(parts, dask.delayed(combine, pure=True)))[0]
+
+
+def _tree(parts, combine):
+    parts = list(parts)
+    while len(parts) > 1:
+        parts = [combine(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
+                 for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
 def row_uniform(rows: np.ndarray, seed: int, stream: int = 0) -> np.ndarray:
     """A uniform [0, 1) number per absolute row index (splitmix64): the same row gets the same
     number whatever the chunking, so sampling does not depend on how the rows are split."""

@@ -49,36 +49,30 @@ def store_fingerprint(store) -> dict:
             "sha256": h.hexdigest()}
 
 
-def _worker_memory() -> int | None:
-    try:
-        from distributed import get_client
+def hold_sets(sets: dict, say=_quiet) -> dict:
+    """The descriptor sets to fit on, read into worker memory when they fit (see
+    ``_blocks.hold``): the preprocessing then reads the store once, not once per pass."""
+    from ._blocks import hold
 
-        info = get_client().scheduler_info()["workers"].values()
-        return int(sum(w.get("memory_limit", 0) for w in info)) or None
-    except (ValueError, ImportError):
-        return None
+    held, ok = hold(list(sets.values()))
+    mb = sum(x.nbytes for x in sets.values()) / 1e6
+    if ok:
+        say(f"read {mb:.0f} MB of descriptors into worker memory")
+        return dict(zip(sets, held))
+    say(f"descriptors ({mb:.0f} MB) exceed a quarter of worker memory: each pass streams them")
+    return sets
 
 
-def _maybe_persist(z, say):
-    """Keep the reduced rows in worker memory, in compact blocks, when they take under a quarter
-    of it (every later pass, k-means iterations, metrics and outlier scores, then reads them
-    from memory in a few tasks)."""
-    from ._blocks import compact
+def hold_reduced(z, say=_quiet):
+    """The reduced rows, kept in worker memory in compact blocks when they fit: every later
+    pass (k-means iterations, metrics, outlier scores) reads memory in a few tasks."""
+    from ._blocks import hold
 
-    mem = _worker_memory()
-    nbytes = z.nbytes
-    if mem is None or nbytes < mem / 4:
-        z = compact(z)
-        say(f"keeping the reduced rows in memory ({nbytes / 1e6:.0f} MB in {z.numblocks[0]} blocks)")
-        try:
-            from distributed import get_client, wait
-
-            z = get_client().persist(z)
-            wait(z)
-            return z
-        except ValueError:
-            return z.persist()
-    say(f"reduced rows ({nbytes / 1e6:.0f} MB) exceed a quarter of worker memory: streaming them")
+    (held,), ok = hold([z])
+    if ok:
+        say(f"keeping the reduced rows in memory ({z.nbytes / 1e6:.0f} MB in {held.numblocks[0]} blocks)")
+        return held
+    say(f"reduced rows ({z.nbytes / 1e6:.0f} MB) exceed a quarter of worker memory: streaming them")
     return z
 
 
@@ -136,6 +130,7 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
     n = len(rows) if rows is not None else store.n_rows
     say(f"fitting on {n} rows of {'+'.join(descriptors)}"
         + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
+    sets = hold_sets(sets, say)
 
     l2, standardize = SCALINGS[scaling]
     pre_kwargs = dict(l2=l2, standardize=standardize, pca_variance=pca_variance,
@@ -149,7 +144,8 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
         pre = MixturePreprocessor({d: Preprocessor(**pre_kwargs) for d in descriptors}).fit(sets)
         z = pre.transform(sets)
         say(f"preprocessed mixture: {z.shape[1]} columns from {len(descriptors)} sets")
-    z = _maybe_persist(z, say)
+    z = hold_reduced(z, say)
+    del sets  # the raw rows are no longer needed: release them from worker memory
 
     table, fitted = [], {}
     for kk in ks:

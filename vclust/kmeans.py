@@ -23,7 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from ._blocks import check_2d, compact, is_dask, map_blocks_reduce, row_uniform, sample_rows
+from ._blocks import check_2d, hold, is_dask, map_blocks_reduce, row_uniform, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
     batch_size : int
         Rows per mini-batch step (mini-batch only).
     persist : {"auto", True, False}
-        Keep dask input in worker memory while iterating ("auto": when it takes under a
-        quarter of the workers' memory).
+        Keep dask input in worker memory, in compact blocks, while iterating ("auto": when it
+        takes under a quarter of the workers' memory, see ``_blocks.hold``).
     random_state : int
     """
 
@@ -211,20 +211,10 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         """Persisted in compact blocks (see ``_blocks.compact``) when it fits, else streamed."""
         if not is_dask(X) or self.persist is False:
             return X
-        if self.persist == "auto":
-            try:
-                from distributed import get_client
-
-                mem = sum(w.get("memory_limit", 0) for w in
-                          get_client().scheduler_info()["workers"].values())
-            except (ValueError, ImportError):
-                import psutil
-
-                mem = psutil.virtual_memory().available
-            if X.nbytes > mem / 4:
-                log.info("streaming %d MB of rows each iteration (too big to persist)", X.nbytes // 1e6)
-                return X
-        return compact(X).persist()
+        (X,), held = hold([X], budget=None if self.persist == "auto" else np.inf)
+        if not held:
+            log.info("streaming %d MB of rows each iteration (too big to persist)", X.nbytes // 1e6)
+        return X
 
     def _init_centers(self, X, seed):
         k = self.n_clusters

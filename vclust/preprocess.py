@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ._blocks import check_2d, is_dask, map_blocks_reduce
+from ._blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree
 
 MAX_COVARIANCE_DIMS = 4096
 
@@ -28,7 +28,7 @@ def _l2(block):
 def _block_moments(block, row0, l2):
     x = np.asarray(block, dtype=np.float32)
     bad = int((~np.isfinite(x).all(axis=1)).sum())
-    if bad:
+    if bad or not len(x):
         return x.shape[0], None, None, bad
     if l2:
         x = _l2(x)
@@ -38,25 +38,25 @@ def _block_moments(block, row0, l2):
 
 
 def _combine(a, b):
-    """Chan et al.: merge (n, mean, scatter) of two row sets."""
-    na, ma, sa = a
-    nb, mb, sb = b
+    """Chan et al.: merge (n, mean, scatter, n_bad) of two row sets."""
+    na, ma, sa, ba = a
+    nb, mb, sb, bb = b
+    if ba or bb or not na or not nb:  # a block with NaN/Inf poisons the sum: keep only counts
+        if ba or bb:
+            return na + nb, None, None, ba + bb
+        return a if nb == 0 else b
     n = na + nb
     delta = mb - ma
-    return n, ma + delta * (nb / n), sa + sb + np.outer(delta, delta) * (na * nb / n)
+    return n, ma + delta * (nb / n), sa + sb + np.outer(delta, delta) * (na * nb / n), 0
 
 
 def _moments(X, l2):
-    parts = map_blocks_reduce(_block_moments, X, args=(l2,))
-    bad = sum(p[3] for p in parts)
+    """(n, mean, scatter) in one pass, merged on the workers (``map_blocks_tree``)."""
+    n, mean, scatter, bad = map_blocks_tree(_block_moments, _combine, X, args=(l2,))
     if bad:
         raise ValueError(f"{bad} row(s) hold NaN or Inf; drop them before fitting "
                          "(vclust ingest --on-invalid drop)")
-    parts = [(p[0], p[1], p[2]) for p in parts if p[0]]
-    while len(parts) > 1:  # pairwise in block order: deterministic
-        parts = [_combine(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
-                 for i in range(0, len(parts), 2)]
-    return parts[0]
+    return n, mean, scatter
 
 
 def _block_mean(block, row0, l2):
