@@ -71,7 +71,10 @@ def test_both_outlier_kinds_are_found(synth_reduced, fitted):
         knn_auc = roc_auc_score(np.r_[np.zeros(inl.sum()), np.ones(m.sum())], np.r_[d10[inl], d10[m]])
         print(f"exact 10-NN mean distance, ROC-AUC {k} vs inliers = {knn_auc:.3f}")
         assert knn_auc < 0.5, (k, knn_auc)
-    assert 0.01 <= flag.mean() <= 0.05
+    # the default threshold (robust z over the fit rows) flags the outliers, not the inliers
+    print(f"flagged: inliers {flag[inl].mean():.1%}, planted outliers {flag[~inl].mean():.1%}")
+    assert flag[inl].mean() <= 0.03
+    assert flag[~inl].mean() >= 0.5
 
 
 def test_same_score_whatever_chunking_and_workers(synth_reduced, fitted, local_client):

@@ -25,8 +25,12 @@ The combined z is the largest of the weighted z's (plus ``small_z`` for small cl
 A max is used because the two kinds of outlier light up different components: an isolated junk
 vector has a large knn and lof, a tight group (glare frames, empty frames of one camera: each
 other's nearest neighbours, so knn and lof look normal) lies far from its cluster's centre or
-forms a cluster of its own. ``is_outlier`` = score above a threshold fitted on the fit rows: the
-(1 - contamination) quantile, or median + mad_z * 1.4826 MAD of the scores.
+forms a cluster of its own. ``is_outlier`` = combined z above a threshold fitted on the fit
+rows: by default a robust z-score over them, median + mad_z * 1.4826 MAD of their combined z
+(``threshold="mad"``, mad_z 3.5: it follows however many outliers the data holds); or the
+(1 - contamination) quantile (``threshold="contamination"``: a fixed share). On the 416k
+synthetic osnet set the default flags 1.0% of inliers, all junk and 54-66% of the tight-group
+frames; on MVTec 3.3% of good parts and 28% of defects, where a 2% contamination flags 7%.
 
 The index is built once per fit (pynndescent compiles its graph-building kernels for ~50 s per
 process, uncached). What it learned is kept as arrays (vclust.annindex: the prepared index's own
@@ -58,7 +62,7 @@ def _robust(v):
 class OutlierScorer:
     """Outlier scores in [0, 1] for reduced rows; see the module docstring for the formula."""
 
-    def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="contamination",
+    def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="mad",
                  contamination=0.02, mad_z=3.5, min_cluster_share=0.005, weights=None,
                  tight_cluster_ratio=0.15, small_z=6.0, index_neighbors=30, random_state=0):
         self.n_neighbors = n_neighbors
@@ -157,7 +161,8 @@ class OutlierScorer:
         if self.threshold == "contamination":
             self.threshold_z_ = float(np.quantile(z, 1 - self.contamination))
         else:
-            self.threshold_z_ = float(self.mad_z)  # z is already a robust z-score
+            med, mad = _robust(z)
+            self.threshold_z_ = med + self.mad_z * mad
         self.threshold_ = float(1.0 / (1.0 + np.exp(-(min(self.threshold_z_, 50) - 3.0))))
         self.fit_flags_ = z >= self.threshold_z_  # of the fit rows (not saved with the model)
         self.fit_outlier_rate_ = float(self.fit_flags_.mean())
