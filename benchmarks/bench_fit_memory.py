@@ -46,11 +46,11 @@ def main():
                    "processes: true\ndashboard_address: null\nlocal_directory: null\n")
     model = DATA / "model-x10"
     shutil.rmtree(model, ignore_errors=True)
-    wall, peak, res = run_measured(vclust_cmd() + ["fit", str(path), "--descriptor", "osnet", "--k", "12",
+    wall, peak, res = run_measured(vclust_cmd() + ["fit", str(path), "--descriptor", "osnet", "--k", "10",
                                                    "--model", str(model), "--cluster", str(cfg)])
     text = f"""## Fit at 10x rows ({ROWS * args.reps:,} x 512 float32, {ROWS * args.reps * 512 * 4 / 1e9:.1f} GB)
 
-`vclust fit STORE --descriptor osnet --k 12` (defaults: l2, PCA 0.95, k-means|| x3, outlier
+`vclust fit STORE --descriptor osnet --k 10` (defaults: l2, PCA 0.95, k-means||, outlier
 index and scores, metrics) with two worker processes limited to 2 GB each, on {machine()}.
 
 | rows | wall time | peak memory, all processes |

@@ -45,10 +45,10 @@ def main():
         batches.append((bid, n))
         start += n
     fit_wall, fit_peak, _ = run_measured(vclust_cmd() + ["fit", str(store), "--descriptor", "osnet",
-                                                         "--k", "12", "--sample", "50000",
+                                                         "--k", "10", "--sample", "50000",
                                                          "--registry", str(reg)])
     lines = [f"## Labelling new batches ({args.rows:,}-row store + nightly batches)", "",
-             f"On {machine()}. The model: `vclust fit STORE --descriptor osnet --k 12 --sample 50000` "
+             f"On {machine()}. The model: `vclust fit STORE --descriptor osnet --k 10 --sample 50000` "
              f"(fitted on a seeded sample, as on a laptop; labelling cost does not depend on it) ({fit_wall:.0f} s, peak {fit_peak / 2**30:.2f} GiB). Each batch is appended with "
              "`vclust ingest` and labelled with `vclust label STORE --registry R --out L --batch ID`; "
              "wall time of the whole command, start-up included.", "",

@@ -40,7 +40,7 @@ def main():
     res = {}
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        x = store.descriptors("osnet")
+        x = store.descriptors("osnet", *store.batch_rows("initial"))  # not the label bench's batches
         pre = Preprocessor().fit(x)  # vclust fit's defaults: l2, PCA 0.95
         z = client.persist(compact(pre.transform(x)))
         wait(z)

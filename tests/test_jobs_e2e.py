@@ -2,6 +2,7 @@
 and the nightly job (drift exit codes, idempotence)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from vclust import jobs
+from vclust.errors import InputError
 from vclust.ingest import ingest
 from vclust.labels import read_labels
 from vclust.model import Model
@@ -85,6 +87,13 @@ def test_fit_label_export_and_bundle(case, local_client, tmp_path):
     a = model.apply(x)[0].compute()
     b = Model.load(path).apply(x)[0].compute()
     np.testing.assert_array_equal(a, b)
+    # a model written by an older format is refused with the fix, not scored differently
+    old = tmp_path / "old-model"
+    shutil.copytree(path, old)
+    manifest["version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="predates this vclust .* fit it again"):
+        Model.load(old)
 
     csv = tmp_path / "out.csv"
     out = subprocess.run(VCLUST + ["export", str(labels_dir), "--csv", str(csv), "--registry",

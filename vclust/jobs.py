@@ -123,6 +123,13 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
     if store.n_rows < max(ks) * 2:
         raise InputError(f"{store.path}: {store.n_rows} rows are too few for k={max(ks)}")
     rows = _sample_rows(store.n_rows, sample, seed)
+    # pynndescent compiles its kernels (~20 s) on a client thread while the workers work
+    import threading
+
+    from .outliers import warm_up
+
+    warming = threading.Thread(target=warm_up, name="vclust-pynndescent-warm-up", daemon=True)
+    warming.start()
     sets = {}
     for d in descriptors:
         x = store.descriptors(d)
@@ -164,6 +171,9 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
         say(f"chose k={best_k} (rule: vclust.metrics.choose_k)")
 
     labels, dist = assign(clusterer, z)
+    if warming.is_alive():
+        say("outliers: waiting for pynndescent's compilation")
+        warming.join()
     scorer = OutlierScorer(random_state=seed, **(outlier_options or {}))
     scorer.fit(z, labels, dist, clusterer.cluster_centers_,
                row_index=rows)

@@ -31,7 +31,7 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 FORMAT = "vclust-model"
-VERSION = 1
+VERSION = 2  # 2: outlier centre term on log distances (a v1 model must be refitted)
 PARTS = ("preprocess", "clusterer", "outliers")
 LIBRARIES = ("vclust", "numpy", "dask", "distributed", "zarr", "scikit-learn", "pynndescent",
              "numba", "pyarrow", "pandas")
@@ -143,6 +143,9 @@ class Model:
             raise InputError(f"{path}: not a vclust model (format={manifest.get('format')!r})")
         if manifest.get("version", 0) > VERSION:
             raise InputError(f"{path}: model version {manifest['version']} is newer than this vclust")
+        if manifest.get("version", 0) < VERSION:
+            raise InputError(f"{path}: model version {manifest.get('version')} predates this vclust "
+                             f"(version {VERSION}); fit it again with vclust fit")
         parts = {}
         for part in PARTS:
             spec = manifest["parts"][part]

@@ -10,8 +10,12 @@ its own neighbour list by its row index, never by distance, so exact duplicates 
     knn     log of the mean distance to its k nearest reference neighbours
     lof     log of LOF: mean lrd of those neighbours / lrd(x),
             lrd(x) = 1 / mean_o max(d(x, o), kdist(o))
-    centre  distance to its cluster centre, as a robust z within that cluster:
-            (d - median_c) / (1.4826 MAD_c)
+    centre  distance to its cluster centre, as a robust z of its log within that cluster:
+            (log d - log median_c) / (1.4826 MAD_c of log d); the log because distances to a
+            centre are skewed right, and a z on them flags the far side of every cluster
+    tight   a neighbourhood abnormally tight: -z(knn) - ``tight_offset``, the lower tail of the
+            same robust z, counted beyond 3 deviations only (near-duplicate frames: glare, the
+            empty scene of one camera, whose neighbours are each other at almost no distance)
     small   membership of a degenerate cluster: one holding less than ``min_cluster_share`` of
             the rows, or one far tighter than the others (median distance to its centre under
             ``tight_cluster_ratio`` times the median of the clusters' medians): near-identical
@@ -24,8 +28,10 @@ The combined z is the largest of the weighted z's (plus ``small_z`` for small cl
 
 A max is used because the two kinds of outlier light up different components: an isolated junk
 vector has a large knn and lof, a tight group (glare frames, empty frames of one camera: each
-other's nearest neighbours, so knn and lof look normal) lies far from its cluster's centre or
-forms a cluster of its own. ``is_outlier`` = combined z above a threshold fitted on the fit
+other's nearest neighbours, so a plain knn score calls them the most normal rows of all) has a
+neighbourhood far tighter than any vehicle's, and may also lie far from its cluster's centre or
+form a cluster of its own. On the demo's vdc_type+vdc_color mixture the groups sit near their
+centres (centre z 1-3) with knn z near -24, the tightest inlier at -3.8. ``is_outlier`` = combined z above a threshold fitted on the fit
 rows: by default a robust z-score over them, median + mad_z * 1.4826 MAD of their combined z
 (``threshold="mad"``, mad_z 3.5: it follows however many outliers the data holds); or the
 (1 - contamination) quantile (``threshold="contamination"``: a fixed share). On the 416k
@@ -64,7 +70,8 @@ class OutlierScorer:
 
     def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="mad",
                  contamination=0.02, mad_z=3.5, min_cluster_share=0.005, weights=None,
-                 tight_cluster_ratio=0.15, small_z=6.0, index_neighbors=30, random_state=0):
+                 tight_cluster_ratio=0.15, small_z=6.0, tight_offset=3.0, index_neighbors=30,
+                 random_state=0):
         self.n_neighbors = n_neighbors
         self.reference_size = reference_size
         self.threshold = threshold
@@ -74,6 +81,7 @@ class OutlierScorer:
         self.weights = weights
         self.tight_cluster_ratio = tight_cluster_ratio
         self.small_z = small_z
+        self.tight_offset = tight_offset
         self.index_neighbors = index_neighbors
         self.random_state = random_state
 
@@ -99,7 +107,7 @@ class OutlierScorer:
 
     @property
     def _w(self):
-        w = {"knn": 1.0, "lof": 1.0, "centre": 1.0}
+        w = {"knn": 1.0, "lof": 1.0, "centre": 1.0, "tight": 1.0}
         w.update(self.weights or {})
         return w
 
@@ -143,11 +151,12 @@ class OutlierScorer:
         lab, dist = np.asarray(lab), np.asarray(dist, dtype=np.float64)
         n_clusters = int(lab.max()) + 1 if centers is None else len(centers)
         self.cluster_median_ = np.zeros(n_clusters)
-        self.cluster_mad_ = np.ones(n_clusters)
+        self.cluster_log_mad_ = np.ones(n_clusters)
         for c in range(n_clusters):
             v = dist[lab == c]
             if len(v):
-                self.cluster_median_[c], self.cluster_mad_[c] = _robust(v)
+                med_log, self.cluster_log_mad_[c] = _robust(np.log(np.maximum(v, 1e-12)))
+                self.cluster_median_[c] = np.exp(med_log)
         self.cluster_share_ = np.bincount(lab, minlength=n_clusters) / len(lab)
         typical = np.median(self.cluster_median_[self.cluster_share_ > 0])
         self.cluster_degenerate_ = ((self.cluster_share_ < self.min_cluster_share)
@@ -218,8 +227,11 @@ class OutlierScorer:
         w = self._w
         z_knn = (knn - self.knn_norm_[0]) / self.knn_norm_[1]
         z_lof = (lof - self.lof_norm_[0]) / self.lof_norm_[1]
-        z_centre = (np.asarray(center_dist, np.float64) - self.cluster_median_[labels]) / self.cluster_mad_[labels]
-        z = np.maximum.reduce([w["knn"] * z_knn, w["lof"] * z_lof, w["centre"] * z_centre])
+        log_d = np.log(np.maximum(np.asarray(center_dist, np.float64), 1e-12))
+        z_centre = (log_d - np.log(np.maximum(self.cluster_median_[labels], 1e-12))) / self.cluster_log_mad_[labels]
+        z_tight = -z_knn - self.tight_offset
+        z = np.maximum.reduce([w["knn"] * z_knn, w["lof"] * z_lof, w["centre"] * z_centre,
+                               w["tight"] * z_tight])
         small = self.cluster_degenerate_[labels]
         return np.where(small, np.maximum(z, self.small_z), z)
 
@@ -276,11 +288,11 @@ class OutlierScorer:
     # ------------------------------------------------------------------ state
 
     _ARRAYS = ("reference_", "ref_rows_", "kdist_", "lrd_",
-               "cluster_median_", "cluster_mad_", "cluster_share_", "cluster_degenerate_",
+               "cluster_median_", "cluster_log_mad_", "cluster_share_", "cluster_degenerate_",
                "knn_norm_", "lof_norm_")
     _PARAMS = ("n_neighbors", "reference_size", "threshold", "contamination", "mad_z",
-               "min_cluster_share", "weights", "tight_cluster_ratio", "small_z", "index_neighbors",
-               "random_state")
+               "min_cluster_share", "weights", "tight_cluster_ratio", "small_z", "tight_offset",
+               "index_neighbors", "random_state")
 
     def to_state(self):
         params = {k: getattr(self, k) for k in self._PARAMS}
@@ -292,7 +304,7 @@ class OutlierScorer:
 
     @classmethod
     def from_state(cls, params, arrays):
-        obj = cls(**{k: params[k] for k in cls._PARAMS})
+        obj = cls(**{k: params[k] for k in cls._PARAMS if k in params})  # older models: defaults
         obj.threshold_, obj.threshold_z_ = params["threshold_"], params["threshold_z_"]
         obj.fit_outlier_rate_ = params["fit_outlier_rate_"]
         for k in cls._ARRAYS:
@@ -301,6 +313,16 @@ class OutlierScorer:
         obj._index_arrays = {k[len("index/"):]: v for k, v in arrays.items() if k.startswith("index/")}
         obj._index = None
         return obj
+
+
+def warm_up(n_features: int = 8):
+    """Compile pynndescent's index-building kernels in this process (a tiny index), ~20 s once
+    per process. ``vclust fit`` runs it on a client thread while the workers preprocess and
+    cluster, so the outlier step later finds the kernels compiled."""
+    from pynndescent import NNDescent
+
+    x = np.random.default_rng(0).random((300, n_features)).astype(np.float32)
+    NNDescent(x, n_neighbors=10, random_state=0, n_jobs=1, compressed=False).prepare()
 
 
 def _z_task(scorer, x, labels, dist, rows):
