@@ -252,7 +252,11 @@ def test_cli_bad_input_exits_2_with_one_line(store, tmp_path):
                  ["ingest", str(store), str(tmp_path / "osnet_nan.npy"), "--cluster",
                   str(tmp_path / "bad.yaml")],
                  ["ingest", str(store), str(tmp_path / "missing.npy")],
-                 ["info", str(tmp_path)]):
+                 ["info", str(tmp_path)],
+                 ["fit", str(store), "--descriptor", "osnet", "--model", str(tmp_path / "m"),
+                  "--contamination", "0.7"],
+                 ["fit", str(store), "--descriptor", "osnet", "--model", str(tmp_path / "m"),
+                  "--k-range", "9:4"]):
         out = subprocess.run(VCLUST + args, capture_output=True, text=True, timeout=120)
         assert out.returncode == 2, (args, out.stderr)
         lines = out.stderr.strip().splitlines()
@@ -260,6 +264,7 @@ def test_cli_bad_input_exits_2_with_one_line(store, tmp_path):
         assert len(errors) == 1 and lines[-1] == errors[0], out.stderr
         assert "Traceback" not in out.stderr
     assert tree_digest(store) == before
+    assert not (tmp_path / "m").exists()
 
 
 # --------------------------------------------------------------------------- crash and safety

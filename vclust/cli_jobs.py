@@ -32,11 +32,12 @@ def cmd_fit(args, say):
 
     descriptors = jobs.parse_descriptors(args.descriptor)
     k_range = jobs.parse_k_range(args.k_range) if args.k_range else None
+    outliers = jobs.outlier_options(args.outlier_z, args.contamination)
     with _connect(args, say):
         model = jobs.fit(args.store, descriptors, k=args.k, k_range=k_range,
                          algorithm=args.algorithm, pca_variance=args.pca_variance,
-                         scaling=args.scaling,
-                         sample=args.sample, seed=args.seed, say=say)
+                         scaling=args.scaling, sample=args.sample, seed=args.seed,
+                         outlier_options=outliers, say=say)
     path, model_id = jobs.save_model(model, args.model, args.registry)
     print_metrics(model)
     say(f"model {model_id} saved to {path}")
@@ -105,6 +106,12 @@ def register(sub, add_cluster_args):
     s.add_argument("--sample", type=int, help="fit on a seeded sample of N rows (labels still "
                    "cover every row)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    th = s.add_mutually_exclusive_group()
+    th.add_argument("--outlier-z", type=float, default=3.5, metavar="Z",
+                    help="is_outlier: combined outlier z above median + Z MAD over the fit rows "
+                         "(default 3.5)")
+    th.add_argument("--contamination", type=float, metavar="SHARE",
+                    help="is_outlier: the SHARE most anomalous fit rows instead (e.g. 0.02)")
     add_cluster_args(s)
     s.set_defaults(func=cmd_fit)
 

@@ -89,6 +89,17 @@ SCALINGS = {"l2": (True, False), "standardize": (False, True),
             "l2+standardize": (True, True), "none": (False, False)}
 
 
+def outlier_options(outlier_z: float = 3.5, contamination: float | None = None) -> dict:
+    """OutlierScorer threshold options from the command line / job spec, validated."""
+    if contamination is not None:
+        if not 0 < contamination < 0.5:
+            raise InputError(f"--contamination must be a share in (0, 0.5); got {contamination}")
+        return {"threshold": "contamination", "contamination": contamination}
+    if not outlier_z > 0:
+        raise InputError(f"--outlier-z must be positive; got {outlier_z}")
+    return {"threshold": "mad", "mad_z": outlier_z}
+
+
 def fit(store_path, descriptors: list[str], *, k: int | None = None,
         k_range: list[int] | None = None, algorithm: str = "kmeans",
         pca_variance: float = 0.95, max_components: int = 256, scaling: str = "l2",
@@ -294,6 +305,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
             say(f"batch {b} already labelled by model {model.model_id}: kept")
             continue
         start, stop = store.batch_rows(b)
+        say(f"labelling batch {b}: rows {start}..{stop - 1}")
         sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
         outs = model.apply(sets, row_offset=start)
         offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])

@@ -63,6 +63,8 @@ class FitStep(_Strict):
     scaling: Literal["l2", "standardize", "l2+standardize", "none"] = "l2"
     sample: Optional[int] = Field(None, ge=2)
     seed: int = 0
+    outlier_z: float = Field(3.5, gt=0)  # is_outlier: combined z above median + Z MAD
+    contamination: Optional[float] = Field(None, gt=0, lt=0.5)  # or: this share of fit rows
 
 
 class LabelStep(_Strict):
@@ -241,8 +243,8 @@ def _fit_and_register(spec: JobSpec, say):
     k_range = jobs.parse_k_range(f.k_range) if f.k_range else None
     model = jobs.fit(spec.store, jobs.parse_descriptors(f.descriptor), k=f.k, k_range=k_range,
                      algorithm=f.algorithm, pca_variance=f.pca_variance, scaling=f.scaling,
-                     sample=f.sample,
-                     seed=f.seed, say=say)
+                     sample=f.sample, seed=f.seed,
+                     outlier_options=jobs.outlier_options(f.outlier_z, f.contamination), say=say)
     path, model_id = jobs.save_model(model, registry=spec.registry)
     say(f"fit: model {model_id} registered and made current ({path})")
     return model
