@@ -119,6 +119,29 @@ def test_case_folder(tmp_path):
 # --------------------------------------------------------------------------- batches
 
 
+@pytest.mark.parametrize("compression", [None, "lz4", "zstd"])
+def test_compression_round_trips_and_is_fixed_at_creation(tmp_path, compression):
+    import zarr
+
+    path = tmp_path / "st"
+    np.save(tmp_path / "osnet.npy", X)
+    ingest(path, [tmp_path / "osnet.npy"], batch="b0", compression=compression)
+    s = Store.open(path)
+    assert s.compression == (compression or "none")
+    codecs = str(zarr.open_array(path / "descriptors" / "osnet", mode="r").metadata.codecs)
+    assert ("Blosc" in codecs) == (compression is not None)
+    if compression:
+        assert compression in codecs
+    np.testing.assert_array_equal(_read(path), X)
+    before = tree_digest(path)
+    other = "lz4" if compression != "lz4" else "zstd"
+    with pytest.raises(InputError, match="applies only when a store is created"):
+        ingest(path, [tmp_path / "osnet.npy"], batch="b1", compression=other)
+    with pytest.raises(InputError, match="--compression must be one of"):
+        ingest(tmp_path / "st2", [tmp_path / "osnet.npy"], compression="gzip")
+    assert tree_digest(path) == before and not (tmp_path / "st2").exists()
+
+
 def test_batches_ledger_and_idempotence(store, tmp_path):
     s = Store.open(store)
     entry = s.ledger[0]

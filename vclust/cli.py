@@ -97,7 +97,7 @@ def cmd_ingest(args, say):
         summary = ingest(
             args.store, args.sources, name=args.name, ids_csv=args.ids, batch=args.batch,
             chunk_rows=args.chunk_rows, on_invalid=args.on_invalid,
-            trust_pickle=args.trust_pickle, progress=say,
+            trust_pickle=args.trust_pickle, compression=args.compression, progress=say,
         )
     if summary["status"] == "unchanged":
         say(f"batch {summary['batch']} is already stored from the same sources: nothing changed")
@@ -116,6 +116,7 @@ def cmd_info(args, say):
         return
     print(f"store      {info['path']} ({info['format']})")
     print(f"rows       {info['rows']}   chunk rows {info['chunk_rows']}   "
+          f"compression {info['compression']}   "
           f"on disk {info['bytes_on_disk'] / 1e6:.1f} MB")
     print("descriptors " + ", ".join(f"{k} ({v} dims)" for k, v in info["descriptors"].items()))
     print("batches:")
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", metavar="ID", help="batch id (default: a UTC timestamp)")
     s.add_argument("--chunk-rows", type=int, default=None,
                    help="rows per Zarr chunk when the store is created (default 8192)")
+    s.add_argument("--compression", choices=("none", "lz4", "zstd"), default=None,
+                   help="descriptor chunk compression when the store is created (default none: "
+                        "descriptors compress little and reads are twice as fast; lz4 or zstd "
+                        "for slow shared storage)")
     s.add_argument("--on-invalid", choices=("error", "drop"), default="error",
                    help="rows with NaN/Inf: refuse the batch (default) or drop them, recording their ids")
     s.add_argument("--trust-pickle", action="store_true",

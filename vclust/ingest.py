@@ -22,7 +22,7 @@ import numpy as np
 
 from . import sources as S
 from .errors import InputError
-from .store import DEFAULT_CHUNK_ROWS, Store, store_lock
+from .store import COMPRESSIONS, DEFAULT_CHUNK_ROWS, Store, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ def _aligned_ranges(start: int, stop: int, chunk_rows: int, row_bytes: int):
 
 def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
            batch: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-           on_invalid: str = "error", trust_pickle: bool = False, progress=None) -> dict:
+           on_invalid: str = "error", trust_pickle: bool = False, compression: str | None = None,
+           progress=None) -> dict:
     """Ingest SOURCE files (or one case folder) into the store as one batch.
 
     Returns a summary dict; ``summary["status"]`` is "written" or "unchanged" (the same batch
@@ -174,6 +175,8 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
         raise InputError(f"--on-invalid must be 'error' or 'drop'; got '{on_invalid}'")
     if chunk_rows < 1:
         raise InputError(f"--chunk-rows must be a positive integer; got {chunk_rows}")
+    if compression is not None and compression not in COMPRESSIONS:
+        raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}; got '{compression}'")
     batch = batch or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not batch or "/" in batch or batch.startswith(".") or "\\" in batch:
         raise InputError(f"--batch must be a plain name (no '/', not starting with '.'); got '{batch}'")
@@ -189,6 +192,9 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
         n_rows = _common_rows(checks)
         ids = _resolve_ids(ids, sources, n_rows, batch)
         if store is not None:
+            if compression is not None and compression != store.compression:
+                raise InputError(f"{store_path}: stored with compression '{store.compression}'; "
+                                 "--compression applies only when a store is created")
             _check_against_store(store, checks)
             entry = next((b for b in store.ledger if b["id"] == batch), None)
             if entry is not None:
@@ -198,7 +204,8 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
         _check_ids_unique(kept_ids, store)
 
         if store is None:
-            store = Store.create(store_path, {c["name"]: c["dims"] for c in checks}, chunk_rows)
+            store = Store.create(store_path, {c["name"]: c["dims"] for c in checks}, chunk_rows,
+                                 compression or "none")
         n_keep = len(kept_ids)
         start = store.begin_append(batch, n_keep)
         kept = np.flatnonzero(keep) if keep is not None else None

@@ -50,6 +50,7 @@ class IngestStep(_Strict):
     ids: Optional[str] = None
     name: Optional[str] = None
     chunk_rows: int = Field(8192, ge=1)
+    compression: Optional[Literal["none", "lz4", "zstd"]] = None  # when the store is created
     on_invalid: Literal["error", "drop"] = "error"
     trust_pickle: bool = False
 
@@ -205,7 +206,8 @@ def _run_steps(spec: JobSpec, say) -> int:
         elif step == "ingest":
             s = spec.ingest
             ingested = ingest(spec.store, s.sources, name=s.name, ids_csv=s.ids, batch=s.batch,
-                              chunk_rows=s.chunk_rows, on_invalid=s.on_invalid,
+                              chunk_rows=s.chunk_rows, compression=s.compression,
+                              on_invalid=s.on_invalid,
                               trust_pickle=s.trust_pickle, progress=say)
             say(f"ingest: batch {ingested['batch']} {ingested['status']} ({ingested['rows']} rows)")
             record = _nightly_record(spec, ingested["batch"])

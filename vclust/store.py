@@ -38,11 +38,22 @@ VERSION = 1
 DEFAULT_CHUNK_ROWS = 8192
 
 
-def _codec():
+COMPRESSIONS = ("none", "lz4", "zstd")
+
+
+def _codec(compression: str):
+    """Zarr compressors for descriptor arrays. Default "none": float32 CNN descriptors compress
+    little (lz4+shuffle kept 85-87% of the bytes of the synthetic sets, zstd 70%) while decoding
+    took half of every read (a 16.7 MB chunk: 27 ms with lz4 in a worker, 14 ms without; a fit's
+    read of 416k x 512 rows into worker memory 1.0-1.6 s against 0.45 s). "lz4" or "zstd" trade
+    that CPU for disk and network bytes, worth it where the store sits on slow shared storage."""
     import zarr
 
-    # lz4 at a low level: descriptors compress little (post-ReLU zeros), reading must be fast.
-    return zarr.codecs.BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")
+    if compression == "none":
+        return None
+    if compression == "lz4":
+        return zarr.codecs.BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,9 +135,13 @@ class Store:
         return store
 
     @classmethod
-    def create(cls, path, dims: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "Store":
+    def create(cls, path, dims: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS,
+               compression: str = "none") -> "Store":
         import zarr
 
+        if compression not in COMPRESSIONS:
+            raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}; "
+                             f"got '{compression}'")
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise InputError(f"{path}: exists and is not an empty folder; pick a new store path")
@@ -136,10 +151,11 @@ class Store:
         for name, d in dims.items():
             group.create_array(
                 f"descriptors/{name}", shape=(0, d), chunks=(chunk_rows, d), dtype="float32",
-                compressors=_codec(),
+                compressors=_codec(compression),
             )
         group.attrs.update(
             {"format": FORMAT, "version": VERSION, "chunk_rows": int(chunk_rows),
+             "compression": compression,
              "dims": {k: int(v) for k, v in dims.items()}, "ledger": []}
         )
         return cls(path, group)
@@ -180,6 +196,10 @@ class Store:
         """Committed rows (rows of batches in the ledger)."""
         ledger = self.ledger
         return int(ledger[-1]["stop"]) if ledger else 0
+
+    @property
+    def compression(self) -> str:
+        return str(self.attrs.get("compression", "lz4"))  # stores before the attribute: lz4
 
     @property
     def chunk_rows(self) -> int:
@@ -245,6 +265,7 @@ class Store:
             "format": f"{FORMAT} v{self.attrs.get('version')}",
             "rows": self.n_rows,
             "chunk_rows": self.chunk_rows,
+            "compression": self.compression,
             "descriptors": self.dims,
             "batches": [
                 {"id": b["id"], "rows": int(b["stop"]) - int(b["start"]), "start": b["start"],
