@@ -64,3 +64,22 @@ def dask_processes(tmp_path_factory):
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+# ----------------------------------------------------------------------------- measured figures
+
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figure():
+    """``figure("text")`` records a measured figure (ARI, ROC-AUC, recall) for the run's summary:
+    pytest hides a passing test's prints, and these numbers are what the tests show."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("measured figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -180,7 +180,7 @@ def test_each_algorithm_end_to_end(blobs, name):
 # --------------------------------------------------------------------------- real descriptors
 
 
-def test_real_descriptors_default_pipeline_ari():
+def test_real_descriptors_default_pipeline_ari(figure):
     xs, ys = [], []
     files = sorted(glob.glob("/work/shared/data/real-descriptors/*.npz")
                    or glob.glob("../shared/data/real-descriptors/*.npz"))
@@ -193,5 +193,5 @@ def test_real_descriptors_default_pipeline_ari():
     z = Preprocessor().fit(xd).transform(xd)
     labels = KMeans(15, random_state=0).fit(z).labels_.compute()
     score = ari(y, labels)
-    print(f"MVTec 15 categories, default preprocessing + KMeans(15): ARI {score:.3f}")
+    figure(f"MVTec 15 categories, default preprocessing + KMeans(15): ARI {score:.3f}")
     assert score >= 0.95, f"ARI {score:.3f}"

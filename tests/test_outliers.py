@@ -35,13 +35,13 @@ def fitted(synth_reduced):
     return OutlierScorer(reference_size=3000, random_state=0).fit(z, labels, dist, centers)
 
 
-def test_ann_recall_against_exact(synth_reduced, fitted):
+def test_ann_recall_against_exact(synth_reduced, fitted, figure):
     z = synth_reduced[0]
     q = np.arange(0, len(z), 7)
     idx, _ = fitted.neighbours(z[q], fitted.ref_rows_.max() + 1 + q)  # rows not in the reference
     exact = NearestNeighbors(n_neighbors=10).fit(fitted.reference_).kneighbors(z[q])[1]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact)])
-    print(f"recall@10 = {recall:.3f}")
+    figure(f"pynndescent reference index: recall@10 = {recall:.3f}")
     assert recall >= 0.9, recall
 
 
@@ -54,7 +54,7 @@ def test_reference_row_is_not_its_own_neighbour(fitted):
     assert (idx2[:, 0] == pos).all() and np.allclose(d2[:, 0], 0)
 
 
-def test_both_outlier_kinds_are_found(synth_reduced, fitted):
+def test_both_outlier_kinds_are_found(synth_reduced, fitted, figure):
     z, labels, dist, _, kind = synth_reduced
     score, flag = fitted.score(z, labels, dist)
     inl = kind == ""
@@ -62,17 +62,17 @@ def test_both_outlier_kinds_are_found(synth_reduced, fitted):
         m = kind == k
         assert m.sum() >= 20, f"too few {k} rows planted"
         auc = roc_auc_score(np.r_[np.zeros(inl.sum()), np.ones(m.sum())], np.r_[score[inl], score[m]])
-        print(f"ROC-AUC {k} vs inliers = {auc:.3f}")
+        figure(f"synthetic outliers: vclust ROC-AUC {k} vs inliers = {auc:.3f}")
         assert auc >= 0.95, (k, auc)
     # plain kNN distance misses the tight groups: that is why the score has other parts
     d10 = NearestNeighbors(n_neighbors=11).fit(z).kneighbors(z)[0][:, 1:].mean(axis=1)
     for k in ("glare", "empty"):
         m = kind == k
         knn_auc = roc_auc_score(np.r_[np.zeros(inl.sum()), np.ones(m.sum())], np.r_[d10[inl], d10[m]])
-        print(f"exact 10-NN mean distance, ROC-AUC {k} vs inliers = {knn_auc:.3f}")
+        figure(f"exact 10-NN mean distance, ROC-AUC {k} vs inliers = {knn_auc:.3f}")
         assert knn_auc < 0.5, (k, knn_auc)
     # the default threshold (robust z over the fit rows) flags the outliers, not the inliers
-    print(f"flagged: inliers {flag[inl].mean():.1%}, planted outliers {flag[~inl].mean():.1%}")
+    figure(f"flagged: inliers {flag[inl].mean():.1%}, planted outliers {flag[~inl].mean():.1%}")
     assert flag[inl].mean() <= 0.03
     assert flag[~inl].mean() >= 0.5
 
@@ -107,7 +107,7 @@ def test_threshold_modes(synth_reduced):
         OutlierScorer(threshold="iqr").fit(z, labels, dist, centers)
 
 
-def test_real_descriptors_auc_not_below_exact_knn():
+def test_real_descriptors_auc_not_below_exact_knn(figure):
     xs, ys = [], []
     for f in sorted(glob.glob("/work/shared/data/real-descriptors/*.npz")
                     or glob.glob("../shared/data/real-descriptors/*.npz")):
@@ -123,5 +123,5 @@ def test_real_descriptors_auc_not_below_exact_knn():
     ours = roc_auc_score(y, scorer.score(z, labels, dist)[0])
     d10 = NearestNeighbors(n_neighbors=11).fit(z).kneighbors(z)[0][:, 1:].mean(axis=1)
     exact = roc_auc_score(y, d10)
-    print(f"MVTec defects: vclust ROC-AUC {ours:.3f}, exact 10-NN mean distance {exact:.3f}")
+    figure(f"MVTec defects: vclust ROC-AUC {ours:.3f}, exact 10-NN mean distance {exact:.3f}")
     assert ours >= exact - 0.01, f"vclust {ours:.3f} vs exact 10-NN {exact:.3f}"
