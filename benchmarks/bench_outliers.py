@@ -21,7 +21,6 @@ def main():
     ap.add_argument("--exact-queries", type=int, default=20_000,
                     help="exact kNN is timed on this many queries and scaled to all rows")
     args = ap.parse_args()
-    import dask.array as da
     import pandas as pd
     from distributed import Client, LocalCluster, wait
     from sklearn.metrics import roc_auc_score

@@ -5,7 +5,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ from vclust.errors import InputError
 from vclust.ingest import ingest
 from vclust.labels import read_labels
 from vclust.model import Model
-from vclust.runner import load_spec, run_spec
 from vclust.synth import generate_case, read_truth
 
 VCLUST = [sys.executable, "-m", "vclust.cli"]
