@@ -22,7 +22,7 @@ import numpy as np
 
 from . import sources as S
 from .errors import InputError
-from .store import COMPRESSIONS, DEFAULT_CHUNK_ROWS, Store, store_lock
+from .store import DEFAULT_CHUNK_ROWS, Store, check_compression, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,8 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
         raise InputError(f"--on-invalid must be 'error' or 'drop'; got '{on_invalid}'")
     if chunk_rows < 1:
         raise InputError(f"--chunk-rows must be a positive integer; got {chunk_rows}")
-    if compression is not None and compression not in COMPRESSIONS:
-        raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}; got '{compression}'")
+    if compression is not None:
+        check_compression(compression)  # before any source is read
     batch = batch or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     if not batch or "/" in batch or batch.startswith(".") or "\\" in batch:
         raise InputError(f"--batch must be a plain name (no '/', not starting with '.'); got '{batch}'")

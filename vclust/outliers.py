@@ -31,15 +31,17 @@ vector has a large knn and lof, a tight group (glare frames, empty frames of one
 other's nearest neighbours, so a plain knn score calls them the most normal rows of all) has a
 neighbourhood far tighter than any vehicle's, and may also lie far from its cluster's centre or
 form a cluster of its own. On the demo's vdc_type+vdc_color mixture the groups sit near their
-centres (centre z 1-3) with knn z near -24, the tightest inlier at -3.8. ``is_outlier`` = combined z above a threshold fitted on the fit
-rows: by default a robust z-score over them, median + mad_z * 1.4826 MAD of their combined z
-(``threshold="mad"``, mad_z 3.5: it follows however many outliers the data holds); or the
-(1 - contamination) quantile (``threshold="contamination"``: a fixed share). On the 416k
-synthetic osnet set the default flags 1.0% of inliers, all junk and 54-66% of the tight-group
-frames; on MVTec 3.3% of good parts and 28% of defects, where a 2% contamination flags 7%.
+centres (centre z 1-3) with knn z near -24, the tightest inlier at -3.8.
 
-The index is built once per fit (pynndescent compiles its graph-building kernels for ~50 s per
-process, uncached). What it learned is kept as arrays (vclust.annindex: the prepared index's own
+``is_outlier`` = combined z above a threshold fitted on the fit rows: by default a robust z-score
+over them, median + mad_z * 1.4826 MAD of their combined z (``threshold="mad"``, mad_z 3.5: it
+follows however many outliers the data holds); or the (1 - contamination) quantile
+(``threshold="contamination"``: a fixed share). On the 416k synthetic osnet set the default flags
+1.2% of inliers, all junk, 96% of glare and 92% of empty frames; on MVTec 2.9% of good parts and
+25% of defects, where a 2% contamination flags 7%.
+
+The index is built once per fit (pynndescent compiles its graph-building kernels for 20-24 s
+per process, uncached; ``warm_up`` lets ``vclust fit`` pay that while the workers cluster). What it learned is kept as arrays (vclust.annindex: the prepared index's own
 state, no pickle); a worker process restores it once (~3 s, the search kernels only) and caches it
 by fingerprint, so chunks never rebuild or recompile it. Nothing numba-compiled is pickled.
 """
@@ -304,7 +306,7 @@ class OutlierScorer:
 
     @classmethod
     def from_state(cls, params, arrays):
-        obj = cls(**{k: params[k] for k in cls._PARAMS if k in params})  # older models: defaults
+        obj = cls(**{k: params[k] for k in cls._PARAMS})
         obj.threshold_, obj.threshold_z_ = params["threshold_"], params["threshold_z_"]
         obj.fit_outlier_rate_ = params["fit_outlier_rate_"]
         for k in cls._ARRAYS:

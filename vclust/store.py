@@ -41,6 +41,12 @@ DEFAULT_CHUNK_ROWS = 8192
 COMPRESSIONS = ("none", "lz4", "zstd")
 
 
+def check_compression(compression: str):
+    if compression not in COMPRESSIONS:
+        raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}; "
+                         f"got '{compression}'")
+
+
 def _codec(compression: str):
     """Zarr compressors for descriptor arrays. Default "none": float32 CNN descriptors compress
     little (lz4+shuffle kept 85-87% of the bytes of the synthetic sets, zstd 70%) while decoding
@@ -139,9 +145,7 @@ class Store:
                compression: str = "none") -> "Store":
         import zarr
 
-        if compression not in COMPRESSIONS:
-            raise InputError(f"--compression must be one of {', '.join(COMPRESSIONS)}; "
-                             f"got '{compression}'")
+        check_compression(compression)
         path = Path(path)
         if path.exists() and any(path.iterdir()):
             raise InputError(f"{path}: exists and is not an empty folder; pick a new store path")
