@@ -7,6 +7,7 @@ Results are always combined in block order, so sums do not depend on which worke
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -71,6 +72,24 @@ def shared(obj):
     except (ImportError, ValueError):
         return dask.delayed(obj, pure=True, traverse=False)
     return client.scatter(obj, broadcast=True, hash=False)
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(shape, dtype) -> np.ndarray:
+    """A reusable uninitialised array of ``shape`` for the calling thread (grown as needed).
+
+    A kernel's temporary the size of a block, allocated fresh in every task, costs page faults:
+    distributed's workers set MALLOC_TRIM_THRESHOLD_, which turns off glibc's dynamic mmap
+    threshold, so every 16 MB temporary is a new mmap (2.5 ms against 1.0 ms reused, measured in
+    a worker). Only for values that do not outlive the kernel call."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.nbytes < size:
+        buf = _SCRATCH.buf = np.empty(size, np.uint8)
+    return buf[:size].view(dtype).reshape(shape)
 
 
 BLOCK_BYTES = 16 * 2**20

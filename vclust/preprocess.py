@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ._blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree
+from ._blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, scratch
 
 MAX_COVARIANCE_DIMS = 4096
 
@@ -26,19 +26,36 @@ def _l2(block):
 
 
 def _block_moments(block, row0, l2):
+    """(n, mean float64, centred scatter float32, n_bad) of one block.
+
+    The block is centred on its float32 column sums (one BLAS call), into a per-thread scratch
+    buffer, and the small residual mean of the centred rows corrects the scatter: a 16 MB block
+    costs the float32 syrk (~22 ms in a worker) plus ~3 ms, where a float64 mean, a fresh
+    centred copy and a NaN scan cost ~9 ms more (measured on 8192 x 512 osnet blocks).
+    NaN/Inf anywhere makes the column sums non-finite; only then are bad rows counted."""
     x = np.asarray(block, dtype=np.float32)
-    bad = int((~np.isfinite(x).all(axis=1)).sum())
-    if bad or not len(x):
-        return x.shape[0], None, None, bad
+    n = x.shape[0]
+    if not n:
+        return 0, None, None, 0
     if l2:
-        x = _l2(x)
-    mean = x.mean(axis=0, dtype=np.float64)
-    xc = x - mean.astype(np.float32)
-    return x.shape[0], mean, (xc.T @ xc).astype(np.float64), 0
+        x = _l2(x)  # a fresh array: centred in place below
+    ones = np.ones(n, np.float32)
+    shift = (ones @ x) / np.float32(n)
+    if not np.isfinite(shift).all():
+        bad = int((~np.isfinite(x).all(axis=1)).sum())
+        if bad:
+            return n, None, None, bad
+        shift = x.mean(axis=0, dtype=np.float64).astype(np.float32)  # float32 sums overflowed
+    xc = x if l2 else scratch(x.shape, np.float32)
+    np.subtract(x, shift, out=xc)
+    resid = (ones @ xc).astype(np.float64) / n  # ~0: the float32 shift's rounding
+    scatter = xc.T @ xc  # numpy runs syrk for a product of an array with its own transpose
+    scatter -= (n * np.outer(resid, resid)).astype(np.float32)
+    return n, shift.astype(np.float64) + resid, scatter, 0
 
 
 def _combine(a, b):
-    """Chan et al.: merge (n, mean, scatter, n_bad) of two row sets."""
+    """Chan et al.: merge (n, mean, scatter, n_bad) of two row sets (scatter summed in float64)."""
     na, ma, sa, ba = a
     nb, mb, sb, bb = b
     if ba or bb or not na or not nb:  # a block with NaN/Inf poisons the sum: keep only counts
@@ -47,12 +64,17 @@ def _combine(a, b):
         return a if nb == 0 else b
     n = na + nb
     delta = mb - ma
-    return n, ma + delta * (nb / n), sa + sb + np.outer(delta, delta) * (na * nb / n), 0
+    scatter = sa.astype(np.float64)
+    scatter += sb
+    scatter += np.outer(delta, delta) * (na * nb / n)
+    return n, ma + delta * (nb / n), scatter, 0
 
 
 def _moments(X, l2):
     """(n, mean, scatter) in one pass, merged on the workers (``map_blocks_tree``)."""
     n, mean, scatter, bad = map_blocks_tree(_block_moments, _combine, X, args=(l2,))
+    if scatter is not None:
+        scatter = np.asarray(scatter, dtype=np.float64)  # a single block comes back as float32
     if bad:
         raise ValueError(f"{bad} row(s) hold NaN or Inf; drop them before fitting "
                          "(vclust ingest --on-invalid drop)")
