@@ -61,6 +61,25 @@ def test_constant_columns_and_nan():
         Preprocessor().fit(da.from_array(x, chunks=(50, -1)))
 
 
+def test_moments_far_from_the_origin():
+    """Blocks are centred on float32 column sums: rows whose mean dwarfs their spread (ReLU
+    features, offsets) still give the float64 covariance to float32 precision."""
+    from vclust.preprocess import _moments
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((30_000, 8)) * [1e-2, 1, 5, 1e-3, 1, 1, 1, 1]
+         + [1e3, -50, 0, 7, 1, 2, 3, 4]).astype(np.float32)
+    x64 = x.astype(np.float64)
+    for data in (x, da.from_array(x, chunks=(7000, -1))):
+        n, mean, scatter = _moments(data, False)
+        assert n == len(x)
+        # to a millionth of each column's spread (float32 data resolve ~1e-7 of their value)
+        err = np.abs(mean - x64.mean(axis=0))
+        assert np.all(err <= 1e-6 * x64.std(axis=0) + 1e-7 * np.abs(x64.mean(axis=0))), err
+        np.testing.assert_allclose(scatter / n, np.cov(x64.T, bias=True),
+                                   rtol=1e-4, atol=1e-7 * np.abs(np.cov(x64.T)).max())
+
+
 def test_mixture_weights_equal_variance_and_state(blobs):
     x, _ = blobs
     sets = {"a": np.abs(x[:, :6]) * 10, "b": np.abs(x[:, 6:])}
@@ -87,6 +106,23 @@ def test_kmeans_matches_sklearn(blobs, init):
     np.testing.assert_array_equal(ours.predict(x), ours.labels_)
     np.testing.assert_allclose(ours.transform(x[:10]),
                                np.linalg.norm(x[:10, None] - ours.cluster_centers_[None], axis=2), rtol=1e-4)
+
+
+@pytest.mark.parametrize("max_iter, tol", [(100, 1e-4), (1, 1e-4), (100, 1e3)])
+@pytest.mark.parametrize("dask_input", [False, True])
+def test_labels_and_inertia_belong_to_the_returned_centres(blobs, local_client, max_iter, tol,
+                                                           dask_input):
+    """Whether Lloyd stops because no row moved (no extra pass), on the tolerance or on
+    max_iter (one more pass), labels_ and inertia_ are those of cluster_centers_."""
+    x, _ = blobs
+    x = x + np.random.default_rng(0).normal(0, 2.0, x.shape).astype(np.float32)  # overlapping
+    data = da.from_array(x, chunks=(900, -1)) if dask_input else x
+    km = KMeans(5, max_iter=max_iter, tol=tol, random_state=0).fit(data)
+    labels = np.asarray(km.labels_.compute() if dask_input else km.labels_)
+    d2 = ((x[:, None].astype(np.float64) - km.cluster_centers_[None]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(labels, d2.argmin(axis=1))
+    assert km.inertia_ == pytest.approx(d2.min(axis=1).sum(), rel=1e-5)
+    assert km.n_iter_ <= max_iter
 
 
 def test_same_labels_whatever_chunking_and_workers(blobs, local_client):

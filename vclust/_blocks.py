@@ -59,6 +59,56 @@ def map_blocks_reduce(func, X, *arrays, args=()):
         return list(pool.map(lambda j: func(*j, *args), jobs))
 
 
+def map_blocks_state(func, X, states=None, args=()):
+    """One pass of ``func(block, state, row0, *args) -> (new_state, result)`` over the row blocks
+    of X, where ``state`` is per-block data carried from the previous pass (None on the first).
+
+    With a dask X the new states stay where they were computed (persisted in worker memory, as
+    delayed objects for the next pass) and only the results travel back, in block order: a
+    pass can update per-row values (nearest centre so far, labels) without recomputing them.
+
+    Returns (new_states, results).
+    """
+    offsets = row_offsets(X)
+    if is_dask(X):
+        import dask
+
+        xs = X.to_delayed().ravel()
+        states = list(states) if states is not None else [None] * len(xs)
+        tasks = [dask.delayed(func, pure=False, nout=2)(x, s, int(offsets[i]), *args)
+                 for i, (x, s) in enumerate(zip(xs, states))]
+        out = _persist([t[0] for t in tasks] + [t[1] for t in tasks])
+        return out[:len(tasks)], list(dask.compute(*out[len(tasks):]))
+    sizes = np.diff(offsets + [X.shape[0]])
+    states = list(states) if states is not None else [None] * len(sizes)
+    jobs = [(X[o:o + n], s, int(o)) for o, n, s in zip(offsets, sizes, states)]
+    with ThreadPoolExecutor() as pool:
+        pairs = list(pool.map(lambda j: func(*j, *args), jobs))
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _persist(objs: list) -> list:
+    """``objs`` (dask collections) computed and kept: on the cluster with a distributed client."""
+    import dask
+
+    try:
+        from distributed import get_client
+
+        return get_client().persist(objs)
+    except (ImportError, ValueError):
+        return list(dask.persist(*objs))
+
+
+def concat_states(X, states, dtype):
+    """Per-block 1-D states (for example labels) as one array aligned with X's rows."""
+    if not is_dask(X):
+        return np.concatenate(states) if states else np.empty(0, dtype)
+    import dask.array as da
+
+    return da.concatenate([da.from_delayed(s, shape=(n,), dtype=dtype)
+                           for s, n in zip(states, X.chunks[0])])
+
+
 def shared(obj):
     """A handle to pass ``obj`` into many tasks: with a distributed client, scattered once to every
     worker (a large object, such as an outlier index, then travels once per worker instead of
@@ -135,19 +185,16 @@ def hold(arrays: list, budget: int | None = None):
 
     Returns (arrays, held: bool).
     """
-    import dask
-
     nbytes = sum(a.nbytes for a in arrays)
     if nbytes > (memory_budget() if budget is None else budget):
         return arrays, False
-    out = [compact(a) for a in arrays]
+    out = _persist([compact(a) for a in arrays])
     try:
-        from distributed import get_client, wait
-
-        out = get_client().persist(out)
+        from distributed import futures_of, wait
+    except ImportError:
+        return out, True
+    if futures_of(out):
         wait(out)
-    except (ImportError, ValueError):
-        out = list(dask.persist(*out))
     return out, True
 
 

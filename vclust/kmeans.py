@@ -23,7 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from ._blocks import check_2d, hold, is_dask, map_blocks_reduce, row_uniform, sample_rows
+from ._blocks import (check_2d, concat_states, hold, is_dask, map_blocks_reduce, map_blocks_state,
+                      row_uniform, sample_rows)
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def _farthest(sq, n):
     return top[np.lexsort((top, -sq[top]))]
 
 
-def _lloyd_block(block, row0, centers, n_far):
+def _lloyd_block(block, prev, row0, centers, n_far):
+    """One Lloyd pass over a block: state = the block's labels (to count the rows that moved)."""
     x = np.asarray(block, dtype=np.float32)
     k = centers.shape[0]
     labels, sq = assign(x, centers)
@@ -79,7 +81,15 @@ def _lloyd_block(block, row0, centers, n_far):
     sums = (onehot @ x).astype(np.float64)
     counts = np.bincount(labels, minlength=k)
     far = _farthest(sq, n_far)
-    return sums, counts, float(sq.sum(dtype=np.float64)), sq[far], x[far], far + row0
+    moved = len(x) if prev is None else int(np.count_nonzero(labels != prev))
+    return labels, (sums, counts, float(sq.sum(dtype=np.float64)), sq[far], x[far], far + row0,
+                    moved)
+
+
+def _final_block(block, prev, row0, centers):
+    """Labels (the new state) and inertia of a block for the final centres."""
+    labels, sq = assign(block, centers)
+    return labels, float(sq.sum(dtype=np.float64))
 
 
 def _stats_block(block, row0):
@@ -87,31 +97,45 @@ def _stats_block(block, row0):
     return x.shape[0], x.sum(axis=0), (x * x).sum(axis=0)
 
 
-def _mindist_block(block, row0, centers):
-    return assign(block, centers)[1]
+def _count_nearest_block(block, row0, centers):
+    return np.bincount(assign(block, centers)[0], minlength=len(centers))
 
 
-def _kmeans_parallel_block(block, row0, centers, ell, seed, rnd):
-    """One k-means|| round over a block, in a single pass: the block's ``ell`` best rows by the
-    Efraimidis-Spirakis key log(u) / d^2 (u from the row's hash). The ``ell`` best keys over
-    all blocks are a sample of ``ell`` rows drawn with probability proportional to d^2,
-    without replacement: the round needs no separate pass for the cost phi."""
+def _kmeans_parallel_block(block, state, row0, new, ell, seed, rnd):
+    """One k-means|| round over a block, in a single pass.
+
+    ``state`` carries each row's squared distance to its nearest candidate so far and that
+    candidate's index, so a round only measures the ``new`` candidates of the previous round
+    (about ``2 k`` rows) instead of all of them. The block returns its ``ell`` best rows by the
+    Efraimidis-Spirakis key log(u) / d^2 (u from the row's hash): the ``ell`` best keys over all
+    blocks are a sample of ``ell`` rows drawn with probability proportional to d^2, without
+    replacement, so a round needs no separate pass for the cost phi. Round 0 (``new`` None) draws
+    one uniform row and returns the column sums and sums of squares (for the tolerance); with
+    ``ell`` 0 the block returns the count of rows nearest each candidate (the weights)."""
     x = np.asarray(block, dtype=np.float32)
     rows = np.arange(row0, row0 + len(x))
-    u = row_uniform(rows, seed, 100 + rnd)
-    if centers is None:  # the first round: one uniform row
-        sq = np.ones(len(x))
+    if new is None:
+        sq, idx = np.ones(len(x)), None
+        stats = (len(x), x.sum(axis=0, dtype=np.float64), np.einsum("ij,ij->j", x, x, dtype=np.float64))
     else:
-        sq = assign(x, centers)[1].astype(np.float64)
+        base, cands = new
+        idx, sq = assign(x, cands)
+        idx += base
+        if state is not None:
+            keep = state[0] <= sq
+            sq = np.where(keep, state[0], sq)
+            idx = np.where(keep, state[1], idx)
+        stats = None
+        if ell == 0:
+            return None, np.bincount(idx, minlength=base + len(cands))
+    state = None if idx is None else (sq, idx)
+    sq = sq.astype(np.float64)
+    u = row_uniform(rows, seed, 100 + rnd)
     with np.errstate(divide="ignore"):
         key = np.where(sq > 0, np.log(np.maximum(u, 1e-300)) / np.maximum(sq, 1e-300), -np.inf)
     top = _farthest(key, min(ell, len(key)))
     top = top[np.isfinite(key[top])]
-    return key[top], rows[top], x[top], float(sq.sum())
-
-
-def _count_nearest_block(block, row0, centers):
-    return np.bincount(assign(block, centers)[0], minlength=len(centers))
+    return state, (key[top], rows[top], x[top], float(sq.sum()), stats)
 
 
 def _labels_of(block, centers):
@@ -194,34 +218,35 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
     def fit(self, X, y=None):
         self._validate(X)
         X = self._maybe_persist(X)
-        n, s1, s2 = (np.sum(v, axis=0) for v in zip(*map_blocks_reduce(_stats_block, X)))
-        mean_var = float(np.mean(s2 / n - (s1 / n) ** 2))
-        self._tol = self.tol * mean_var
+        self._tol = None  # set from the column variances by the first pass that sees them
         n_init = self.n_init if isinstance(self.init, str) else 1
         best = None
         for run in range(n_init):
             seed = int(np.random.default_rng([self.random_state, run]).integers(1 << 31))
             centers = self._init_centers(X, seed)
+            if self._tol is None:
+                stats = map_blocks_reduce(_stats_block, X)
+                self._set_tol(*(np.sum(v, axis=0) for v in zip(*stats)))
             if self.algorithm == "minibatch":
                 centers, n_iter = self._minibatch(X, centers, seed), self.max_iter
+                final = None
             else:
-                centers, n_iter = self._lloyd(X, centers)
-            inertia = self._inertia(X, centers) if n_init > 1 else 0.0
-            if best is None or inertia < best[0]:
-                best = (inertia, centers, n_iter)
-        _, centers, self.n_iter_ = best
+                centers, n_iter, final = self._lloyd(X, centers)
+            if final is None:  # labels and inertia for the returned centres: one more pass
+                states, parts = map_blocks_state(_final_block, X,
+                                                 args=(centers.astype(np.float32),))
+                final = (states, float(sum(parts)))
+            if best is None or final[1] < best[0]:
+                best = (final[1], centers, n_iter, final[0])
+        self.inertia_, centers, self.n_iter_, states = best
         self.cluster_centers_ = centers.astype(np.float32)
         self.n_features_in_ = X.shape[1]
-        # the final assignment: labels and inertia agree with the returned centres
-        self.inertia_ = self._inertia(X, self.cluster_centers_)
-        self.labels_ = self.predict(X)
+        self.labels_ = concat_states(X, states, np.int32)
         return self
 
-    @staticmethod
-    def _inertia(X, centers):
-        """Sum of squared distances to the nearest centre (scikit-learn's definition)."""
-        parts = map_blocks_reduce(_mindist_block, X, args=(np.asarray(centers, np.float32),))
-        return float(sum(np.sum(d, dtype=np.float64) for d in parts))
+    def _set_tol(self, n, s1, s2):
+        mean_var = float(np.mean(s2 / n - (s1 / n) ** 2))
+        self._tol = self.tol * mean_var
 
     def _maybe_persist(self, X):
         """Persisted in compact blocks (see ``_blocks.compact``) when it fits, else streamed."""
@@ -248,38 +273,48 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
                                          random_state=int(rng.integers(1 << 31)))
             return centers
         # k-means|| (Bahmani et al.): one uniform row, then rounds that each add ``ell`` rows
-        # drawn with probability proportional to d^2 to the candidates so far (one pass each)
+        # drawn with probability proportional to d^2 to the candidates so far (one pass each;
+        # every row's nearest candidate is carried between passes)
         ell = max(1, int(round(self.oversampling_factor * k)))
-        cand = None
+        cand, state, new = None, None, None
         for rnd in range(6):
-            parts = map_blocks_reduce(_kmeans_parallel_block, X,
-                                      args=(cand, 1 if cand is None else ell, seed, rnd))
-            if cand is not None and sum(p[3] for p in parts) <= 0:
+            state, parts = map_blocks_state(_kmeans_parallel_block, X, state,
+                                            args=(new, 1 if cand is None else ell, seed, rnd))
+            if cand is None:
+                if self._tol is None:
+                    self._set_tol(*(np.sum(v, axis=0) for v in zip(*(p[4] for p in parts))))
+            elif sum(p[3] for p in parts) <= 0:
                 break  # every row sits on a candidate
             keys = np.concatenate([p[0] for p in parts])
             rows = np.concatenate([p[1] for p in parts])
             xs = np.concatenate([p[2] for p in parts])
             pick = np.lexsort((rows, -keys))[:1 if cand is None else ell]
+            new = (0 if cand is None else len(cand), xs[pick])
             cand = xs[pick] if cand is None else np.concatenate([cand, xs[pick]])
         if len(cand) <= k:
             extra, _ = sample_rows(X, 20 * k, seed, stream=3)
             cand = np.concatenate([cand, extra.astype(np.float32)])
-        weights = np.sum(map_blocks_reduce(_count_nearest_block, X, args=(cand,)), axis=0)
+            weights = np.sum(map_blocks_reduce(_count_nearest_block, X, args=(cand,)), axis=0)
+        else:  # the last round's rows still to be measured: the weights' pass does it
+            _, parts = map_blocks_state(_kmeans_parallel_block, X, state, args=(new, 0, seed, 6))
+            weights = np.sum(parts, axis=0)
         from sklearn.cluster import KMeans as _SK
 
         sk = _SK(k, init="k-means++", n_init=10, random_state=int(rng.integers(1 << 31)))
         sk.fit(cand.astype(np.float64), sample_weight=weights.astype(np.float64) + 1e-12)
         return sk.cluster_centers_
 
-    def _step(self, X, centers):
+    def _step(self, X, centers, labels):
         k = self.n_clusters
-        parts = map_blocks_reduce(_lloyd_block, X, args=(centers.astype(np.float32), k))
+        labels, parts = map_blocks_state(_lloyd_block, X, labels,
+                                         args=(centers.astype(np.float32), k))
         sums = np.sum([p[0] for p in parts], axis=0)
         counts = np.sum([p[1] for p in parts], axis=0)
         inertia = float(sum(p[2] for p in parts))
         far_d = np.concatenate([p[3] for p in parts])
         far_x = np.concatenate([p[4] for p in parts])
         far_r = np.concatenate([p[5] for p in parts])
+        moved = sum(p[6] for p in parts)
         new = centers.copy()
         nz = counts > 0
         new[nz] = sums[nz] / counts[nz, None]
@@ -289,19 +324,25 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
             for c, i in zip(empty, order):
                 new[c] = far_x[i]
             log.info("re-seeded %d empty cluster(s)", len(empty))
-        return new, inertia
+        return new, labels, inertia, moved, len(empty)
 
     def _lloyd(self, X, centers):
+        """Lloyd passes from ``centers``. Returns (centers, n_iter, final) where final is
+        (label states, inertia) for the returned centres when the last pass proves them (no
+        row changed cluster, so the new centres are the old ones), else None."""
         centers = np.asarray(centers, dtype=np.float64)
-        n_iter = 0
+        labels, n_iter, repaired = None, 0, True
         for it in range(self.max_iter):
-            new, _ = self._step(X, centers)
+            new, labels, inertia, moved, empty = self._step(X, centers, labels)
+            n_iter = it + 1
+            if moved == 0 and not repaired and not empty:
+                return centers, n_iter, (labels, inertia)
+            repaired = bool(empty)
             shift = float(((new - centers) ** 2).sum())
             centers = new
-            n_iter = it + 1
             if shift <= self._tol:
                 break
-        return centers, n_iter
+        return centers, n_iter, None
 
     def _minibatch(self, X, centers, seed):
         """Mini-batch updates (Sculley 2010) over blocks of rows in a seeded order."""
