@@ -22,11 +22,12 @@ def main():
                     help="exact kNN is timed on this many queries and scaled to all rows")
     args = ap.parse_args()
     import pandas as pd
-    from distributed import Client, LocalCluster, wait
+    from distributed import Client, wait
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import NearestNeighbors
 
     from vclust._blocks import compact
+    from vclust.cluster import local_cluster
     from vclust.kmeans import KMeans
     from vclust.model import assign
     from vclust.outliers import OutlierScorer
@@ -37,7 +38,7 @@ def main():
     truth = pd.read_csv(DATA / f"case-{args.rows}" / "truth.csv", keep_default_na=False)
     y = (truth["outlier_kind"] != "").to_numpy()
     res = {}
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+    with local_cluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         x = store.descriptors("osnet", *store.batch_rows("initial"))  # not the label bench's batches
         pre = Preprocessor().fit(x)  # vclust fit's defaults: l2, PCA 0.95

@@ -11,10 +11,13 @@ import pytest
 
 @pytest.fixture(scope="module")
 def local_client():
-    """A real LocalCluster: two single-threaded worker processes on 127.0.0.1."""
-    from distributed import Client, LocalCluster
+    """A real LocalCluster, started as vclust starts it: two single-threaded worker processes
+    on 127.0.0.1."""
+    from distributed import Client
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+    from vclust.cluster import local_cluster
+
+    with local_cluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, memory_limit="3GB") as cluster:
         with Client(cluster) as client:
             yield client

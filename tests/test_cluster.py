@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vclust.cluster import make_slurm_cluster, resolve
+from vclust.cluster import WORKER_ENV, make_slurm_cluster, resolve, worker_environ
 from vclust.config import KINDS, load_cluster_config, parse_cluster_config
 from vclust.errors import InputError
 from vclust.store import Store
@@ -88,3 +88,22 @@ def test_ingest_and_distributed_read_on_real_scheduler_and_workers(dask_processe
         wait(p)
         holders = {w for ws in client.who_has(p).values() for w in ws}
         assert len(holders) == 2, holders
+
+
+def test_local_workers_start_with_vclusts_malloc_settings(local_client):
+    """distributed's MALLOC_TRIM_THRESHOLD_=65536 is replaced in the worker processes (it made
+    every temporary over 128 KB a fresh mmap); a value the user configured is kept."""
+    import dask
+
+    def env():
+        import os
+
+        return {k: os.environ.get(k) for k in WORKER_ENV}
+
+    for got in local_client.run(env).values():
+        assert got == {k: str(v) for k, v in WORKER_ENV.items()}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 1234,
+                                                                   "OMP_NUM_THREADS": 1}}):
+        mine = worker_environ()
+    assert mine["MALLOC_TRIM_THRESHOLD_"] == 1234 and mine["OMP_NUM_THREADS"] == 1
+    assert mine["MALLOC_MMAP_THRESHOLD_"] == WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]

@@ -52,6 +52,37 @@ def local_cluster_kwargs(cfg: LocalConfig) -> dict:
     return kwargs
 
 
+# glibc malloc settings for vclust's worker processes. distributed sets MALLOC_TRIM_THRESHOLD_ to
+# 64 KiB, which also turns off glibc's adaptive mmap threshold: every temporary over 128 KB is
+# then a fresh mmap, paid in page faults on each use, and every freed byte goes back to the
+# system at once. Measured in a process with that setting on 2 cores: zarr reading one 16 MB
+# chunk 40 ms instead of 3 ms; a k-means|| round over a 262k-row block 42 ms instead of 24.
+# Here blocks up to 32 MiB come from the heap and up to 64 MiB of free heap is kept for reuse.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOLD_": 64 * 2**20}
+_DISTRIBUTED_DEFAULTS = {"MALLOC_TRIM_THRESHOLD_": 65536}
+
+
+def worker_environ() -> dict:
+    """distributed's pre-spawn worker environment with ``WORKER_ENV`` in place of its malloc
+    default (a value the user configured otherwise wins)."""
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {})
+    for key, value in WORKER_ENV.items():
+        if key not in env or str(env[key]) == str(_DISTRIBUTED_DEFAULTS.get(key)):
+            env[key] = value
+    return env
+
+
+def local_cluster(**kwargs):
+    """A ``distributed.LocalCluster`` whose worker processes start with ``worker_environ()``."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+        return LocalCluster(**kwargs)
+
+
 def slurm_cluster_kwargs(cfg: SlurmConfig) -> dict:
     kwargs = dict(cores=cfg.cores, memory=cfg.memory, processes=cfg.processes,
                   walltime=cfg.walltime, job_extra_directives=cfg.job_extra_directives,
@@ -71,7 +102,7 @@ def make_slurm_cluster(cfg: SlurmConfig):
 
 def _start(cfg: ClusterConfig):
     """(cluster or None, client)."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if isinstance(cfg, SchedulerConfig):
         try:
@@ -83,7 +114,7 @@ def _start(cfg: ClusterConfig):
             raise InputError(f"cannot reach the Dask scheduler at {cfg.address}: {exc}") from None
         return None, client
     if isinstance(cfg, LocalConfig):
-        cluster = LocalCluster(**local_cluster_kwargs(cfg))
+        cluster = local_cluster(**local_cluster_kwargs(cfg))
     elif isinstance(cfg, SlurmConfig):
         cluster = make_slurm_cluster(cfg)
         cluster.scale(jobs=cfg.n_jobs)
