@@ -2,15 +2,19 @@
 
 Every Lloyd iteration is one map-reduce over the row blocks: each block computes its squared
 distances to the centres with one float32 matrix product (||x||^2 - 2 x.C^T + ||c||^2), takes the
-argmin, and returns per-cluster sums (float64, via a sparse one-hot product), counts, its inertia
-and its farthest rows (for empty-cluster repair). The client combines the blocks in order and
-moves the centres. The rows are persisted in worker memory when they fit; otherwise every
-iteration streams them from their source.
+argmin, and returns per-cluster sums (float64, via a sparse one-hot product), counts, its inertia,
+its farthest rows (for empty-cluster repair) and how many of its rows changed cluster. The client
+combines the blocks in order and moves the centres. Per-row state (labels, nearest candidate so
+far) stays on the workers between passes (``_blocks.map_blocks_state``). When no row changed
+cluster the centres are final and that pass's labels and inertia are kept; a stop on the
+tolerance or ``max_iter`` costs one more pass for them. The rows are persisted in worker memory
+when they fit; otherwise every iteration streams them from their source.
 
 Initialisation: "k-means||" (Bahmani et al.: five rounds over all rows, each adding
 ``oversampling_factor * k`` rows drawn with probability proportional to their squared distance to
-the candidates so far, in one pass per round by weighted reservoir keys; then a weighted k-means++
-on the candidates), "k-means++" on a seeded sample, or given centres. Row sampling uses a hash of
+the candidates so far, in one pass per round by weighted reservoir keys; each round measures
+only the previous round's new candidates; then a weighted k-means++ with 10 restarts on the
+candidates), "k-means++" on a seeded sample, or given centres. Row sampling uses a hash of
 the absolute row index, so the result does not depend on the chunking.
 ``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
 """
