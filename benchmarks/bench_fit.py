@@ -140,7 +140,12 @@ def main():
               + (f"; dask-ml / vclust: {totals['dask-ml (Zarr, 2 workers)'] / ours:.1f}x"
                  if "dask-ml (Zarr, 2 workers)" in totals else "") + "."]
     lines += ["", "Totals of every run: " + "; ".join(
-        f"{name}: {', '.join(f'{t:.1f} s' for t in ts)}" for name, ts in spread.items()) + "."]
+        f"{name}: {', '.join(f'{t:.1f} s' for t in ts)}" for name, ts in spread.items()) + ". "
+        "The first run of each is the slowest because it is the first to touch its working "
+        "memory, and this VM backs memory on first touch (measured separately: filling 8 GB "
+        "took 16.3 s the first time, 1.8 s the second; after it, vclust's first run took 2.2 s "
+        "instead of 3.7-4.1 s). Each run starts after the cluster has released the previous "
+        "run's data, so every vclust run reads the store."]
     lines += ["", f"scikit-learn against itself with another seed: ARI {sk_self:.3f} (the ceiling "
               "for any agreement on this data at this k).", "", "vclust's standardise column is its one pass over the store (rows read into worker "
               "memory, mean + covariance per block, the PCA fitted from it on the client); its PCA "

@@ -50,8 +50,8 @@ def check_compression(compression: str):
 def _codec(compression: str):
     """Zarr compressors for descriptor arrays. Default "none": float32 CNN descriptors compress
     little (lz4+shuffle kept 85-87% of the bytes of the synthetic sets, zstd 70%) while decoding
-    took half of every read (a 16.7 MB chunk: 27 ms with lz4 in a worker, 14 ms without; a fit's
-    read of 416k x 512 rows into worker memory 1.0-1.6 s against 0.45 s). "lz4" or "zstd" trade
+    took most of every read (a 16.7 MB chunk: 9.4 ms with lz4, 3.3 ms without, measured under
+    vclust's worker malloc settings, see vclust/cluster.py). "lz4" or "zstd" trade
     that CPU for disk and network bytes, worth it where the store sits on slow shared storage."""
     import zarr
 
