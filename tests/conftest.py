@@ -1,6 +1,7 @@
 """Shared fixtures: a real LocalCluster, and real `dask scheduler` / `dask worker` processes."""
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def dask_processes(tmp_path_factory):
-    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1; yields the address."""
+    """A `dask scheduler` and two `dask worker` processes on 127.0.0.1 (one started with
+    vclust's worker environment, one without); yields the address."""
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     bindir = os.path.dirname(sys.executable)
@@ -43,11 +45,15 @@ def dask_processes(tmp_path_factory):
     try:
         from distributed import Client
 
-        for _ in range(2):
-            procs.append(subprocess.Popen(
-                [dask_cmd, "worker", addr, "--nthreads", "1", "--memory-limit", "2GB",
-                 "--no-dashboard", "--local-directory", str(tmp)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp))
+        from vclust.config import WORKER_EXPORT
+
+        worker = [dask_cmd, "worker", addr, "--nthreads", "1", "--memory-limit", "2GB",
+                  "--no-dashboard", "--local-directory", str(tmp)]
+        # the first worker starts as the README and the SLURM prologue say (vclust's malloc
+        # settings exported in a shell), the second as a bare `dask worker`
+        for cmd in (["bash", "-c", f"{WORKER_EXPORT} && exec {shlex.join(worker)}"], worker):
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, cwd=tmp))
         deadline = time.time() + 60
         while True:
             try:

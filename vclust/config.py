@@ -37,6 +37,19 @@ class SchedulerConfig(_Strict):
     timeout: float = Field(30.0, gt=0)  # seconds to wait for the scheduler
 
 
+# glibc malloc settings for worker processes (vclust/cluster.py says why), and the line that
+# gives them to `dask worker` processes started outside vclust: their nanny applies its
+# pre-spawn-environ after the shell's variables (a plain MALLOC_TRIM_THRESHOLD_=... would be
+# overwritten), so the whole setting, with distributed's single BLAS thread, goes through dask's
+# config variable.
+WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOLD_": 64 * 2**20}
+WORKER_PRE_SPAWN = {"MALLOC_TRIM_THRESHOLD_": WORKER_ENV["MALLOC_TRIM_THRESHOLD_"],
+                    "MALLOC_MMAP_THRESHOLD_": WORKER_ENV["MALLOC_MMAP_THRESHOLD_"],
+                    "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+WORKER_ENV_VAR = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
+WORKER_EXPORT = f"export {WORKER_ENV_VAR}=\"{WORKER_PRE_SPAWN!r}\""
+
+
 class SSHConfig(_Strict):
     kind: Literal["ssh"] = "ssh"
     hosts: list[str] = Field(min_length=2)  # first host runs the scheduler, the rest workers
@@ -59,7 +72,8 @@ class SlurmConfig(_Strict):
     local_directory: Optional[str] = None  # worker scratch space on the compute node
     python: Optional[str] = None  # python on the compute nodes; None: the same path as here
     job_extra_directives: list[str] = Field(default_factory=list)  # extra #SBATCH lines
-    job_script_prologue: list[str] = Field(default_factory=list)  # shell lines before the worker
+    # shell lines before the worker; the default gives it vclust's malloc settings
+    job_script_prologue: list[str] = Field(default_factory=lambda: [WORKER_EXPORT])
 
 
 class KubernetesConfig(_Strict):
@@ -70,7 +84,8 @@ class KubernetesConfig(_Strict):
     n_workers: int = Field(4, ge=1)
     resources: dict = Field(default_factory=lambda: {"requests": {"cpu": "2", "memory": "8Gi"},
                                                      "limits": {"cpu": "2", "memory": "8Gi"}})
-    env: dict[str, str] = Field(default_factory=dict)  # environment for scheduler and workers
+    # environment for scheduler and workers; the default gives them vclust's malloc settings
+    env: dict[str, str] = Field(default_factory=lambda: {WORKER_ENV_VAR: repr(WORKER_PRE_SPAWN)})
 
 
 KINDS = {
