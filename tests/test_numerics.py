@@ -125,6 +125,20 @@ def test_labels_and_inertia_belong_to_the_returned_centres(blobs, local_client, 
     assert km.n_iter_ <= max_iter
 
 
+def test_balanced_blocks_are_even_equal_and_bounded():
+    from vclust._blocks import PAIR_BYTES, balanced
+
+    assert balanced(da.zeros((10_000, 11), chunks=(999, 11), dtype=np.float32)).numblocks == (1, 1)
+    for n, d, chunks in [(416_314, 11, 65_536), (416_314, 256, 8192), (4_163_140, 14, 100_000)]:
+        for c in (chunks, chunks // 3):  # the layout follows the size, not the input chunks
+            b = balanced(da.zeros((n, d), chunks=(c, d), dtype=np.float32))
+            sizes = b.chunks[0]
+            assert len(sizes) % 2 == 0 and b.numblocks[1] == 1
+            assert max(sizes) - min(sizes) <= len(sizes)  # equal but for rounding
+            assert max(sizes) * d * 4 <= PAIR_BYTES // 2 + d * 4
+            assert sizes == balanced(da.zeros((n, d), chunks=(chunks, d), dtype=np.float32)).chunks[0]
+
+
 def test_same_labels_whatever_chunking_and_workers(blobs, local_client):
     x, _ = blobs
     ref = KMeans(5, random_state=3).fit(x).labels_

@@ -158,6 +158,24 @@ def compact(X):
     return X.rechunk({0: compact_rows(X.shape[1], X.dtype.itemsize), 1: -1})
 
 
+PAIR_BYTES = 128 * 2**20
+
+
+def balanced(X):
+    """``X`` rechunked into an even number of equal row blocks of at most ``PAIR_BYTES / 2``
+    (one block under 16,384 rows), for reduced rows that many passes read from memory.
+
+    Every task of a pass costs ~3 ms of scheduler and worker time beside its kernel on a small
+    machine: a Lloyd pass over 416k x 256 reduced rows took 190 ms in 26 blocks of 16 MB, 155 ms
+    in 8, 118 ms in 4 (2 workers, measured). An even count keeps two workers equally busy; the
+    count depends on the data's size only, so labels do not depend on the cluster."""
+    n = X.shape[0]
+    if n < 16_384:
+        return X.rechunk({0: -1, 1: -1})
+    pairs = max(1, -(-int(X.nbytes) // PAIR_BYTES))
+    return X.rechunk({0: -(-n // (2 * pairs)), 1: -1})
+
+
 MEMORY_SHARE = 0.25
 
 
@@ -178,17 +196,17 @@ def memory_budget() -> int:
     return int(psutil.virtual_memory().available * MEMORY_SHARE)
 
 
-def hold(arrays: list, budget: int | None = None):
-    """Persist dask ``arrays`` (in compact blocks) when together they fit in ``budget`` (default
-    ``memory_budget()``), so later passes read memory instead of their source; otherwise return
-    them unchanged, to be streamed from their source on every pass.
+def hold(arrays: list, budget: int | None = None, layout=None):
+    """Persist dask ``arrays`` (rechunked by ``layout``, default ``compact``) when together they
+    fit in ``budget`` (default ``memory_budget()``), so later passes read memory instead of their
+    source; otherwise return them unchanged, to be streamed from their source on every pass.
 
     Returns (arrays, held: bool).
     """
     nbytes = sum(a.nbytes for a in arrays)
     if nbytes > (memory_budget() if budget is None else budget):
         return arrays, False
-    out = _persist([compact(a) for a in arrays])
+    out = _persist([(layout or compact)(a) for a in arrays])
     try:
         from distributed import futures_of, wait
     except ImportError:

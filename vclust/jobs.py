@@ -64,11 +64,11 @@ def hold_sets(sets: dict, say=_quiet) -> dict:
 
 
 def hold_reduced(z, say=_quiet):
-    """The reduced rows, kept in worker memory in compact blocks when they fit: every later
+    """The reduced rows, kept in worker memory in balanced blocks when they fit: every later
     pass (k-means iterations, metrics, outlier scores) reads memory in a few tasks."""
-    from ._blocks import hold
+    from ._blocks import balanced, hold
 
-    (held,), ok = hold([z])
+    (held,), ok = hold([z], layout=balanced)
     if ok:
         say(f"keeping the reduced rows in memory ({z.nbytes / 1e6:.0f} MB in {held.numblocks[0]} blocks)")
         return held

@@ -27,8 +27,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from ._blocks import (check_2d, concat_states, hold, is_dask, map_blocks_reduce, map_blocks_state,
-                      row_uniform, sample_rows)
+from ._blocks import (balanced, check_2d, concat_states, hold, is_dask, map_blocks_reduce,
+                      map_blocks_state, row_uniform, sample_rows)
 
 log = logging.getLogger(__name__)
 
@@ -253,10 +253,11 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         self._tol = self.tol * mean_var
 
     def _maybe_persist(self, X):
-        """Persisted in compact blocks (see ``_blocks.compact``) when it fits, else streamed."""
+        """Persisted in balanced blocks (see ``_blocks.balanced``) when it fits, else streamed."""
         if not is_dask(X) or self.persist is False:
             return X
-        (X,), held = hold([X], budget=None if self.persist == "auto" else np.inf)
+        (X,), held = hold([X], budget=None if self.persist == "auto" else np.inf,
+                          layout=balanced)
         if not held:
             log.info("streaming %d MB of rows each iteration (too big to persist)", X.nbytes // 1e6)
         return X
