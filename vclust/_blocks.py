@@ -130,10 +130,10 @@ _SCRATCH = threading.local()
 def scratch(shape, dtype) -> np.ndarray:
     """A reusable uninitialised array of ``shape`` for the calling thread (grown as needed).
 
-    A kernel's temporary the size of a block, allocated fresh in every task, costs page faults:
-    distributed's workers set MALLOC_TRIM_THRESHOLD_, which turns off glibc's dynamic mmap
-    threshold, so every 16 MB temporary is a new mmap (2.5 ms against 1.0 ms reused, measured in
-    a worker). Only for values that do not outlive the kernel call."""
+    On workers left with distributed's malloc settings (started outside vclust, see
+    vclust/cluster.py) every 16 MB temporary is a new mmap paid in page faults (2.5 ms against
+    1.0 ms reused, measured in a worker); under vclust's settings the heap reuses it anyway.
+    Only for values that do not outlive the kernel call."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape)) * dtype.itemsize
     buf = getattr(_SCRATCH, "buf", None)

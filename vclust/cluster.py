@@ -75,8 +75,6 @@ def worker_environ() -> dict:
 
 
 def _worker_malloc_env():
-    import os
-
     return {k: os.environ.get(k) for k in WORKER_ENV}
 
 
