@@ -42,10 +42,9 @@ class SchedulerConfig(_Strict):
 # pre-spawn-environ after the shell's variables (a plain MALLOC_TRIM_THRESHOLD_=... would be
 # overwritten), so the whole setting, with distributed's single BLAS thread, goes through dask's
 # config variable.
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": 32 * 2**20, "MALLOC_TRIM_THRESHOLD_": 64 * 2**20}
-WORKER_PRE_SPAWN = {"MALLOC_TRIM_THRESHOLD_": WORKER_ENV["MALLOC_TRIM_THRESHOLD_"],
-                    "MALLOC_MMAP_THRESHOLD_": WORKER_ENV["MALLOC_MMAP_THRESHOLD_"],
-                    "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": 64 * 2**20, "MALLOC_MMAP_THRESHOLD_": 32 * 2**20}
+WORKER_PRE_SPAWN = {**WORKER_ENV, "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1,
+                    "OPENBLAS_NUM_THREADS": 1}
 WORKER_ENV_VAR = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
 WORKER_EXPORT = f"export {WORKER_ENV_VAR}=\"{WORKER_PRE_SPAWN!r}\""
 

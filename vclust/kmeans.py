@@ -340,7 +340,7 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         for it in range(self.max_iter):
             new, labels, inertia, moved, empty = self._step(X, centers, labels)
             n_iter = it + 1
-            if moved == 0 and not repaired and not empty:
+            if moved == 0 and not repaired:  # (no row moved: any empty cluster was empty before)
                 return centers, n_iter, (labels, inertia)
             repaired = bool(empty)
             shift = float(((new - centers) ** 2).sum())

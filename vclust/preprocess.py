@@ -30,8 +30,8 @@ def _block_moments(block, row0, l2):
 
     The block is centred on its float32 column sums (one BLAS call), into a per-thread scratch
     buffer, and the small residual mean of the centred rows corrects the scatter: a 16 MB block
-    costs the float32 syrk (~22 ms in a worker) plus ~3 ms, where a float64 mean, a fresh
-    centred copy and a NaN scan cost ~9 ms more (measured on 8192 x 512 osnet blocks).
+    costs the float32 syrk (~21 ms in a worker) plus 3-5 ms, where a float64 mean, a fresh
+    centred copy and a NaN scan had cost ~10 ms more (measured on 8192 x 512 osnet blocks).
     NaN/Inf anywhere makes the column sums non-finite; only then are bad rows counted."""
     x = np.asarray(block, dtype=np.float32)
     n = x.shape[0]
