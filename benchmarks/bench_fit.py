@@ -9,7 +9,6 @@ import argparse
 import time
 
 import numpy as np
-
 from common import DATA, ROWS, machine, write_section
 
 
@@ -33,9 +32,9 @@ def main():
 
     from vclust.cluster import local_cluster
     from vclust.jobs import hold_reduced, hold_sets
-    from vclust.kmeans import KMeans
-    from vclust.preprocess import Preprocessor
-    from vclust.store import Store
+    from vclust.numerics.kmeans import KMeans
+    from vclust.numerics.preprocess import Preprocessor
+    from vclust.storage.store import Store
 
     store = Store.open(DATA / f"store-{args.rows}")
     rows, spread = [], {}
@@ -45,7 +44,7 @@ def main():
         # worker start-up, not counted: libraries imported and Zarr's reader set up (its first
         # read in a process costs ~0.9 s), as scikit-learn's rows are loaded before its clock
         arr_path = str(store.path / "descriptors" / "osnet")
-        client.run(lambda: __import__("vclust.preprocess")
+        client.run(lambda: __import__("vclust.numerics.preprocess")
                    and __import__("zarr").open_array(arr_path, mode="r")[:1])
         def run_vclust():
             t0 = time.perf_counter()

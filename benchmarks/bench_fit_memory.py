@@ -5,13 +5,12 @@ import argparse
 import shutil
 
 import numpy as np
-
 from common import DATA, ROWS, machine, run_measured, vclust_cmd, write_section
 
 
 def build_store(path, reps):
     """The 416,314-row osnet set repeated ``reps`` times with small noise, written chunk by chunk."""
-    from vclust.store import Store
+    from vclust.storage.store import Store
 
     src = Store.open(DATA / f"store-{ROWS}").array("osnet")
     n = ROWS * reps

@@ -5,7 +5,15 @@ import argparse
 import shutil
 import time
 
-from common import DATA, ROWS, ensure_case, machine, run_measured, vclust_cmd, write_section
+from common import (
+    DATA,
+    ROWS,
+    ensure_case,
+    machine,
+    run_measured,
+    vclust_cmd,
+    write_section,
+)
 
 
 def main():

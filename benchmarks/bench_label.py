@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-
 from common import DATA, ROWS, machine, run_measured, vclust_cmd, write_section
 
 SETS = ("efficientnet-b7", "osnet", "vdc_color", "vdc_type")
@@ -30,7 +29,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=ROWS)
     args = ap.parse_args()
-    from vclust.store import Store
+    from vclust.storage.store import Store
     from vclust.synth import generate_case
 
     store = DATA / f"store-{args.rows}"

@@ -6,7 +6,6 @@ import argparse
 import time
 
 import numpy as np
-
 from common import DATA, ROWS, machine, write_section
 
 
@@ -26,13 +25,13 @@ def main():
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import NearestNeighbors
 
-    from vclust._blocks import compact
     from vclust.cluster import local_cluster
-    from vclust.kmeans import KMeans
     from vclust.model import assign
-    from vclust.outliers import OutlierScorer
-    from vclust.preprocess import Preprocessor
-    from vclust.store import Store
+    from vclust.numerics.blocks import compact
+    from vclust.numerics.kmeans import KMeans
+    from vclust.numerics.outliers import OutlierScorer
+    from vclust.numerics.preprocess import Preprocessor
+    from vclust.storage.store import Store
 
     store = Store.open(DATA / f"store-{args.rows}")
     truth = pd.read_csv(DATA / f"case-{args.rows}" / "truth.csv", keep_default_na=False)
@@ -52,7 +51,7 @@ def main():
         # building kernels (a tiny index), each worker the search kernels (restoring it)
         from pynndescent import NNDescent
 
-        from vclust.annindex import index_from_state, index_to_state
+        from vclust.numerics.annindex import index_from_state, index_to_state
 
         t0 = time.perf_counter()
         tiny = NNDescent(np.random.default_rng(0).random((500, d_red := z.shape[1])).astype("float32"),

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from vclust.kmeans import KMeans
-from vclust.preprocess import Preprocessor
+from vclust.numerics.kmeans import KMeans
+from vclust.numerics.preprocess import Preprocessor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-descriptors"
 OPTIONS = [  # label, Preprocessor kwargs

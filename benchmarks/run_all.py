@@ -7,6 +7,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["bench_ingest", "bench_fit", "bench_outliers", "bench_label", "bench_fit_memory"]
+STATIC = ["kernels"]  # sections measured by hand, kept as written
 
 
 def main():
@@ -14,6 +15,7 @@ def main():
         print(f"== {name}", flush=True)
         subprocess.run([sys.executable, str(HERE / f"{name}.py")], check=True, cwd=HERE)
     sections = [(HERE / "results" / f"{n[len('bench_'):]}.md") for n in ORDER]
+    sections += [HERE / "results" / f"{n}.md" for n in STATIC]
     body = "\n".join(p.read_text() for p in sections if p.exists())
     (HERE / "RESULTS.md").write_text(
         "# Benchmark results\n\nProduced by `python benchmarks/run_all.py` "

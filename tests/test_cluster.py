@@ -1,5 +1,6 @@
 """Cluster configs and real `dask scheduler` / `dask worker` processes."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import yaml
 from vclust.cluster import WORKER_ENV, make_slurm_cluster, resolve, worker_environ
 from vclust.config import KINDS, load_cluster_config, parse_cluster_config
 from vclust.errors import InputError
-from vclust.store import Store
+from vclust.storage.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 VCLUST = [sys.executable, "-m", "vclust.cli"]
@@ -31,7 +32,7 @@ def test_shipped_config_has_every_key_with_its_default(kind):
     text = path.read_text()
     for key in model.model_fields:
         line = next(ln for ln in text.splitlines() if ln.startswith(f"{key}:"))
-        assert "#" in line or key == "kind" or ":" in line, f"{key} has no comment"
+        assert "#" in line or key == "kind", f"{key} has no comment"
 
 
 def test_bad_key_and_bad_type_are_named(tmp_path):
@@ -67,7 +68,8 @@ def test_slurm_job_script_renders_the_config():
                    "#SBATCH --cpus-per-task=6", "#SBATCH -t 01:30:00", "#SBATCH --qos=low",
                    "--nworkers 3", "MALLOC_MMAP_THRESHOLD_"):
         assert needle in script, (needle, script)
-    assert "#SBATCH --mem=23G" in script or "#SBATCH --mem=" in script
+    mem = re.search(r"#SBATCH --mem=(\d+)G", script)  # 24 GB = 22.4 GiB, rounded up
+    assert mem and int(mem.group(1)) in (23, 24), script
 
 
 def test_ingest_and_distributed_read_on_real_scheduler_and_workers(dask_processes, tmp_path):

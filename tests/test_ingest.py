@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from vclust.errors import InputError, StoreLockedError
-from vclust.ingest import ingest
-from vclust.sources import open_source
-from vclust.store import Store, store_lock
+from vclust.storage.ingest import ingest
+from vclust.storage.sources import open_source
+from vclust.storage.store import Store, store_lock
 
 VCLUST = [sys.executable, "-m", "vclust.cli"]
 RNG = np.random.default_rng(0)
@@ -296,7 +296,7 @@ def test_cli_bad_input_exits_2_with_one_line(store, tmp_path):
 def test_killed_append_is_rolled_back(store, tmp_path):
     big = np.random.default_rng(1).random((600_000, 8)).astype(np.float32)
     np.save(tmp_path / "big.npy", big)
-    code = (f"from vclust.ingest import ingest; ingest({str(store)!r}, [{str(tmp_path / 'big.npy')!r}], "
+    code = (f"from vclust.storage.ingest import ingest; ingest({str(store)!r}, [{str(tmp_path / 'big.npy')!r}], "
             f"name='osnet', batch='big')")
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     meta = store / "descriptors" / "osnet" / "zarr.json"

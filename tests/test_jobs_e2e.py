@@ -13,9 +13,10 @@ import yaml
 
 from vclust import jobs
 from vclust.errors import InputError
-from vclust.ingest import ingest
 from vclust.labels import read_labels
 from vclust.model import Model
+from vclust.params import FitParams
+from vclust.storage.ingest import ingest
 from vclust.synth import generate_case, read_truth
 
 VCLUST = [sys.executable, "-m", "vclust.cli"]
@@ -56,10 +57,10 @@ def test_fit_label_export_and_bundle(case, local_client, tmp_path):
     store = tmp_path / "store"
     _ingest(store, case, "fit")
     _ingest(store, case, "same")
-    model = jobs.fit(store, ["vdc_color"], k_range=[4, 6], seed=0)
+    model = jobs.fit(store, FitParams(descriptor="vdc_color", k_range="4:6", seed=0))
     table = model.info["metrics"]
-    assert [r["k"] for r in table] == [4, 6]
-    assert model.info["chosen_k"] in (4, 6)
+    assert [r["k"] for r in table] == [4, 5, 6]
+    assert model.info["chosen_k"] in (4, 5, 6)
     path, model_id = jobs.save_model(model, registry=tmp_path / "reg")
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["metrics"] == json.loads(json.dumps(table))
@@ -79,7 +80,7 @@ def test_fit_label_export_and_bundle(case, local_client, tmp_path):
     same_rows = full[full["row"] >= 2500].reset_index(drop=True)
     pd.testing.assert_frame_equal(one[same_rows.columns], same_rows, check_categorical=False)
     # the saved and reloaded model gives the same labels as the fitted one
-    from vclust.store import Store
+    from vclust.storage.store import Store
 
     x = {"vdc_color": Store.open(store).descriptors("vdc_color")}
     a = model.apply(x)[0].compute()
@@ -154,11 +155,12 @@ def test_nightly_drift_exit_codes_and_idempotence(case, tmp_path):
 
 @pytest.mark.parametrize("algorithm", ["minibatch", "gmm", "bisecting", "agglomerative", "hdbscan"])
 def test_each_algorithm_fits_and_labels_a_store(case, tmp_path, algorithm):
-    from vclust.store import Store
+    from vclust.storage.store import Store
 
     store = tmp_path / "store"
     _ingest(store, case, "fit")
-    model = jobs.fit(store, ["vdc_color"], k_range=[5, 6], algorithm=algorithm, sample_size=1500)
+    model = jobs.fit(store, FitParams(descriptor="vdc_color", k_range="5:6", algorithm=algorithm),
+                     sample_size=1500)
     assert [r["algorithm"] for r in model.info["metrics"]] == [algorithm] * 2
     path = model.save(tmp_path / "m")
     again = Model.load(path)

@@ -12,9 +12,14 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pytest
 
-from vclust.drift import drift_report, population_stability_index, reference_profile, write_report
 from vclust.errors import InputError
 from vclust.labels import export_csv, list_partitions, read_labels, write_batch
+from vclust.numerics.drift import (
+    drift_report,
+    population_stability_index,
+    reference_profile,
+    write_report,
+)
 from vclust.registry import Registry
 
 

@@ -1,7 +1,7 @@
 """Outlier scoring: ANN recall, both outlier kinds, invariance, pickling, real descriptors."""
 
-import glob
 import pickle
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -9,11 +9,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
-from vclust.algorithms import fit_algorithm
-from vclust.kmeans import KMeans
-from vclust.outliers import OutlierScorer
-from vclust.preprocess import Preprocessor
+from vclust.numerics.algorithms import fit_algorithm
+from vclust.numerics.kmeans import KMeans
+from vclust.numerics.outliers import OutlierScorer
+from vclust.numerics.preprocess import Preprocessor
 from vclust.synth import generate_case, read_truth
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +111,7 @@ def test_threshold_modes(synth_reduced):
 
 def test_real_descriptors_auc_not_below_exact_knn(figure):
     xs, ys = [], []
-    for f in sorted(glob.glob("/work/shared/data/real-descriptors/*.npz")
-                    or glob.glob("../shared/data/real-descriptors/*.npz")):
+    for f in sorted((SHARED / "real-descriptors").glob("*.npz")):
         d = np.load(f)
         xs.append(d["X"])
         ys.append(d["y"])

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from vclust.errors import InputError
+from vclust.params import DemoParams
 from vclust.runner import demo_spec, load_spec, parse_spec, plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def test_shipped_job_specs_load(name):
 def test_demo_yaml_is_the_demo_command():
     """jobs/demo.yaml and `vclust demo` run the same job."""
     from_file = load_spec(REPO / "jobs" / "demo.yaml")
-    from_code = parse_spec(demo_spec("demo-out", 20_000, 0), "demo")
+    from_code = parse_spec(demo_spec(DemoParams(out="demo-out", rows=20_000, seed=0)), "demo")
     assert from_file.model_dump() == from_code.model_dump()
 
 

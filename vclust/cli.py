@@ -1,7 +1,11 @@
 """vclust command line: parses, calls the library, turns known errors into exit code 2.
 
-Exit codes: 0 done; 2 bad input or usage (one line on stderr, nothing changed); 3 drift alert
-(nightly job); 1 an internal fault (with its traceback).
+Each command's step options come from the parameter table (vclust.params); what is declared
+here is only what is not a step option: the store, the model or registry a command reads or
+writes, and where to compute. Heavy modules are imported inside the commands.
+
+Exit codes (vclust.errors): 0 done; 2 bad input or usage (one line on stderr, nothing changed);
+3 drift alert (nightly job); 1 an internal fault (with its traceback).
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ import time
 import traceback
 
 from . import __version__
-from .errors import InputError
+from .errors import EXIT_FAULT, EXIT_INPUT, InputError
+from .params import (
+    DemoParams,
+    FitParams,
+    IngestParams,
+    LabelParams,
+    SynthParams,
+    add_options,
+    params_from_args,
+)
 
 log = logging.getLogger("vclust")
-
-EXIT_OK, EXIT_FAULT, EXIT_INPUT, EXIT_DRIFT = 0, 1, 2, 3
 
 
 class Reporter:
@@ -33,24 +44,8 @@ class Reporter:
             print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _add_cluster_args(p):
-    g = p.add_argument_group("where to compute")
-    g.add_argument("--cluster", metavar="FILE", help="cluster config (cluster_configs/*.yaml)")
-    g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="address of a running Dask scheduler (also $VCLUST_SCHEDULER); with "
-                        "neither this nor --cluster, a LocalCluster sized to the machine")
-
-
-def _connect(args, say):
-    from .cluster import connect
-
-    return connect(args.scheduler, args.cluster, announce=say)
-
-
-def _print_table(rows: list[dict], cols: list[str] | None = None, file=sys.stdout):
+def print_table(rows: list[dict], cols: list[str] | None = None, file=sys.stdout):
+    """A plain right-aligned table (floats to 4 significant digits)."""
     if not rows:
         return
     cols = cols or list(rows[0])
@@ -67,47 +62,52 @@ def _print_table(rows: list[dict], cols: list[str] | None = None, file=sys.stdou
         print("  ".join(v.rjust(w) for v, w in zip(row, widths)), file=file)
 
 
+def print_metrics(model, file=sys.stdout):
+    """The k-range table and the reading of each cluster of a fitted model."""
+    print("k-range table (CH higher is better, DB lower is better):", file=file)
+    print_table(model.info["metrics"], ["k", "algorithm", "calinski_harabasz", "davies_bouldin",
+                                        "silhouette", "within_ss"], file=file)
+    print(f"chosen k = {model.info['chosen_k']}", file=file)
+    rows = [{**c, "examples": ", ".join(c["examples"][:2])} for c in model.info["clusters"]]
+    print("clusters (examples: the images nearest each centre):", file=file)
+    print_table(rows, ["cluster", "size", "share", "outlier_share", "mean_distance", "examples"],
+                file=file)
+
+
+def _connect(args, say):
+    from .cluster import connect
+
+    return connect(args.scheduler, args.cluster, announce=say)
+
+
 # --------------------------------------------------------------------------- commands
 
 
 def cmd_synth(args, say):
     from .synth import generate_case
 
-    if args.rows < 10:
-        raise InputError(f"--rows must be at least 10; got {args.rows}")
+    p = params_from_args(SynthParams, args)
 
     def progress(done, total):
         say(f"synth: {done}/{total} rows")
 
-    summary = generate_case(args.out_dir, n_rows=args.rows, seed=args.seed, progress=progress)
-    say(f"synthetic case written to {args.out_dir}")
+    summary = generate_case(p.out, n_rows=p.rows, seed=p.seed, progress=progress)
+    say(f"synthetic case written to {p.out}")
     print(json.dumps(summary, indent=2, default=str))
 
 
 def cmd_ingest(args, say):
-    from pathlib import Path
+    from . import jobs
 
-    from .ingest import ingest
-
-    for src in args.sources + ([args.ids] if args.ids else []):
-        if not Path(src).exists():  # before starting a cluster: the cheap checks first
-            raise InputError(f"{src}: no such file or folder")
+    p = params_from_args(IngestParams, args)
+    jobs.check_sources(p)  # the cheap checks before starting a cluster
     with _connect(args, say):
-        summary = ingest(
-            args.store, args.sources, name=args.name, ids_csv=args.ids, batch=args.batch,
-            chunk_rows=args.chunk_rows, on_invalid=args.on_invalid,
-            trust_pickle=args.trust_pickle, compression=args.compression, progress=say,
-        )
-    if summary["status"] == "unchanged":
-        say(f"batch {summary['batch']} is already stored from the same sources: nothing changed")
-    else:
-        say(f"batch {summary['batch']}: {summary['rows']} rows stored "
-            f"({summary['dropped']} dropped) in {', '.join(summary['descriptors'])}")
+        summary = jobs.ingest(args.store, p, say=say)
     print(json.dumps(summary))
 
 
 def cmd_info(args, say):
-    from .store import Store
+    from .storage.store import Store
 
     info = Store.open(args.store).info()
     if args.json:
@@ -119,16 +119,74 @@ def cmd_info(args, say):
           f"on disk {info['bytes_on_disk'] / 1e6:.1f} MB")
     print("descriptors " + ", ".join(f"{k} ({v} dims)" for k, v in info["descriptors"].items()))
     print("batches:")
-    _print_table(info["batches"], ["id", "rows", "start", "stop", "dropped", "created"])
+    print_table(info["batches"], ["id", "rows", "start", "stop", "dropped", "created"])
+
+
+def cmd_fit(args, say):
+    from . import jobs
+
+    p = params_from_args(FitParams, args)
+    with _connect(args, say):
+        model = jobs.fit(args.store, p, say=say)
+    path, model_id = jobs.save_model(model, args.model, args.registry)
+    print_metrics(model)
+    say(f"model {model_id} saved to {path}")
+
+
+def cmd_label(args, say):
+    from . import jobs
+
+    p = params_from_args(LabelParams, args)
+    model = jobs.resolve_model(args.model, args.registry)
+    with _connect(args, say):
+        summary = jobs.label(args.store, model, args.out, batches=p.batches,
+                             all_batches=p.all, say=say)
+    print(json.dumps(summary))
+
+
+def cmd_export(args, say):
+    from .labels import export_csv
+
+    model = args.model
+    if model is None and args.registry:
+        from .registry import Registry
+
+        model = Registry(args.registry).current()
+    n = export_csv(args.labels_dir, args.csv, model=model)
+    say(f"wrote {n} rows to {args.csv}")
+
+
+def cmd_run(args, say):
+    from .runner import run_job
+
+    return run_job(args.job, overrides=args.set, dry_run=args.dry_run,
+                   scheduler=args.scheduler, cluster_file=args.cluster, say=say)
+
+
+def cmd_demo(args, say):
+    from .runner import run_demo
+
+    p = params_from_args(DemoParams, args)
+    return run_demo(p, scheduler=args.scheduler, cluster_file=args.cluster, say=say)
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _add_cluster_args(p):
+    g = p.add_argument_group("where to compute")
+    g.add_argument("--cluster", metavar="FILE", help="cluster config (cluster_configs/*.yaml)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of a running Dask scheduler (also $VCLUST_SCHEDULER); with "
+                        "neither this nor --cluster, a LocalCluster sized to the machine")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vclust",
         description="Cluster and screen image descriptors at scale, out of core, on Dask.",
+        epilog="Exit codes: 0 done; 2 bad input or usage (one line, nothing changed); "
+               "3 drift alert (nightly job); 1 internal fault.",
     )
     p.add_argument("--version", action="version", version=f"vclust {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
@@ -136,29 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="write a synthetic case laid out like the real delivery")
-    s.add_argument("out_dir", metavar="OUT_DIR")
-    s.add_argument("--rows", type=int, default=2000, help="images (default 2000)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_options(s, SynthParams)
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("ingest", help="append descriptor files or a case folder to a store as one batch")
     s.add_argument("store", metavar="STORE", help="Zarr store path (created if missing)")
-    s.add_argument("sources", metavar="SOURCE", nargs="+",
-                   help="descriptor file (.pickle .npy .npz .parquet .csv) or a case folder")
-    s.add_argument("--name", help="descriptor set name (one file only; default: the file's stem)")
-    s.add_argument("--ids", metavar="CSV", help="image ids, one row per descriptor row "
-                   "(column paths/path/id; default: the case's images_paths.csv or generated)")
-    s.add_argument("--batch", metavar="ID", help="batch id (default: a UTC timestamp)")
-    s.add_argument("--chunk-rows", type=int, default=None,
-                   help="rows per Zarr chunk when the store is created (default 8192)")
-    s.add_argument("--compression", choices=("none", "lz4", "zstd"), default=None,
-                   help="descriptor chunk compression when the store is created (default none: "
-                        "descriptors compress little and reads are twice as fast; lz4 or zstd "
-                        "for slow shared storage)")
-    s.add_argument("--on-invalid", choices=("error", "drop"), default="error",
-                   help="rows with NaN/Inf: refuse the batch (default) or drop them, recording their ids")
-    s.add_argument("--trust-pickle", action="store_true",
-                   help="unpickle without restrictions (only for files you trust)")
+    add_options(s, IngestParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_ingest)
 
@@ -167,15 +208,49 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_info)
 
-    _register_later_commands(sub)
+    s = sub.add_parser("fit", help="fit preprocessing, clusters and outlier scoring on a store")
+    s.add_argument("store", metavar="STORE")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--model", metavar="MODEL_DIR", help="write the model to this new folder")
+    where.add_argument("--registry", metavar="DIR",
+                       help="register the model in DIR/models/<id> and make it current")
+    add_options(s, FitParams)
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("label", help="apply a model to batches, writing partitioned Parquet labels")
+    s.add_argument("store", metavar="STORE")
+    s.add_argument("--model", metavar="MODEL_DIR|ID",
+                   help="model folder, or a model id in --registry (default: its current model)")
+    s.add_argument("--registry", metavar="DIR", help="model registry")
+    s.add_argument("--out", required=True, metavar="LABELS_DIR",
+                   help="labels dataset (model=<id>/batch=<id>/ partitions)")
+    add_options(s, LabelParams)
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("export", help="CSV of one model's labels: path,cluster,is_outlier,outlier_score")
+    s.add_argument("labels_dir", metavar="LABELS_DIR")
+    s.add_argument("--csv", required=True, metavar="OUT.csv", help="CSV file to write")
+    s.add_argument("--model", metavar="ID", help="model id (default: the only one, or the "
+                   "registry's current)")
+    s.add_argument("--registry", metavar="DIR", help="model registry, for its current model")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("run", help="run a job spec (jobs/*.yaml)")
+    s.add_argument("job", metavar="JOB.yaml")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set fit.k=8 (repeatable)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan (steps, store, model, cluster) and stop")
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="synth, ingest, fit, label, export and report a sample case")
+    add_options(s, DemoParams)
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_demo)
     return p
-
-
-def _register_later_commands(sub):
-    """Commands whose modules are imported only when run (fit, label, export, run, demo)."""
-    from . import cli_jobs
-
-    cli_jobs.register(sub, _add_cluster_args)
 
 
 def _setup_logging(verbose: bool):
@@ -192,10 +267,6 @@ def _setup_logging(verbose: bool):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "chunk_rows", 0) is None:
-        from .store import DEFAULT_CHUNK_ROWS
-
-        args.chunk_rows = DEFAULT_CHUNK_ROWS
     _setup_logging(args.verbose)
     say = Reporter(args.quiet)
     try:

@@ -10,8 +10,17 @@ import logging
 import os
 from contextlib import contextmanager
 
-from .config import (WORKER_ENV, WORKER_EXPORT, ClusterConfig, KubernetesConfig, LocalConfig,
-                     SchedulerConfig, SlurmConfig, SSHConfig, load_cluster_config)
+from .config import (
+    WORKER_ENV,
+    WORKER_EXPORT,
+    ClusterConfig,
+    KubernetesConfig,
+    LocalConfig,
+    SchedulerConfig,
+    SlurmConfig,
+    SSHConfig,
+    load_cluster_config,
+)
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -55,8 +64,8 @@ def local_cluster_kwargs(cfg: LocalConfig) -> dict:
 # glibc malloc settings for vclust's worker processes. distributed sets MALLOC_TRIM_THRESHOLD_ to
 # 64 KiB, which also turns off glibc's adaptive mmap threshold: every temporary over 128 KB is
 # then a fresh mmap, paid in page faults on each use, and every freed byte goes back to the
-# system at once. Measured in a process with that setting on 2 cores: zarr reading one 16 MB
-# chunk 40 ms instead of 3 ms; a k-means|| round over a 262k-row block 42 ms instead of 24.
+# system at once: zarr chunk reads and k-means passes run several times slower (figures in
+# benchmarks/RESULTS.md, kernel figures).
 # Here blocks up to 32 MiB come from the heap and up to 64 MiB of free heap is kept for reuse
 # (config.WORKER_ENV). Workers started outside vclust get them from config.WORKER_EXPORT.
 _DISTRIBUTED_DEFAULTS = {"MALLOC_TRIM_THRESHOLD_": 65536}

@@ -1,7 +1,8 @@
-"""The job steps (fit, label, export) as sequences of library calls.
+"""The job steps (ingest, fit, label) as sequences of library calls.
 
-Each step takes plain arguments, reports progress through ``say(text)`` and returns a summary
-dict; the CLI and ``vclust run`` (vclust.runner) both call these.
+Each step takes its options as one object of the parameter table (vclust.params), reports
+progress through ``say(text)`` and returns its result; the CLI and ``vclust run``
+(vclust.runner) both call these with the same object.
 """
 
 from __future__ import annotations
@@ -22,21 +23,28 @@ def _quiet(_msg):
     pass
 
 
-def parse_descriptors(spec: str) -> list[str]:
-    names = [s.strip() for s in spec.split("+")]
-    if not spec or any(not n for n in names) or len(set(names)) != len(names):
-        raise InputError(f"--descriptor must look like NAME or NAME+NAME; got '{spec}'")
-    return names
+def check_sources(params) -> None:
+    """The cheap check, before a cluster starts: every source (and the ids file) exists."""
+    for src in params.sources + ([params.ids] if params.ids else []):
+        if not Path(src).exists():
+            raise InputError(f"{src}: no such file or folder")
 
 
-def parse_k_range(text: str) -> list[int]:
-    try:
-        a, b = (int(x) for x in text.split(":"))
-    except ValueError:
-        raise InputError(f"--k-range must look like A:B with 2 <= A <= B; got '{text}'") from None
-    if not 2 <= a <= b:
-        raise InputError(f"--k-range must look like A:B with 2 <= A <= B; got '{text}'")
-    return list(range(a, b + 1))
+def ingest(store_path, params, say=_quiet) -> dict:
+    """Ingest ``params.sources`` (an ``IngestParams``) into the store as one batch."""
+    from .storage.ingest import ingest as ingest_sources
+
+    check_sources(params)
+    summary = ingest_sources(
+        store_path, params.sources, name=params.name, ids_csv=params.ids, batch=params.batch,
+        chunk_rows=params.chunk_rows, on_invalid=params.on_invalid,
+        trust_pickle=params.trust_pickle, compression=params.compression, progress=say)
+    if summary["status"] == "unchanged":
+        say(f"batch {summary['batch']} is already stored from the same sources: nothing changed")
+    else:
+        say(f"batch {summary['batch']}: {summary['rows']} rows stored "
+            f"({summary['dropped']} dropped) in {', '.join(summary['descriptors'])}")
+    return summary
 
 
 def store_fingerprint(store) -> dict:
@@ -51,8 +59,8 @@ def store_fingerprint(store) -> dict:
 
 def hold_sets(sets: dict, say=_quiet) -> dict:
     """The descriptor sets to fit on, read into worker memory when they fit (see
-    ``_blocks.hold``): the preprocessing then reads the store once, not once per pass."""
-    from ._blocks import hold
+    ``blocks.hold``): the preprocessing then reads the store once, not once per pass."""
+    from .numerics.blocks import hold
 
     held, ok = hold(list(sets.values()))
     mb = sum(x.nbytes for x in sets.values()) / 1e6
@@ -66,7 +74,7 @@ def hold_sets(sets: dict, say=_quiet) -> dict:
 def hold_reduced(z, say=_quiet):
     """The reduced rows, kept in worker memory in balanced blocks when they fit: every later
     pass (k-means iterations, metrics, outlier scores) reads memory in a few tasks."""
-    from ._blocks import balanced, hold
+    from .numerics.blocks import balanced, hold
 
     (held,), ok = hold([z], layout=balanced)
     if ok:
@@ -79,65 +87,42 @@ def hold_reduced(z, say=_quiet):
 def _sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray | None:
     if sample is None or sample >= n_rows:
         return None
-    if sample < 2:
-        raise InputError(f"--sample must be at least 2; got {sample}")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n_rows, size=sample, replace=False))
 
 
-SCALINGS = {"l2": (True, False), "standardize": (False, True),
+SCALINGS = {"l2": (True, False), "standardize": (False, True),  # (l2, standardize)
             "l2+standardize": (True, True), "none": (False, False)}
 
 
-def outlier_options(outlier_z: float = 3.5, contamination: float | None = None) -> dict:
-    """OutlierScorer threshold options from the command line / job spec, validated."""
-    if contamination is not None:
-        if not 0 < contamination < 0.5:
-            raise InputError(f"--contamination must be a share in (0, 0.5); got {contamination}")
-        return {"threshold": "contamination", "contamination": contamination}
-    if not outlier_z > 0:
-        raise InputError(f"--outlier-z must be positive; got {outlier_z}")
-    return {"threshold": "mad", "mad_z": outlier_z}
-
-
-def fit(store_path, descriptors: list[str], *, k: int | None = None,
-        k_range: list[int] | None = None, algorithm: str = "kmeans",
-        pca_variance: float = 0.95, max_components: int = 256, scaling: str = "l2",
-        sample: int | None = None, seed: int = 0,
-        sample_size: int = 20_000, outlier_options: dict | None = None, say=_quiet):
+def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_000,
+        say=_quiet):
     """Fit preprocessing, clusters and outlier scoring on the store's rows.
 
+    ``params`` is a ``vclust.params.FitParams`` (validated there: ranges, k or k-range, one
+    threshold). Each k's labels and distances are computed once, kept in worker memory, and
+    used by the metrics; the chosen k's by the outlier fit, the readings and the profile too.
     Returns the unsaved ``Model``; ``model.info["metrics"]`` holds one row per k tried.
     """
-    from .algorithms import ALGORITHMS, fit_algorithm
-    from .metrics import choose_k, evaluate_partition
+    import dask
+
     from .model import Model, assign
-    from .outliers import OutlierScorer
-    from .preprocess import MixturePreprocessor, Preprocessor
-    from .store import Store
+    from .numerics.algorithms import fit_algorithm
+    from .numerics.drift import reference_profile
+    from .numerics.metrics import choose_k, evaluate_partition
+    from .numerics.outliers import OutlierScorer, warm_up
+    from .numerics.preprocess import MixturePreprocessor, Preprocessor
+    from .storage.store import Store
 
-    if algorithm not in ALGORITHMS:
-        raise InputError(f"--algorithm must be one of {', '.join(ALGORITHMS)}; got '{algorithm}'")
-    if k is not None and k_range is not None:
-        raise InputError("pass either --k or --k-range, not both")
-    ks = k_range or [k if k is not None else 12]
-    if min(ks) < 2:
-        raise InputError(f"--k must be at least 2; got {min(ks)}")
-    if scaling not in SCALINGS:
-        raise InputError(f"--scaling must be one of {', '.join(SCALINGS)}; got '{scaling}'")
-    if not 0 < pca_variance <= 1:
-        raise InputError(f"--pca-variance must be in (0, 1]; got {pca_variance}")
-
+    descriptors, ks, seed = params.descriptors, params.ks, params.seed
     store = Store.open(store_path)
     for d in descriptors:
         store.array(d)  # clear error for an unknown set
     if store.n_rows < max(ks) * 2:
         raise InputError(f"{store.path}: {store.n_rows} rows are too few for k={max(ks)}")
-    rows = _sample_rows(store.n_rows, sample, seed)
-    # pynndescent compiles its kernels (~20 s) on a client thread while the workers work
+    rows = _sample_rows(store.n_rows, params.sample, seed)
+    # pynndescent compiles its kernels on a client thread while the workers work
     import threading
-
-    from .outliers import warm_up
 
     warming = threading.Thread(target=warm_up, name="vclust-pynndescent-warm-up", daemon=True)
     warming.start()
@@ -150,8 +135,8 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
         + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
     sets = hold_sets(sets, say)
 
-    l2, standardize = SCALINGS[scaling]
-    pre_kwargs = dict(l2=l2, standardize=standardize, pca_variance=pca_variance,
+    l2, standardize = SCALINGS[params.scaling]
+    pre_kwargs = dict(l2=l2, standardize=standardize, pca_variance=params.pca_variance,
                       max_components=max_components, random_state=seed)
     if len(descriptors) == 1:
         pre = Preprocessor(**pre_kwargs).fit(sets[descriptors[0]])
@@ -167,40 +152,37 @@ def fit(store_path, descriptors: list[str], *, k: int | None = None,
 
     table, fitted = [], {}
     for kk in ks:
-        clusterer = fit_algorithm(algorithm, z, kk, sample_size=sample_size, random_state=seed)
-        labels, dist = assign(clusterer, z)
+        clusterer = fit_algorithm(params.algorithm, z, kk, sample_size=sample_size,
+                                  random_state=seed)
+        # one pass for labels and distances, kept on the workers for every later use
+        labels, dist = dask.persist(*assign(clusterer, z))
         row = evaluate_partition(z, labels, n_clusters=clusterer.n_clusters_, random_state=seed)
-        row = {"k": clusterer.n_clusters_, "algorithm": algorithm, **{key: row[key] for key in
-               ("calinski_harabasz", "davies_bouldin", "silhouette", "inertia")}}
+        row = {"k": clusterer.n_clusters_, "algorithm": params.algorithm, **{key: row[key] for key
+               in ("calinski_harabasz", "davies_bouldin", "silhouette", "within_ss")}}
         table.append(row)
-        fitted[kk] = clusterer
+        fitted.setdefault(row["k"], (clusterer, labels, dist))  # (hdbscan finds its own k)
         say(f"k={kk}: CH {row['calinski_harabasz']:.1f}  DB {row['davies_bouldin']:.3f}  "
             f"silhouette {row['silhouette']:.3f}")
     best_k = choose_k(table) if len(table) > 1 else table[0]["k"]
-    clusterer = next(fitted[kk] for kk, row in zip(ks, table) if row["k"] == best_k)
+    clusterer, labels, dist = fitted[best_k]
+    del fitted  # the other k's labels leave worker memory
     if len(table) > 1:
-        say(f"chose k={best_k} (rule: vclust.metrics.choose_k)")
+        say(f"chose k={best_k} (rule: vclust.numerics.metrics.choose_k)")
 
-    labels, dist = assign(clusterer, z)
     if warming.is_alive():
         say("outliers: waiting for pynndescent's compilation")
         warming.join()
-    scorer = OutlierScorer(random_state=seed, **(outlier_options or {}))
-    scorer.fit(z, labels, dist, clusterer.cluster_centers_,
-               row_index=rows)
-    import dask
-
+    scorer = OutlierScorer(random_state=seed, **params.outlier_options)
+    scorer.fit(z, labels, dist, clusterer.cluster_centers_, row_index=rows)
     labels_np, dist_np = dask.compute(labels, dist)
     flag_np = scorer.fit_flags_
     say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
 
-    from .drift import reference_profile
-
     info = {
-        "fit": {"store": str(store.path), "descriptors": descriptors, "algorithm": algorithm,
-                "k": best_k, "k_tried": ks, "pca_variance": pca_variance, "scaling": scaling,
-                "sample": sample,
-                "rows_fitted": n, "seed": seed},
+        "fit": {"store": str(store.path), "descriptors": descriptors,
+                "algorithm": params.algorithm, "k": best_k, "k_tried": ks,
+                "pca_variance": params.pca_variance, "scaling": params.scaling,
+                "sample": params.sample, "rows_fitted": n, "seed": seed},
         "fingerprint": store_fingerprint(store),
         "metrics": table,
         "chosen_k": best_k,
@@ -265,10 +247,11 @@ def resolve_model(model=None, registry=None):
 
 def _label_frame(store_path: str, row0: int, labels, dist, score, flag):
     import pandas as pd
-    import zarr
+
+    from .storage.store import read_ids
 
     n = len(labels)
-    ids = np.asarray(zarr.open_array(f"{store_path}/ids", mode="r")[row0 : row0 + n], dtype=object)
+    ids = read_ids(store_path, row0, row0 + n)
     return pd.DataFrame({
         "image_id": ids.astype(str), "row": np.arange(row0, row0 + n, dtype=np.int64),
         "cluster": labels.astype(np.int32), "distance": dist.astype(np.float32),
@@ -285,7 +268,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
     import dask
 
     from .labels import list_partitions, write_batch
-    from .store import Store
+    from .storage.store import Store
 
     store = Store.open(store_path)
     if all_batches:

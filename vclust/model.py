@@ -4,7 +4,7 @@ A model chains three fitted parts, each with ``to_state() -> (params, arrays)`` 
 ``from_state(params, arrays)``:
 
     preprocess   Preprocessor (one descriptor set) or MixturePreprocessor (several)
-    clusterer    a FittedClusterer from vclust.algorithms (KMeans or a sample-fit algorithm)
+    clusterer    a FittedClusterer from vclust.numerics.algorithms (KMeans or a sample-fit algorithm)
     outliers     OutlierScorer
 
 ``Model.apply`` maps them over row blocks of the store: the same rows give the same labels,
@@ -61,16 +61,16 @@ def _to_jsonable(obj):
 
 def _load_part(part: str, params: dict, arrays: dict):
     if part == "preprocess":
-        from .preprocess import MixturePreprocessor, Preprocessor
+        from .numerics.preprocess import MixturePreprocessor, Preprocessor
 
         cls = MixturePreprocessor if params.get("kind") == "mixture" else Preprocessor
         return cls.from_state(params["state"], arrays)
     if part == "clusterer":
-        from .algorithms import load_clusterer
+        from .numerics.algorithms import load_clusterer
 
         return load_clusterer(params, arrays)
     if part == "outliers":
-        from .outliers import OutlierScorer
+        from .numerics.outliers import OutlierScorer
 
         return OutlierScorer.from_state(params, arrays)
     raise AssertionError(part)
@@ -91,7 +91,7 @@ class Model:
     # ------------------------------------------------------------------ persistence
 
     def _part_states(self):
-        from .preprocess import MixturePreprocessor
+        from .numerics.preprocess import MixturePreprocessor
 
         pre_params, pre_arrays = self.preprocess.to_state()
         kind = "mixture" if isinstance(self.preprocess, MixturePreprocessor) else "single"

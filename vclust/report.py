@@ -39,14 +39,11 @@ def _reading(frame, truth, attrs=("body_type", "view", "colour")) -> dict[int, s
 
 def write_report(store_path, model, labels_dir, out, *, truth=None, sample: int = 20_000,
                  seed: int = 0) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
+    from matplotlib.figure import Figure  # no pyplot: no process-wide backend switch
 
     from .labels import read_labels
-    from .store import Store
+    from .storage.store import Store
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +59,8 @@ def write_report(store_path, model, labels_dir, out, *, truth=None, sample: int 
     xy = z @ vt[:2].T
     picked = frame.set_index("row").loc[rows]
 
-    fig, ax = plt.subplots(figsize=(9, 7), dpi=110)
+    fig = Figure(figsize=(9, 7), dpi=110)
+    ax = fig.subplots()
     inl = ~picked["is_outlier"].to_numpy()
     sc = ax.scatter(xy[inl, 0], xy[inl, 1], c=picked["cluster"].to_numpy()[inl], cmap="tab20",
                     s=3, alpha=0.6, linewidths=0)
@@ -81,7 +79,6 @@ def write_report(store_path, model, labels_dir, out, *, truth=None, sample: int 
     fig.tight_layout()
     png = out / "clusters.png"
     fig.savefig(png)
-    plt.close(fig)
 
     n = len(frame)
     rows_md = []

@@ -25,71 +25,29 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from .config import format_validation_error, load_yaml
-from .errors import InputError
+from .errors import EXIT_DRIFT, InputError
+from .params import (
+    DemoParams,
+    DriftParams,
+    ExportParams,
+    FitParams,
+    IngestParams,
+    LabelParams,
+    Params,
+    ReportParams,
+    SynthParams,
+)
 
 STEPS = ("synth", "ingest", "fit", "label", "drift", "export", "report")
-EXIT_DRIFT = 3
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JobSpec(Params):
+    """A job spec: the paths every step shares, where to compute, and one section per step
+    (the step's options, from the parameter table)."""
 
-
-class SynthStep(_Strict):
-    out: str  # folder for the generated case
-    rows: int = Field(20_000, ge=10)
-    seed: int = 0
-
-
-class IngestStep(_Strict):
-    sources: list[str] = Field(min_length=1)  # descriptor files, or one case folder
-    batch: Optional[str] = None  # default: a UTC timestamp
-    ids: Optional[str] = None
-    name: Optional[str] = None
-    chunk_rows: int = Field(8192, ge=1)
-    compression: Optional[Literal["none", "lz4", "zstd"]] = None  # when the store is created
-    on_invalid: Literal["error", "drop"] = "error"
-    trust_pickle: bool = False
-
-
-class FitStep(_Strict):
-    descriptor: str  # NAME or NAME+NAME
-    k: Optional[int] = Field(None, ge=2)
-    k_range: Optional[str] = None  # "A:B"
-    algorithm: str = "kmeans"
-    pca_variance: float = Field(0.95, gt=0, le=1)
-    scaling: Literal["l2", "standardize", "l2+standardize", "none"] = "l2"
-    sample: Optional[int] = Field(None, ge=2)
-    seed: int = 0
-    outlier_z: float = Field(3.5, gt=0)  # is_outlier: combined z above median + Z MAD
-    contamination: Optional[float] = Field(None, gt=0, lt=0.5)  # or: this share of fit rows
-
-
-class LabelStep(_Strict):
-    batches: Optional[list[str]] = None  # default: the batch just ingested, else all
-    all: bool = False
-
-
-class DriftStep(_Strict):
-    report_dir: str
-    psi: float = Field(0.2, gt=0)  # population stability index of cluster shares
-    outlier_rate_ratio: float = Field(2.0, gt=0)  # batch outlier rate / fit outlier rate
-    mean_distance_ratio: float = Field(1.5, gt=0)  # batch mean distance / fit mean distance
-
-
-class ExportStep(_Strict):
-    csv: str
-
-
-class ReportStep(_Strict):
-    out: str  # folder for clusters.png and clusters.md
-    truth: Optional[str] = None  # truth.csv of a synthetic case, to read clusters against
-
-
-class JobSpec(_Strict):
     name: str
     steps: list[Literal[STEPS]] = Field(min_length=1)
     store: str
@@ -98,13 +56,13 @@ class JobSpec(_Strict):
     cluster: Optional[str] = None  # cluster config file (cluster_configs/*.yaml)
     scheduler: Optional[str] = None  # or the address of a running scheduler
     refit: bool = False  # nightly: on a drift alert, fit a new model, make it current, relabel all
-    synth: Optional[SynthStep] = None
-    ingest: Optional[IngestStep] = None
-    fit: Optional[FitStep] = None
-    label: LabelStep = LabelStep()
-    drift: Optional[DriftStep] = None
-    export: Optional[ExportStep] = None
-    report: Optional[ReportStep] = None
+    synth: Optional[SynthParams] = None
+    ingest: Optional[IngestParams] = None
+    fit: Optional[FitParams] = None
+    label: LabelParams = LabelParams()
+    drift: Optional[DriftParams] = None
+    export: Optional[ExportParams] = None
+    report: Optional[ReportParams] = None
 
     @model_validator(mode="after")
     def _sections_present(self):
@@ -194,7 +152,6 @@ def _nightly_record(spec: JobSpec, batch: str) -> Path:
 
 def _run_steps(spec: JobSpec, say) -> int:
     from . import jobs
-    from .ingest import ingest
 
     ingested = None
     for step in spec.steps:
@@ -204,12 +161,7 @@ def _run_steps(spec: JobSpec, say) -> int:
 
             generate_case(spec.synth.out, n_rows=spec.synth.rows, seed=spec.synth.seed)
         elif step == "ingest":
-            s = spec.ingest
-            ingested = ingest(spec.store, s.sources, name=s.name, ids_csv=s.ids, batch=s.batch,
-                              chunk_rows=s.chunk_rows, compression=s.compression,
-                              on_invalid=s.on_invalid,
-                              trust_pickle=s.trust_pickle, progress=say)
-            say(f"ingest: batch {ingested['batch']} {ingested['status']} ({ingested['rows']} rows)")
+            ingested = jobs.ingest(spec.store, spec.ingest, say=say)
             record = _nightly_record(spec, ingested["batch"])
             if "drift" in spec.steps and ingested["status"] == "unchanged" and record.exists():
                 done = json.loads(record.read_text())
@@ -241,12 +193,7 @@ def _run_steps(spec: JobSpec, say) -> int:
 def _fit_and_register(spec: JobSpec, say):
     from . import jobs
 
-    f = spec.fit
-    k_range = jobs.parse_k_range(f.k_range) if f.k_range else None
-    model = jobs.fit(spec.store, jobs.parse_descriptors(f.descriptor), k=f.k, k_range=k_range,
-                     algorithm=f.algorithm, pca_variance=f.pca_variance, scaling=f.scaling,
-                     sample=f.sample, seed=f.seed,
-                     outlier_options=jobs.outlier_options(f.outlier_z, f.contamination), say=say)
+    model = jobs.fit(spec.store, spec.fit, say=say)
     path, model_id = jobs.save_model(model, registry=spec.registry)
     say(f"fit: model {model_id} registered and made current ({path})")
     return model
@@ -266,8 +213,8 @@ def _label(spec: JobSpec, ingested, say):
 
 def _drift(spec: JobSpec, ingested, say) -> int:
     from . import jobs
-    from .drift import drift_report, write_report
     from .labels import read_labels
+    from .numerics.drift import drift_report, write_report
 
     if ingested is None:
         raise InputError("the drift step compares the batch just ingested: list 'ingest' before it")
@@ -275,9 +222,7 @@ def _drift(spec: JobSpec, ingested, say) -> int:
     model = jobs.resolve_model(registry=spec.registry)
     frame = read_labels(spec.labels, model=model.model_id, batches=[batch])
     d = spec.drift
-    thresholds = {"psi": d.psi, "outlier_rate_ratio": d.outlier_rate_ratio,
-                  "mean_distance_ratio": d.mean_distance_ratio}
-    report = drift_report(model.info["profile"], frame, thresholds)
+    report = drift_report(model.info["profile"], frame, d.thresholds)
     report.update({"batch": batch, "model": model.model_id})
     out = Path(d.report_dir) / f"model={model.model_id}" / f"batch={batch}"
     json_path, text_path = write_report(report, out)
@@ -304,9 +249,9 @@ def _drift(spec: JobSpec, ingested, say) -> int:
 # --------------------------------------------------------------------------- demo
 
 
-def demo_spec(out: str, rows: int = 20_000, seed: int = 0) -> dict:
+def demo_spec(params: DemoParams) -> dict:
     """The demo job (jobs/demo.yaml is the same job as a file)."""
-    out = str(out)
+    out, rows, seed = str(params.out), params.rows, params.seed
     return {
         "name": "demo",
         "steps": ["synth", "ingest", "fit", "label", "export", "report"],
@@ -320,9 +265,9 @@ def demo_spec(out: str, rows: int = 20_000, seed: int = 0) -> dict:
     }
 
 
-def run_demo(out, rows=20_000, seed=0, scheduler=None, cluster_file=None, say=print) -> int:
-    out = Path(out)
+def run_demo(params: DemoParams, scheduler=None, cluster_file=None, say=print) -> int:
+    out = Path(params.out)
     if (out / "store").exists():
         raise InputError(f"{out}: holds an earlier demo; remove it or pass --out NEW_DIR")
-    spec = parse_spec(demo_spec(str(out), rows, seed), "demo")
+    spec = parse_spec(demo_spec(params), "demo")
     return run_spec(spec, scheduler=scheduler, cluster_file=cluster_file, say=say)

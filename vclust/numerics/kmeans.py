@@ -5,7 +5,7 @@ distances to the centres with one float32 matrix product (||x||^2 - 2 x.C^T + ||
 argmin, and returns per-cluster sums (float64, via a sparse one-hot product), counts, its inertia,
 its farthest rows (for empty-cluster repair) and how many of its rows changed cluster. The client
 combines the blocks in order and moves the centres. Per-row state (labels, nearest candidate so
-far) stays on the workers between passes (``_blocks.map_blocks_state``). When no row changed
+far) stays on the workers between passes (``blocks.map_blocks_state``). When no row changed
 cluster the centres are final and that pass's labels and inertia are kept; a stop on the
 tolerance or ``max_iter`` costs one more pass for them. The rows are persisted in worker memory
 when they fit; otherwise every iteration streams them from their source.
@@ -27,8 +27,17 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
-from ._blocks import (balanced, check_2d, concat_states, hold, is_dask, map_blocks_reduce,
-                      map_blocks_state, row_uniform, sample_rows)
+from .blocks import (
+    balanced,
+    check_2d,
+    concat_states,
+    hold,
+    is_dask,
+    map_blocks_reduce,
+    map_blocks_state,
+    row_uniform,
+    sample_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +49,8 @@ def assign(X_block, centers, centers_sqnorm=None):
     """Nearest centre and squared distance for each row of a numpy block.
 
     Returns (labels int32 (n,), sqdist float32 (n,)). Rows go through in slices of
-    ``ASSIGN_ROWS`` so the (rows, centres) distance matrix stays in cache: with the ~100
-    k-means|| candidates, 28 ms instead of 50 ms for 262k rows.
+    ``ASSIGN_ROWS`` so the (rows, centres) distance matrix stays in cache (it matters with the
+    ~100 k-means|| candidates; benchmarks/RESULTS.md).
     """
     x = np.asarray(X_block, dtype=np.float32)
     c = np.asarray(centers, dtype=np.float32)
@@ -176,7 +185,7 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         Rows per mini-batch step (mini-batch only).
     persist : {"auto", True, False}
         Keep dask input in worker memory, in compact blocks, while iterating ("auto": when it
-        takes under a quarter of the workers' memory, see ``_blocks.hold``).
+        takes under a quarter of the workers' memory, see ``blocks.hold``).
     random_state : int
     """
 
@@ -253,7 +262,7 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         self._tol = self.tol * mean_var
 
     def _maybe_persist(self, X):
-        """Persisted in balanced blocks (see ``_blocks.balanced``) when it fits, else streamed."""
+        """Persisted in balanced blocks (see ``blocks.balanced``) when it fits, else streamed."""
         if not is_dask(X) or self.persist is False:
             return X
         (X,), held = hold([X], budget=None if self.persist == "auto" else np.inf,

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._blocks import is_dask, sample_rows
+from . import ALGORITHMS
+from .blocks import is_dask, sample_rows
 from .kmeans import KMeans, assign
-
-ALGORITHMS = ("kmeans", "minibatch", "gmm", "bisecting", "agglomerative", "hdbscan")
 
 
 def _nearest_anchor(block, anchors, anchor_labels, step=2048):
@@ -146,7 +145,7 @@ def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **
     keep = labels >= 0
     if keep.sum() == 0 or labels.max() < 1:
         raise ValueError(f"HDBSCAN found fewer than 2 clusters on the {len(sample)}-row sample "
-                         "(min_cluster_size {min_size}); try another algorithm or a larger k")
+                         f"(min_cluster_size {min_size}); try another algorithm or a larger k")
     k = int(labels.max()) + 1
     params.update(min_cluster_size=int(min_size), noise_share=float(1 - keep.mean()))
     return FittedClusterer(name, _centres_of(sample, labels, k), params,

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ._blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, scratch
+from . import DEFAULT_PCA_VARIANCE
+from .blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, scratch
 
 MAX_COVARIANCE_DIMS = 4096
 
@@ -29,9 +30,9 @@ def _block_moments(block, row0, l2):
     """(n, mean float64, centred scatter float32, n_bad) of one block.
 
     The block is centred on its float32 column sums (one BLAS call), into a per-thread scratch
-    buffer, and the small residual mean of the centred rows corrects the scatter: a 16 MB block
-    costs the float32 syrk (~21 ms in a worker) plus 3-5 ms, where a float64 mean, a fresh
-    centred copy and a NaN scan had cost ~10 ms more (measured on 8192 x 512 osnet blocks).
+    buffer, and the small residual mean of the centred rows corrects the scatter: a block costs
+    little beyond its float32 syrk, with no float64 mean, no fresh centred copy and no NaN scan
+    (benchmarks/RESULTS.md has the per-block figures).
     NaN/Inf anywhere makes the column sums non-finite; only then are bad rows counted."""
     x = np.asarray(block, dtype=np.float32)
     n = x.shape[0]
@@ -120,7 +121,7 @@ class Preprocessor(BaseEstimator, TransformerMixin):
         Seed of the randomized sketch.
     """
 
-    def __init__(self, *, l2=True, standardize=False, pca_variance=0.95, n_components=None,
+    def __init__(self, *, l2=True, standardize=False, pca_variance=DEFAULT_PCA_VARIANCE, n_components=None,
                  max_components=256, svd_method="auto", random_state=0):
         self.l2 = l2
         self.standardize = standardize

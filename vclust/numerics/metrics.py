@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ._blocks import is_dask, map_blocks_reduce, row_uniform
+from .blocks import is_dask, map_blocks_reduce, row_uniform
 
 
 def _sums_block(block, labels, row0, k):
@@ -122,8 +122,12 @@ def silhouette_sampled(X, labels, sample_size=10_000, random_state=0) -> float:
 
 def evaluate_partition(X, labels, *, n_clusters=None, silhouette_sample=10_000,
                        random_state=0) -> dict:
-    """Calinski-Harabasz, Davies-Bouldin, inertia (to the cluster means), sizes and a sampled
-    silhouette. Reads X three times (sums, distances, silhouette sample)."""
+    """Calinski-Harabasz, Davies-Bouldin, the within-cluster sum of squares, sizes and a sampled
+    silhouette. Reads X three times (sums, distances, silhouette sample).
+
+    ``within_ss`` is the sum of squared distances to the cluster *means*; KMeans' ``inertia_``
+    is the sum to its *centres*, the same number only when the centres are the means
+    (at convergence)."""
     counts, sums, means, sq, dist = _partition_stats(X, labels, n_clusters)
     _check_labels(counts)
     return {
@@ -131,7 +135,7 @@ def evaluate_partition(X, labels, *, n_clusters=None, silhouette_sample=10_000,
         "calinski_harabasz": _ch(counts, sums, means, sq),
         "davies_bouldin": _db(counts, means, dist),
         "silhouette": silhouette_sampled(X, labels, silhouette_sample, random_state),
-        "inertia": float(sq.sum()),
+        "within_ss": float(sq.sum()),
         "sizes": [int(c) for c in counts],
     }
 
@@ -169,5 +173,5 @@ def k_range_table(X, ks, *, random_state=0, silhouette_sample=10_000, **kmeans_k
         row = evaluate_partition(X, km.labels_, n_clusters=k, random_state=random_state,
                                  silhouette_sample=silhouette_sample)
         table.append({"k": k, **{m: row[m] for m in ("calinski_harabasz", "davies_bouldin",
-                                                      "silhouette", "inertia")}})
+                                                      "silhouette", "within_ss")}})
     return table

@@ -131,8 +131,8 @@ def scratch(shape, dtype) -> np.ndarray:
     """A reusable uninitialised array of ``shape`` for the calling thread (grown as needed).
 
     On workers left with distributed's malloc settings (started outside vclust, see
-    vclust/cluster.py) every 16 MB temporary is a new mmap paid in page faults (2.5 ms against
-    1.0 ms reused, measured in a worker); under vclust's settings the heap reuses it anyway.
+    vclust/cluster.py) every large temporary is a new mmap paid in page faults; under vclust's
+    settings the heap reuses it anyway.
     Only for values that do not outlive the kernel call."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape)) * dtype.itemsize
@@ -165,9 +165,9 @@ def balanced(X):
     """``X`` rechunked into an even number of equal row blocks of at most ``PAIR_BYTES / 2``
     (one block under 16,384 rows), for reduced rows that many passes read from memory.
 
-    Every task of a pass costs ~3 ms of scheduler and worker time beside its kernel on a small
-    machine: a Lloyd pass over 416k x 256 reduced rows took 190 ms in 26 blocks of 16 MB, 155 ms
-    in 8, 118 ms in 4 (2 workers, measured). An even count keeps two workers equally busy; the
+    Every task of a pass costs scheduler and worker time beside its kernel, so fewer, larger
+    blocks make faster passes (benchmarks/RESULTS.md: Lloyd passes by block count). An even
+    count keeps two workers equally busy; the
     count depends on the data's size only, so labels do not depend on the cluster."""
     n = X.shape[0]
     if n < 16_384:

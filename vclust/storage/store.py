@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, StoreLockedError
+from ..errors import InputError, StoreLockedError
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,8 @@ def check_compression(compression: str):
 
 def _codec(compression: str):
     """Zarr compressors for descriptor arrays. Default "none": float32 CNN descriptors compress
-    little (lz4+shuffle kept 85-87% of the bytes of the synthetic sets, zstd 70%) while decoding
-    took most of every read (a 16.7 MB chunk: 9.4 ms with lz4, 3.3 ms without, measured under
-    vclust's worker malloc settings, see vclust/cluster.py). "lz4" or "zstd" trade
+    little while decoding takes most of every read (benchmarks/RESULTS.md, kernel figures).
+    "lz4" or "zstd" trade
     that CPU for disk and network bytes, worth it where the store sits on slow shared storage."""
     import zarr
 
@@ -109,6 +108,21 @@ def store_lock(path):
         lock.unlink(missing_ok=True)
 
 
+def open_descriptors(store_path, name: str, mode: str = "r"):
+    """One descriptor set's Zarr array, opened from a worker task by the store's path alone."""
+    import zarr
+
+    return zarr.open_array(str(Path(store_path) / "descriptors" / name), mode=mode)
+
+
+def read_ids(store_path, start: int, stop: int) -> np.ndarray:
+    """Ids of rows [start, stop), read from a worker task by the store's path alone."""
+    import zarr
+
+    arr = zarr.open_array(str(Path(store_path) / "ids"), mode="r")
+    return np.asarray(arr[start:stop], dtype=object)
+
+
 class Store:
     """A descriptor store. Open with ``Store.open(path)`` (read) or inside ``store_lock`` with
     ``Store.open(path, mode="a")`` (append; rolls back an unfinished append)."""
@@ -119,12 +133,17 @@ class Store:
 
     # ------------------------------------------------------------------ opening
 
+    @staticmethod
+    def exists(path) -> bool:
+        """Whether ``path`` holds a store (or at least a Zarr group to be checked on open)."""
+        return (Path(path) / "zarr.json").exists()
+
     @classmethod
     def open(cls, path, mode: str = "r") -> "Store":
         import zarr
 
         path = Path(path)
-        if not (path / "zarr.json").exists():
+        if not cls.exists(path):
             raise InputError(f"{path}: not a vclust store (no zarr.json); create one with vclust ingest")
         group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
         attrs = group.attrs.asdict()

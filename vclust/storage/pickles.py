@@ -19,11 +19,11 @@ from __future__ import annotations
 import io
 import pickle
 import struct
-from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from .layout import ArrayLayout
 
 _NUMPY_RECONSTRUCT = {
     ("numpy._core.multiarray", "_reconstruct"),
@@ -95,17 +95,6 @@ def restricted_load(f) -> object:
 
 
 # --------------------------------------------------------------------------- fast path
-
-
-@dataclass
-class ArrayLayout:
-    """Where a pickled array's raw bytes are in the file."""
-
-    dtype: np.dtype
-    shape: tuple
-    fortran: bool
-    offset: int
-    nbytes: int
 
 
 class _NotPlainArray(Exception):

@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputError
 from . import sources as S
-from .errors import InputError
-from .store import DEFAULT_CHUNK_ROWS, Store, check_compression, store_lock
+from .store import (
+    DEFAULT_CHUNK_ROWS,
+    Store,
+    check_compression,
+    open_descriptors,
+    store_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,40 +66,7 @@ def _check_block(block: np.ndarray, first_row: int) -> BlockCheck:
 
 def _validate_range(source: S.Source, start: int, stop: int) -> list[BlockCheck]:
     """Validation task for rows [start, stop) of a range-readable source."""
-    return [_check_block(np.concatenate(list(_read_range(source, start, stop))), start)]
-
-
-def _read_range(source: S.Source, start: int, stop: int):
-    if source._kind == "array":
-        yield source._array[start:stop]
-        return
-    # layout sources: read only the asked rows
-    lay = source._layout
-    if len(lay.shape) != 2:
-        yield from source.blocks(1 << 16)
-        return
-    row_bytes = lay.shape[1] * lay.dtype.itemsize
-    shifted = S.pickles.ArrayLayout(
-        lay.dtype, (stop - start, lay.shape[1]), lay.fortran, lay.offset + start * row_bytes,
-        (stop - start) * row_bytes,
-    )
-    if lay.fortran:
-        mm = np.memmap(source.path, dtype=lay.dtype, mode="r", offset=lay.offset, shape=lay.shape, order="F")
-        yield np.ascontiguousarray(mm[start:stop])
-        return
-    yield from S._layout_blocks(source.path, shifted, stop - start)
-
-
-def _materialise_streaming(source: S.Source) -> S.Source:
-    """csv/parquet sources are read whole in the client (they are the small formats)."""
-    if source._kind in ("array", "layout"):
-        return source
-    blocks = list(source.blocks(1 << 16))
-    widths = {b.shape[1] for b in blocks if b.ndim == 2}
-    if len(widths) > 1:
-        raise InputError(f"{source.path}: ragged rows: widths {sorted(widths)} in one file")
-    array = np.concatenate(blocks) if blocks else np.empty((0, 0), np.float32)
-    return S.Source(source.path, source.name, array.shape[0], source.ids, _array=array)
+    return [_check_block(np.concatenate(list(source.read_range(start, stop))), start)]
 
 
 def validate_source(source: S.Source) -> dict:
@@ -103,9 +76,7 @@ def validate_source(source: S.Source) -> dict:
     n = source.n_rows or 0
     if n == 0:
         raise InputError(f"{source.path}: empty source (0 rows); expected descriptor rows")
-    arr = source._array if source._kind == "array" else None
-    shape = arr.shape if arr is not None else source._layout.shape
-    dtype = arr.dtype if arr is not None else source._layout.dtype
+    shape, dtype = source.shape, source.dtype
     step = validate_rows(shape[1] if len(shape) == 2 else 1, dtype.itemsize)
     tasks = [dask.delayed(_validate_range, pure=False)(source, a, min(n, a + step))
              for a in range(0, n, step)]
@@ -122,27 +93,21 @@ def validate_source(source: S.Source) -> dict:
     bad = np.concatenate([c.bad_rows for c in checks])
     sha = hashlib.sha256(b"".join(c.digest for c in checks)).hexdigest()
     return {"name": source.name, "file": str(source.path), "rows": n, "dims": int(width),
-            "dtype": str(_source_dtype(source)), "sha256": sha, "bad_rows": bad}
-
-
-def _source_dtype(source):
-    return source._array.dtype if source._kind == "array" else source._layout.dtype
+            "dtype": str(source.dtype), "sha256": sha, "bad_rows": bad}
 
 
 def _write_range(store_path: str, name: str, source: S.Source, kept: np.ndarray | None,
                  dst_start: int, dst_stop: int, offset: int) -> int:
     """Write destination rows [dst_start, dst_stop) from the source. ``offset`` is the store row of
     the batch's first kept row; ``kept`` maps kept positions to source rows (None: all rows)."""
-    import zarr
-
     a, b = dst_start - offset, dst_stop - offset  # positions among the kept rows
     if kept is None:
-        block = np.concatenate(list(_read_range(source, a, b)))
+        block = np.concatenate(list(source.read_range(a, b)))
     else:
         src = kept[a:b]
-        block = np.concatenate(list(_read_range(source, int(src[0]), int(src[-1]) + 1)))
+        block = np.concatenate(list(source.read_range(int(src[0]), int(src[-1]) + 1)))
         block = block[src - src[0]]
-    arr = zarr.open_array(f"{store_path}/descriptors/{name}", mode="r+")
+    arr = open_descriptors(store_path, name, mode="r+")
     arr[dst_start:dst_stop] = block.astype(np.float32, copy=False)
     return dst_stop - dst_start
 
@@ -183,10 +148,10 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
     say = progress or (lambda msg: None)
 
     sources, ids = _open_all(source_paths, name, ids_csv, trust_pickle)
-    sources = [_materialise_streaming(s) for s in sources]
+    sources = [s.materialised() for s in sources]
 
     with store_lock(store_path):
-        store = Store.open(store_path, mode="a") if (store_path / "zarr.json").exists() else None
+        store = Store.open(store_path, mode="a") if Store.exists(store_path) else None
         say(f"validating {len(sources)} source(s)")
         checks = [validate_source(s) for s in sources]
         n_rows = _common_rows(checks)

@@ -20,8 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
+from ..errors import InputError
 from . import pickles
-from .errors import InputError
+from .layout import ArrayLayout, layout_blocks, layout_range
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class Source:
     n_rows: int | None = None  # None when unknown until read (csv)
     ids: np.ndarray | None = None  # ids the source carries itself (DataFrame index, dict keys)
     _array: np.ndarray | None = field(default=None, repr=False)
-    _layout: pickles.ArrayLayout | None = field(default=None, repr=False)
+    _layout: ArrayLayout | None = field(default=None, repr=False)
     _kind: str = "array"
 
     def blocks(self, block_rows: int) -> Iterator[np.ndarray]:
@@ -54,13 +55,47 @@ class Source:
             for start in range(0, self._array.shape[0], block_rows):
                 yield self._array[start : start + block_rows]
         elif self._kind == "layout":
-            yield from _layout_blocks(self.path, self._layout, block_rows)
+            yield from layout_blocks(self.path, self._layout, block_rows)
         elif self._kind == "parquet":
             yield from _parquet_blocks(self.path, block_rows)
         elif self._kind == "csv":
             yield from _csv_blocks(self.path, block_rows)
         else:  # pragma: no cover - guarded by open_source
             raise AssertionError(self._kind)
+
+    @property
+    def range_readable(self) -> bool:
+        """Whether any row range can be read alone (arrays in memory, raw layouts on disk)."""
+        return self._kind in ("array", "layout")
+
+    @property
+    def shape(self) -> tuple:
+        """The array's shape (range-readable sources)."""
+        return self._array.shape if self._kind == "array" else self._layout.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The array's dtype (range-readable sources)."""
+        return self._array.dtype if self._kind == "array" else self._layout.dtype
+
+    def read_range(self, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Yield rows [start, stop) of a range-readable source, reading only those rows."""
+        if self._kind == "array":
+            yield self._array[start:stop]
+        else:
+            yield from layout_range(self.path, self._layout, start, stop)
+
+    def materialised(self) -> "Source":
+        """A range-readable source with the same rows: csv and parquet, the small formats, are
+        read whole."""
+        if self.range_readable:
+            return self
+        blocks = list(self.blocks(1 << 16))
+        widths = {b.shape[1] for b in blocks if b.ndim == 2}
+        if len(widths) > 1:
+            raise InputError(f"{self.path}: ragged rows: widths {sorted(widths)} in one file")
+        array = np.concatenate(blocks) if blocks else np.empty((0, 0), np.float32)
+        return Source(self.path, self.name, array.shape[0], self.ids, _array=array)
 
 
 # --------------------------------------------------------------------------- opening
@@ -194,7 +229,7 @@ def _open_npy(path: Path, name: str) -> Source:
             f"{path}: truncated .npy: header says {shape} {dtype} ({nbytes} bytes) but the file "
             f"holds {path.stat().st_size - offset}"
         )
-    layout = pickles.ArrayLayout(dtype, tuple(shape), fortran, offset, nbytes)
+    layout = ArrayLayout(dtype, tuple(shape), fortran, offset, nbytes)
     return Source(path, name, shape[0] if shape else 0, _layout=layout, _kind="layout")
 
 
@@ -239,38 +274,6 @@ def _read_csv_ids_if_any(path: Path):
 
 
 # --------------------------------------------------------------------------- streaming
-
-
-def _layout_blocks(path: Path, layout: pickles.ArrayLayout, block_rows: int):
-    shape = layout.shape
-    if len(shape) != 2:
-        # 1-D or 3-D arrays are refused by validation with a clear message; hand them over whole.
-        yield np.memmap(path, dtype=layout.dtype, mode="r", offset=layout.offset, shape=shape,
-                        order="F" if layout.fortran else "C")
-        return
-    n_rows, n_dims = shape
-    if layout.fortran:
-        mm = np.memmap(path, dtype=layout.dtype, mode="r", offset=layout.offset, shape=shape,
-                       order="F")
-        for start in range(0, n_rows, block_rows):
-            yield np.ascontiguousarray(mm[start : start + block_rows])
-        return
-    row_bytes = n_dims * layout.dtype.itemsize
-    # Plain reads into a fresh buffer rather than a memory map: the pages of a map count towards
-    # the process's resident memory, explicit reads keep it to one block.
-    with open(path, "rb", buffering=0) as f:
-        for start in range(0, n_rows, block_rows):
-            stop = min(n_rows, start + block_rows)
-            buf = np.empty((stop - start, n_dims), dtype=layout.dtype)
-            f.seek(layout.offset + start * row_bytes)
-            view = memoryview(buf).cast("B")
-            got = 0
-            while got < len(view):
-                n = f.readinto(view[got:])
-                if not n:
-                    raise InputError(f"{path}: truncated: data ends at row {start}")
-                got += n
-            yield buf
 
 
 def _parquet_blocks(path: Path, block_rows: int):

@@ -40,10 +40,12 @@ follows however many outliers the data holds); or the (1 - contamination) quanti
 1.2% of inliers, all junk, 96% of glare and 92% of empty frames; on MVTec 2.9% of good parts and
 25% of defects, where a 2% contamination flags 7%.
 
-The index is built once per fit (pynndescent compiles its graph-building kernels for 20-24 s
-per process, uncached; ``warm_up`` lets ``vclust fit`` pay that while the workers cluster). What it learned is kept as arrays (vclust.annindex: the prepared index's own
-state, no pickle); a worker process restores it once (~3 s, the search kernels only) and caches it
-by fingerprint, so chunks never rebuild or recompile it. Nothing numba-compiled is pickled.
+The index is built once per fit (pynndescent compiles its graph-building kernels once per
+process, uncached; ``warm_up`` lets ``vclust fit`` pay that while the workers cluster). What it
+learned is kept as arrays (vclust.numerics.annindex: the prepared index's own state, no pickle);
+a worker process restores it once (the search kernels only) and caches it by fingerprint, so
+chunks never rebuild or recompile it. Nothing numba-compiled is pickled. The costs are measured
+in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ import logging
 
 import numpy as np
 
-from ._blocks import is_dask, sample_rows, shared
+from . import DEFAULT_MAD_Z
 from .annindex import index_from_state, index_to_state
+from .blocks import is_dask, sample_rows, shared
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class OutlierScorer:
     """Outlier scores in [0, 1] for reduced rows; see the module docstring for the formula."""
 
     def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="mad",
-                 contamination=0.02, mad_z=3.5, min_cluster_share=0.005, weights=None,
+                 contamination=0.02, mad_z=DEFAULT_MAD_Z, min_cluster_share=0.005, weights=None,
                  tight_cluster_ratio=0.15, small_z=6.0, tight_offset=3.0, index_neighbors=30,
                  random_state=0):
         self.n_neighbors = n_neighbors
@@ -318,8 +321,8 @@ class OutlierScorer:
 
 
 def warm_up(n_features: int = 8):
-    """Compile pynndescent's index-building kernels in this process (a tiny index), ~20 s once
-    per process. ``vclust fit`` runs it on a client thread while the workers preprocess and
+    """Compile pynndescent's index-building kernels in this process (a tiny index), once per
+    process. ``vclust fit`` runs it on a client thread while the workers preprocess and
     cluster, so the outlier step later finds the kernels compiled."""
     from pynndescent import NNDescent
 

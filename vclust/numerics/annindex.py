@@ -1,8 +1,8 @@
 """A prepared pynndescent index as JSON-able params plus numpy arrays, without pickle.
 
-Building an NNDescent costs a numba compilation of about 50 s per process on this machine
-(pynndescent does not cache its graph-building kernels); restoring a prepared index from its
-state costs only the search kernels, about 3 s. So the model dir keeps the index's own state
+Building an NNDescent costs a numba compilation of its graph-building kernels in every process
+(pynndescent does not cache them); restoring a prepared index from its state costs only the
+search kernels, a fraction of that (benchmarks/RESULTS.md). So the model dir keeps the index's own state
 (the ``__getstate__`` dict: search graph, search trees, vertex order, raw data ...) as arrays,
 and a worker restores it with ``__setstate__``, never rebuilding the graph.
 

@@ -1,0 +1,12 @@
+"""The numerics: preprocessing, KMeans, the other algorithms, outlier scoring, the ANN index,
+partition metrics, drift statistics and the block helpers they share.
+
+They work on numpy or dask arrays and know nothing of the store, the jobs or the command line
+(tests/test_layout.py holds that boundary). This module holds the library defaults that the
+parameter table (vclust.params) shows on the command line, so that reading them imports no
+heavy library.
+"""
+
+ALGORITHMS = ("kmeans", "minibatch", "gmm", "bisecting", "agglomerative", "hdbscan")
+DEFAULT_PCA_VARIANCE = 0.95  # chosen on real CNN descriptors: docs/preprocessing.md
+DEFAULT_MAD_Z = 3.5  # is_outlier: combined z above median + DEFAULT_MAD_Z MADs of the fit rows'

@@ -1,0 +1,275 @@
+"""The parameter table: every option of every command and job step, declared once.
+
+Each step's options are one pydantic model: type, default, range and help text in one
+declaration. The command line is built from these models (``add_options``) and a job spec's
+sections are these models, so ``vclust fit ...`` and a ``fit:`` section of a job spec validate
+the same way and reach the same function with the same object::
+
+    vclust fit STORE --seed 3 --chunk-rows ...   ->  FitParams(seed=3)  ->  jobs.fit(store, params)
+    fit: {seed: 3}   (jobs/*.yaml)               ->  FitParams(seed=3)  ->  jobs.fit(store, params)
+
+What is not an option of a step (the store, the model or registry a command reads or writes,
+the cluster to run on) is declared once in vclust.cli or, for job specs, in ``runner.JobSpec``.
+Library defaults that the numerics own (the PCA variance, the outlier threshold, the drift
+thresholds) are read from their modules, not restated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from typing import Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InputError
+from .numerics import ALGORITHMS, DEFAULT_MAD_Z, DEFAULT_PCA_VARIANCE
+from .numerics.drift import DEFAULT_THRESHOLDS
+from .storage.store import COMPRESSIONS, DEFAULT_CHUNK_ROWS
+
+SCALINGS = ("l2", "standardize", "l2+standardize", "none")
+DEFAULT_K = 12
+
+
+def option(default=..., help: str = "", *, flag: str | None = None, metavar: str | None = None,
+           positional: bool = False, cli: bool = True, **constraints):
+    """A step option: pydantic ``Field`` plus how the command line shows it.
+
+    ``flag`` overrides the flag derived from the name (``k_range`` -> ``--k-range``);
+    ``positional`` makes it a positional argument; ``cli=False`` keeps it out of the command
+    line (a job-spec-only option).
+    """
+    extra = {"flag": flag, "metavar": metavar, "positional": positional, "cli": cli}
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+def seed_option():
+    return option(0, "random seed: the same inputs and seed give the same output")
+
+
+class Params(BaseModel):
+    """Base of every step's options: unknown keys are refused, naming the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+class SynthParams(Params):
+    out: str = option(..., "folder for the generated case", positional=True, metavar="OUT_DIR")
+    rows: int = option(2000, "images", ge=10, metavar="N")
+    seed: int = seed_option()
+
+
+class IngestParams(Params):
+    sources: list[str] = option(..., "descriptor file (.pickle .npy .npz .parquet .csv) or a "
+                                "case folder (descriptors/*.pickle + images_paths.csv)",
+                                positional=True, metavar="SOURCE", min_length=1)
+    name: Optional[str] = option(None, "descriptor set name (one file only; default: the "
+                                 "file's stem)")
+    ids: Optional[str] = option(None, "image ids, one row per descriptor row (column "
+                                "paths/path/id; default: the case's images_paths.csv or "
+                                "generated)", metavar="CSV")
+    batch: Optional[str] = option(None, "batch id (default: a UTC timestamp)", metavar="ID")
+    chunk_rows: int = option(DEFAULT_CHUNK_ROWS, "rows per Zarr chunk when the store is created",
+                             ge=1, metavar="N")
+    compression: Optional[Literal[COMPRESSIONS]] = option(
+        None, "descriptor chunk compression when the store is created (default none: "
+        "descriptors compress little and reads are faster; lz4 or zstd for slow shared storage)")
+    on_invalid: Literal["error", "drop"] = option(
+        "error", "rows with NaN/Inf: refuse the batch, or drop them and record their ids")
+    trust_pickle: bool = option(False, "unpickle without restrictions (only for files you trust)")
+
+
+class FitParams(Params):
+    descriptor: str = option(..., "descriptor set, or a mixture NAME+NAME: each set reduced, "
+                             "weighted to equal total variance, concatenated",
+                             metavar="NAME[+NAME...]")
+    k: Optional[int] = option(None, f"number of clusters (default {DEFAULT_K})", ge=2)
+    k_range: Optional[str] = option(None, "fit every k in A..B, score each by Calinski-Harabasz,"
+                                    " Davies-Bouldin and silhouette, keep the best (README: "
+                                    "choosing k)", metavar="A:B")
+    algorithm: Literal[ALGORITHMS] = option("kmeans", "clustering algorithm")
+    pca_variance: float = option(DEFAULT_PCA_VARIANCE, "share of variance the PCA keeps "
+                                 "(docs/preprocessing.md)", gt=0, le=1, metavar="SHARE")
+    scaling: Literal[SCALINGS] = option("l2", "row/column scaling before the PCA")
+    sample: Optional[int] = option(None, "fit on a seeded sample of N rows (labels still cover "
+                                   "every row)", ge=2, metavar="N")
+    seed: int = seed_option()
+    outlier_z: float = option(DEFAULT_MAD_Z, "is_outlier: combined outlier z above median + Z "
+                              "MAD over the fit rows", gt=0, metavar="Z")
+    contamination: Optional[float] = option(None, "is_outlier: the SHARE most anomalous fit rows"
+                                            " instead (e.g. 0.02); not with --outlier-z",
+                                            gt=0, lt=0.5, metavar="SHARE")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data):
+        if isinstance(data, dict):
+            for a, b in (("k", "k_range"), ("outlier_z", "contamination")):
+                if data.get(a) is not None and data.get(b) is not None:
+                    raise ValueError(f"pass either {flag_of(a)} or {flag_of(b)}, not both")
+        return data
+
+    @field_validator("descriptor")
+    @classmethod
+    def _descriptor(cls, v):
+        names = [s.strip() for s in v.split("+")]
+        if not v or any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"must look like NAME or NAME+NAME; got '{v}'")
+        return "+".join(names)
+
+    @field_validator("k_range")
+    @classmethod
+    def _k_range(cls, v):
+        if v is None:
+            return v
+        try:
+            a, b = (int(x) for x in str(v).split(":"))
+        except ValueError:
+            a = b = 0
+        if not 2 <= a <= b:
+            raise ValueError(f"must look like A:B with 2 <= A <= B; got '{v}'")
+        return f"{a}:{b}"
+
+    @property
+    def descriptors(self) -> list[str]:
+        """The descriptor sets, in order."""
+        return self.descriptor.split("+")
+
+    @property
+    def ks(self) -> list[int]:
+        """Every k to fit."""
+        if self.k_range is None:
+            return [self.k if self.k is not None else DEFAULT_K]
+        a, b = (int(x) for x in self.k_range.split(":"))
+        return list(range(a, b + 1))
+
+    @property
+    def outlier_options(self) -> dict:
+        """The OutlierScorer threshold options."""
+        if self.contamination is not None:
+            return {"threshold": "contamination", "contamination": self.contamination}
+        return {"threshold": "mad", "mad_z": self.outlier_z}
+
+
+class LabelParams(Params):
+    batches: Optional[list[str]] = option(None, "batches to label (job spec default: the batch "
+                                          "just ingested, else all)", flag="--batch",
+                                          metavar="ID")
+    all: bool = option(False, "label every batch")
+
+    @model_validator(mode="after")
+    def _not_both(self):
+        if self.all and self.batches:
+            raise ValueError("pass either --batch or --all, not both")
+        return self
+
+
+class DriftParams(Params):
+    report_dir: str = option(..., "folder for drift reports (model=<id>/batch=<id>/)")
+    psi: float = option(DEFAULT_THRESHOLDS["psi"], "alert above this population stability "
+                        "index of the cluster shares", gt=0)
+    outlier_rate_ratio: float = option(DEFAULT_THRESHOLDS["outlier_rate_ratio"], "alert above "
+                                       "this batch outlier rate / fit outlier rate", gt=0)
+    mean_distance_ratio: float = option(DEFAULT_THRESHOLDS["mean_distance_ratio"], "alert above "
+                                        "this batch mean distance / fit mean distance", gt=0)
+
+    @property
+    def thresholds(self) -> dict:
+        return {k: getattr(self, k) for k in DEFAULT_THRESHOLDS}
+
+
+class ExportParams(Params):
+    csv: str = option(..., "CSV file to write", metavar="OUT.csv")
+
+
+class ReportParams(Params):
+    out: str = option(..., "folder for the report", metavar="DIR")
+    truth: Optional[str] = option(None, "truth.csv of a synthetic case, to read the clusters "
+                                  "against", cli=False)
+
+
+class DemoParams(Params):
+    rows: int = option(20_000, "images in the sample case", ge=10, metavar="N")
+    out: str = option("demo-out", "output folder", metavar="DIR")
+    seed: int = seed_option()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def flag_of(name: str, model: type[Params] | None = None) -> str:
+    """The command-line flag of an option (``k_range`` -> ``--k-range``)."""
+    extra = (model.model_fields[name].json_schema_extra or {}) if model is not None else {}
+    return extra.get("flag") or "--" + name.replace("_", "-")
+
+
+def _help(field) -> str:
+    text = field.description or ""
+    if not field.is_required() and field.default is not None and field.default is not False \
+            and "default" not in text:
+        text += f" (default {field.default})"
+    return text
+
+
+def add_options(parser: argparse.ArgumentParser, model: type[Params], *, group: str | None = None):
+    """Add ``model``'s options to ``parser``. Options left out on the command line are absent
+    from the parsed namespace, so the model's own defaults apply (``params_from_args``)."""
+    target = parser.add_argument_group(group) if group else parser
+    for name, field in model.model_fields.items():
+        extra = field.json_schema_extra or {}
+        if not extra.get("cli", True):
+            continue
+        ann = field.annotation
+        args = typing.get_args(ann)
+        if typing.get_origin(ann) is typing.Union:  # Optional[X]
+            ann = next(a for a in args if a is not type(None))
+            args = typing.get_args(ann)
+        kw = {"help": _help(field), "default": argparse.SUPPRESS}
+        if ann is bool:
+            kw["action"] = "store_true"
+        elif typing.get_origin(ann) is Literal:
+            kw["choices"] = args
+        elif typing.get_origin(ann) is list:
+            kw["nargs"] = "+"
+        elif ann in (int, float):
+            kw["type"] = ann
+        if extra.get("metavar") and "choices" not in kw and ann is not bool:
+            kw["metavar"] = extra["metavar"]
+        if extra.get("positional"):
+            kw.pop("default")
+            target.add_argument(name, **kw)
+        else:
+            target.add_argument(flag_of(name, model), dest=name, required=field.is_required(),
+                                **kw)
+
+
+def params_from_args(model: type[Params], args: argparse.Namespace) -> Params:
+    """Validate the parsed options against ``model``; a bad value is one InputError line that
+    names the flag."""
+    given = {n: getattr(args, n) for n in model.model_fields if hasattr(args, n)}
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        raise InputError(format_option_error(exc, model)) from None
+
+
+def format_option_error(exc: ValidationError, model: type[Params]) -> str:
+    err = exc.errors()[0]
+    msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:
+        return msg
+    name = str(err["loc"][0])
+    flag = flag_of(name, model) if name in model.model_fields else name
+    if "got" in msg:  # a validator's own message: "must look like A:B ...; got '9:4'"
+        return f"{flag} {msg}"
+    return f"{flag}: {msg.lower()} (got {err.get('input')!r})"
