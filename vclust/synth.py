@@ -6,6 +6,9 @@
     OUT_DIR/descriptors/vdc_type.pickle          (n, 512)  float32
     OUT_DIR/images_paths.csv   header ``paths``, ``veriwild\\<camera>\\<vehicle>\\<image>.jpg``
     OUT_DIR/truth.csv          row, path, body_type, view, colour, vehicle_id, camera, outlier_kind
+    OUT_DIR/veriwild.zip       one small JPEG per row drawn from its attributes, entries named
+                               like the ids with forward slashes (vclust.synth_images); none
+                               with ``images=False``
 
 Every image has latent attributes with imbalanced frequencies (body type, front/rear view,
 colour, vehicle identity shared by several images, camera). Each descriptor family sees them
@@ -220,11 +223,12 @@ def _block(world: _World, seed: int, b: int, n_rows: int):
 
 
 def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int = 20_000,
-                  outlier_share: float = 0.03, progress=None) -> dict:
+                  outlier_share: float = 0.03, progress=None, images: bool = True) -> dict:
     """Write a synthetic case to ``out_dir`` (see the module docstring). Returns a summary.
 
     ``chunk_rows`` only sets how often progress is reported; the output depends on ``seed``
-    and ``n_rows`` alone.
+    and ``n_rows`` alone. ``images`` also writes ``veriwild.zip`` (its path is the summary's
+    ``"images"``); the descriptors are the same either way.
     """
     import pandas as pd
 
@@ -243,6 +247,11 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
     paths_f.write("paths\n")
     counts = {"junk": 0, "glare": 0, "empty": 0}
     next_report = chunk_rows
+    pictures = None
+    if images:
+        from .synth_images import CaseImageWriter
+
+        pictures = CaseImageWriter(out / "veriwild.zip", seed)
     try:
         for b in range(-(-n_rows // BLOCK)):
             vectors, attrs = _block(world, seed, b, n_rows)
@@ -252,24 +261,33 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
             paths = [f"veriwild\\{cam}\\{veh:05d}\\{r + 1:06d}.jpg"
                      for cam, veh, r in zip(attrs["camera"], attrs["vehicle_id"], rows)]
             paths_f.write("".join(p + "\n" for p in paths))
-            frame = pd.DataFrame({"row": rows, "path": [p.replace("\\", "/") for p in paths],
-                                  **attrs})
+            ids = [p.replace("\\", "/") for p in paths]
+            frame = pd.DataFrame({"row": rows, "path": ids, **attrs})
             frame.to_csv(truth_f, header=(b == 0), index=False)
+            if pictures is not None:
+                pictures.add_block(ids, attrs, b)
             for k in counts:
                 counts[k] += int((attrs["outlier_kind"] == k).sum())
             done = int(rows[-1]) + 1
             if progress and (done >= next_report or done == n_rows):
                 progress(done, n_rows)
                 next_report += chunk_rows
+        if pictures is not None:
+            pictures.close()
     finally:
+        if pictures is not None:
+            pictures.abort()  # an unfinished zip is removed (no-op once closed)
         for f, fh in files.items():
             fh.write(tails[f])
             fh.close()
         paths_f.close()
         truth_f.close()
     log.info("synthetic case of %d rows written to %s", n_rows, out)
-    return {"out_dir": str(out), "rows": n_rows, "seed": seed,
-            "descriptors": {f: d for f, (d, _) in FAMILIES.items()}, "outliers": counts}
+    summary = {"out_dir": str(out), "rows": n_rows, "seed": seed,
+               "descriptors": {f: d for f, (d, _) in FAMILIES.items()}, "outliers": counts}
+    if pictures is not None:
+        summary["images"] = str(pictures.path)
+    return summary
 
 
 def read_truth(out_dir):
