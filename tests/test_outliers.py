@@ -1,5 +1,7 @@
-"""Outlier scoring: ANN recall, both outlier kinds, invariance, pickling, real descriptors."""
+"""Outlier scoring: ANN recall, both outlier kinds and their reasons, invariance, pickling and
+state, and the real embedding sets against exact 10-NN computed in the same run."""
 
+import json
 import pickle
 from pathlib import Path
 
@@ -8,121 +10,228 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
+from threadpoolctl import threadpool_limits
 
-from vclust.numerics.algorithms import fit_algorithm
 from vclust.numerics.kmeans import KMeans
-from vclust.numerics.outliers import OutlierScorer
+from vclust.numerics.outliers import REASONS, OutlierScorer
 from vclust.numerics.preprocess import Preprocessor
 from vclust.synth import generate_case, read_truth
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
 
 
+def _auc_vs_inliers(score, kind, k):
+    inl, m = kind == "", kind == k
+    return roc_auc_score(np.r_[np.zeros(inl.sum()), np.ones(m.sum())], np.r_[score[inl], score[m]])
+
+
+def _exact_10nn(x):
+    """The peer: scikit-learn's exact 10-NN mean distance, the row itself excluded."""
+    return NearestNeighbors(n_neighbors=11).fit(x).kneighbors(x)[0][:, 1:].mean(axis=1)
+
+
 @pytest.fixture(scope="module")
 def synth_reduced(tmp_path_factory):
-    """Reduced vdc_type rows of a synthetic case with planted junk and tight groups."""
+    """A synthetic case's vdc_type rows as given and reduced as vclust fit reduces them, with
+    planted junk and tight groups: (z, labels, dist, centres, kind, x)."""
     root = tmp_path_factory.mktemp("synth")
-    generate_case(root, n_rows=10_000, seed=5, outlier_share=0.05)  # >= 2 groups: glare and empty
-    truth = read_truth(root)
+    generate_case(root, n_rows=10_000, seed=5, outlier_share=0.05, images=False)  # glare and empty
+    kind = read_truth(root)["outlier_kind"].to_numpy()
     x = np.load(root / "descriptors" / "vdc_type.pickle", allow_pickle=True)
     z = Preprocessor().fit(x).transform(x)
     km = KMeans(12, random_state=0).fit(z)
     labels, dist = km.predict_block(z)
-    return z, labels, dist, km.cluster_centers_, truth["outlier_kind"].to_numpy()
+    return z, labels, dist, km.cluster_centers_, kind, x
 
 
 @pytest.fixture(scope="module")
 def fitted(synth_reduced):
-    z, labels, dist, centers, _ = synth_reduced
+    """As vclust fit runs it: the kNN terms on the scorer's own projection of the rows as given;
+    a sampled reference (3,000 of 10,000 rows)."""
+    z, labels, dist, centers, _, x = synth_reduced
+    return OutlierScorer(reference_size=3000, random_state=0).fit(z, labels, dist, centers, raw=x)
+
+
+@pytest.fixture(scope="module")
+def fitted_z(synth_reduced):
+    """Every term on the clustering rows (no ``raw``)."""
+    z, labels, dist, centers, _, _ = synth_reduced
     return OutlierScorer(reference_size=3000, random_state=0).fit(z, labels, dist, centers)
 
 
-def test_ann_recall_against_exact(synth_reduced, fitted, figure):
-    z = synth_reduced[0]
+def test_ann_recall_against_exact(synth_reduced, fitted, fitted_z, figure):
+    z, x = synth_reduced[0], synth_reduced[5]
     q = np.arange(0, len(z), 7)
-    idx, _ = fitted.neighbours(z[q], fitted.ref_rows_.max() + 1 + q)  # rows not in the reference
-    exact = NearestNeighbors(n_neighbors=10).fit(fitted.reference_).kneighbors(z[q])[1]
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact)])
-    figure(f"pynndescent reference index: recall@10 = {recall:.3f}")
-    assert recall >= 0.9, recall
+    for name, sc, rows in (("own rows", fitted, fitted.projection_.transform(x)),
+                           ("clustering rows", fitted_z, z)):
+        idx, _ = sc.neighbours(rows[q], sc.ref_rows_.max() + 1 + q)  # rows not in the reference
+        exact = NearestNeighbors(n_neighbors=10).fit(sc.reference_).kneighbors(rows[q])[1]
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact)])
+        figure(f"pynndescent reference index ({name}, {rows.shape[1]} dims): recall@10 = {recall:.3f}")
+        assert recall >= 0.95, (name, recall)
 
 
 def test_reference_row_is_not_its_own_neighbour(fitted):
     pos = np.arange(20)
-    idx, d = fitted.neighbours(fitted.reference_[pos], fitted.ref_rows_[pos])
+    idx, _ = fitted.neighbours(fitted.reference_[pos], fitted.ref_rows_[pos])
     assert not (idx == pos[:, None]).any()
     # the same rows queried as strangers find themselves at distance 0
     idx2, d2 = fitted.neighbours(fitted.reference_[pos], np.full(20, -1))
     assert (idx2[:, 0] == pos).all() and np.allclose(d2[:, 0], 0)
 
 
-def test_both_outlier_kinds_are_found(synth_reduced, fitted, figure):
-    z, labels, dist, _, kind = synth_reduced
-    score, flag = fitted.score(z, labels, dist)
+def test_both_outlier_kinds_are_found(synth_reduced, fitted, fitted_z, figure):
+    z, labels, dist, _, kind, x = synth_reduced
     inl = kind == ""
-    for k in ("junk", "glare", "empty"):
-        m = kind == k
-        assert m.sum() >= 20, f"too few {k} rows planted"
-        auc = roc_auc_score(np.r_[np.zeros(inl.sum()), np.ones(m.sum())], np.r_[score[inl], score[m]])
-        figure(f"synthetic outliers: vclust ROC-AUC {k} vs inliers = {auc:.3f}")
-        assert auc >= 0.95, (k, auc)
+    for name, sc, raw in (("own rows", fitted, x), ("clustering rows only", fitted_z, None)):
+        score, flag = sc.score(z, labels, dist, raw=raw)
+        for k in ("junk", "glare", "empty"):
+            assert (kind == k).sum() >= 20, f"too few {k} rows planted"
+            auc = _auc_vs_inliers(score, kind, k)
+            figure(f"synthetic outliers ({name}): vclust ROC-AUC {k} vs inliers = {auc:.3f}")
+            assert auc >= 0.95, (name, k, auc)
+        # the default threshold (robust z over the fit rows) flags the outliers, not the inliers
+        figure(f"synthetic, flagged ({name}): inliers {flag[inl].mean():.1%}, "
+               f"planted outliers {flag[~inl].mean():.1%}")
+        assert flag[inl].mean() <= 0.03
+        assert flag[~inl].mean() >= 0.5
     # plain kNN distance misses the tight groups: that is why the score has other parts
-    d10 = NearestNeighbors(n_neighbors=11).fit(z).kneighbors(z)[0][:, 1:].mean(axis=1)
-    for k in ("glare", "empty"):
-        m = kind == k
-        knn_auc = roc_auc_score(np.r_[np.zeros(inl.sum()), np.ones(m.sum())], np.r_[d10[inl], d10[m]])
-        figure(f"exact 10-NN mean distance, ROC-AUC {k} vs inliers = {knn_auc:.3f}")
-        assert knn_auc < 0.5, (k, knn_auc)
-    # the default threshold (robust z over the fit rows) flags the outliers, not the inliers
-    figure(f"flagged: inliers {flag[inl].mean():.1%}, planted outliers {flag[~inl].mean():.1%}")
-    assert flag[inl].mean() <= 0.03
-    assert flag[~inl].mean() >= 0.5
+    for rows, what in ((x, "rows as given"), (z, "reduced rows")):
+        d10 = _exact_10nn(rows)
+        for k in ("glare", "empty"):
+            knn_auc = _auc_vs_inliers(d10, kind, k)
+            figure(f"exact 10-NN mean distance ({what}), ROC-AUC {k} vs inliers = {knn_auc:.3f}")
+            assert knn_auc < 0.6, (what, k, knn_auc)
 
 
-def test_same_score_whatever_chunking_and_workers(synth_reduced, fitted, local_client):
-    z, labels, dist, _, _ = synth_reduced
-    ref = fitted.score(z, labels, dist)[0]
-    for chunks in (1000, 2500):
-        s, f = fitted.score(da.from_array(z, chunks=(chunks, -1)), da.from_array(labels, chunks=chunks),
-                            da.from_array(dist, chunks=chunks))
-        np.testing.assert_array_equal(s.compute(), ref)
+def test_reasons(synth_reduced, fitted, figure):
+    z, labels, dist, _, kind, x = synth_reduced
+    assert REASONS[0] == "" and len(set(REASONS)) == len(REASONS)
+    score, flag, reason = fitted.score(z, labels, dist, reasons=True, raw=x)
+    assert reason.dtype == np.int8
+    np.testing.assert_array_equal(fitted.score(z, labels, dist, raw=x)[0], score)
+    assert (reason[~flag] == 0).all() and (reason[flag] > 0).all()
+    names = np.array(REASONS, dtype=object)[reason]
+    for k, expected in (("junk", "isolated"), ("glare", "tight_group"), ("empty", "tight_group")):
+        got = names[(kind == k) & flag]
+        share = float(np.mean(got == expected))
+        figure(f"synthetic {k}: {share:.0%} of the flagged rows give the reason {expected!r}")
+        assert share >= 0.8, (k, dict(zip(*np.unique(got, return_counts=True))))
+    # the fit keeps the reasons of its own rows (the same rows, scored the same way)
+    assert fitted.fit_reasons_.dtype == np.int8
+    np.testing.assert_array_equal(fitted.fit_reasons_, reason)
+    np.testing.assert_array_equal(fitted.fit_flags_, flag)
+
+
+def test_threads_score_as_one_call(synth_reduced, fitted):
+    """Threads of one process share the restored index: each queries its own view of it."""
+    import dask
+
+    z, labels, dist, _, _, x = synth_reduced
+    ref = fitted.score(z, labels, dist, reasons=True, raw=x)
+    with dask.config.set(scheduler="threads", num_workers=4):
+        got = fitted.score(da.from_array(z, chunks=(500, -1)), da.from_array(labels, chunks=500),
+                           da.from_array(dist, chunks=500), reasons=True,
+                           raw=da.from_array(x, chunks=(500, -1)))
+        got = dask.compute(*got)
+    for g, want in zip(got, ref):
+        np.testing.assert_array_equal(g, want)
 
 
 def test_pickle_and_state_round_trip(synth_reduced, fitted):
-    z, labels, dist, _, _ = synth_reduced
-    ref = fitted.score(z[:500], labels[:500], dist[:500])
+    z, labels, dist, _, _, x = synth_reduced
+    part = slice(0, 500)
+    ref = fitted.score(z[part], labels[part], dist[part], reasons=True, raw=x[part])
     again = pickle.loads(pickle.dumps(fitted))
     assert getattr(again, "_index", None) is None  # nothing numba-compiled travels
-    np.testing.assert_array_equal(again.score(z[:500], labels[:500], dist[:500])[0], ref[0])
+    np.testing.assert_array_equal(again.score(z[part], labels[part], dist[part], raw=x[part])[0], ref[0])
     params, arrays = fitted.to_state()
+    json.dumps(params)  # the manifest holds the params as JSON
+    assert all(isinstance(v, np.ndarray) for v in arrays.values())
     restored = OutlierScorer.from_state(params, arrays)
-    s, f = restored.score(z[:500], labels[:500], dist[:500])
-    np.testing.assert_array_equal(s, ref[0])
-    np.testing.assert_array_equal(f, ref[1])
+    for got, want in zip(restored.score(z[part], labels[part], dist[part], reasons=True, raw=x[part]), ref):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="raw="):
+        restored.score(z[part], labels[part], dist[part])
+
+
+def test_mixture_of_sets(synth_reduced):
+    """A dict of descriptor sets: the scorer's own rows are a mixture, each set reduced and
+    weighted to equal variance, as vclust fit reduces a mixture."""
+    z, labels, dist, centers, kind, x = synth_reduced
+    sets = {"a": x[:, :200], "b": x[:, 200:]}
+    sc = OutlierScorer(reference_size=2000, random_state=0).fit(z, labels, dist, centers, raw=sets)
+    s, _ = sc.score(z, labels, dist, raw=sets)
+    assert _auc_vs_inliers(s, kind, "junk") >= 0.95
+    params, arrays = sc.to_state()
+    json.dumps(params)
+    again = OutlierScorer.from_state(params, arrays)
+    np.testing.assert_array_equal(again.score(z[:300], labels[:300], dist[:300],
+                                              raw={n: v[:300] for n, v in sets.items()})[0], s[:300])
 
 
 def test_threshold_modes(synth_reduced):
-    z, labels, dist, centers, _ = synth_reduced
+    z, labels, dist, centers, _, _ = synth_reduced
     mad = OutlierScorer(reference_size=2000, threshold="mad", mad_z=3.5).fit(z, labels, dist, centers)
     assert 0 < mad.fit_outlier_rate_ < 0.2
+    share = OutlierScorer(reference_size=2000, threshold="contamination", contamination=0.04).fit(
+        z, labels, dist, centers)
+    assert abs(share.fit_outlier_rate_ - 0.04) < 0.005
     with pytest.raises(ValueError, match="threshold must be"):
         OutlierScorer(threshold="iqr").fit(z, labels, dist, centers)
 
 
-def test_real_descriptors_auc_not_below_exact_knn(figure):
+def _real_sets():
+    """The 12 sets of anomaly-dev, and the 15 MVTec ResNet-18 files stacked as one set."""
+    sets = []
+    for f in sorted((SHARED / "anomaly-dev").glob("*.npz")):
+        d = np.load(f)
+        sets.append((f.stem, d["X"].astype(np.float32), d["y"], 8))
     xs, ys = [], []
     for f in sorted((SHARED / "real-descriptors").glob("*.npz")):
         d = np.load(f)
         xs.append(d["X"])
         ys.append(d["y"])
-    assert xs, "real descriptors not found"
-    x, y = np.concatenate(xs).astype(np.float32), np.concatenate(ys)
-    z = Preprocessor().fit(x).transform(x)
-    cl = fit_algorithm("kmeans", z, 15, random_state=0)
-    labels, dist = cl.predict_block(z)
-    scorer = OutlierScorer(reference_size=len(z), random_state=0).fit(z, labels, dist, cl.cluster_centers_)
-    ours = roc_auc_score(y, scorer.score(z, labels, dist)[0])
-    d10 = NearestNeighbors(n_neighbors=11).fit(z).kneighbors(z)[0][:, 1:].mean(axis=1)
-    exact = roc_auc_score(y, d10)
-    figure(f"MVTec defects: vclust ROC-AUC {ours:.3f}, exact 10-NN mean distance {exact:.3f}")
-    assert ours >= exact - 0.01, f"vclust {ours:.3f} vs exact 10-NN {exact:.3f}"
+    if xs:  # k = 15: one cluster per category
+        sets.append(("mvtec_resnet18 (15 stacked)", np.concatenate(xs).astype(np.float32),
+                     np.concatenate(ys), 15))
+    return sets
+
+
+def test_real_sets_auc_not_below_exact_knn(figure):
+    """On every real set vclust's ROC-AUC is at least exact 10-NN's minus 0.01, and on average
+    at least exact 10-NN's. Both run here, on the rows as each set gives them: the peer on X,
+    vclust as vclust fit runs it (L2 + PCA 0.95 and KMeans for the clusters, its own projection
+    of X for the kNN terms)."""
+    sets = _real_sets()
+    assert len(sets) == 13, "anomaly-dev (12 sets) or real-descriptors not found"
+    ours, peer = [], []
+    for name, x, y, k in sets:
+        with threadpool_limits(1):  # 1000 x 1000 eigh: threaded OpenBLAS is 5x slower on 2 cores
+            z = Preprocessor().fit(x).transform(x)
+            km = KMeans(k, random_state=0).fit(z)
+            labels, dist = km.predict_block(z)
+            sc = OutlierScorer(random_state=0).fit(z, labels, dist, km.cluster_centers_, raw=x)
+        score, flag = sc.score(z, labels, dist, raw=x)
+        ours.append(roc_auc_score(y, score))
+        peer.append(roc_auc_score(y, _exact_10nn(x)))
+        figure(f"{name}: vclust ROC-AUC {ours[-1]:.3f}, exact 10-NN {peer[-1]:.3f} "
+               f"({ours[-1] - peer[-1]:+.3f}); flagged: normal {flag[y == 0].mean():.1%}, "
+               f"anomalies {flag[y == 1].mean():.1%}")
+    figure(f"real sets, mean ROC-AUC: vclust {np.mean(ours):.4f}, exact 10-NN {np.mean(peer):.4f}")
+    worse = [(s[0], round(a, 3), round(b, 3)) for s, a, b in zip(sets, ours, peer) if a < b - 0.01]
+    assert not worse, worse
+    assert np.mean(ours) >= np.mean(peer)
+
+
+def test_same_score_whatever_chunking_and_workers(synth_reduced, fitted, local_client):
+    # last in the module: the LocalCluster stays up until the module ends
+    z, labels, dist, _, _, x = synth_reduced
+    ref = fitted.score(z, labels, dist, reasons=True, raw=x)
+    for chunks in (1000, 2500):
+        s, f, r = fitted.score(da.from_array(z, chunks=(chunks, -1)), da.from_array(labels, chunks=chunks),
+                               da.from_array(dist, chunks=chunks), reasons=True,
+                               raw=da.from_array(x, chunks=(1500, -1)))
+        assert r.dtype == np.int8
+        for got, want in zip((s, f, r), ref):
+            np.testing.assert_array_equal(got.compute(), want)

@@ -31,7 +31,8 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 FORMAT = "vclust-model"
-VERSION = 2  # 2: outlier centre term on log distances (a v1 model must be refitted)
+VERSION = 3  # 3: outlier score gated on kNN, its own projection, reasons (v2: centre term on log
+#   distances); an older model must be refitted
 PARTS = ("preprocess", "clusterer", "outliers")
 LIBRARIES = ("vclust", "numpy", "dask", "distributed", "zarr", "scikit-learn", "pynndescent",
              "numba", "pyarrow", "pandas")
@@ -167,14 +168,19 @@ class Model:
             return self.preprocess.transform(sets[self.descriptors[0]])
         return self.preprocess.transform({d: sets[d] for d in self.descriptors})
 
-    def apply(self, sets: dict, row_offset: int = 0):
+    def apply(self, sets: dict, row_offset: int = 0, reasons: bool = False):
         """(cluster int32, distance float32, outlier_score float32, is_outlier bool), all lazy
         dask arrays over the same rows as ``sets``, whose first row is the store's row
-        ``row_offset`` (the outlier score skips a row's own entry in the reference by that id)."""
+        ``row_offset`` (the outlier score skips a row's own entry in the reference by that id).
+        With ``reasons``, a fifth array: the reason index (int8, into
+        ``vclust.numerics.outliers.REASONS``; 0 for rows not flagged)."""
         z = self.reduce(sets)
         labels, dist = assign(self.clusterer, z)
-        score, flag = self.outliers.score(z, labels, dist, row_offset=row_offset)
-        return labels, dist, score, flag
+        raw = sets[self.descriptors[0]] if len(self.descriptors) == 1 else \
+            {d: sets[d] for d in self.descriptors}
+        out = self.outliers.score(z, labels, dist, row_offset=row_offset, reasons=reasons,
+                                  raw=raw)
+        return (labels, dist, *out)
 
 
 def _assign_block(block, clusterer):

@@ -1,92 +1,142 @@
 """Outlier scoring with a pynndescent reference index, run per row block across the workers.
 
-Fit: a seeded reference sample of the reduced rows (``reference_size``) gets an NNDescent index,
-built once. For each reference row we keep its k nearest reference neighbours *other than
-itself*, its k-distance and its local reachability density (LOF's lrd).
+Two spaces. The *clustering rows* (``X``: what the clusters were fitted on, L2 + PCA 0.95 by
+default) carry the clusters and the tightness of a neighbourhood. The *scoring rows* carry the
+nearest-neighbour distances: by default the scorer's own projection of the descriptor rows as
+given (``raw=`` at fit and score: centred, PCA to ``pca_variance`` 0.99 of the variance, at most
+``max_components``, no L2), else the clustering rows themselves. The evidence
+(benchmarks/results/compare_outliers.md, 13 real embedding sets): 10-NN on L2 + PCA 0.95 rows
+ranked anomalies below 10-NN on the rows as given by 0.016 ROC-AUC on average and by 0.10 on
+ViT metal_nut (the row norm carries the defect there); on the projection to 0.99 it is within
+0.006 of the rows as given on every set.
 
-Score of a row x (query k + 1 neighbours; a row that is itself in the reference is dropped from
-its own neighbour list by its row index, never by distance, so exact duplicates still count):
+Fit: a seeded reference sample of the rows (``reference_size``) gets an NNDescent index over its
+scoring rows, built once. For each reference row we keep its k nearest reference neighbours
+*other than itself*, its k-distance and its local reachability density (LOF's lrd).
 
-    knn     log of the mean distance to its k nearest reference neighbours
-    lof     log of LOF: mean lrd of those neighbours / lrd(x),
-            lrd(x) = 1 / mean_o max(d(x, o), kdist(o))
-    centre  distance to its cluster centre, as a robust z of its log within that cluster:
-            (log d - log median_c) / (1.4826 MAD_c of log d); the log because distances to a
-            centre are skewed right, and a z on them flags the far side of every cluster
-    tight   a neighbourhood abnormally tight: -z(knn) - ``tight_offset``, the lower tail of the
-            same robust z, counted beyond 3 deviations only (near-duplicate frames: glare, the
-            empty scene of one camera, whose neighbours are each other at almost no distance)
-    small   membership of a degenerate cluster: one holding less than ``min_cluster_share`` of
-            the rows, or one far tighter than the others (median distance to its centre under
-            ``tight_cluster_ratio`` times the median of the clusters' medians): near-identical
-            frames that k-means gave a cluster of their own
+Terms of a row x (its k nearest reference rows in the scoring rows; a row that is itself in the
+reference is dropped from its own list by its row index, never by distance), each a robust z
+((v - median) / (1.4826 MAD) over the reference rows, or within its cluster for the centre):
 
-knn and lof become robust z-scores against the reference rows ((v - median) / (1.4826 MAD)).
-The combined z is the largest of the weighted z's (plus ``small_z`` for small clusters), and
+    knn     log of the mean distance to its k nearest reference rows
+    lof     log of LOF: mean lrd of those neighbours / lrd(x), lrd(x) = 1 / mean_o max(d(x, o),
+            kdist(o))
+    tight   log of the distance, in the clustering rows, to the j-th nearest of those same
+            neighbours, j the rank that holds about k rows of the data (k while the reference
+            is all the rows, k * reference / rows when it is a sample; at least 1): how close
+            its group of about k + 1 rows sits. A handful of exact duplicates is not a group.
+    centre  log of the distance to its cluster centre, against that cluster's median and MAD
+            (the MAD floored at half the median MAD of the clusters)
+
+and the combined z is the largest of
+
+    isolated            knn + max(0, lof - ``lof_gate``)
+    tight_group         -tight, where -tight > ``tight_gate``, else nothing
+    far_from_centre     centre, where centre > ``centre_gate``, else nothing
+    degenerate_cluster  for every row of a cluster whose reference rows' median -tight exceeds
+                        ``tight_gate`` (a tight group k-means gave a cluster of its own): that
+                        median
 
     outlier_score = 1 / (1 + exp(-(z - 3)))          in (0, 1); z = 3 gives 0.5
 
-A max is used because the two kinds of outlier light up different components: an isolated junk
-vector has a large knn and lof, a tight group (glare frames, empty frames of one camera: each
-other's nearest neighbours, so a plain knn score calls them the most normal rows of all) has a
-neighbourhood far tighter than any vehicle's, and may also lie far from its cluster's centre or
-form a cluster of its own. On the demo's vdc_type+vdc_color mixture the groups sit near their
-centres (centre z 1-3) with knn z near -24, the tightest inlier at -3.8.
+So the score ranks rows as the kNN distance does wherever the other terms have nothing to say,
+and they lift a row only on evidence no ordinary row of the real sets gave
+(benchmarks/results/compare_outliers.md): LOF beyond 2 deviations (a row far sparser than its
+neighbours: ALOI and the stacked MVTec ResNet-18 gain 0.04 and 0.07 ROC-AUC, no set loses more
+than 0.01); a group tighter than 8 deviations (the tightest row of the 13 real sets is at 5.7;
+the synthetic glare and empty frames at 19.7 and beyond: each other's nearest neighbours, so
+plain kNN distance calls them the most normal rows of all); a centre distance beyond 10
+deviations (on the stacked MVTec with one cluster per category the rows beyond it are all
+defects; with k = 12, where KMeans merges categories, gates of 4-8 lifted mostly good parts and
+cost up to 0.007). A row's *reason* (``REASONS``) is the term that gave its combined z, for the
+rows above the threshold.
 
 ``is_outlier`` = combined z above a threshold fitted on the fit rows: by default a robust z-score
 over them, median + mad_z * 1.4826 MAD of their combined z (``threshold="mad"``, mad_z 3.5: it
 follows however many outliers the data holds); or the (1 - contamination) quantile
-(``threshold="contamination"``: a fixed share). On the 416k synthetic osnet set the default flags
-1.2% of inliers, all junk, 96% of glare and 92% of empty frames; on MVTec 2.9% of good parts and
-25% of defects, where a 2% contamination flags 7%.
+(``threshold="contamination"``: a fixed share). On the 416k synthetic osnet case the default flags
+1.7% of the inliers and every junk row, 99.97% of the glare and all empty frames; on the stacked
+MVTec ResNet-18 0.8% of the good parts and 16% of the defects.
 
 The index is built once per fit (pynndescent compiles its graph-building kernels once per
 process, uncached; ``warm_up`` lets ``vclust fit`` pay that while the workers cluster). What it
 learned is kept as arrays (vclust.numerics.annindex: the prepared index's own state, no pickle);
 a worker process restores it once (the search kernels only) and caches it by fingerprint, so
-chunks never rebuild or recompile it. Nothing numba-compiled is pickled. The costs are measured
-in benchmarks/RESULTS.md.
+chunks never rebuild or recompile it. Nothing numba-compiled is pickled. Threads of a worker
+each query their own view of it (pynndescent keeps its per-query scratch on the index). The
+costs are measured in benchmarks/RESULTS.md. One caveat: pynndescent draws from one random
+state per query call, so a row's neighbours can in rare cases depend on the rows queried in the
+same block; the tests find none on the synthetic case (same scores whatever the chunking).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 
 import numpy as np
 
 from . import DEFAULT_MAD_Z
 from .annindex import index_from_state, index_to_state
-from .blocks import is_dask, sample_rows, shared
+from .blocks import is_dask, row_uniform, shared
 
 log = logging.getLogger(__name__)
 
 _INDEX_CACHE: dict = {}
+_LOCAL = threading.local()
+
+#: ``reason`` codes: index 0 = not an outlier; else the term that gave the row its combined z
+REASONS = ("", "isolated", "tight_group", "far_from_centre", "degenerate_cluster")
+_ISOLATED, _TIGHT, _CENTRE, _DEGENERATE = 1, 2, 3, 4
 
 
 def _robust(v):
+    v = np.asarray(v, dtype=np.float64)
     med = float(np.median(v))
     mad = float(np.median(np.abs(v - med))) * 1.4826
     return med, mad if mad > 1e-12 else 1e-12
 
 
+def _log(v):
+    return np.log(np.maximum(np.asarray(v, dtype=np.float64), 1e-12))
+
+
+def _projection(raw, pca_variance, max_components, random_state):
+    """The scorer's own rows: the descriptor rows as given, centred and projected (no L2); a
+    dict of sets is a mixture (each set reduced, weighted to equal total variance)."""
+    from .preprocess import MixturePreprocessor, Preprocessor
+
+    kw = dict(l2=False, standardize=False, pca_variance=pca_variance,
+              max_components=max_components, random_state=random_state)
+    if isinstance(raw, dict):
+        return MixturePreprocessor({name: Preprocessor(**kw) for name in raw}).fit(raw)
+    return Preprocessor(**kw).fit(raw)
+
+
 class OutlierScorer:
-    """Outlier scores in [0, 1] for reduced rows; see the module docstring for the formula."""
+    """Outlier scores in [0, 1]; see the module docstring for the formula.
+
+    ``fit(X, labels, center_dist, centers, row_index, raw=...)`` and ``score(..., raw=...)``:
+    ``X`` the clustering rows; ``raw`` the descriptor rows as given (an array, or a dict of
+    arrays for a mixture), from which the scorer fits and keeps its own projection. Without
+    ``raw`` the nearest-neighbour terms run on ``X``.
+    """
 
     def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="mad",
-                 contamination=0.02, mad_z=DEFAULT_MAD_Z, min_cluster_share=0.005, weights=None,
-                 tight_cluster_ratio=0.15, small_z=6.0, tight_offset=3.0, index_neighbors=30,
+                 contamination=0.02, mad_z=DEFAULT_MAD_Z, lof_gate=2.0, tight_gate=8.0,
+                 centre_gate=10.0, pca_variance=0.99, max_components=256, index_neighbors=30,
                  random_state=0):
         self.n_neighbors = n_neighbors
         self.reference_size = reference_size
         self.threshold = threshold
         self.contamination = contamination
         self.mad_z = mad_z
-        self.min_cluster_share = min_cluster_share
-        self.weights = weights
-        self.tight_cluster_ratio = tight_cluster_ratio
-        self.small_z = small_z
-        self.tight_offset = tight_offset
+        self.lof_gate = lof_gate
+        self.tight_gate = tight_gate
+        self.centre_gate = centre_gate
+        self.pca_variance = pca_variance
+        self.max_components = max_components
         self.index_neighbors = index_neighbors
         self.random_state = random_state
 
@@ -110,31 +160,97 @@ class OutlierScorer:
         if n < self.n_neighbors + 2:
             raise ValueError(f"need more than n_neighbors + 1 = {self.n_neighbors + 1} rows; got {n}")
 
-    @property
-    def _w(self):
-        w = {"knn": 1.0, "lof": 1.0, "centre": 1.0, "tight": 1.0}
-        w.update(self.weights or {})
-        return w
+    def _check_raw(self, X, raw):
+        """None to score on X, else ``raw`` checked against X's rows."""
+        if getattr(self, "projection_", None) is None:
+            return None
+        if raw is None:
+            raise ValueError("this outlier scorer was fitted on its own projection of the descriptor "
+                             "rows: pass them as raw=")
+        for a in (raw.values() if isinstance(raw, dict) else [raw]):
+            if a.shape[0] != X.shape[0]:
+                raise ValueError(f"raw has {a.shape[0]} rows; X has {X.shape[0]}")
+        return raw
 
-    def fit(self, X, labels, center_dist, centers=None, row_index=None):
+    def _own_block(self, raw_block):
+        """The scoring rows of one numpy block of ``raw`` (None: score on the clustering rows)."""
+        if raw_block is None:
+            return None
+        if isinstance(raw_block, dict):
+            raw_block = {k: np.asarray(v) for k, v in raw_block.items()}
+        return np.asarray(self.projection_.transform(raw_block), dtype=np.float32)
+
+    @staticmethod
+    def _raw_parts(raw, chunks):
+        """``raw`` cut into the row blocks ``chunks`` (numpy slices or delayed blocks; a dict per
+        block for a mixture): the scoring rows are computed from them inside each task, so no
+        dask collection of them is computed twice."""
+        if raw is None:
+            return [None] * len(chunks)
+        offsets = np.cumsum((0,) + tuple(chunks[:-1]))
+
+        def cut(a):
+            if is_dask(a):
+                return list(a.rechunk({0: tuple(chunks), 1: -1}).to_delayed().ravel())
+            return [a[o:o + c] for o, c in zip(offsets, chunks)]
+
+        if isinstance(raw, dict):
+            parts = {k: cut(v) for k, v in raw.items()}
+            return [{k: parts[k][i] for k in raw} for i in range(len(chunks))]
+        return cut(raw)
+
+    def _sample(self, X, raw):
+        """(scoring rows, clustering rows, positions) of the seeded reference sample: the rows
+        whose ``row_uniform`` draw falls under reference_size / n (as ``sample_rows`` picks),
+        gathered in one task per block."""
+        import dask
+        import dask.array as da
+
+        n = X.shape[0]
+        if self.reference_size >= n:
+            pos = np.arange(n)
+        else:
+            pos = np.flatnonzero(row_uniform(np.arange(n), self.random_state, 31) < self.reference_size / n)
+        if not is_dask(X):
+            X = da.from_array(X, chunks=(65_536, X.shape[1]))
+        chunks = X.chunks[0]
+        bounds = np.cumsum((0,) + tuple(chunks))
+        me = shared(self) if raw is not None else None
+        tasks = []
+        for i, (x, r) in enumerate(zip(X.to_delayed().ravel(), self._raw_parts(raw, chunks))):
+            local = pos[(pos >= bounds[i]) & (pos < bounds[i + 1])] - bounds[i]
+            tasks.append(dask.delayed(_pick_task)(me, x, r, local))
+        parts = dask.compute(*tasks)
+        ref_z = np.concatenate([p[1] for p in parts]).astype(np.float32)
+        ref = ref_z if raw is None else np.concatenate([p[0] for p in parts]).astype(np.float32)
+        return np.ascontiguousarray(ref), np.ascontiguousarray(ref_z), pos
+
+    def fit(self, X, labels, center_dist, centers=None, row_index=None, raw=None):
         """Build the reference index and fit the score's normalisation and threshold.
 
-        X, labels, center_dist : rows (dask or numpy) of the fit; ``row_index`` maps X's rows to
-        absolute row ids (default 0..n-1), used to skip a reference row's own entry.
+        X, labels, center_dist : the clustering rows (dask or numpy) of the fit, their clusters and
+        distances to the centres; ``raw``: the same rows as given (array or dict of arrays), or
+        None to score on X. ``row_index`` maps X's rows to absolute row ids (default 0..n-1),
+        used to skip a reference row's own entry.
         """
         import dask
 
         n = X.shape[0]
         self._validate(n)
         k = self.n_neighbors
-        ref, pos = sample_rows(X, self.reference_size, self.random_state, stream=31)
-        ref = np.ascontiguousarray(ref, dtype=np.float32)
+        self.projection_ = (None if raw is None else
+                            _projection(raw, self.pca_variance, self.max_components, self.random_state))
+        raw = self._check_raw(X, raw)
+        ref, ref_z, pos = self._sample(X, raw)
         rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
         self.ref_rows_ = rows_abs[pos].astype(np.int64)
         self.reference_ = ref
+        self.reference_z_ = None if raw is None else ref_z
+        m = len(ref)
+        # the group rank: the j-th reference neighbour stands for about k rows of the data
+        self.tight_rank_ = int(np.clip(round(k * m / n), 1, k))
         from pynndescent import NNDescent
 
-        m = len(ref)
         nn = NNDescent(ref, n_neighbors=min(self.index_neighbors, m - 1), random_state=self.random_state,
                        n_jobs=1, compressed=False, verbose=False)
         gi, gd = (a.copy() for a in nn.neighbor_graph)
@@ -143,35 +259,42 @@ class OutlierScorer:
         self._index_params, self._index_arrays = index_to_state(nn)
         self._cache_index()
         # the reference's own neighbours, itself excluded (column 0 of the graph is the row)
-        own = gi == np.arange(m)[:, None]
-        nbr_i = np.where(own, -1, gi)
-        idx = np.argsort(np.where(nbr_i < 0, np.inf, gd), axis=1, kind="stable")[:, :k]
+        own_entry = gi == np.arange(m)[:, None]
+        idx = np.argsort(np.where(own_entry | (gi < 0), np.inf, gd), axis=1, kind="stable")[:, :k]
         ref_nbr = np.take_along_axis(gi, idx, 1)
         ref_d = np.take_along_axis(gd, idx, 1)
         self.kdist_ = ref_d[:, -1].astype(np.float32)
         reach = np.maximum(ref_d, self.kdist_[ref_nbr])
         self.lrd_ = (1.0 / np.maximum(reach.mean(axis=1), 1e-12)).astype(np.float32)
-        # per-cluster spread of distance-to-centre, and cluster shares, over all fit rows
+        # normalisation of knn, lof and tight on the reference rows, queried as every row is
+        knn_raw, lof_raw, tight_raw = self._raw_components(ref, ref_z, self.ref_rows_)
+        self.knn_norm_ = np.array(_robust(knn_raw))
+        self.lof_norm_ = np.array(_robust(lof_raw))
+        self.tight_norm_ = np.array(_robust(tight_raw))
+        # per cluster: spread of log distance-to-centre over all fit rows; tightness of its
+        # reference rows
         lab, dist = dask.compute(labels, center_dist) if is_dask(labels) else (labels, center_dist)
         lab, dist = np.asarray(lab), np.asarray(dist, dtype=np.float64)
         n_clusters = int(lab.max()) + 1 if centers is None else len(centers)
         self.cluster_median_ = np.zeros(n_clusters)
         self.cluster_log_mad_ = np.ones(n_clusters)
-        for c in range(n_clusters):
-            v = dist[lab == c]
-            if len(v):
-                med_log, self.cluster_log_mad_[c] = _robust(np.log(np.maximum(v, 1e-12)))
-                self.cluster_median_[c] = np.exp(med_log)
-        self.cluster_share_ = np.bincount(lab, minlength=n_clusters) / len(lab)
-        typical = np.median(self.cluster_median_[self.cluster_share_ > 0])
-        self.cluster_degenerate_ = ((self.cluster_share_ < self.min_cluster_share)
-                                    | (self.cluster_median_ < self.tight_cluster_ratio * typical))
-        # normalisation of knn and lof on the reference rows
-        knn_raw, lof_raw = self._raw_components(ref, self.ref_rows_)
-        self.knn_norm_ = np.array(_robust(knn_raw))
-        self.lof_norm_ = np.array(_robust(lof_raw))
+        counts = np.bincount(lab, minlength=n_clusters)
+        log_d = _log(dist)
+        for c in np.flatnonzero(counts):
+            med_log, self.cluster_log_mad_[c] = _robust(log_d[lab == c])
+            self.cluster_median_[c] = np.exp(med_log)
+        big = counts > k
+        pooled = float(np.median(self.cluster_log_mad_[big if big.any() else counts > 0]))
+        self.cluster_log_mad_ = np.maximum(self.cluster_log_mad_, 0.5 * pooled)
+        self.cluster_share_ = counts / len(lab)
+        lift = -(tight_raw - self.tight_norm_[0]) / self.tight_norm_[1]
+        ref_lab = lab[pos]
+        self.cluster_tight_ = np.full(n_clusters, -np.inf)
+        for c in np.unique(ref_lab):
+            self.cluster_tight_[c] = float(np.median(lift[ref_lab == c]))
+        self.cluster_degenerate_ = self.cluster_tight_ > self.tight_gate
         # threshold on the combined z of every fit row
-        z = self._z_all(X, lab, dist, rows_abs)
+        z, term = self._z_all(X, raw, lab, dist, rows_abs)
         if self.threshold == "contamination":
             self.threshold_z_ = float(np.quantile(z, 1 - self.contamination))
         else:
@@ -179,6 +302,7 @@ class OutlierScorer:
             self.threshold_z_ = med + self.mad_z * mad
         self.threshold_ = float(1.0 / (1.0 + np.exp(-(min(self.threshold_z_, 50) - 3.0))))
         self.fit_flags_ = z >= self.threshold_z_  # of the fit rows (not saved with the model)
+        self.fit_reasons_ = np.where(self.fit_flags_, term, 0).astype(np.int8)
         self.fit_outlier_rate_ = float(self.fit_flags_.mean())
         return self
 
@@ -194,7 +318,10 @@ class OutlierScorer:
         _INDEX_CACHE[self._fingerprint()] = self._index
 
     def index(self):
-        """The NNDescent index: built at fit, else rebuilt once per process from the arrays."""
+        """The NNDescent index for this thread: built at fit, else restored once per process from
+        the arrays; each thread queries its own view of it (pynndescent keeps per-query scratch,
+        its visited set and result heaps, on the index: threads sharing one index corrupt each
+        other's neighbours)."""
         if getattr(self, "_index", None) is None:
             key = self._fingerprint()
             cached = _INDEX_CACHE.get(key)
@@ -204,11 +331,11 @@ class OutlierScorer:
                 _INDEX_CACHE.clear()
                 _INDEX_CACHE[key] = cached
             self._index = cached
-        return self._index
+        return _thread_view(self._index)
 
     def neighbours(self, x, rows):
-        """(positions (n, k), distances (n, k)) of the k nearest reference rows, skipping a row's
-        own reference entry."""
+        """(positions (n, k), distances (n, k)) of the k nearest reference rows to the scoring
+        rows ``x``, skipping a row's own reference entry."""
         k = self.n_neighbors
         idx, dist = self.index().query(np.asarray(x, dtype=np.float32), k=k + 1)
         is_self = self.ref_rows_[idx] == np.asarray(rows)[:, None]
@@ -217,38 +344,61 @@ class OutlierScorer:
 
     # ------------------------------------------------------------------ scoring
 
-    def _raw_components(self, x, rows):
+    def _raw_components(self, x, xz, rows):
+        """(knn, lof, tight) before normalisation: ``x`` the scoring rows, ``xz`` the same rows
+        in the clustering rows."""
         idx, d = self.neighbours(x, rows)
-        knn = np.log(np.maximum(d.mean(axis=1), 1e-12))
+        knn = _log(d.mean(axis=1))
         reach = np.maximum(d, self.kdist_[idx])
         lrd = 1.0 / np.maximum(reach.mean(axis=1), 1e-12)
-        lof = np.log(np.maximum(self.lrd_[idx].mean(axis=1) / lrd, 1e-12))
-        return knn, lof
+        lof = _log(self.lrd_[idx].mean(axis=1) / lrd)
+        ref_z = self.reference_ if getattr(self, "reference_z_", None) is None else self.reference_z_
+        xz = np.asarray(xz, dtype=np.float32)
+        dz = np.empty(idx.shape, np.float32)
+        for j in range(idx.shape[1]):  # column by column: (rows, dims) temporaries only
+            diff = ref_z[idx[:, j]] - xz
+            dz[:, j] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        tight = _log(np.partition(dz, self.tight_rank_ - 1, axis=1)[:, self.tight_rank_ - 1])
+        return knn, lof, tight
 
-    def z_block(self, x, labels, center_dist, rows):
-        """The combined robust z of each row of a numpy block (see the module docstring)."""
+    def terms(self, x, labels, center_dist, rows, own=None):
+        """The lifts of each row of a numpy block, (n, 4) float64 in REASONS order from
+        "isolated" (-inf where a term has nothing to say); ``own`` its scoring rows (None: x)."""
         labels = np.asarray(labels)
-        knn, lof = self._raw_components(x, rows)
-        w = self._w
+        knn, lof, tight = self._raw_components(x if own is None else own, x, rows)
         z_knn = (knn - self.knn_norm_[0]) / self.knn_norm_[1]
         z_lof = (lof - self.lof_norm_[0]) / self.lof_norm_[1]
-        log_d = np.log(np.maximum(np.asarray(center_dist, np.float64), 1e-12))
-        z_centre = (log_d - np.log(np.maximum(self.cluster_median_[labels], 1e-12))) / self.cluster_log_mad_[labels]
-        z_tight = -z_knn - self.tight_offset
-        z = np.maximum.reduce([w["knn"] * z_knn, w["lof"] * z_lof, w["centre"] * z_centre,
-                               w["tight"] * z_tight])
-        small = self.cluster_degenerate_[labels]
-        return np.where(small, np.maximum(z, self.small_z), z)
+        lift_tight = -(tight - self.tight_norm_[0]) / self.tight_norm_[1]
+        z_centre = ((_log(center_dist) - np.log(np.maximum(self.cluster_median_[labels], 1e-12)))
+                    / self.cluster_log_mad_[labels])
+        out = np.full((len(labels), 4), -np.inf)
+        out[:, _ISOLATED - 1] = z_knn + np.maximum(z_lof - self.lof_gate, 0.0)
+        out[:, _TIGHT - 1] = np.where(lift_tight > self.tight_gate, lift_tight, -np.inf)
+        out[:, _CENTRE - 1] = np.where(z_centre > self.centre_gate, z_centre, -np.inf)
+        out[:, _DEGENERATE - 1] = np.where(self.cluster_degenerate_[labels],
+                                           self.cluster_tight_[labels], -np.inf)
+        return out
 
-    def score_block(self, x, labels, center_dist, rows):
-        """(outlier_score float32, is_outlier bool) for one numpy block."""
-        z = self.z_block(x, labels, center_dist, rows)
+    def z_block(self, x, labels, center_dist, rows, own=None, with_term=False):
+        """The combined z of each row of a numpy block (and the REASONS index of the term that
+        gave it, with ``with_term``)."""
+        t = self.terms(x, labels, center_dist, rows, own)
+        term = np.argmax(t, axis=1)
+        z = t[np.arange(len(t)), term]
+        return (z, (term + 1).astype(np.int8)) if with_term else z
+
+    def score_block(self, x, labels, center_dist, rows, own=None, reasons=False):
+        """(outlier_score float32, is_outlier bool[, reason int8]) for one numpy block."""
+        z, term = self.z_block(x, labels, center_dist, rows, own, with_term=True)
         score = (1.0 / (1.0 + np.exp(-(np.clip(z, -50, 50) - 3.0)))).astype(np.float32)
         # the threshold is on z: scores of far outliers all round to 1.0 in float32
-        return score, z >= getattr(self, "threshold_z_", np.inf)
+        flag = z >= getattr(self, "threshold_z_", np.inf)
+        if reasons:
+            return score, flag, np.where(flag, term, 0).astype(np.int8)
+        return score, flag
 
-    def _z_all(self, X, labels, dist, rows_abs):
-        """Combined z of the fit rows: on the workers, one task per block."""
+    def _z_all(self, X, raw, labels, dist, rows_abs):
+        """(combined z, term) of the fit rows: on the workers, one task per block."""
         import dask
         import dask.array as da
 
@@ -256,68 +406,110 @@ class OutlierScorer:
             X = da.from_array(X, chunks=(65_536, X.shape[1]))
         me = shared(self)
         tasks = []
-        for i, x in enumerate(X.to_delayed().ravel()):
-            a = int(sum(X.chunks[0][:i]))
-            b = a + X.chunks[0][i]
-            tasks.append(dask.delayed(_z_task)(me, x, labels[a:b], dist[a:b], rows_abs[a:b]))
-        return np.concatenate(dask.compute(*tasks))
+        bounds = np.cumsum((0,) + tuple(X.chunks[0]))
+        for i, (x, r) in enumerate(zip(X.to_delayed().ravel(), self._raw_parts(raw, X.chunks[0]))):
+            a, b = int(bounds[i]), int(bounds[i + 1])
+            tasks.append(dask.delayed(_z_task)(me, x, labels[a:b], dist[a:b], rows_abs[a:b], r))
+        parts = dask.compute(*tasks)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def score(self, X, labels, center_dist, row_offset=0):
-        """(outlier_score, is_outlier) for every row; dask in -> dask out (one task per block,
-        run on the workers), numpy in -> numpy out. ``row_offset`` is the absolute row id of X's
-        first row (the reference skips a row's own entry by that id)."""
+    def score(self, X, labels, center_dist, row_offset=0, reasons=False, raw=None):
+        """(outlier_score, is_outlier) for every row, with ``reasons`` also the reason (int8
+        index into REASONS, 0 for rows not flagged); dask in -> dask out (one task per block,
+        run on the workers), numpy in -> numpy out. ``row_offset`` is the absolute row id of
+        X's first row (the reference skips a row's own entry by that id); ``raw`` the same rows
+        as given, when the scorer was fitted with them."""
         import dask
         import dask.array as da
 
+        raw = self._check_raw(X, raw)
         if not is_dask(X):
             rows = np.arange(row_offset, row_offset + X.shape[0])
-            return self.score_block(X, labels, center_dist, rows)
+            return self.score_block(X, labels, center_dist, rows, self._own_block(raw), reasons)
         me = shared(self)
         offsets = np.cumsum((row_offset,) + X.chunks[0][:-1])
         labels = labels.rechunk((X.chunks[0],))
         center_dist = center_dist.rechunk((X.chunks[0],))
+        raws = self._raw_parts(raw, X.chunks[0])
 
-        def one(scorer, x, lab, dist, row0):
-            s, f = scorer.score_block(x, lab, dist, np.arange(row0, row0 + len(x)))
-            return np.stack([s, f.astype(np.float32)], axis=1)
+        def one(scorer, x, lab, dist, row0, r):
+            s, f, why = scorer.score_block(x, lab, dist, np.arange(row0, row0 + len(x)),
+                                           scorer._own_block(r), reasons=True)
+            return np.stack([s, f.astype(np.float32), why.astype(np.float32)], axis=1)
 
         blocks = []
         for i, (x, lab, dist) in enumerate(zip(X.to_delayed().ravel(), labels.to_delayed().ravel(),
                                                center_dist.to_delayed().ravel())):
             n = X.chunks[0][i]
-            res = dask.delayed(one, pure=True)(me, x, lab, dist, int(offsets[i]))
-            blocks.append(da.from_delayed(res, shape=(n, 2), dtype=np.float32))
+            res = dask.delayed(one, pure=True)(me, x, lab, dist, int(offsets[i]), raws[i])
+            blocks.append(da.from_delayed(res, shape=(n, 3), dtype=np.float32))
         both = da.concatenate(blocks, axis=0)
+        if reasons:
+            return both[:, 0], both[:, 1] > 0.5, both[:, 2].astype(np.int8)
         return both[:, 0], both[:, 1] > 0.5
 
     # ------------------------------------------------------------------ state
 
-    _ARRAYS = ("reference_", "ref_rows_", "kdist_", "lrd_",
-               "cluster_median_", "cluster_log_mad_", "cluster_share_", "cluster_degenerate_",
-               "knn_norm_", "lof_norm_")
-    _PARAMS = ("n_neighbors", "reference_size", "threshold", "contamination", "mad_z",
-               "min_cluster_share", "weights", "tight_cluster_ratio", "small_z", "tight_offset",
-               "index_neighbors", "random_state")
+    _ARRAYS = ("reference_", "ref_rows_", "kdist_", "lrd_", "cluster_median_", "cluster_log_mad_",
+               "cluster_share_", "cluster_tight_", "cluster_degenerate_", "knn_norm_", "lof_norm_",
+               "tight_norm_")
+    _PARAMS = ("n_neighbors", "reference_size", "threshold", "contamination", "mad_z", "lof_gate",
+               "tight_gate", "centre_gate", "pca_variance", "max_components", "index_neighbors",
+               "random_state")
 
     def to_state(self):
         params = {k: getattr(self, k) for k in self._PARAMS}
         params.update(threshold_=self.threshold_, threshold_z_=self.threshold_z_,
-                      fit_outlier_rate_=self.fit_outlier_rate_, index=self._index_params)
+                      fit_outlier_rate_=self.fit_outlier_rate_, tight_rank_=self.tight_rank_,
+                      index=self._index_params, projection=None)
         arrays = {k.rstrip("_"): getattr(self, k) for k in self._ARRAYS}
         arrays.update({f"index/{k}": v for k, v in self._index_arrays.items()})
+        if self.projection_ is not None:
+            from .preprocess import MixturePreprocessor
+
+            p, a = self.projection_.to_state()
+            params["projection"] = {"mixture": isinstance(self.projection_, MixturePreprocessor),
+                                    "params": p}
+            arrays["reference_z"] = self.reference_z_
+            arrays.update({f"projection/{k}": v for k, v in a.items()})
         return params, arrays
 
     @classmethod
     def from_state(cls, params, arrays):
+        from .preprocess import MixturePreprocessor, Preprocessor
+
         obj = cls(**{k: params[k] for k in cls._PARAMS})
         obj.threshold_, obj.threshold_z_ = params["threshold_"], params["threshold_z_"]
         obj.fit_outlier_rate_ = params["fit_outlier_rate_"]
+        obj.tight_rank_ = int(params["tight_rank_"])
         for k in cls._ARRAYS:
             setattr(obj, k, np.asarray(arrays[k.rstrip("_")]))
+        obj.cluster_degenerate_ = obj.cluster_degenerate_.astype(bool)
+        obj.reference_ = np.ascontiguousarray(obj.reference_, dtype=np.float32)
+        proj = params.get("projection")
+        obj.projection_, obj.reference_z_ = None, None
+        if proj is not None:
+            sub = {k[len("projection/"):]: v for k, v in arrays.items() if k.startswith("projection/")}
+            kind = MixturePreprocessor if proj["mixture"] else Preprocessor
+            obj.projection_ = kind.from_state(proj["params"], sub)
+            obj.reference_z_ = np.ascontiguousarray(arrays["reference_z"], dtype=np.float32)
         obj._index_params = params["index"]
         obj._index_arrays = {k[len("index/"):]: v for k, v in arrays.items() if k.startswith("index/")}
         obj._index = None
         return obj
+
+
+def _thread_view(index):
+    """A shallow copy of ``index`` for the calling thread, with its own query scratch (the
+    graph, trees, data and compiled search functions are shared, read only)."""
+    views = getattr(_LOCAL, "views", None)
+    if views is None or views[0] is not index:
+        view = object.__new__(type(index))
+        view.__dict__.update(index.__dict__)
+        view._visited = np.zeros_like(index._visited)
+        view._query_workspace = None
+        _LOCAL.views = views = (index, view)
+    return views[1]
 
 
 def warm_up(n_features: int = 8):
@@ -330,5 +522,13 @@ def warm_up(n_features: int = 8):
     NNDescent(x, n_neighbors=10, random_state=0, n_jobs=1, compressed=False).prepare()
 
 
-def _z_task(scorer, x, labels, dist, rows):
-    return scorer.z_block(x, labels, dist, rows)
+def _z_task(scorer, x, labels, dist, rows, raw_block):
+    return scorer.z_block(x, labels, dist, rows, scorer._own_block(raw_block), with_term=True)
+
+
+def _pick_task(scorer, x, raw_block, local):
+    """(scoring rows, clustering rows) of a block's sampled rows ``local``."""
+    own = None if raw_block is None else scorer._own_block(
+        {k: np.asarray(v)[local] for k, v in raw_block.items()} if isinstance(raw_block, dict)
+        else np.asarray(raw_block)[local])
+    return own, np.asarray(x)[local]
