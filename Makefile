@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vclust-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install browser demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,13 +14,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Headless Chromium (Debian's package) for the report's browser test. Installed when missing,
+# as root or through sudo; where neither works the test says so and fails.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing Debian's chromium for the report's browser test"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null \
+	  || echo "could not install chromium: the browser test will fail and say so"; }
+
+install: $(STAMP) browser
 
 demo: $(STAMP)
 	$(VENV)/bin/vclust demo --out demo-out
 
 # pytest exits 5 when no test ran: make treats any non-zero exit as failure.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

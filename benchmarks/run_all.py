@@ -6,12 +6,16 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["bench_ingest", "bench_fit", "bench_outliers", "bench_label", "bench_fit_memory"]
-STATIC = ["kernels"]  # sections measured by hand, kept as written
+ORDER = ["bench_ingest", "bench_fit", "bench_outliers", "bench_label", "bench_fit_memory",
+         "bench_report", "bench_compare"]
+# sections written by their own scripts (compare_outliers.py) or measured by hand, collected as
+# they are
+STATIC = ["compare_outliers", "kernels"]
 
 
 def main():
-    for name in sys.argv[1:] or ORDER:
+    names = [a for a in sys.argv[1:] if a != "--collect"]
+    for name in ([] if "--collect" in sys.argv else names or ORDER):
         print(f"== {name}", flush=True)
         subprocess.run([sys.executable, str(HERE / f"{name}.py")], check=True, cwd=HERE)
     sections = [(HERE / "results" / f"{n[len('bench_'):]}.md") for n in ORDER]

@@ -102,7 +102,8 @@ def test_export_csv(tmp_path):
     write_batch(tmp_path / "l", "m1", "b1", [frame(0, 50)])
     n = export_csv(tmp_path / "l", tmp_path / "out.csv")
     got = pd.read_csv(tmp_path / "out.csv")
-    assert n == 100 and list(got.columns) == ["path", "cluster", "is_outlier", "outlier_score"]
+    assert n == 100 and list(got.columns) == ["path", "cluster", "is_outlier", "outlier_score",
+                                            "outlier_reason"]
     assert got["path"].is_unique and got["path"].iloc[0].endswith("000000.jpg")
     write_batch(tmp_path / "l", "m2", "b1", [frame(0, 50)])
     with pytest.raises(InputError, match="several models"):

@@ -19,15 +19,9 @@ import traceback
 
 from . import __version__
 from .errors import EXIT_FAULT, EXIT_INPUT, InputError
-from .params import (
-    DemoParams,
-    FitParams,
-    IngestParams,
-    LabelParams,
-    SynthParams,
-    add_options,
-    params_from_args,
-)
+from .params import (CompareParams, DemoParams, ExportParams, FitParams, IngestParams,
+                     LabelParams, PromoteParams, ReportParams, SynthParams, add_options,
+                     params_from_args)
 
 log = logging.getLogger("vclust")
 
@@ -147,13 +141,49 @@ def cmd_label(args, say):
 def cmd_export(args, say):
     from .labels import export_csv
 
+    p = params_from_args(ExportParams, args)
     model = args.model
     if model is None and args.registry:
         from .registry import Registry
 
         model = Registry(args.registry).current()
-    n = export_csv(args.labels_dir, args.csv, model=model)
-    say(f"wrote {n} rows to {args.csv}")
+    n = export_csv(args.labels_dir, p.csv, model=model, names=p.names)
+    say(f"wrote {n} rows to {p.csv}")
+
+
+def cmd_report(args, say):
+    from . import jobs
+    from .report import open_inputs, write_report
+
+    p = params_from_args(ReportParams, args)
+    model = jobs.resolve_model(args.model, args.registry)
+    inputs = open_inputs(model, p)  # the cheap checks before starting a cluster
+    with _connect(args, say):
+        write_report(args.store, model, args.labels, p, say=say, inputs=inputs)
+    print(f"{p.out}/index.html")
+
+
+def cmd_compare(args, say):
+    from .compare import check, compare
+
+    p = params_from_args(CompareParams, args)
+    check(args.store, p, args.registry, args.labels)  # the cheap checks before a cluster starts
+    with _connect(args, say):
+        summary = compare(args.store, p, args.registry, args.labels, say=say)
+    print_table(summary["kept"], ["model_id", "descriptor", "algorithm", "k"])
+    prop = summary["proposal"]
+    print(f"proposed: {prop['why']}")
+    print(f"rule: {prop['rule']}")
+    print(f"promote it with: vclust promote --registry {args.registry} {prop['model_id']}")
+    print(f"{p.out}/index.html")
+
+
+def cmd_promote(args, say):
+    from .succession import promote
+
+    p = params_from_args(PromoteParams, args)
+    result = promote(args.registry, p.model_id, labels_dir=args.labels, names=p.names, say=say)
+    print(json.dumps(result))
 
 
 def cmd_run(args, say):
@@ -229,13 +259,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(s)
     s.set_defaults(func=cmd_label)
 
-    s = sub.add_parser("export", help="CSV of one model's labels: path,cluster,is_outlier,outlier_score")
+    s = sub.add_parser("export", help="CSV of one model's labels: path,cluster,is_outlier,"
+                       "outlier_score,outlier_reason[,cluster_name]")
     s.add_argument("labels_dir", metavar="LABELS_DIR")
-    s.add_argument("--csv", required=True, metavar="OUT.csv", help="CSV file to write")
     s.add_argument("--model", metavar="ID", help="model id (default: the only one, or the "
                    "registry's current)")
     s.add_argument("--registry", metavar="DIR", help="model registry, for its current model")
+    add_options(s, ExportParams)
     s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("report", help="the analysts' report: cards per cluster with their images,"
+                       " outlier galleries, a 2D/3D map; opens from disk")
+    s.add_argument("store", metavar="STORE")
+    s.add_argument("--model", metavar="MODEL_DIR|ID",
+                   help="model folder, or a model id in --registry (default: its current model)")
+    s.add_argument("--registry", metavar="DIR", help="model registry")
+    s.add_argument("--labels", required=True, metavar="LABELS_DIR",
+                   help="the labels written by vclust label")
+    add_options(s, ReportParams)
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("compare", help="descriptor sets, mixtures and algorithms side by side:"
+                       " every k fitted on shared reduced rows, the best per spec and algorithm "
+                       "registered (not current) and labelled, agreement tables and a page")
+    s.add_argument("store", metavar="STORE")
+    s.add_argument("--registry", required=True, metavar="DIR",
+                   help="model registry: the kept models are registered, not made current")
+    s.add_argument("--labels", required=True, metavar="LABELS_DIR",
+                   help="labels dataset: every kept model labels every row (model=<id>/)")
+    add_options(s, CompareParams)
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("promote", help="make a registered model current, its clusters numbered "
+                       "to continue the current model's (names carried with --names)")
+    s.add_argument("--registry", required=True, metavar="DIR", help="model registry")
+    s.add_argument("--labels", metavar="LABELS_DIR",
+                   help="labels of both models, needed when the model was not numbered against "
+                        "the current model (vclust compare numbers its models so)")
+    add_options(s, PromoteParams)
+    s.set_defaults(func=cmd_promote)
 
     s = sub.add_parser("run", help="run a job spec (jobs/*.yaml)")
     s.add_argument("job", metavar="JOB.yaml")

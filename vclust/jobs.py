@@ -144,11 +144,11 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         say(f"preprocessed: {pre.n_components_} components keep "
             f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance")
     else:
-        pre = MixturePreprocessor({d: Preprocessor(**pre_kwargs) for d in descriptors}).fit(sets)
+        pre = MixturePreprocessor({d: Preprocessor(**pre_kwargs) for d in descriptors},
+                                  params.weights).fit(sets)
         z = pre.transform(sets)
         say(f"preprocessed mixture: {z.shape[1]} columns from {len(descriptors)} sets")
     z = hold_reduced(z, say)
-    del sets  # the raw rows are no longer needed: release them from worker memory
 
     table, fitted = [], {}
     for kk in ks:
@@ -173,13 +173,16 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         say("outliers: waiting for pynndescent's compilation")
         warming.join()
     scorer = OutlierScorer(random_state=seed, **params.outlier_options)
-    scorer.fit(z, labels, dist, clusterer.cluster_centers_, row_index=rows)
+    # the kNN terms run on the scorer's own projection of the rows as given (outliers.py)
+    raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
+    scorer.fit(z, labels, dist, clusterer.cluster_centers_, row_index=rows, raw=raw)
+    del sets, raw  # the descriptor rows are no longer needed: release them from worker memory
     labels_np, dist_np = dask.compute(labels, dist)
     flag_np = scorer.fit_flags_
     say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
 
     info = {
-        "fit": {"store": str(store.path), "descriptors": descriptors,
+        "fit": {"store": str(store.path), "descriptors": descriptors, "spec": params.descriptor,
                 "algorithm": params.algorithm, "k": best_k, "k_tried": ks,
                 "pca_variance": params.pca_variance, "scaling": params.scaling,
                 "sample": params.sample, "rows_fitted": n, "seed": seed},
@@ -245,9 +248,10 @@ def resolve_model(model=None, registry=None):
     return Model.load(model)
 
 
-def _label_frame(store_path: str, row0: int, labels, dist, score, flag):
+def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason):
     import pandas as pd
 
+    from .numerics.outliers import REASONS
     from .storage.store import read_ids
 
     n = len(labels)
@@ -256,6 +260,7 @@ def _label_frame(store_path: str, row0: int, labels, dist, score, flag):
         "image_id": ids.astype(str), "row": np.arange(row0, row0 + n, dtype=np.int64),
         "cluster": labels.astype(np.int32), "distance": dist.astype(np.float32),
         "outlier_score": score.astype(np.float32), "is_outlier": flag.astype(bool),
+        "outlier_reason": np.asarray(REASONS, dtype=object)[reason.astype(np.int64)],
     })
 
 
@@ -290,7 +295,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
         start, stop = store.batch_rows(b)
         say(f"labelling batch {b}: rows {start}..{stop - 1}")
         sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
-        outs = model.apply(sets, row_offset=start)
+        outs = model.apply(sets, row_offset=start, reasons=True)
         offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
         parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks)
                  for o, *blocks in zip(offsets, *(a.to_delayed().ravel() for a in outs))]

@@ -1,7 +1,8 @@
 """Labels as a Parquet dataset partitioned ``model=<id>/batch=<id>/``, and the CSV export.
 
 One row per image: image_id string, row int64, cluster int32, distance float32, outlier_score
-float32, is_outlier bool. The partition values live in the directory names only (hive style), so
+float32, is_outlier bool, outlier_reason string (the term of the outlier score that flagged the
+row, "" when not flagged; labels written before it read as null). The partition values live in the directory names only (hive style), so
 pandas, dask.dataframe and pyarrow read the dataset without vclust.
 
 Writing a batch (``write_batch``): every part is written as its own file into
@@ -29,9 +30,11 @@ import numpy as np
 
 from .errors import InputError
 
-COLUMNS = ["image_id", "row", "cluster", "distance", "outlier_score", "is_outlier"]
+COLUMNS = ["image_id", "row", "cluster", "distance", "outlier_score", "is_outlier",
+           "outlier_reason"]
 DTYPES = {"image_id": "string", "row": "int64", "cluster": "int32", "distance": "float32",
-          "outlier_score": "float32", "is_outlier": "bool"}
+          "outlier_score": "float32", "is_outlier": "bool", "outlier_reason": "string"}
+CSV_COLUMNS = ["path", "cluster", "is_outlier", "outlier_score", "outlier_reason"]
 
 
 def label_schema():
@@ -39,7 +42,41 @@ def label_schema():
 
     return pa.schema([("image_id", pa.string()), ("row", pa.int64()), ("cluster", pa.int32()),
                       ("distance", pa.float32()), ("outlier_score", pa.float32()),
-                      ("is_outlier", pa.bool_())])
+                      ("is_outlier", pa.bool_()), ("outlier_reason", pa.string())])
+
+
+def read_names(path, n_clusters: int | None = None) -> dict[int, tuple[str, str]]:
+    """Analysts' cluster names: a CSV ``cluster,name[,note]`` -> {cluster: (name, note)}.
+
+    A cluster id that is not a whole number, is repeated, or (given ``n_clusters``) is not a
+    cluster of the model is refused with one line naming it.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--names {path}: no such file")
+    try:
+        f = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"--names {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    f.columns = [c.strip().lower() for c in f.columns]
+    if not {"cluster", "name"} <= set(f.columns):
+        raise InputError(f"--names {path}: expected columns cluster,name[,note]; got "
+                         f"{','.join(f.columns)}")
+    out = {}
+    for raw, name, note in zip(f["cluster"], f["name"], f.get("note", [""] * len(f))):
+        try:
+            k = int(raw.strip())
+        except ValueError:
+            raise InputError(f"--names {path}: cluster '{raw}' is not a cluster number") from None
+        if k in out:
+            raise InputError(f"--names {path}: cluster {k} is named twice")
+        if n_clusters is not None and not 0 <= k < n_clusters:
+            raise InputError(f"--names {path}: the model has no cluster {k} (its clusters are "
+                             f"0..{n_clusters - 1})")
+        out[k] = (name.strip(), note.strip())
+    return out
 
 
 def _check_name(value: str, what: str):
@@ -49,7 +86,7 @@ def _check_name(value: str, what: str):
 
 
 def validate_frame(df):
-    missing = [c for c in COLUMNS if c not in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns and c != "outlier_reason"]
     if missing:
         raise ValueError(f"label frame lacks columns {missing}; expected {COLUMNS}")
     for c in ("row", "cluster", "distance", "outlier_score"):
@@ -62,6 +99,8 @@ def _write_part(frame, path: str) -> int:
     import pyarrow.parquet as pq
 
     validate_frame(frame)
+    if "outlier_reason" not in frame:
+        frame = frame.assign(outlier_reason="")
     table = pa.Table.from_pandas(frame[COLUMNS], schema=label_schema(), preserve_index=False)
     pq.write_table(table, path)
     return len(frame)
@@ -174,12 +213,15 @@ def _pick_model(labels_dir, model):
     return model
 
 
-def export_csv(labels_dir, csv_path, model=None) -> int:
-    """``path,cluster,is_outlier,outlier_score``, one row per image ordered by row, written
-    partition by partition to a temporary file renamed into place. Returns the row count."""
+def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
+    """``path,cluster,is_outlier,outlier_score,outlier_reason`` (and ``cluster_name`` when
+    ``names``, a CSV ``cluster,name[,note]``, is given), one row per image ordered by row,
+    written partition by partition to a temporary file renamed into place. Returns the row
+    count."""
     import pyarrow.dataset as ds
 
     model = _pick_model(labels_dir, model)
+    named = read_names(names) if names else None
     parts = [p for p in list_partitions(labels_dir) if p["model"] == model]
     frames = []
     for p in parts:
@@ -187,17 +229,29 @@ def export_csv(labels_dir, csv_path, model=None) -> int:
             columns=["row", "image_id", "cluster", "is_outlier", "outlier_score"])
         first = t.column("row")[0].as_py() if t.num_rows else 0
         frames.append((first, p["path"]))
+    if named is not None:  # every named cluster must be one of the labels' clusters
+        present = set()
+        for _, path in frames:
+            t = ds.dataset(path, format="parquet", schema=label_schema()).to_table(columns=["cluster"])
+            present |= set(np.unique(t.column("cluster").to_numpy()).tolist())
+        unknown = sorted(set(named) - present)
+        if unknown:
+            raise InputError(f"--names {names}: model {model} has no cluster "
+                             f"{', '.join(map(str, unknown))} in its labels")
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = csv_path.with_name(f".{csv_path.name}.tmp")
     n = 0
     with open(tmp, "w", newline="") as fh:
-        fh.write("path,cluster,is_outlier,outlier_score\n")
+        cols = CSV_COLUMNS + (["cluster_name"] if named is not None else [])
+        fh.write(",".join(cols) + "\n")
         for _, path in sorted(frames):
             f = ds.dataset(path, format="parquet", schema=label_schema()).to_table().to_pandas()
-            f = f.sort_values("row")
-            f = f.rename(columns={"image_id": "path"})[["path", "cluster", "is_outlier", "outlier_score"]]
-            f.to_csv(fh, header=False, index=False)
+            f = f.sort_values("row").rename(columns={"image_id": "path"})
+            f["outlier_reason"] = f["outlier_reason"].fillna("")
+            if named is not None:
+                f["cluster_name"] = f["cluster"].map(lambda c: named.get(int(c), ("", ""))[0])
+            f[cols].to_csv(fh, header=False, index=False)
             n += len(f)
     os.replace(tmp, csv_path)
     return n

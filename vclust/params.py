@@ -54,6 +54,43 @@ def seed_option():
     return option(0, "random seed: the same inputs and seed give the same output")
 
 
+def parse_spec(spec: str) -> dict[str, float]:
+    """A descriptor spec ``NAME[*W][+NAME[*W]...]`` -> {name: weight}, in order.
+
+    ``osnet+vdc_color*2``: a mixture of osnet and vdc_color in which vdc_color carries twice the
+    total variance of osnet (each set reduced, scaled to equal total variance, then by the
+    square root of its weight, so a weight is the set's share of squared distances, relative).
+    A weight is a positive finite number; left out it is 1. Raises ValueError with the reason.
+    """
+    import math
+
+    parts = [s.strip() for s in str(spec).split("+")]
+    out: dict[str, float] = {}
+    for part in parts:
+        name, star, w = part.partition("*")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"must look like NAME or NAME+NAME[*W]; got '{spec}'")
+        weight = 1.0
+        if star:
+            try:
+                weight = float(w)
+            except ValueError:
+                weight = float("nan")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ValueError(f"weight '{w.strip()}' of {name} must be a positive number; "
+                                 f"got '{spec}'")
+        if name in out:
+            raise ValueError(f"names {name} twice; got '{spec}'")
+        out[name] = weight
+    return out
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec written one way: ``osnet + vdc_color*2.0`` -> ``osnet+vdc_color*2``."""
+    return "+".join(n if w == 1 else f"{n}*{w:g}" for n, w in parse_spec(spec).items())
+
+
 class Params(BaseModel):
     """Base of every step's options: unknown keys are refused, naming the key."""
 
@@ -91,8 +128,9 @@ class IngestParams(Params):
 
 class FitParams(Params):
     descriptor: str = option(..., "descriptor set, or a mixture NAME+NAME: each set reduced, "
-                             "weighted to equal total variance, concatenated",
-                             metavar="NAME[+NAME...]")
+                             "weighted to equal total variance, concatenated; NAME*W gives a set "
+                             "W times the variance of the others (README: mixture weights)",
+                             metavar="NAME[*W][+NAME[*W]...]")
     k: Optional[int] = option(None, f"number of clusters (default {DEFAULT_K})", ge=2)
     k_range: Optional[str] = option(None, "fit every k in A..B, score each by Calinski-Harabasz,"
                                     " Davies-Bouldin and silhouette, keep the best (README: "
@@ -122,10 +160,7 @@ class FitParams(Params):
     @field_validator("descriptor")
     @classmethod
     def _descriptor(cls, v):
-        names = [s.strip() for s in v.split("+")]
-        if not v or any(not n for n in names) or len(set(names)) != len(names):
-            raise ValueError(f"must look like NAME or NAME+NAME; got '{v}'")
-        return "+".join(names)
+        return canonical_spec(v)
 
     @field_validator("k_range")
     @classmethod
@@ -143,7 +178,13 @@ class FitParams(Params):
     @property
     def descriptors(self) -> list[str]:
         """The descriptor sets, in order."""
-        return self.descriptor.split("+")
+        return list(parse_spec(self.descriptor))
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each set's weight in a mixture (share of the total variance, relative; 1 unless
+        ``NAME*W`` says otherwise)."""
+        return parse_spec(self.descriptor)
 
     @property
     def ks(self) -> list[int]:
@@ -190,12 +231,115 @@ class DriftParams(Params):
 
 class ExportParams(Params):
     csv: str = option(..., "CSV file to write", metavar="OUT.csv")
+    names: Optional[str] = option(None, "analysts' cluster names, a CSV cluster,name[,note]: adds "
+                                  "a cluster_name column", metavar="NAMES.csv")
 
 
 class ReportParams(Params):
-    out: str = option(..., "folder for the report", metavar="DIR")
+    out: str = option(..., "folder for the report (index.html opens from disk, offline)",
+                      metavar="DIR")
+    images: Optional[str] = option(None, "the images, read in place: veriwild.zip or a folder "
+                                   "(ids matched as path suffixes); without it, no pictures",
+                                   metavar="ZIP_OR_DIR")
+    names: Optional[str] = option(None, "analysts' cluster names, a CSV cluster,name[,note]",
+                                  metavar="NAMES.csv")
+    sample: int = option(50_000, "rows on the map: a seeded sample with every outlier in it",
+                         ge=10, metavar="N")
+    seed: int = seed_option()
+    outliers: int = option(200, "outlier images shown, shared out between the reasons", ge=0,
+                           metavar="N")
+    hover_images: int = option(2_000, "map points that also get a thumbnail for hovering "
+                               "(beside the cards' and galleries' images)", ge=0, metavar="N")
+    map_method: Literal["auto", "umap", "tsne", "pca"] = option(
+        "auto", "how the map is drawn (auto: see docs/maps.md)")
+    identity: Literal["parent", "none"] = option(
+        "parent", "identity of an image for the identity consistency: its parent folder (in "
+        "VeRi-Wild the vehicle), or none")
     truth: Optional[str] = option(None, "truth.csv of a synthetic case, to read the clusters "
-                                  "against", cli=False)
+                                  "against", metavar="CSV")
+
+
+def _same_as(model: type[Params], name: str):
+    """An option declared in another step, reused as it is declared there (one declaration)."""
+    import copy
+
+    return copy.deepcopy(model.model_fields[name])
+
+
+class CompareParams(Params):
+    """``vclust compare``: every spec x algorithm x k on shared reduced rows (vclust.compare)."""
+
+    descriptors: list[str] = option(..., "a descriptor set or mixture to compare (repeat the flag"
+                                    " or give several); NAME[*W][+NAME[*W]...] as for fit",
+                                    flag="--descriptor", metavar="SPEC", min_length=1)
+    algorithm: str = option("kmeans", "algorithms to compare, comma-separated (of: "
+                            + ", ".join(ALGORITHMS) + ")", metavar="A[,B...]")
+    k_range: str = option("6:16", "every k in A..B is fitted for every spec and algorithm; the "
+                          "best by the k rule is kept (README: choosing k)", metavar="A:B")
+    out: str = option(..., "folder for runs.csv, agreement.csv, contingency/, cross_metrics.csv,"
+                      " proposal.json and index.html", metavar="DIR")
+    pca_variance: float = _same_as(FitParams, "pca_variance")
+    scaling: Literal[SCALINGS] = _same_as(FitParams, "scaling")
+    fit_sample: int = option(20_000, "rows of the seeded sample that gmm, agglomerative, "
+                             "hdbscan, minibatch and bisecting are fitted on (kmeans uses every "
+                             "row)", ge=100, metavar="N")
+    seed: int = seed_option()
+    outlier_z: float = _same_as(FitParams, "outlier_z")
+    contamination: Optional[float] = _same_as(FitParams, "contamination")
+    identity: Literal["parent", "none"] = _same_as(ReportParams, "identity")
+    map_sample: int = option(5_000, "rows drawn on the page's maps (the same rows for every "
+                             "model)", ge=10, metavar="N")
+    map_method: Literal["auto", "umap", "tsne", "pca"] = _same_as(ReportParams, "map_method")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_threshold(cls, data):
+        if isinstance(data, dict) and data.get("outlier_z") is not None \
+                and data.get("contamination") is not None:
+            raise ValueError("pass either --outlier-z or --contamination, not both")
+        return data
+
+    @field_validator("descriptors")
+    @classmethod
+    def _specs(cls, v):
+        specs = [canonical_spec(s) for s in v]
+        if len(set(specs)) != len(specs):
+            raise ValueError(f"names a spec twice; got '{' '.join(v)}'")
+        return specs
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithms(cls, v):
+        names = [a.strip() for a in str(v).split(",") if a.strip()]
+        bad = [a for a in names if a not in ALGORITHMS]
+        if not names or bad or len(set(names)) != len(names):
+            raise ValueError(f"must be algorithms of {', '.join(ALGORITHMS)}, comma-separated, "
+                             f"each once; got '{v}'")
+        return ",".join(names)
+
+    _k_range = field_validator("k_range")(FitParams._k_range.__func__)
+
+    @property
+    def algorithms(self) -> list[str]:
+        return self.algorithm.split(",")
+
+    @property
+    def ks(self) -> list[int]:
+        a, b = (int(x) for x in self.k_range.split(":"))
+        return list(range(a, b + 1))
+
+    outlier_options = FitParams.outlier_options
+
+
+class PromoteParams(Params):
+    """``vclust promote``: make a registered model current, its clusters numbered to continue the
+    current model's (vclust.succession)."""
+
+    model_id: str = option(..., "the model to make current", positional=True, metavar="MODEL_ID")
+    names: Optional[str] = option(None, "the analysts' names CSV (cluster,name[,note]): rewritten "
+                                  "to follow the promoted model's ids (retired clusters dropped, "
+                                  "new ones listed empty; the old file kept as .bak)",
+                                  metavar="NAMES.csv")
 
 
 class DemoParams(Params):
@@ -241,6 +385,7 @@ def add_options(parser: argparse.ArgumentParser, model: type[Params], *, group: 
             kw["choices"] = args
         elif typing.get_origin(ann) is list:
             kw["nargs"] = "+"
+            kw["action"] = "extend"  # --flag a b and --flag a --flag b both give [a, b]
         elif ann in (int, float):
             kw["type"] = ann
         if extra.get("metavar") and "choices" not in kw and ann is not bool:

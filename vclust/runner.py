@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError, model_validator
 from .config import format_validation_error, load_yaml
 from .errors import EXIT_DRIFT, InputError
 from .params import (
+    CompareParams,
     DemoParams,
     DriftParams,
     ExportParams,
@@ -41,7 +42,7 @@ from .params import (
     SynthParams,
 )
 
-STEPS = ("synth", "ingest", "fit", "label", "drift", "export", "report")
+STEPS = ("synth", "ingest", "fit", "label", "drift", "export", "report", "compare")
 
 
 class JobSpec(Params):
@@ -63,6 +64,7 @@ class JobSpec(Params):
     drift: Optional[DriftParams] = None
     export: Optional[ExportParams] = None
     report: Optional[ReportParams] = None
+    compare: Optional[CompareParams] = None  # vclust compare: models registered, not current
 
     @model_validator(mode="after")
     def _sections_present(self):
@@ -124,7 +126,8 @@ def plan(spec: JobSpec, scheduler=None, cluster_file=None) -> dict:
         steps.append({"step": step, **(section.model_dump() if section is not None else {})})
     return {"job": spec.name, "store": spec.store, "registry": spec.registry,
             "labels": spec.labels, "model": "new model (registered, made current)"
-            if "fit" in spec.steps else f"current model of {spec.registry}",
+            if "fit" in spec.steps else "one model per spec and algorithm (registered, not made "
+            "current)" if "compare" in spec.steps else f"current model of {spec.registry}",
             "refit_on_drift": spec.refit, "cluster": cfg.model_dump(), "steps": steps}
 
 
@@ -153,7 +156,7 @@ def _nightly_record(spec: JobSpec, batch: str) -> Path:
 def _run_steps(spec: JobSpec, say) -> int:
     from . import jobs
 
-    ingested = None
+    ingested, code = None, 0
     for step in spec.steps:
         say(f"step {step}")
         if step == "synth":
@@ -173,29 +176,56 @@ def _run_steps(spec: JobSpec, say) -> int:
         elif step == "label":
             _label(spec, ingested, say)
         elif step == "drift":
-            return _drift(spec, ingested, say)
+            code = _drift(spec, ingested, say)  # the steps after it still run
         elif step == "export":
             from .labels import export_csv
             from .registry import Registry
 
-            n = export_csv(spec.labels, spec.export.csv, model=Registry(spec.registry).current())
+            n = export_csv(spec.labels, spec.export.csv, model=Registry(spec.registry).current(),
+                           names=spec.export.names)
             say(f"export: {n} rows to {spec.export.csv}")
         elif step == "report":
             from .report import write_report
 
             model = jobs.resolve_model(registry=spec.registry)
-            paths = write_report(spec.store, model, spec.labels, spec.report.out,
-                                 truth=spec.report.truth)
-            say("report: " + ", ".join(str(p) for p in paths))
-    return 0
+            write_report(spec.store, model, spec.labels, spec.report, say=say)
+        elif step == "compare":
+            from .compare import compare
+
+            summary = compare(spec.store, spec.compare, spec.registry, spec.labels, say=say)
+            say(f"compare: proposed {summary['proposal'].get('why', '')}")
+    return code
 
 
 def _fit_and_register(spec: JobSpec, say):
     from . import jobs
 
     model = jobs.fit(spec.store, spec.fit, say=say)
+    model = _continue_current(spec, model, say)
     path, model_id = jobs.save_model(model, registry=spec.registry)
     say(f"fit: model {model_id} registered and made current ({path})")
+    return model
+
+
+def _continue_current(spec: JobSpec, model, say):
+    """The fitted model renumbered to continue the current model's clusters (vclust.succession),
+    matched on the rows the current model labelled, before it is saved or labels anything."""
+    from . import jobs, succession
+    from .model import assign
+    from .registry import Registry
+    from .storage.store import Store
+
+    current = Registry(spec.registry).current()
+    prev = succession.previous_labels(spec.labels, current) if current else None
+    if prev is None:
+        return succession.identity_succession(model, current)
+    previous = jobs.resolve_model(registry=spec.registry)
+    store = Store.open(spec.store)
+    z = model.reduce({d: store.descriptors(d) for d in model.descriptors})
+    new = assign(model.clusterer, z)[0].compute()
+    rows = prev[0][prev[0] < len(new)]
+    model, mapping = succession.renumber_against(model, previous, prev, rows, new[rows])
+    say(f"fit: clusters renumbered to continue model {current}: {mapping}")
     return model
 
 
@@ -261,7 +291,8 @@ def demo_spec(params: DemoParams) -> dict:
         "fit": {"descriptor": "vdc_type+vdc_color", "k_range": "6:16", "seed": seed},
         "label": {"all": True},
         "export": {"csv": f"{out}/labels.csv"},
-        "report": {"out": f"{out}/report", "truth": f"{out}/case/truth.csv"},
+        "report": {"out": f"{out}/report", "images": f"{out}/case/veriwild.zip",
+                   "truth": f"{out}/case/truth.csv", "seed": seed},
     }
 
 

@@ -175,3 +175,40 @@ def k_range_table(X, ks, *, random_state=0, silhouette_sample=10_000, **kmeans_k
         table.append({"k": k, **{m: row[m] for m in ("calinski_harabasz", "davies_bouldin",
                                                       "silhouette", "within_ss")}})
     return table
+
+
+def identity_consistency(labels, groups) -> dict:
+    """How well clusters follow an identity (in VeRi-Wild, the vehicle: the folder of an image).
+
+    For a row i of cluster c whose group g holds n_g >= 2 rows, the share of g's *other* rows
+    that are also in c: (n_gc - 1) / (n_g - 1). A cluster's consistency is the mean over its rows
+    in such groups; the overall figure is the mean over all such rows. Near 1: the clusters keep a
+    vehicle's images together (they follow colour, type); low: they cut across vehicles (view,
+    camera). Rows of single-row groups are left out.
+
+    Parameters
+    ----------
+    labels : array (n_samples,) of int cluster ids
+    groups : array (n_samples,) of hashable group keys
+
+    Returns
+    -------
+    dict with ``overall`` (float or None when no group has two rows), ``per_cluster``
+    ({cluster: float or None}), ``rows`` (rows counted) and ``groups`` (groups of >= 2 rows).
+    """
+    import pandas as pd
+
+    f = pd.DataFrame({"c": np.asarray(labels), "g": np.asarray(groups, dtype=object)})
+    n_g = f.groupby("g")["c"].transform("size").to_numpy()
+    n_gc = f.groupby(["g", "c"])["c"].transform("size").to_numpy()
+    keep = n_g >= 2
+    share = np.where(keep, (n_gc - 1) / np.maximum(n_g - 1, 1), np.nan)
+    f["share"] = share
+    per = f[keep].groupby("c")["share"].mean()
+    clusters = np.unique(f["c"])
+    return {
+        "overall": float(np.nanmean(share)) if keep.any() else None,
+        "per_cluster": {int(c): (float(per[c]) if c in per.index else None) for c in clusters},
+        "rows": int(keep.sum()),
+        "groups": int(f.loc[keep, "g"].nunique()),
+    }

@@ -1,0 +1,178 @@
+"""The analysts' report: every cluster and every outlier, with their images, on an interactive map.
+
+``write_report`` writes into one folder that opens from disk with no server and no network:
+
+    index.html        overview (partitions tried, clusters), the 2D and 3D map, a card per
+                      cluster with its images, a gallery per outlier reason
+    data.js           the same content for the page's script, and the map's points
+    report.json       the same content for programs (no map coordinates)
+    assets/           plotly.min.js (from the plotly package), report.js, report.css
+    thumbs/           one small JPEG per image shown, written once
+    map.png           the 2D map with a categorical legend; clusters.md with montages/, for
+                      readers without a browser
+
+What each part shows is computed in ``content``; the page in ``page``; the static pictures in
+``static``. Images are read in place from a zip or a folder (vclust.images); without one the
+report has no pictures of images and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from . import content
+
+THUMB_SIZE = (128, 96)
+
+
+def _quiet(_msg):
+    pass
+
+
+def open_inputs(model, params):
+    """The cheap checks, before any cluster starts: the names file against the model's clusters,
+    the image source (a zip that is not a zip, a missing folder), the output folder. Returns
+    (names, image source or None)."""
+    from ..images import ImageSource
+    from ..labels import read_names
+
+    names = read_names(params.names, int(model.clusterer.n_clusters_)) if params.names else {}
+    source = ImageSource(params.images) if params.images else None
+    out = Path(params.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; expected a folder for the report")
+    return names, source
+
+
+def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None) -> dict:
+    """Write the report of ``model`` (its labels in ``labels_dir``) to ``params.out``.
+
+    ``params`` is a ``vclust.params.ReportParams``; ``inputs`` what ``open_inputs`` returned,
+    when the caller checked them already. Returns the report dict (report.json).
+    """
+    import pandas as pd
+
+    from .. import __version__
+    from ..images import write_thumbnails
+    from ..labels import read_labels
+    from ..numerics.maps import choose_method, embed_2d_3d
+    from ..numerics.metrics import identity_consistency
+    from ..storage.store import Store
+    from .page import write_page
+    from .static import clusters_md, map_png
+
+    t0 = time.perf_counter()
+    n_clusters = int(model.clusterer.n_clusters_)
+    names, source = inputs or open_inputs(model, params)
+    out = Path(params.out)
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store.open(store_path)
+
+    frame = read_labels(labels_dir, model=model.model_id).sort_values("row", ignore_index=True)
+    say(f"report: {len(frame):,} labelled rows of model {model.model_id}")
+
+    # the map sample, reduced as the model reduces rows
+    sample = content.map_sample(frame, params.sample, params.seed)
+    z = model.reduce({d: store.descriptors(d)[sample] for d in model.descriptors}).compute()
+    z = np.asarray(z, dtype=np.float32)
+    pos = np.searchsorted(frame["row"].to_numpy(), sample)
+    s_frame = frame.iloc[pos]
+    s_labels = s_frame["cluster"].to_numpy()
+    say(f"report: {len(sample):,} map rows read and reduced")
+
+    borders = content.border_rows(z, s_labels, model.clusterer.cluster_centers_,
+                                  content.IMAGES_PER_GROUP)
+    consistency = None
+    groups = content.identity_of(frame["image_id"].to_numpy(), params.identity)
+    if groups is not None:
+        consistency = identity_consistency(frame["cluster"].to_numpy(), groups)
+        if consistency["overall"] is None:
+            consistency = None  # ids carry no identity (no folder holds two images)
+    cards = content.cluster_cards(frame, n_clusters, params.seed, borders, sample, names,
+                                  consistency)
+    if params.truth and Path(params.truth).exists():
+        truth = pd.read_csv(params.truth, dtype={"path": str}, keep_default_na=False)
+        truth["path"] = truth["path"].str.replace("\\", "/", regex=False)
+        readings = content.truth_readings(frame, truth)
+        for c in cards:
+            c["reading"] = readings.get(c["id"], "")
+    galleries = content.outlier_galleries(frame, params.outliers)
+
+    t_map = time.perf_counter()
+    method = choose_method(params.map_method, len(z))
+    xy, xyz = embed_2d_3d(z, method=method, random_state=params.seed)
+    map_seconds = time.perf_counter() - t_map
+    say(f"report: {method} map of {len(z):,} rows in {map_seconds:.1f} s")
+
+    # images: every card and gallery image, then a seeded share of the map's points for hover
+    shown = [i["id"] for c in cards for g in c["groups"].values() for i in g]
+    shown += [i["id"] for g in galleries for i in g["shown"]]
+    s_ids = s_frame["image_id"].to_numpy().astype(str)
+    rng = np.random.default_rng([params.seed, 2])
+    hover_extra = s_ids[rng.permutation(len(s_ids))[:params.hover_images]]
+    wanted = list(dict.fromkeys(shown + list(hover_extra)))
+    thumbs, img_counts = {}, {"missing": 0, "unreadable": 0, "thumbnails": 0}
+    if source is not None:
+        result = write_thumbnails(source, wanted, out / "thumbs", size=THUMB_SIZE)
+        thumbs = {k: v for k, v in result["thumbs"].items() if v}
+        img_counts = {"missing": result["missing"], "unreadable": result["unreadable"],
+                      "thumbnails": len(thumbs)}
+        say(f"report: {len(thumbs):,} thumbnails ({result['missing']} missing, "
+            f"{result['unreadable']} unreadable)")
+
+    flags = frame["is_outlier"].to_numpy()
+    info = model.info
+    report = {
+        "format": "vclust-report", "version": 1, "vclust": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": {"id": model.model_id, "descriptors": list(model.descriptors),
+                  "algorithm": info.get("fit", {}).get("algorithm", ""), "k": n_clusters,
+                  "chosen_k": info.get("chosen_k"), "metrics": info.get("metrics", [])},
+        "rows": int(len(frame)),
+        "identity": None if consistency is None else {
+            "level": params.identity, "overall": round(consistency["overall"], 4),
+            "groups": consistency["groups"], "rows": consistency["rows"]},
+        "images": {"source": str(params.images) if params.images else None, **img_counts},
+        "clusters": cards,
+        "outliers": {"count": int(flags.sum()), "share": round(float(flags.mean()), 6),
+                     "galleries": galleries},
+        "map": {"method": method, "points": int(len(z)), "sample": params.sample,
+                "seed": params.seed, "seconds": round(map_seconds, 2),
+                "hover_images": int(sum(1 for i in s_ids if i in thumbs))},
+    }
+    thumb_names = sorted(set(thumbs.values()))
+    thumb_index = {n: i for i, n in enumerate(thumb_names)}
+    reasons = (s_frame["outlier_reason"].fillna("").to_numpy().astype(str)
+               if "outlier_reason" in s_frame else None)
+    map_data = {
+        "x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
+        "x3": np.round(xyz[:, 0], 4).tolist(), "y3": np.round(xyz[:, 1], 4).tolist(),
+        "z3": np.round(xyz[:, 2], 4).tolist(),
+        "cluster": s_labels.astype(int).tolist(),
+        "outlier": s_frame["is_outlier"].to_numpy().astype(int).tolist(),
+        "score": np.round(s_frame["outlier_score"].to_numpy().astype(float), 4).tolist(),
+        "id": s_ids.tolist(),
+        "reason": reasons.tolist() if reasons is not None else None,
+        "thumbs": ["thumbs/" + n for n in thumb_names],
+        "thumb": [thumb_index.get(thumbs.get(i), -1) for i in s_ids],
+    }
+    write_page(out, report, map_data, thumbs)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    map_png(out / "map.png", xy, s_labels, s_frame["is_outlier"].to_numpy(),
+            {c["id"]: c["name"] for c in cards},
+            f"model {model.model_id}: {method.upper()} of {len(z):,} of {len(frame):,} images")
+    cache = {}
+    if source is not None:
+        from PIL import Image
+
+        for i in shown:
+            name = thumbs.get(i)
+            cache[i] = Image.open(out / "thumbs" / name).convert("RGB") if name else None
+    clusters_md(out, report, source, cache)
+    say(f"report: {out / 'index.html'} in {time.perf_counter() - t0:.1f} s")
+    return report

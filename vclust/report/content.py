@@ -1,0 +1,154 @@
+"""What the report shows, as one JSON-able dict (report.json), computed from the labels, the
+model and a seeded sample of the store's rows.
+
+Per cluster (a card): size, share, outlier share, mean distance to its centre, identity
+consistency, an analyst's name, and three groups of images:
+
+    nearest   the rows nearest its centre over all rows: what the cluster *is*
+    random    a seeded draw of its rows: what it *holds*
+    border    rows of the map sample almost as near to another centre as to their own
+              (smallest relative margin (d2 - d1) / (d1 + d2)): what it is confused with, and
+              with which cluster
+
+Outliers: a gallery per reason (``outlier_reason``), worst first, the shown rows shared out
+evenly between the reasons. The map: a seeded sample of rows with every outlier in it (up to the
+sample size), embedded in 2D and 3D (vclust.numerics.maps).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IMAGES_PER_GROUP = 8  # x 3 groups = 24 images per cluster card
+
+
+def identity_of(ids, level: str = "parent"):
+    """The identity key of each image id: its parent folder (``veriwild/1/00001/x.jpg`` ->
+    ``veriwild/1/00001``), or None when ``level`` is "none"."""
+    if level == "none":
+        return None
+    ids = np.asarray(ids, dtype=object)
+    return np.array([i.rsplit("/", 1)[0] if "/" in i else "" for i in ids], dtype=object)
+
+
+def _seeded_pick(idx: np.ndarray, n: int, seed: int, stream: int) -> np.ndarray:
+    if len(idx) <= n:
+        return idx
+    rng = np.random.default_rng([seed, stream])
+    return np.sort(rng.choice(idx, size=n, replace=False))
+
+
+def map_sample(frame, size: int, seed: int) -> np.ndarray:
+    """Store rows for the map: every outlier (up to ``size``), then a seeded draw of the rest."""
+    rows = frame["row"].to_numpy()
+    out = rows[frame["is_outlier"].to_numpy()]
+    rng = np.random.default_rng([seed, 1])
+    if len(out) >= size:
+        return np.sort(rng.choice(out, size=size, replace=False))
+    rest = rows[~frame["is_outlier"].to_numpy()]
+    take = min(len(rest), size - len(out))
+    return np.sort(np.concatenate([out, rng.choice(rest, size=take, replace=False)]))
+
+
+def border_rows(z, labels, centers, n_per_cluster: int) -> dict[int, list[tuple[int, int, float]]]:
+    """Per cluster, the sample positions nearest another centre: (position, other cluster,
+    relative margin), smallest margin first."""
+    z = np.asarray(z, dtype=np.float32)
+    c = np.asarray(centers, dtype=np.float32)
+    d = np.sqrt(np.maximum((z * z).sum(1)[:, None] - 2 * z @ c.T + (c * c).sum(1)[None, :], 0))
+    own = d[np.arange(len(z)), labels]
+    d_other = d.copy()
+    d_other[np.arange(len(z)), labels] = np.inf
+    other = d_other.argmin(axis=1)
+    d2 = d_other[np.arange(len(z)), other]
+    margin = (d2 - own) / np.maximum(d2 + own, 1e-12)
+    out = {}
+    for k in range(len(c)):
+        idx = np.flatnonzero(labels == k)
+        idx = idx[np.argsort(margin[idx], kind="stable")[:n_per_cluster]]
+        out[k] = [(int(i), int(other[i]), float(margin[i])) for i in idx]
+    return out
+
+
+def outlier_galleries(frame, total: int) -> list[dict]:
+    """Per reason, the flagged rows worst first; ``total`` rows shown, shared out evenly
+    (round robin) between the reasons."""
+    flagged = frame[frame["is_outlier"]]
+    if "outlier_reason" in flagged:
+        reasons = flagged["outlier_reason"].fillna("").replace("", "outlier")
+    else:
+        reasons = np.full(len(flagged), "outlier", dtype=object)
+    flagged = flagged.assign(reason=np.asarray(reasons))
+    groups = {r: g.sort_values(["outlier_score", "row"], ascending=[False, True])
+              for r, g in flagged.groupby("reason")}
+    take = {r: 0 for r in groups}
+    left = total
+    while left > 0 and any(take[r] < len(g) for r, g in groups.items()):
+        for r, g in sorted(groups.items()):
+            if left and take[r] < len(g):
+                take[r] += 1
+                left -= 1
+    out = []
+    for r, g in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        shown = g.head(take[r])
+        out.append({"reason": r, "count": int(len(g)),
+                    "shown": [{"id": str(i), "row": int(row), "cluster": int(c),
+                               "score": round(float(s), 4)}
+                              for i, row, c, s in zip(shown["image_id"], shown["row"],
+                                                      shown["cluster"], shown["outlier_score"])]})
+    return out
+
+
+def cluster_cards(frame, n_clusters: int, seed: int, borders: dict, sample_rows: np.ndarray,
+                  names: dict, consistency: dict | None) -> list[dict]:
+    """One card per cluster (see the module docstring)."""
+    n = len(frame)
+    ids = frame["image_id"].to_numpy()
+    rows = frame["row"].to_numpy()
+    labels = frame["cluster"].to_numpy()
+    dist = frame["distance"].to_numpy()
+    flags = frame["is_outlier"].to_numpy()
+    row_pos = {int(r): i for i, r in enumerate(rows)}
+    cards = []
+    for k in range(n_clusters):
+        idx = np.flatnonzero(labels == k)
+        near = idx[np.argsort(dist[idx], kind="stable")[:IMAGES_PER_GROUP]]
+        rand = _seeded_pick(idx, IMAGES_PER_GROUP, seed, 100 + k)
+        border = []
+        for pos, other, margin in borders.get(k, []):
+            i = row_pos[int(sample_rows[pos])]
+            border.append({"id": str(ids[i]), "row": int(rows[i]), "other_cluster": other,
+                           "margin": round(margin, 4)})
+        name, note = names.get(k, ("", ""))
+        per = (consistency or {}).get("per_cluster", {})
+        cards.append({
+            "id": k, "name": name, "note": note, "size": int(len(idx)),
+            "share": round(len(idx) / n, 6) if n else 0.0,
+            "outlier_share": round(float(flags[idx].mean()), 6) if len(idx) else 0.0,
+            "mean_distance": round(float(dist[idx].mean()), 6) if len(idx) else None,
+            "identity_consistency": (round(per[k], 4) if per.get(k) is not None else None)
+            if consistency else None,
+            "groups": {
+                "nearest": [{"id": str(ids[i]), "row": int(rows[i]),
+                             "distance": round(float(dist[i]), 4)} for i in near],
+                "random": [{"id": str(ids[i]), "row": int(rows[i])} for i in rand],
+                "border": border,
+            },
+        })
+    return cards
+
+
+def truth_readings(frame, truth, attrs=("body_type", "view", "colour")) -> dict[int, str]:
+    """Per cluster: the majority value of each known attribute (a synthetic case's truth.csv)
+    and its share among the cluster's inliers."""
+    merged = frame.merge(truth, left_on="image_id", right_on="path", how="inner")
+    merged = merged[~merged["is_outlier"]]
+    out = {}
+    for c, g in merged.groupby("cluster"):
+        parts = []
+        for a in attrs:
+            if a in g:
+                top = g[a].astype(str).value_counts(normalize=True)
+                parts.append(f"{a} {top.index[0]} ({top.iloc[0]:.0%})")
+        out[int(c)] = ", ".join(parts)
+    return out
