@@ -262,20 +262,35 @@ class Preprocessor(BaseEstimator, TransformerMixin):
 class MixturePreprocessor:
     """Several descriptor sets, each reduced by its own Preprocessor, weighted so that every set
     contributes the same total variance (weight = 1 / sqrt(variance kept by that set)), then
-    concatenated column-wise."""
+    concatenated column-wise.
 
-    def __init__(self, preprocessors: dict):
+    ``weights`` ({name: w}, optional, default 1 each): a set's total variance in the mixture
+    is w times that of a weight-1 set (its columns are scaled by sqrt(w) / sqrt(variance kept)).
+    """
+
+    def __init__(self, preprocessors: dict, weights: dict | None = None):
         self.preprocessors = dict(preprocessors)
+        self.weights = dict(weights or {})
+        bad = {k: w for k, w in self.weights.items() if not (np.isfinite(w) and w > 0)}
+        if bad or set(self.weights) - set(self.preprocessors):
+            raise ValueError(f"weights must be positive, for the mixture's sets; got {self.weights}")
 
     def fit(self, sets: dict):
         missing = set(self.preprocessors) - set(sets)
         if missing:
             raise ValueError(f"missing descriptor sets {sorted(missing)}")
-        self.weights_ = {}
         for name, pre in self.preprocessors.items():
             pre.fit(sets[name])
+        return self.fitted()
+
+    def fitted(self):
+        """Set the mixture's scales from preprocessors that are already fitted (each set fitted
+        once, shared by several mixtures: vclust.compare)."""
+        self.weights_ = {}
+        for name, pre in self.preprocessors.items():
             kept = float(np.sum(pre.explained_variance_))
-            self.weights_[name] = 1.0 / np.sqrt(kept) if kept > 0 else 1.0
+            w = float(self.weights.get(name, 1.0))
+            self.weights_[name] = np.sqrt(w) / np.sqrt(kept) if kept > 0 else np.sqrt(w)
         self.n_components_ = sum(p.n_components_ for p in self.preprocessors.values())
         return self
 
@@ -289,7 +304,8 @@ class MixturePreprocessor:
         return np.concatenate(parts, axis=1)
 
     def to_state(self):
-        params = {"names": list(self.preprocessors), "weights": self.weights_, "sets": {}}
+        params = {"names": list(self.preprocessors), "weights": self.weights_, "sets": {},
+                  "user_weights": {n: float(self.weights.get(n, 1.0)) for n in self.preprocessors}}
         arrays = {}
         for name, pre in self.preprocessors.items():
             p, a = pre.to_state()
@@ -303,7 +319,7 @@ class MixturePreprocessor:
         for name in params["names"]:
             sub = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.split("/", 1)[0] == name}
             pres[name] = Preprocessor.from_state(params["sets"][name], sub)
-        obj = cls(pres)
+        obj = cls(pres, params.get("user_weights"))
         obj.weights_ = {k: float(v) for k, v in params["weights"].items()}
         obj.n_components_ = sum(p.n_components_ for p in pres.values())
         return obj
