@@ -55,11 +55,13 @@
     }
     Object.keys(byCluster).map(Number).sort(function (a, b) { return a - b; }).forEach(function (k) {
       out.push(trace(byCluster[k], clusterName(k) + " (" + byCluster[k].length + ")",
-        { color: colour(k), size: dim === 2 ? 4 : 2, opacity: 0.75 }, "c" + k));
+        { color: colour(k), size: dim === 2 ? 5 : 2, opacity: 0.75 }, "c" + k));
     });
-    if (outl.idx.length) {
-      out.push(trace(outl.idx, "outliers (" + outl.idx.length + ")",
-        { color: "rgba(20,20,20,0.6)", size: dim === 2 ? 5 : 2, symbol: "x" }, "outliers"));
+    if (outl.idx.length) {  // off until asked for: the clusters' shapes read first
+      var t = trace(outl.idx, "outliers (" + outl.idx.length + ") — click to show",
+        { color: "rgba(20,20,20,0.7)", size: dim === 2 ? 5 : 2, symbol: "x" }, "outliers");
+      t.visible = "legendonly";
+      out.push(t);
     }
     return out;
   }
