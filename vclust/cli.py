@@ -211,6 +211,13 @@ def _add_cluster_args(p):
                         "neither this nor --cluster, a LocalCluster sized to the machine")
 
 
+def _add_model_source(p):
+    """The model a command reads: a folder, or an id (default: current) in a registry."""
+    p.add_argument("--model", metavar="MODEL_DIR|ID",
+                   help="model folder, or a model id in --registry (default: its current model)")
+    p.add_argument("--registry", metavar="DIR", help="model registry")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vclust",
@@ -250,9 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("label", help="apply a model to batches, writing partitioned Parquet labels")
     s.add_argument("store", metavar="STORE")
-    s.add_argument("--model", metavar="MODEL_DIR|ID",
-                   help="model folder, or a model id in --registry (default: its current model)")
-    s.add_argument("--registry", metavar="DIR", help="model registry")
+    _add_model_source(s)
     s.add_argument("--out", required=True, metavar="LABELS_DIR",
                    help="labels dataset (model=<id>/batch=<id>/ partitions)")
     add_options(s, LabelParams)
@@ -271,9 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="the analysts' report: cards per cluster with their images,"
                        " outlier galleries, a 2D/3D map; opens from disk")
     s.add_argument("store", metavar="STORE")
-    s.add_argument("--model", metavar="MODEL_DIR|ID",
-                   help="model folder, or a model id in --registry (default: its current model)")
-    s.add_argument("--registry", metavar="DIR", help="model registry")
+    _add_model_source(s)
     s.add_argument("--labels", required=True, metavar="LABELS_DIR",
                    help="the labels written by vclust label")
     add_options(s, ReportParams)
