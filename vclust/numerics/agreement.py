@@ -75,6 +75,17 @@ def _check_1d(x, what):
         raise ValueError(f"{what} must be 1-D (one label per row); got shape {x.shape}")
 
 
+def _paired(a, b, what: str):
+    """Two 1-D arrays (numpy or dask) over the same rows, checked: ``what``_a and ``what``_b."""
+    a = a if is_dask(a) else np.asarray(a)
+    b = b if is_dask(b) else np.asarray(b)
+    _check_1d(a, f"{what}_a")
+    _check_1d(b, f"{what}_b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{what}_a and {what}_b differ in length ({a.shape[0]} and {b.shape[0]})")
+    return a, b
+
+
 def contingency(labels_a, labels_b, n_a: int | None = None, n_b: int | None = None) -> np.ndarray:
     """Contingency table of two labelings of the same rows, in one pass over the rows.
 
@@ -109,15 +120,7 @@ def contingency(labels_a, labels_b, n_a: int | None = None, n_b: int | None = No
     """
     if not is_dask(labels_a) and is_dask(labels_b):
         return np.ascontiguousarray(contingency(labels_b, labels_a, n_b, n_a).T)
-    if not is_dask(labels_a):
-        labels_a = np.asarray(labels_a)
-    if not is_dask(labels_b):
-        labels_b = np.asarray(labels_b)
-    _check_1d(labels_a, "labels_a")
-    _check_1d(labels_b, "labels_b")
-    if labels_a.shape[0] != labels_b.shape[0]:
-        raise ValueError(f"labels_a and labels_b differ in length "
-                         f"({labels_a.shape[0]} and {labels_b.shape[0]})")
+    labels_a, labels_b = _paired(labels_a, labels_b, "labels")
     for n, what in ((n_a, "n_a"), (n_b, "n_b")):
         if n is not None and int(n) < 0:
             raise ValueError(f"{what} must be >= 0; got {n}")
@@ -414,15 +417,7 @@ def outlier_jaccard(flags_a, flags_b) -> float:
     """
     if not is_dask(flags_a) and is_dask(flags_b):
         flags_a, flags_b = flags_b, flags_a
-    if not is_dask(flags_a):
-        flags_a = np.asarray(flags_a)
-    if not is_dask(flags_b):
-        flags_b = np.asarray(flags_b)
-    _check_1d(flags_a, "flags_a")
-    _check_1d(flags_b, "flags_b")
-    if flags_a.shape[0] != flags_b.shape[0]:
-        raise ValueError(f"flags_a and flags_b differ in length "
-                         f"({flags_a.shape[0]} and {flags_b.shape[0]})")
+    flags_a, flags_b = _paired(flags_a, flags_b, "flags")
     parts = map_blocks_reduce(_jaccard_block, flags_a, flags_b)
     inter = sum(p[0] for p in parts)
     union = sum(p[1] for p in parts)
