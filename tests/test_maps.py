@@ -105,6 +105,20 @@ def test_embed_2d_3d_umap_shared_graph(blobs, monkeypatch):
     assert _separated(xy, y) and _separated(xyz, y)
     xy2, _ = maps.embed_2d_3d(X, "umap", random_state=3)
     np.testing.assert_array_equal(xy, xy2)
+    # the two layouts submitted elsewhere (the report sends them to two workers): same maps,
+    # still one graph, and each layout ran through submit
+    from concurrent.futures import ThreadPoolExecutor
+
+    submitted = []
+    with ThreadPoolExecutor(2) as pool:
+        def submit(fn, *args):
+            submitted.append(args[1])
+            return pool.submit(fn, *args)
+
+        xy3, xyz3 = maps.embed_2d_3d(X, "umap", random_state=3, submit=submit)
+    assert sorted(submitted) == [2, 3] and calls == [len(X)] * 3
+    np.testing.assert_array_equal(xy, xy3)
+    np.testing.assert_array_equal(xyz, xyz3)
 
 
 def test_embed_2d_3d_tsne_shares_affinities(maps_of, blobs):

@@ -21,6 +21,8 @@ import importlib.util
 
 import numpy as np
 
+from .annindex import enable_numba_cache
+
 METHODS = ("umap", "tsne", "pca", "auto")
 DEFAULT_METHOD = "umap"  # docs/maps.md: benchmarks/compare_maps.py on every real set
 UMAP_NEIGHBORS = 15
@@ -127,7 +129,15 @@ def _pca(X, n_components, random_state):
 
 
 def _umap(X, n_components, random_state, knn=None):
+    enable_numba_cache("pynndescent", "umap")
+    import warnings
+
     import umap
+
+    if knn is not None and knn[2] is None:
+        # the graph came without its search index (sent to another process): only transform()
+        # needs that, and the report never transforms
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
 
     reducer = umap.UMAP(n_neighbors=UMAP_NEIGHBORS, n_components=n_components,
                         random_state=random_state,
@@ -197,7 +207,7 @@ def embed(X, n_components: int = 2, method: str = "auto", random_state: int | No
     return np.ascontiguousarray(Y, dtype=np.float32)
 
 
-def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0
+def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0, submit=None
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Both the 2D and the 3D map of the rows of ``X``, sharing what the method allows.
 
@@ -217,6 +227,11 @@ def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0
         Seed: the same seed gives the same coordinates. With a shared graph they are not
         bit-identical to two :func:`embed` calls (the random stream is consumed differently),
         but as good and as reproducible.
+    submit : callable, optional
+        ``submit(fn, *args)`` returning a future with ``.result()`` (a Dask client's
+        ``submit``, a ``concurrent.futures`` executor's): the 2D and the 3D UMAP layouts then
+        run at once in two workers. umap-learn with a seed runs each layout on one thread, so
+        on two cores this halves their time; the coordinates are the same as without it.
 
     Returns
     -------
@@ -237,14 +252,21 @@ def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0
         xy = xyz[:, :2]
     elif chosen == "umap" and len(X) >= UMAP_SHARED_KNN_ROWS:
         from sklearn.utils import check_random_state
+
+        enable_numba_cache("pynndescent", "umap")
         from umap.umap_ import nearest_neighbors
 
         knn = nearest_neighbors(X, UMAP_NEIGHBORS, "euclidean", {}, False,
                                 check_random_state(random_state), low_memory=True,
                                 use_pynndescent=True,
                                 n_jobs=1 if random_state is not None else -1)
-        xy = _umap(X, 2, random_state, knn)
-        xyz = _umap(X, 3, random_state, knn)
+        if submit is None:
+            xy = _umap(X, 2, random_state, knn)
+            xyz = _umap(X, 3, random_state, knn)
+        else:
+            graph = (knn[0], knn[1], None)  # the search index stays here: layouts don't use it
+            futures = [submit(_umap, X, d, random_state, graph) for d in (2, 3)]
+            xy, xyz = (f.result() for f in futures)
     elif chosen == "tsne":
         from openTSNE.affinity import MultiscaleMixture
 

@@ -78,7 +78,7 @@ import threading
 import numpy as np
 
 from . import DEFAULT_MAD_Z
-from .annindex import index_from_state, index_to_state
+from .annindex import enable_numba_cache, index_from_state, index_to_state
 from .blocks import is_dask, row_uniform, shared
 
 log = logging.getLogger(__name__)
@@ -249,6 +249,7 @@ class OutlierScorer:
         m = len(ref)
         # the group rank: the j-th reference neighbour stands for about k rows of the data
         self.tight_rank_ = int(np.clip(round(k * m / n), 1, k))
+        enable_numba_cache()
         from pynndescent import NNDescent
 
         nn = NNDescent(ref, n_neighbors=min(self.index_neighbors, m - 1), random_state=self.random_state,
@@ -516,6 +517,7 @@ def warm_up(n_features: int = 8):
     """Compile pynndescent's index-building kernels in this process (a tiny index), once per
     process. ``vclust fit`` runs it on a client thread while the workers preprocess and
     cluster, so the outlier step later finds the kernels compiled."""
+    enable_numba_cache()
     from pynndescent import NNDescent
 
     x = np.random.default_rng(0).random((300, n_features)).astype(np.float32)

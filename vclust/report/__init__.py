@@ -49,6 +49,27 @@ def open_inputs(model, params):
     return names, source
 
 
+def worker_submit():
+    """``submit(fn, *args)`` onto the Dask workers when a client is connected, else None: the
+    map layouts (one thread each in umap-learn) then run side by side in worker processes."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return None
+    if not client.scheduler_info().get("workers"):
+        return None
+
+    def submit(fn, *args):
+        # arrays go to the workers once, as data, not inside the task graph
+        args = [client.scatter(a) if isinstance(a, np.ndarray) and a.nbytes > 1_000_000 else a
+                for a in args]
+        return client.submit(fn, *args, pure=False)
+
+    return submit
+
+
 def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None) -> dict:
     """Write the report of ``model`` (its labels in ``labels_dir``) to ``params.out``.
 
@@ -105,7 +126,7 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
 
     t_map = time.perf_counter()
     method = choose_method(params.map_method, len(z))
-    xy, xyz = embed_2d_3d(z, method=method, random_state=params.seed)
+    xy, xyz = embed_2d_3d(z, method=method, random_state=params.seed, submit=worker_submit())
     map_seconds = time.perf_counter() - t_map
     say(f"report: {method} map of {len(z):,} rows in {map_seconds:.1f} s")
 

@@ -2,7 +2,7 @@
 any two kept models, and their maps side by side; opens from disk, offline (Plotly bundled).
 
 The maps: a seeded sample of rows (the same rows for every model) is embedded once per
-descriptor spec, in that spec's reduced space (vclust.numerics.maps.embed_2d_3d, 2D), and each
+descriptor spec, in that spec's reduced space (vclust.numerics.maps.embed, 2D; one worker per map), and each
 model is drawn in the embedding of the space it was fitted in, coloured by its labels. One
 shared layout would show every model in one space's geometry (favouring that space's models);
 one embedding per model would repeat the same embedding for every algorithm of a spec. With
@@ -53,10 +53,21 @@ def _runs_table(runs, proposal) -> str:
             + "".join(rows) + "</table>")
 
 
+class _Done:
+    """A computed value posing as a future (no cluster connected)."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
 def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, agreement,
                        cross, proposal: dict, params, say=print) -> Path:
     """Write index.html, compare.js's data (data.js) and the assets into ``out``."""
-    from ..numerics.maps import choose_method, embed_2d_3d
+    from ..numerics.maps import choose_method, embed
+    from . import worker_submit
 
     out = Path(out)
     copy_assets(out)
@@ -65,14 +76,19 @@ def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, a
     rng = np.random.default_rng([params.seed, 7])
     sample = np.sort(rng.choice(n, size=min(params.map_sample, n), replace=False))
     ids = store.ids()[sample].astype(str)
-    maps = {}
+    # one 2D map per spec, each in a worker when a cluster is connected (a layout is one thread)
+    submit = worker_submit() or (lambda fn, *args: _Done(fn(*args)))
+    pending = {}
     for spec, (_, z) in spaces.items():
         zs = np.asarray(z[sample].compute(), dtype=np.float32)
         method = choose_method(params.map_method, len(zs))
-        xy, _ = embed_2d_3d(zs, method=method, random_state=params.seed)
+        pending[spec] = (method, len(zs), submit(embed, zs, 2, method, params.seed))
+    maps = {}
+    for spec, (method, n_map, future) in pending.items():
+        xy = future.result()
         maps[spec] = {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
                       "method": method}
-        say(f"compare page: {method} map of {len(zs):,} rows in {spec}'s space")
+        say(f"compare page: {method} map of {n_map:,} rows in {spec}'s space")
     model_ids = [m["model_id"] for m in kept]
     ari = np.eye(len(kept))
     ami = np.eye(len(kept))
