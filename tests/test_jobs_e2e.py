@@ -174,3 +174,34 @@ def test_each_algorithm_fits_and_labels_a_store(case, tmp_path, algorithm):
 
     inl = (truth["outlier_kind"] == "").to_numpy()
     assert adjusted_rand_score(truth["colour"].to_numpy()[inl], lab[inl]) > 0.3
+
+
+def test_hdbscan_noise_rows_are_outliers_with_reason_noise(case, tmp_path):
+    """HDBSCAN's noise is kept as evidence: a row whose nearest sample row HDBSCAN left as noise
+    is flagged, with reason ``noise`` unless the score flagged it with a reason of its own;
+    checked against an exact nearest-neighbour computation on the saved anchors."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from vclust.numerics.outliers import REASONS
+    from vclust.storage.store import Store
+
+    store = tmp_path / "store"
+    _ingest(store, case, "fit")
+    # vdc_type: the synthetic set where HDBSCAN leaves about a tenth of the sample as noise
+    model = jobs.fit(store, FitParams(descriptor="vdc_type", k=6, algorithm="hdbscan"),
+                     sample_size=1500)
+    model = Model.load(model.save(tmp_path / "m"))
+    x = {"vdc_type": Store.open(store).descriptors("vdc_type")}
+    lab, dist, score, flag, reason = (np.asarray(a.compute()) for a in model.apply(x, reasons=True))
+    z = np.asarray(model.reduce(x).compute(), dtype=np.float32)
+    anchors, noise_anchors = model.clusterer.arrays["anchors"], model.clusterer.arrays["noise_anchors"]
+    assert len(noise_anchors) > 0
+    nearest = NearestNeighbors(n_neighbors=1).fit(np.concatenate([anchors, noise_anchors]))
+    noise = nearest.kneighbors(z, return_distance=False)[:, 0] >= len(anchors)
+    assert 0 < noise.sum() < len(z)
+    _, score_flag, score_reason = (np.asarray(a.compute()) for a in model.outliers.score(
+        model.reduce(x), *model.apply(x)[:2], reasons=True, raw=x["vdc_type"]))
+    np.testing.assert_array_equal(flag, score_flag | noise)
+    expected = np.where(noise & ~score_flag, REASONS.index("noise"), score_reason)
+    np.testing.assert_array_equal(reason, expected)
+    assert (lab[noise] >= 0).all()  # noise rows still carry their nearest cluster

@@ -344,6 +344,8 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
             dist_np = np.asarray(dist.compute())
             del lab, dist  # released: labelling recomputes them under the same keys
             flags = scorer.fit_flags_
+            if cl.name == "hdbscan":  # its noise rows count as outliers (model.with_noise)
+                flags = flags | np.asarray(cl.noise(z).compute())
             from .numerics.drift import reference_profile
 
             info = {

@@ -179,6 +179,8 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
     del sets, raw  # the descriptor rows are no longer needed: release them from worker memory
     labels_np, dist_np = dask.compute(labels, dist)
     flag_np = scorer.fit_flags_
+    if clusterer.name == "hdbscan":  # its noise rows count as outliers (model.with_noise)
+        flag_np = flag_np | np.asarray(clusterer.noise(z).compute())
     say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
 
     info = {

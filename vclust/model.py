@@ -180,7 +180,21 @@ class Model:
             {d: sets[d] for d in self.descriptors}
         out = self.outliers.score(z, labels, dist, row_offset=row_offset, reasons=reasons,
                                   raw=raw)
+        if self.clusterer.name == "hdbscan":
+            out = with_noise(self.clusterer.noise(z), *out)
         return (labels, dist, *out)
+
+
+def with_noise(noise, score, flag, reason=None):
+    """HDBSCAN's noise rows flagged as outliers, as evidence: reason ``noise`` where the score
+    did not flag the row itself (a row the score flagged keeps the score's reason).
+    Works on numpy or dask arrays alike."""
+    from .numerics.outliers import NOISE
+
+    if reason is not None:
+        reason = (reason + (noise & ~flag) * NOISE).astype(np.int8)  # unflagged rows: reason 0
+    flag = flag | noise
+    return (score, flag) if reason is None else (score, flag, reason)
 
 
 def _assign_block(block, clusterer):

@@ -10,8 +10,11 @@
                            factors of the precisions (full covariances)
     agglomerative          Ward linkage with a 10-nearest-neighbour connectivity graph; rows take
                            the label of their nearest sample row
-    hdbscan                density clusters (their number is found, not given); sample noise
-                           rows are not used as anchors, so every row joins its nearest cluster
+    hdbscan                density clusters (their number is found, not given); every row
+                           joins the cluster of its nearest clustered sample row, and a row
+                           whose nearest sample row is one HDBSCAN left as noise is *noise*
+                           (``noise``): flagged as an outlier with reason ``noise``, kept as
+                           evidence rather than silently given to the nearest cluster
 
 Every clusterer reports, per row, its cluster and the distance to that cluster's centre (the
 mean of its sample members for the non-centroid methods).
@@ -70,6 +73,25 @@ class FittedClusterer:
         labels = self._labels_block(x)
         diff = x - self.cluster_centers_[labels]
         return labels, np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
+
+    def noise_block(self, block):
+        """Whether each row of a numpy block is HDBSCAN noise: its nearest sample row is one
+        HDBSCAN did not cluster. All False for the other algorithms."""
+        x = np.asarray(block, dtype=np.float32)
+        noise_anchors = self.arrays.get("noise_anchors")
+        if self.name != "hdbscan" or noise_anchors is None or len(noise_anchors) == 0:
+            return np.zeros(len(x), bool)
+        anchors = np.concatenate([self.arrays["anchors"], noise_anchors])
+        is_noise = np.r_[np.zeros(len(self.arrays["anchors"]), np.int32),
+                         np.ones(len(noise_anchors), np.int32)]
+        return _nearest_anchor(x, anchors, is_noise).astype(bool)
+
+    def noise(self, X):
+        """``noise_block`` over a dask array (lazy) or a numpy array."""
+        if is_dask(X):
+            return X.map_blocks(lambda b: self.noise_block(b), dtype=bool, drop_axis=1,
+                                chunks=(X.chunks[0],))
+        return self.noise_block(X)
 
     def predict(self, X):
         if is_dask(X):
@@ -141,7 +163,7 @@ def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **
     from sklearn.cluster import HDBSCAN
 
     min_size = max(5, len(sample) // (4 * n_clusters))
-    labels = HDBSCAN(min_cluster_size=min_size).fit_predict(sample)
+    labels = HDBSCAN(min_cluster_size=min_size, copy=False).fit_predict(sample)  # our copy
     keep = labels >= 0
     if keep.sum() == 0 or labels.max() < 1:
         raise ValueError(f"HDBSCAN found fewer than 2 clusters on the {len(sample)}-row sample "
@@ -150,4 +172,5 @@ def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **
     params.update(min_cluster_size=int(min_size), noise_share=float(1 - keep.mean()))
     return FittedClusterer(name, _centres_of(sample, labels, k), params,
                            {"anchors": sample[keep].astype(np.float32),
-                            "anchor_labels": labels[keep].astype(np.int32)})
+                            "anchor_labels": labels[keep].astype(np.int32),
+                            "noise_anchors": sample[~keep].astype(np.float32)})

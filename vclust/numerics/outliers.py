@@ -87,8 +87,10 @@ _INDEX_CACHE: dict = {}
 _LOCAL = threading.local()
 
 #: ``reason`` codes: index 0 = not an outlier; else the term that gave the row its combined z
-REASONS = ("", "isolated", "tight_group", "far_from_centre", "degenerate_cluster")
+REASONS = ("", "isolated", "tight_group", "far_from_centre", "degenerate_cluster", "noise")
 _ISOLATED, _TIGHT, _CENTRE, _DEGENERATE = 1, 2, 3, 4
+# not a term of the score: HDBSCAN's noise rows (numerics.algorithms), flagged by the clusterer
+NOISE = REASONS.index("noise")
 
 
 def _robust(v):
