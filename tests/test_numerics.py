@@ -210,6 +210,35 @@ def test_ch_db_equal_sklearn(blobs, dtype, chunks):
     assert sum(ev["sizes"]) == len(x)
 
 
+@pytest.mark.parametrize("as_dask", [False, True])
+def test_sampled_silhouette_equals_sklearn_on_the_same_rows(blobs, as_dask):
+    """The silhouette of the hashed sample, from one distance matrix kept across labelings (the
+    k-range's cache), equals scikit-learn's silhouette_score of the same rows, for every
+    labeling, with and without the cache, on numpy and dask input."""
+    from sklearn.metrics import silhouette_score
+
+    from vclust.numerics.metrics import _sample_positions, silhouette_sampled
+
+    x, _ = blobs
+    x = x.astype(np.float32)
+    pos = _sample_positions(len(x), 1500, 4)
+    assert 1200 < len(pos) < 1800
+    cache = {}
+    for k in (2, 5, 9):
+        labels = KMeans(k, random_state=0).fit(x).labels_
+        labels[::97] = k  # a few rows of a small extra cluster
+        X, L = (da.from_array(x, chunks=(777, -1)), da.from_array(labels, chunks=777)) \
+            if as_dask else (x, labels)
+        expected = silhouette_score(x[pos], labels[pos])
+        assert silhouette_sampled(X, L, 1500, 4, cache) == pytest.approx(expected, abs=1e-6)
+        assert silhouette_sampled(X, L, 1500, 4) == pytest.approx(expected, abs=1e-6)
+    assert cache["D"].shape == (len(pos), len(pos))
+    one = np.zeros(len(x), int)
+    one[pos[0]] = 1  # a cluster of one row scores 0, as in scikit-learn
+    assert silhouette_sampled(x, one, 1500, 4) == pytest.approx(
+        silhouette_score(x[pos], one[pos]), abs=1e-6)
+
+
 def test_k_range_table_and_choose_k(blobs):
     x, _ = blobs
     table = k_range_table(x, [3, 4, 5, 6, 7], random_state=0)

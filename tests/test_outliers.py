@@ -235,3 +235,30 @@ def test_same_score_whatever_chunking_and_workers(synth_reduced, fitted, local_c
         assert r.dtype == np.int8
         for got, want in zip((s, f, r), ref):
             np.testing.assert_array_equal(got.compute(), want)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_cached_nn_descent_driver_builds_pynndescents_graph(n_jobs):
+    """vclust.numerics.nndescent swaps in a cacheable copy of pynndescent's NN-descent driver:
+    the graph must be pynndescent's own, bit for bit, on one and on two threads and across
+    pynndescent's 16,384-row blocks."""
+    from pynndescent import NNDescent, pynndescent_
+
+    from vclust.numerics import nndescent
+    from vclust.numerics.annindex import enable_numba_cache
+
+    enable_numba_cache()
+    if not nndescent.install():
+        pytest.skip("this pynndescent version is not one the copy was made from: "
+                    "pynndescent's own driver is used")
+    patched = pynndescent_.nn_descent
+    assert patched.original is not patched
+    X = np.random.default_rng(5).normal(size=(20_000, 12)).astype(np.float32)
+    ours = NNDescent(X, n_neighbors=10, random_state=7, n_jobs=n_jobs, compressed=False)
+    try:
+        pynndescent_.nn_descent = patched.original
+        theirs = NNDescent(X, n_neighbors=10, random_state=7, n_jobs=n_jobs, compressed=False)
+    finally:
+        pynndescent_.nn_descent = patched
+    np.testing.assert_array_equal(ours.neighbor_graph[0], theirs.neighbor_graph[0])
+    np.testing.assert_array_equal(ours.neighbor_graph[1], theirs.neighbor_graph[1])

@@ -299,6 +299,8 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     HeldModel = _held_model_class()
 
     runs, kept = [], []
+    # per space, the silhouette sample's distance matrix, computed once for all its partitions
+    silhouette_cache = {spec: {} for spec in spaces}
     for spec, (pre, z) in spaces.items():
         agg = None
         for alg in params.algorithms:
@@ -317,7 +319,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                                        random_state=params.seed)
                     lab, dist = _assign(cl, z)
                 m = evaluate_partition(z, lab, n_clusters=cl.n_clusters_,
-                                       random_state=params.seed)
+                                       random_state=params.seed, cache=silhouette_cache[spec])
                 lab_np = np.asarray(lab.compute())
                 ident = identity_consistency(lab_np, groups)["overall"] if groups is not None \
                     else None
@@ -414,9 +416,11 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     # every kept partition in every spec's reduced space
     cross = []
     for spec, (_, z) in spaces.items():
+        cache = {}  # the space's silhouette sample distances, once for every kept partition
         for m in kept:
             s = evaluate_partition(z, _aligned(m["labels"], z), n_clusters=m["n"],
-                                   silhouette_sample=2_000, random_state=params.seed)
+                                   silhouette_sample=2_000, random_state=params.seed,
+                                   cache=cache)
             cross.append({"model_id": m["model_id"], "model_descriptor": m["descriptor"],
                           "algorithm": m["algorithm"], "k": m["k"], "space": spec,
                           "calinski_harabasz": s["calinski_harabasz"],

@@ -28,7 +28,7 @@ def enable_numba_cache(*packages: str) -> int:
     its on-disk cache on after the fact (``Dispatcher.enable_caching``); the cache is keyed by
     the source file's stamp, so an upgraded library recompiles. Kernels numba refuses to cache
     (pynndescent's ``nn_descent``, which asks numba for its thread count through a pointer)
-    stay compiled per process. The cache lives beside the library (``__pycache__``) or under
+    are replaced by a cacheable copy of that driver (``vclust.numerics.nndescent``). The cache lives beside the library (``__pycache__``) or under
     ``NUMBA_CACHE_DIR``. ``packages``: some of ``_NUMBA_PACKAGES`` (default: pynndescent, so
     that the fit does not import umap-learn). Idempotent; returns how many kernels it switched.
     """
@@ -59,12 +59,23 @@ def enable_numba_cache(*packages: str) -> int:
                 module = importlib.import_module(f"{name}.{info.name}")
             except ImportError:
                 continue
-            for value in vars(module).values():
-                if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache):
+            for attr, value in vars(module).items():
+                if not isinstance(value, Dispatcher):
+                    continue
+                if value.__dict__.get("_MemoMixin__uuid") is None:
+                    # a name, not numba's random per-process uuid: kernels that take this one as
+                    # an argument (the distance) then have the same signature in every process,
+                    # which is what their cache entries are looked up by
+                    value._set_uuid(f"vclust-stable:{name}.{info.name}.{attr}")
+                if isinstance(value._cache, NullCache):
                     value.enable_caching()
                     count += 1
     # the ones numba refuses say so once per process: expected, not the user's concern
     warnings.filterwarnings("ignore", message="Cannot cache compiled function")
+    if "pynndescent" in packages:
+        from . import nndescent
+
+        nndescent.install()  # the graph-building driver, cacheable (nndescent.py says why)
     return count
 
 

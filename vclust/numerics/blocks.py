@@ -55,8 +55,7 @@ def map_blocks_reduce(func, X, *arrays, args=()):
         return list(dask.compute(*tasks))
     sizes = np.diff(offsets + [X.shape[0]])
     jobs = [(X[o:o + n], *(a[o:o + n] for a in arrays), int(o)) for o, n in zip(offsets, sizes)]
-    with ThreadPoolExecutor() as pool:
-        return list(pool.map(lambda j: func(*j, *args), jobs))
+    return _run_local(lambda j: func(*j, *args), jobs)
 
 
 def map_blocks_state(func, X, states=None, args=()):
@@ -82,9 +81,26 @@ def map_blocks_state(func, X, states=None, args=()):
     sizes = np.diff(offsets + [X.shape[0]])
     states = list(states) if states is not None else [None] * len(sizes)
     jobs = [(X[o:o + n], s, int(o)) for o, n, s in zip(offsets, sizes, states)]
-    with ThreadPoolExecutor() as pool:
-        pairs = list(pool.map(lambda j: func(*j, *args), jobs))
+    pairs = _run_local(lambda j: func(*j, *args), jobs)
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+_POOL = None
+
+
+def _run_local(fn, jobs) -> list:
+    """``[fn(j) for j in jobs]`` for numpy blocks: inline for one block, else on one thread pool
+    per process, as wide as the machine (numpy's kernels release the GIL). A k-range on 20,000
+    rows makes a few hundred passes: a pool started per pass cost more than the pass."""
+    global _POOL
+    if len(jobs) <= 1:
+        return [fn(j) for j in jobs]
+    if _POOL is None:
+        import os
+
+        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                   thread_name_prefix="vclust-blocks")
+    return list(_POOL.map(fn, jobs))
 
 
 def _persist(objs: list) -> list:

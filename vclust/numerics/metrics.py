@@ -101,40 +101,91 @@ def davies_bouldin(X, labels, n_clusters=None) -> float:
     return _db(counts, means, dist)
 
 
-def silhouette_sampled(X, labels, sample_size=10_000, random_state=0) -> float:
-    """scikit-learn's silhouette on a seeded sample of rows (chosen by row hash)."""
-    from sklearn.metrics import silhouette_score
-
-    n = X.shape[0]
+def _sample_positions(n, sample_size, random_state):
+    """Rows of the silhouette sample: those whose row hash falls under sample_size / n (the same
+    rows for every labelling of the same X, whatever its chunking)."""
     p = min(1.0, sample_size / n)
+    return np.flatnonzero(row_uniform(np.arange(n), random_state, 11) < p)
 
-    def pick(block, lab, row0):
-        keep = row_uniform(np.arange(row0, row0 + len(lab)), random_state, 11) < p
-        return np.asarray(block)[keep], np.asarray(lab)[keep]
 
-    parts = map_blocks_reduce(pick, X, labels)
-    xs = np.concatenate([q[0] for q in parts])
-    ls = np.concatenate([q[1] for q in parts])
+def _pairwise_distances(xs, step=1024):
+    """Euclidean distances between the rows of xs (m x m, float32), computed in float64 in
+    slices (as scikit-learn does for float32 input) and stored in float32."""
+    x = np.asarray(xs, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x, x)
+    out = np.empty((len(x), len(x)), np.float32)
+    for a in range(0, len(x), step):
+        d = x[a:a + step] @ x.T
+        d *= -2
+        d += sq[a:a + step, None]
+        d += sq[None, :]
+        np.maximum(d, 0, out=d)
+        d[np.arange(len(d)), np.arange(a, a + len(d))] = 0  # a row to itself, exactly
+        np.sqrt(d, out=d)
+        out[a:a + step] = d
+    return out
+
+
+def _silhouette_from_distances(D, ls) -> float:
+    """scikit-learn's silhouette_score from a precomputed distance matrix: per row, a = mean
+    distance to the other members of its cluster, b = least mean distance to another cluster,
+    s = (b - a) / max(a, b), 0 for a row alone in its cluster."""
+    uniq, lab = np.unique(np.asarray(ls), return_inverse=True)
+    m, k = len(lab), len(uniq)
+    onehot = np.zeros((m, k), np.float32)
+    onehot[np.arange(m), lab] = 1
+    sums = (D @ onehot).astype(np.float64)
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    own = counts[lab]
+    a = sums[np.arange(m), lab] / np.maximum(own - 1, 1)
+    other = sums / counts
+    other[np.arange(m), lab] = np.inf
+    b = other.min(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = (b - a) / np.maximum(a, b)
+    return float(np.where(own > 1, np.nan_to_num(s), 0.0).mean())
+
+
+def silhouette_sampled(X, labels, sample_size=10_000, random_state=0, cache=None) -> float:
+    """scikit-learn's silhouette on a seeded sample of rows (chosen by row hash).
+
+    ``cache``: a dict kept across calls on the same X (a k-range): the sample's rows and their
+    distance matrix (sample_size^2 float32: 400 MB for 10,000) are computed on the first call
+    only, so each further labelling costs one product with its one-hot matrix instead of
+    sample_size^2 distances again (on 20,000 x 57 rows: 0.7 s a k before, 0.05 s after)."""
+    n = X.shape[0]
+    key = (X.shape, sample_size, random_state)
+    if cache is not None and cache.get("key") == key:
+        pos, D = cache["pos"], cache["D"]
+    else:
+        pos = _sample_positions(n, sample_size, random_state)
+        xs = X[pos]
+        xs = np.asarray(xs.compute() if is_dask(xs) else xs)
+        D = _pairwise_distances(xs)
+        if cache is not None:
+            cache.update(key=key, pos=pos, D=D)
+    ls = labels[pos]
+    ls = np.asarray(ls.compute() if is_dask(ls) else ls)
     if len(np.unique(ls)) < 2 or len(ls) < 3:
         return float("nan")
-    return float(silhouette_score(xs, ls))
+    return _silhouette_from_distances(D, ls)
 
 
 def evaluate_partition(X, labels, *, n_clusters=None, silhouette_sample=10_000,
-                       random_state=0) -> dict:
+                       random_state=0, cache=None) -> dict:
     """Calinski-Harabasz, Davies-Bouldin, the within-cluster sum of squares, sizes and a sampled
     silhouette. Reads X three times (sums, distances, silhouette sample).
 
     ``within_ss`` is the sum of squared distances to the cluster *means*; KMeans' ``inertia_``
     is the sum to its *centres*, the same number only when the centres are the means
-    (at convergence)."""
+    (at convergence). ``cache``: see :func:`silhouette_sampled` (one dict per X)."""
     counts, sums, means, sq, dist = _partition_stats(X, labels, n_clusters)
     _check_labels(counts)
     return {
         "n_clusters": int(len(counts)),
         "calinski_harabasz": _ch(counts, sums, means, sq),
         "davies_bouldin": _db(counts, means, dist),
-        "silhouette": silhouette_sampled(X, labels, silhouette_sample, random_state),
+        "silhouette": silhouette_sampled(X, labels, silhouette_sample, random_state, cache),
         "within_ss": float(sq.sum()),
         "sizes": [int(c) for c in counts],
     }

@@ -1,0 +1,106 @@
+"""pynndescent's NN-descent driver, compiled once per machine instead of once per process.
+
+pynndescent compiles its numba kernels in every new process. ``annindex.enable_numba_cache``
+puts most of them in numba's disk cache; two stay out: ``nn_descent`` and
+``nn_descent_internal``, the driver that builds the graph, because they ask numba for its thread
+count from inside compiled code (``numba.get_num_threads()``, a call through a pointer that numba
+will not cache). They are ~5 s of compilation in each process that builds an index (the fit's
+outlier index, the report's map graph; ~24 s with the other kernels before they were cached).
+
+Here is the same driver with the thread count passed in as an argument, so numba caches it:
+the loop of pynndescent 0.7.0's ``nn_descent`` / ``nn_descent_internal`` (dense data, random
+projection tree initialisation), calling pynndescent's own kernels in the same order with the
+same arguments, so the graph is the same, bit for bit (tests/test_outliers.py checks it against
+pynndescent's own driver). ``install()`` swaps it in for the calls it covers, and only for the
+pynndescent versions in ``SUPPORTED``; anything else (an initial graph, sparse data, verbose
+progress, another version) goes to pynndescent's own driver.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pynndescent
+from pynndescent import pynndescent_ as P
+
+SUPPORTED = ("0.7.0",)
+_installed = False
+
+
+@numba.njit(cache=True)
+def _nn_descent_internal(current_graph, data, n_neighbors, rng_state, max_candidates, dist,
+                         n_iters, delta, kernel, n_threads):
+    n_vertices = data.shape[0]
+    block_size = 16384
+    n_blocks = n_vertices // block_size
+    max_updates_per_thread = (
+        int((max_candidates**2 + max_candidates * (max_candidates - 1) / 2) * block_size
+            / n_threads) + 1024)
+    update_array = np.empty((n_threads, max_updates_per_thread, 3), dtype=np.float32)
+    n_updates_per_thread = np.zeros(n_threads, dtype=np.int32)
+    if n_threads > 1:
+        sorted_updates = np.empty((n_threads, 2 * max_updates_per_thread, 3), dtype=np.float32)
+    else:
+        sorted_updates = np.empty((1, 1, 3), dtype=np.float32)
+    block_offsets = np.zeros((n_threads, n_threads + 1), dtype=np.int64)
+    new_candidate_indices = np.full((n_vertices, max_candidates), -1, dtype=np.int32)
+    new_candidate_priority = np.full((n_vertices, max_candidates), np.inf, dtype=np.float32)
+    old_candidate_indices = np.full((n_vertices, max_candidates), -1, dtype=np.int32)
+    old_candidate_priority = np.full((n_vertices, max_candidates), np.inf, dtype=np.float32)
+    active = np.ones(n_vertices, dtype=np.uint8)
+    reverse_dst = np.empty(n_vertices * n_neighbors, dtype=np.int32)
+    reverse_src = np.empty(n_vertices * n_neighbors, dtype=np.int32)
+    bucket_bounds = np.zeros((n_threads, n_threads + 1), dtype=np.int64)
+
+    for _ in range(n_iters):
+        new_candidate_neighbors, old_candidate_neighbors = P.build_candidates_owner(
+            current_graph, max_candidates, rng_state, n_threads, new_candidate_indices,
+            new_candidate_priority, old_candidate_indices, old_candidate_priority, active,
+            reverse_dst, reverse_src, bucket_bounds)
+        c = P.process_candidates(
+            data, dist, current_graph, new_candidate_neighbors, old_candidate_neighbors,
+            n_blocks, block_size, n_threads, update_array, n_updates_per_thread, sorted_updates,
+            block_offsets, kernel)
+        if c <= delta * n_neighbors * data.shape[0]:
+            return
+
+
+@numba.njit(cache=True)
+def _nn_descent(data, n_neighbors, rng_state, max_candidates, dist, n_iters, delta, leaf_array,
+                kernel, n_threads):
+    current_graph = P.make_heap(data.shape[0], n_neighbors)
+    P.init_rp_tree(data, dist, current_graph, leaf_array, n_threads=n_threads)
+    P.init_random(n_neighbors, data, current_graph, dist, rng_state)
+    _nn_descent_internal(current_graph, data, n_neighbors, rng_state, max_candidates, dist,
+                         n_iters, delta, kernel, n_threads)
+    return P.deheap_sort(current_graph[0], current_graph[1])
+
+
+def install() -> bool:
+    """Route pynndescent's dense NN-descent builds through the cached driver (idempotent).
+    Returns whether it is in place (False for a pynndescent version not in ``SUPPORTED``)."""
+    global _installed
+    if _installed:
+        return True
+    if getattr(pynndescent, "__version__", None) not in SUPPORTED:
+        return False
+    original = P.nn_descent
+
+    def nn_descent(data, n_neighbors, rng_state, max_candidates=50, dist=None, n_iters=10,
+                   delta=0.001, init_graph=P.EMPTY_GRAPH, rp_tree_init=True, leaf_array=None,
+                   low_memory=True, verbose=False, kernel=0):
+        if (init_graph[0].shape[0] == 1 and rp_tree_init and not verbose and dist is not None
+                and leaf_array is not None and isinstance(data, np.ndarray)):
+            return _nn_descent(data, n_neighbors, rng_state, max_candidates, dist, n_iters,
+                               delta, leaf_array, kernel, numba.get_num_threads())
+        kwargs = dict(init_graph=init_graph, rp_tree_init=rp_tree_init, leaf_array=leaf_array,
+                      low_memory=low_memory, verbose=verbose, kernel=kernel)
+        if dist is not None:
+            kwargs["dist"] = dist
+        return original(data, n_neighbors, rng_state, max_candidates, n_iters=n_iters,
+                        delta=delta, **kwargs)
+
+    nn_descent.original = original
+    P.nn_descent = nn_descent
+    _installed = True
+    return True
