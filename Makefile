@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench]'
+	# compile pynndescent's and umap-learn's numba kernels into numba's disk cache once, here,
+	# instead of in the user's first fit and report (vclust/warmup.py; ~100 s on 2 cores)
+	$(PY) -m vclust.warmup
 	touch $(STAMP)
 
 # Headless Chromium (Debian's package) for the report's browser test. Installed when missing,

@@ -1,0 +1,203 @@
+"""What the user runs, timed as the user runs it: whole commands as fresh processes, cold and
+warm, side by side in one run with a whole-process scikit-learn script doing the same clustering
+work (np.load, L2-normalise, PCA to the same variance, KMeans, Calinski-Harabasz, Davies-Bouldin).
+
+Commands (osnet, 512 dims, from the synthetic case):
+  fit-416k-k12      vclust fit on 416,314 rows, --k 12 (outliers included)
+  fit-416k-k6:16    vclust fit on 416,314 rows, --k-range 6:16
+  fit-20k-k6:16     vclust fit on a 20,000-row store, --k-range 6:16
+  label-20k         vclust label of a 20,000-row batch appended to the 416,314-row store
+  demo              vclust demo (synth -> ingest -> fit -> label -> export -> report, 20,000 rows)
+
+Cold: the first run after an install. The install step (`make install`) runs
+`python -m vclust.warmup`, which fills numba's disk cache; so cold here is a fresh
+NUMBA_CACHE_DIR filled by that same warm-up, and the OS page cache dropped (when this process
+may: root) before each cold run, of vclust and of the peer alike. Warm: three more runs; the
+median is reported. Phases come from each command's own progress lines (first warm run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+from common import DATA, ROWS, ensure_case, machine, run_measured, vclust_cmd, write_section
+
+SET = "osnet"
+PEER = textwrap.dedent("""
+    import sys, time
+    t0 = time.perf_counter()
+    import numpy as np
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score
+    from sklearn.preprocessing import normalize
+    path, ks = sys.argv[1], [int(k) for k in sys.argv[2].split(",")]
+    x = np.load(path)
+    t1 = time.perf_counter()
+    z = PCA(0.95, random_state=0).fit_transform(normalize(x))
+    t2 = time.perf_counter()
+    for k in ks:
+        labels = KMeans(k, n_init=1, random_state=0).fit_predict(z)
+        ch, db = calinski_harabasz_score(z, labels), davies_bouldin_score(z, labels)
+    t3 = time.perf_counter()
+    print(f"load {t1 - t0:.2f} s, L2 + PCA {t2 - t1:.2f} s ({z.shape[1]} components), "
+          f"KMeans + CH + DB x {len(ks)} k {t3 - t2:.2f} s")
+""")
+
+
+def drop_page_cache() -> bool:
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def phases(stderr: str) -> str:
+    out = []
+    for line in stderr.splitlines():
+        m = re.match(r"\[\s*([\d.]+)s\] (.*)", line)
+        if m and not m.group(2).startswith(("k=", "dask:")):
+            out.append(f"{float(m.group(1)):.1f} s {m.group(2)[:70]}")
+    return "; ".join(out)
+
+
+def prepare(rows: int) -> dict:
+    """The stores and files the commands use, made once under DATA."""
+    from vclust.storage.store import Store
+    from vclust.synth import generate_case
+
+    case = ensure_case(rows)
+    paths = {"npy": DATA / f"{SET}-{rows}.npy", "store": DATA / f"cmd-store-{rows}",
+             "npy20": DATA / f"{SET}-20000.npy", "store20": DATA / "cmd-store-20000",
+             "night": DATA / "cmd-night-20000"}
+    if not paths["npy"].exists():
+        x = np.asarray(np.load(case / "descriptors" / f"{SET}.pickle", allow_pickle=True),
+                       dtype=np.float32)
+        np.save(paths["npy"], x)
+    if not (paths["store"] / "zarr.json").exists():
+        shutil.rmtree(paths["store"], ignore_errors=True)
+        subprocess.run(vclust_cmd() + ["-q", "ingest", str(paths["store"]), str(paths["npy"]),
+                                       "--name", SET, "--ids", str(case / "images_paths.csv"),
+                                       "--batch", "initial"], check=True)
+    if not (paths["night"] / "truth.csv").exists():
+        generate_case(paths["night"], n_rows=20_000, seed=1)
+        x = np.asarray(np.load(paths["night"] / "descriptors" / f"{SET}.pickle",
+                               allow_pickle=True), dtype=np.float32)
+        np.save(paths["npy20"], x)
+    if "night" not in Store.open(paths["store"]).batch_ids():
+        subprocess.run(vclust_cmd() + ["-q", "ingest", str(paths["store"]), str(paths["npy20"]),
+                                       "--name", SET, "--ids",
+                                       str(paths["night"] / "images_paths.csv"),
+                                       "--batch", "night"], check=True)
+    if not (paths["store20"] / "zarr.json").exists():
+        shutil.rmtree(paths["store20"], ignore_errors=True)
+        subprocess.run(vclust_cmd() + ["-q", "ingest", str(paths["store20"]),
+                                       str(paths["npy20"]), "--name", SET, "--ids",
+                                       str(paths["night"] / "images_paths.csv"),
+                                       "--batch", "initial"], check=True)
+    return paths
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=ROWS)
+    ap.add_argument("--warm", type=int, default=3)
+    args = ap.parse_args()
+    paths = prepare(args.rows)
+    work = Path(tempfile.mkdtemp(prefix="vclust-cmds-"))
+    model = work / "model-k12"
+    # the model the label command applies: fitted once, outside the timings
+    subprocess.run(vclust_cmd() + ["-q", "fit", str(paths["store"]), "--descriptor", SET,
+                                   "--k", "12", "--model", str(model)], check=True)
+    peer = work / "peer.py"
+    peer.write_text(PEER)
+    ks = ",".join(str(k) for k in range(6, 17))
+    commands = [
+        ("fit 416k x 512, --k 12",
+         lambda o: ["fit", str(paths["store"]), "--descriptor", SET, "--k", "12", "--model", o],
+         [str(paths["npy"]), "12"]),
+        ("fit 416k x 512, --k-range 6:16",
+         lambda o: ["fit", str(paths["store"]), "--descriptor", SET, "--k-range", "6:16",
+                    "--model", o], [str(paths["npy"]), ks]),
+        ("fit 20k x 512, --k-range 6:16",
+         lambda o: ["fit", str(paths["store20"]), "--descriptor", SET, "--k-range", "6:16",
+                    "--model", o], [str(paths["npy20"]), ks]),
+        ("label a 20k batch into the 416k store",
+         lambda o: ["label", str(paths["store"]), "--model", str(model), "--batch", "night",
+                    "--out", o], None),
+        ("demo (20,000 rows, whole pipeline + report)",
+         lambda o: ["demo", "--out", o], None),
+    ]
+    cache = work / "numba-cache"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "vclust.warmup"], env=env, check=True)
+    install_warmup = time.perf_counter() - t
+    dropped = None
+    rows = []
+    for name, argv, peer_args in commands:
+        res = {"name": name}
+        for kind, make in (("vclust", lambda i: vclust_cmd() + argv(str(work / f"out-{i}"))),
+                           ("peer", lambda i: [sys.executable, str(peer), *peer_args])):
+            if kind == "peer" and peer_args is None:
+                continue
+            times, first = [], None
+            for i in range(1 + args.warm):
+                shutil.rmtree(work / f"out-{i}", ignore_errors=True)
+                if i == 0:
+                    dropped = drop_page_cache()
+                wall, peak, out = run_measured(make(i), env=env)
+                times.append(wall)
+                if i == 1:
+                    first = out
+                print(f"{name} / {kind} run {i}: {wall:.1f} s", flush=True)
+            res[kind] = (times[0], times[1:], first)
+        rows.append(res)
+    lines = [f"## Whole commands, cold and warm (bench_commands.py, {time.strftime('%Y-%m-%d')})",
+             "",
+             f"Each command as a fresh process on {machine()}; osnet rows of the synthetic case.",
+             "Cold: the first run after an install (numba's cache filled by the install step's "
+             f"`python -m vclust.warmup`, {install_warmup:.0f} s, into a fresh NUMBA_CACHE_DIR"
+             + ("; the OS page cache dropped before it" if dropped else
+                "; the OS page cache could not be dropped here") + f"). Warm: {args.warm} more "
+             "runs, median. The peer: a whole-process scikit-learn script (np.load, normalize, "
+             "PCA(0.95), KMeans(k, n_init=1), CH, DB for each k; no outlier work).",
+             "",
+             "| command | vclust cold | vclust warm (median; runs) | scikit-learn script cold "
+             "| scikit-learn warm (median) | warm ratio |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        vc, vw, _ = r["vclust"]
+        cells = [r["name"], f"{vc:.1f} s",
+                 f"{statistics.median(vw):.1f} s ({', '.join(f'{x:.1f}' for x in vw)})"]
+        if "peer" in r:
+            pc, pw, _ = r["peer"]
+            cells += [f"{pc:.1f} s", f"{statistics.median(pw):.1f} s",
+                      f"{statistics.median(vw) / statistics.median(pw):.2f}x"]
+        else:
+            cells += ["-", "-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Phases (first warm run; seconds since the command started):", ""]
+    for r in rows:
+        lines.append(f"- {r['name']}: {phases(r['vclust'][2].stderr)}")
+        if "peer" in r:
+            lines.append(f"  - scikit-learn script: {r['peer'][2].stdout.strip()}")
+    write_section("commands", "\n".join(lines))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
