@@ -97,9 +97,16 @@ def prepare(rows: int) -> dict:
         x = np.asarray(np.load(paths["night"] / "descriptors" / f"{SET}.pickle",
                                allow_pickle=True), dtype=np.float32)
         np.save(paths["npy20"], x)
-    if "night" not in Store.open(paths["store"]).batch_ids():
-        subprocess.run(vclust_cmd() + ["-q", "ingest", str(paths["store"]), str(paths["npy20"]),
-                                       "--name", SET, "--ids",
+    if Store.open(paths["store"]).batch_ids() != ["initial"]:
+        raise SystemExit(f"{paths['store']} holds more than the initial batch: remove it")
+    # the label command appends to a copy, so the fits see the 416k rows only
+    paths["label_store"] = DATA / f"cmd-label-store-{rows}"
+    if not (paths["label_store"] / "zarr.json").exists() or \
+            "night" not in Store.open(paths["label_store"]).batch_ids():
+        shutil.rmtree(paths["label_store"], ignore_errors=True)
+        shutil.copytree(paths["store"], paths["label_store"])
+        subprocess.run(vclust_cmd() + ["-q", "ingest", str(paths["label_store"]),
+                                       str(paths["npy20"]), "--name", SET, "--ids",
                                        str(paths["night"] / "images_paths.csv"),
                                        "--batch", "night"], check=True)
     if not (paths["store20"] / "zarr.json").exists():
@@ -122,6 +129,7 @@ def main():
     # the model the label command applies: fitted once, outside the timings
     subprocess.run(vclust_cmd() + ["-q", "fit", str(paths["store"]), "--descriptor", SET,
                                    "--k", "12", "--model", str(model)], check=True)
+    assert paths["label_store"] != paths["store"]
     peer = work / "peer.py"
     peer.write_text(PEER)
     ks = ",".join(str(k) for k in range(6, 17))
@@ -136,7 +144,7 @@ def main():
          lambda o: ["fit", str(paths["store20"]), "--descriptor", SET, "--k-range", "6:16",
                     "--model", o], [str(paths["npy20"]), ks]),
         ("label a 20k batch into the 416k store",
-         lambda o: ["label", str(paths["store"]), "--model", str(model), "--batch", "night",
+         lambda o: ["label", str(paths["label_store"]), "--model", str(model), "--batch", "night",
                     "--out", o], None),
         ("demo (20,000 rows, whole pipeline + report)",
          lambda o: ["demo", "--out", o], None),

@@ -299,10 +299,14 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     HeldModel = _held_model_class()
 
     runs, kept = [], []
-    # per space, the silhouette sample's distance matrix, computed once for all its partitions
-    silhouette_cache = {spec: {} for spec in spaces}
     for spec, (pre, z) in spaces.items():
         agg = None
+        # the space's silhouette sample distances, computed once for all its partitions
+        silhouette_cache = {}
+        # small spaces are clustered in this process, as `vclust fit` does (jobs.in_process)
+        local = jobs.in_process(z)
+        if local is not None:
+            say(f"{spec}: clustering in this process ({local.nbytes / 1e6:.0f} MB of rows)")
         for alg in params.algorithms:
             table, fitted, rows = [], {}, []
             for k in params.ks:
@@ -314,12 +318,19 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                     cl, lab = agg.fit(k)
                     lab = lab.persist()
                     (dist,) = dask.persist(_distances(cl, z, lab))
-                else:
+                elif local is None:
                     cl = fit_algorithm(alg, z, k, sample_size=params.fit_sample,
                                        random_state=params.seed)
                     lab, dist = _assign(cl, z)
-                m = evaluate_partition(z, lab, n_clusters=cl.n_clusters_,
-                                       random_state=params.seed, cache=silhouette_cache[spec])
+                else:
+                    cl = fit_algorithm(alg, local, k, sample_size=params.fit_sample,
+                                       random_state=params.seed)
+                    lab_np, dist_np = cl.predict_block(local)
+                    lab, dist = _aligned(lab_np, z), _aligned(dist_np, z)
+                m = evaluate_partition(z if local is None else local,
+                                       lab if local is None else lab_np,
+                                       n_clusters=cl.n_clusters_, random_state=params.seed,
+                                       cache=silhouette_cache)
                 lab_np = np.asarray(lab.compute())
                 ident = identity_consistency(lab_np, groups)["overall"] if groups is not None \
                     else None
