@@ -66,7 +66,7 @@ def pixels(store_path, params, say=_quiet, batches=None) -> dict:
     chosen = params.batches or batches
     return compute_pixels(store_path, params.images, batches=chosen,
                           all_batches=params.all or chosen is None,
-                          size=params.analysis_size, say=say)
+                          size=params.analysis_size, block_rows=params.block_rows, say=say)
 
 
 def store_fingerprint(store) -> dict:

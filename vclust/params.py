@@ -216,6 +216,8 @@ class PixelsParams(Params):
     analysis_size: int = option(ANALYSIS_SIZE, "JPEGs more than twice this on their longer side "
                                 "are decoded reduced (draft mode), never below it", ge=32,
                                 metavar="PX")
+    block_rows: int = option(2048, "rows per task (each task reads and decodes its rows' images "
+                             "on a worker)", ge=1, metavar="N")
 
     @model_validator(mode="after")
     def _not_both(self):
@@ -301,6 +303,12 @@ class ReportParams(Params):
         "VeRi-Wild the vehicle), or none")
     truth: Optional[str] = option(None, "truth.csv of a synthetic case, to read the clusters "
                                   "against", metavar="CSV")
+    duplicate_ratio: float = option(0.1, "near-duplicates: rows whose nearest reference row lies "
+                                    "within RATIO times the model's typical neighbour distance "
+                                    "(README: near-duplicates)", gt=0, metavar="RATIO")
+    pixel_images: int = option(24, "images shown per pixel gallery (broken, bright, dark, "
+                               "blurry, uniform) and near-duplicate groups shown", ge=0,
+                               metavar="N")
 
 
 def _same_as(model: type[Params], name: str):

@@ -17,7 +17,7 @@ absolute bound, so that a batch of good pictures flags nothing and a batch of ba
 move its own bound past what is plainly bad:
 
     unreadable      the image is missing, cannot be read or cannot be decoded
-    overexposed     overexposed share >= max(0.25, median + z MAD): glare, a blown-out frame
+    overexposed     overexposed share >= max(0.4, median + z MAD): glare, a blown-out frame
                     (before uniform: glare crushes the contrast too)
     uniform         contrast <= min(6, exp(median - z MAD) of log contrast): a flat, empty or
                     dead frame
@@ -49,7 +49,7 @@ PROBLEMS = ("", "missing", "unreadable", "undecodable")
 #: pixel reasons, in order of precedence (a row gets the first that applies)
 PIXEL_REASONS = ("unreadable", "overexposed", "uniform", "underexposed", "blurry")
 #: the absolute side of each bound (see the module docstring)
-ABSOLUTE = {"uniform": 6.0, "overexposed": 0.25, "underexposed": 40.0, "blurry": -2.0}
+ABSOLUTE = {"uniform": 6.0, "overexposed": 0.4, "underexposed": 40.0, "blurry": -2.0}
 DEFAULT_PIXEL_Z = 4.0
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -4,15 +4,16 @@ Layout::
 
     STORE/pixels/<batch>/<column>     (batch rows,) one array per column, row i of the batch
                                       is store row ledger[batch].start + i
-    STORE/pixels/.staging-<uuid>/     a batch being written (never read)
+    STORE.staging/pixels-<uuid>/      beside the store: a batch being written (never read)
 
 Writing a batch (``begin``, tasks writing disjoint chunk-aligned row ranges with ``open_column``,
-then ``commit``): the columns are written into a staging group, the staging group is renamed to
-``pixels/<batch>``, and only then is ``"pixels"`` written into the batch's ledger entry. The
-ledger entry is what readers trust: a batch whose entry has no ``"pixels"`` has no statistics,
-whatever lies under ``pixels/``. A killed writer leaves the committed statistics and the
-ledger exactly as they were; its staging group (or an uncommitted ``pixels/<batch>``) is
-removed by the next writer.
+then ``commit``): the columns are written into a staging group beside the store, the staging
+group is renamed to ``pixels/<batch>``, and only then is ``"pixels"`` written into the batch's
+ledger entry. The ledger entry is what readers trust: a batch whose entry has no ``"pixels"``
+has no statistics, whatever lies under ``pixels/``. A writer killed while computing leaves the
+store's files exactly as they were (its staging group lies outside the store); killed between
+the rename and the ledger write, it leaves an uncommitted ``pixels/<batch>`` that no reader
+sees. The next writer removes both.
 
 This module knows nothing of images or of what the columns mean (the caller gives the column
 dtypes).
@@ -45,14 +46,23 @@ def batches_with_pixels(store: Store) -> list[str]:
 def clean(store: Store) -> None:
     """Remove staging groups and batch groups the ledger does not name (a writer's leftovers).
     Call under the store lock."""
+    staging = _staging_root(store)
+    if staging.is_dir():
+        for entry in staging.glob("pixels-*"):
+            shutil.rmtree(entry, ignore_errors=True)
+        if not any(staging.iterdir()):
+            staging.rmdir()
     root = store.path / DIR
     if not root.is_dir():
         return
     committed = set(batches_with_pixels(store))
     for entry in root.iterdir():
-        if entry.name.startswith(".staging-") or (entry.is_dir() and entry.name not in committed
-                                                  and entry.name != "zarr.json"):
+        if entry.is_dir() and entry.name not in committed:
             shutil.rmtree(entry, ignore_errors=True)
+
+
+def _staging_root(store: Store) -> Path:
+    return store.path.with_name(store.path.name + ".staging")
 
 
 def begin(store: Store, batch_id: str, columns: dict[str, str], chunk: int | None = None) -> Path:
@@ -62,9 +72,8 @@ def begin(store: Store, batch_id: str, columns: dict[str, str], chunk: int | Non
 
     start, stop = store.batch_rows(batch_id)
     n = stop - start
-    root = store.path / DIR
-    root.mkdir(exist_ok=True)
-    staging = root / f".staging-{uuid.uuid4().hex}"
+    staging = _staging_root(store) / f"pixels-{uuid.uuid4().hex}"
+    staging.parent.mkdir(exist_ok=True)
     group = zarr.open_group(str(staging), mode="w")
     chunk = max(1, min(chunk or store.chunk_rows, n))
     for name, dtype in columns.items():
@@ -92,11 +101,14 @@ def chunk_rows(group_path) -> int:
 def commit(store: Store, batch_id: str, staging: Path, record: dict) -> None:
     """Move the staging group into place and write ``record`` into the batch's ledger entry."""
     target = store.path / DIR / batch_id
+    target.parent.mkdir(exist_ok=True)
     if target.exists():  # uncommitted leftovers (a committed batch is never rewritten)
         if pixel_entry(store, batch_id):
             raise InputError(f"{store.path}: batch '{batch_id}' already has pixel statistics")
         shutil.rmtree(target)
     staging.rename(target)
+    if not any(staging.parent.iterdir()):
+        staging.parent.rmdir()
     ledger = store.ledger
     for b in ledger:
         if b["id"] == batch_id:
