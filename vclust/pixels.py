@@ -46,8 +46,9 @@ def _source(path):
 
 
 def decode(data: bytes, size: int = ANALYSIS_SIZE):
-    """(width, height, RGB array at most about ``size`` on the longer side), or raise on a picture
-    that cannot be decoded (truncated, corrupt, not an image)."""
+    """(width, height, RGB array at most about ``size`` on the longer side, its luma and the
+    luma's histogram), or raise
+    on a picture that cannot be decoded (truncated, corrupt, not an image)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
@@ -58,8 +59,9 @@ def decode(data: bytes, size: int = ANALYSIS_SIZE):
                 im.draft("RGB", (math.ceil(w * size / longer), math.ceil(h * size / longer)))
             else:
                 im = im.reduce(longer // size)
-        rgb = np.asarray(im.convert("RGB"))  # decodes: a truncated file raises here
-    return w, h, rgb
+        rgb_image = im.convert("RGB")  # decodes: a truncated file raises here
+    luma = rgb_image.convert("L")
+    return w, h, np.asarray(rgb_image), np.asarray(luma), luma.histogram()
 
 
 def row_stats(status: str, data: bytes | None, size: int = ANALYSIS_SIZE) -> tuple:
@@ -69,8 +71,8 @@ def row_stats(status: str, data: bytes | None, size: int = ANALYSIS_SIZE) -> tup
         code = PROBLEMS.index("missing" if status == "missing" else "unreadable")
         return (0, code, 0, 0) + nan
     try:
-        w, h, rgb = decode(data, size)
-        stats = image_stats(rgb)
+        w, h, rgb, luma, hist = decode(data, size)
+        stats = image_stats(rgb, luma, hist)
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on garbage
         log.debug("pixels: undecodable image (%s: %s)", type(exc).__name__, exc)
         return (0, PROBLEMS.index("undecodable"), 0, 0) + nan
