@@ -113,7 +113,9 @@ def cmd_info(args, say):
           f"on disk {info['bytes_on_disk'] / 1e6:.1f} MB")
     print("descriptors " + ", ".join(f"{k} ({v} dims)" for k, v in info["descriptors"].items()))
     print("batches:")
-    print_table(info["batches"], ["id", "rows", "start", "stop", "dropped", "created"])
+    rows = [{**b, "pixels": "-" if b.get("pixels") is None else f"{b['pixels']} readable"}
+            for b in info["batches"]]
+    print_table(rows, ["id", "rows", "start", "stop", "dropped", "created", "pixels"])
 
 
 def cmd_fit(args, say):
