@@ -406,3 +406,28 @@ def test_report_has_pixel_galleries_and_near_duplicates(synthetic, tmp_path):
     assert data["near_duplicates"]["rows"] == len(table) > 0
     # the descriptor galleries leave the pixel reasons to their own
     assert not {g["reason"] for g in data["outliers"]["galleries"]} & set(PIXEL_REASONS)
+
+
+def test_pixels_job_step_measures_the_batch_just_ingested(photo_zip, tmp_path, local_client):
+    """A job spec ingest -> pixels, run twice on the test's LocalCluster: the second run
+    changes nothing; the shipped nightly job measures its batch after ingest."""
+    from vclust.runner import load_spec, parse_spec, run_spec
+
+    path, ids = photo_zip
+    npy, csv = tmp_path / "night.npy", tmp_path / "night.csv"
+    np.save(npy, np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32))
+    pd.DataFrame({"paths": ids}).to_csv(csv, index=False)
+    spec = {"name": "night", "steps": ["ingest", "pixels"], "store": str(tmp_path / "store"),
+            "registry": str(tmp_path / "registry"), "labels": str(tmp_path / "labels"),
+            "scheduler": local_client.scheduler.address,
+            "ingest": {"sources": [str(npy)], "ids": str(csv), "batch": "n1"},
+            "pixels": {"images": str(path), "block_rows": 16}}
+    assert run_spec(parse_spec(dict(spec), "test"), say=lambda m: None) == 0
+    stats = read_stats(tmp_path / "store", 0, len(ids))
+    assert stats["have"].all() and stats["readable"].sum() == len(ids) - 3
+    before = _tree_digest(tmp_path / "store")
+    assert run_spec(parse_spec(dict(spec), "test"), say=lambda m: None) == 0
+    assert _tree_digest(tmp_path / "store") == before
+    nightly = load_spec(Path(__file__).resolve().parents[1] / "jobs" / "nightly_relabel.yaml")
+    assert nightly.steps[:3] == ["ingest", "pixels", "label"]
+    assert nightly.pixels.images.endswith("veriwild.zip") and nightly.pixels.batches is None
