@@ -144,7 +144,11 @@ def compute_pixels(store_path, images, *, batches=None, all_batches: bool = Fals
                                                            str(group), start, a,
                                                            min(n, a + block_rows), size)
                      for a in range(0, n, block_rows)]
-            parts = dask.compute(*tasks)
+            try:
+                parts = dask.compute(*tasks)
+            except BaseException:
+                P.clean(store)  # the staging group; the store itself was never touched
+                raise
             summary = {"rows": n}
             for key in ("readable",) + tuple(p for p in PROBLEMS if p):
                 summary[key] = sum(p[key] for p in parts)

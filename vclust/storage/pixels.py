@@ -109,12 +109,8 @@ def commit(store: Store, batch_id: str, staging: Path, record: dict) -> None:
     staging.rename(target)
     if not any(staging.parent.iterdir()):
         staging.parent.rmdir()
-    ledger = store.ledger
-    for b in ledger:
-        if b["id"] == batch_id:
-            b["pixels"] = {**record,
-                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    store._group.attrs["ledger"] = ledger
+    store.annotate_batch(batch_id, "pixels", {
+        **record, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 def read(store_path, start: int, stop: int, columns: dict[str, str]) -> dict:

@@ -319,6 +319,18 @@ class Store:
             self._group["ids"][start + a : start + b] = np.asarray(ids[a:b], dtype=str)
             self._group["batch"][start + a : start + b] = np.asarray([batch_id] * (b - a), dtype=str)
 
+    def annotate_batch(self, batch_id: str, key: str, value) -> None:
+        """Write ``key: value`` into a committed batch's ledger entry (one attribute write: a
+        reader sees the entry before or after, never half of it)."""
+        ledger = self.ledger
+        for b in ledger:
+            if b["id"] == batch_id:
+                b[key] = value
+                break
+        else:
+            raise InputError(f"{self.path}: no batch '{batch_id}'")
+        self._group.attrs["ledger"] = ledger
+
     def commit_batch(self, entry: dict):
         """Write the ledger entry: the append becomes visible."""
         ledger = self.ledger
