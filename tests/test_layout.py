@@ -95,7 +95,8 @@ def test_the_boundary_check_sees_a_violation(tmp_path):
 @pytest.mark.parametrize("module", ["vclust.numerics.kmeans", "vclust.numerics.outliers",
                                     "vclust.numerics.metrics", "vclust.numerics.algorithms",
                                     "vclust.numerics.preprocess", "vclust.numerics.maps",
-                                    "vclust.storage.ingest"])
+                                    "vclust.numerics.pixels", "vclust.storage.ingest",
+                                    "vclust.storage.pixels"])
 def test_importing_a_lower_layer_loads_nothing_above_it(module):
     code = (f"import sys, json, {module}; "
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('vclust'))))")

@@ -62,6 +62,8 @@ class _Page(HTMLParser):
         a = dict(attrs)
         if tag == "body":
             self.body = a
+        if tag == "section":  # a new section: its figures belong to no card or reason gallery
+            self._card = self._group = self._reason = None
         if tag == "article" and "data-cluster" in a:
             self._card, self._reason = int(a["data-cluster"]), None
             self.cards[self._card] = {}

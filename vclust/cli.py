@@ -20,8 +20,8 @@ import traceback
 from . import __version__
 from .errors import EXIT_FAULT, EXIT_INPUT, InputError
 from .params import (CompareParams, DemoParams, ExportParams, FitParams, IngestParams,
-                     LabelParams, PromoteParams, ReportParams, SynthParams, add_options,
-                     params_from_args)
+                     LabelParams, PixelsParams, PromoteParams, ReportParams, SynthParams,
+                     add_options, params_from_args)
 
 log = logging.getLogger("vclust")
 
@@ -113,7 +113,9 @@ def cmd_info(args, say):
           f"on disk {info['bytes_on_disk'] / 1e6:.1f} MB")
     print("descriptors " + ", ".join(f"{k} ({v} dims)" for k, v in info["descriptors"].items()))
     print("batches:")
-    print_table(info["batches"], ["id", "rows", "start", "stop", "dropped", "created"])
+    rows = [{**b, "pixels": "-" if b.get("pixels") is None else f"{b['pixels']} readable"}
+            for b in info["batches"]]
+    print_table(rows, ["id", "rows", "start", "stop", "dropped", "created", "pixels"])
 
 
 def cmd_fit(args, say):
@@ -134,7 +136,17 @@ def cmd_label(args, say):
     model = jobs.resolve_model(args.model, args.registry)
     with _connect(args, say):
         summary = jobs.label(args.store, model, args.out, batches=p.batches,
-                             all_batches=p.all, say=say)
+                             all_batches=p.all, say=say, params=p)
+    print(json.dumps(summary))
+
+
+def cmd_pixels(args, say):
+    from . import jobs
+
+    p = params_from_args(PixelsParams, args)
+    jobs.check_pixels(args.store, p)  # the cheap checks before starting a cluster
+    with _connect(args, say):
+        summary = jobs.pixels(args.store, p, say=say)
     print(json.dumps(summary))
 
 
@@ -263,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(s, LabelParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_label)
+
+    s = sub.add_parser("pixels", help="per-image pixel statistics (readable, size, brightness, "
+                       "exposure, sharpness, colourfulness) of batches, from the zip or folder, "
+                       "stored beside the descriptors")
+    s.add_argument("store", metavar="STORE")
+    add_options(s, PixelsParams)
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_pixels)
 
     s = sub.add_parser("export", help="CSV of one model's labels: path,cluster,is_outlier,"
                        "outlier_score,outlier_reason[,cluster_name]")

@@ -47,6 +47,28 @@ def ingest(store_path, params, say=_quiet) -> dict:
     return summary
 
 
+def check_pixels(store_path, params) -> None:
+    """The cheap checks of ``vclust pixels``: the store and the image source exist."""
+    from .images import ImageSource
+    from .storage.store import Store
+
+    Store.open(store_path)
+    ImageSource(params.images).close()
+    if not params.all and not params.batches:
+        raise InputError("pass --batch ID (one or more) or --all")
+
+
+def pixels(store_path, params, say=_quiet, batches=None) -> dict:
+    """Pixel statistics of the batches ``params`` (a ``PixelsParams``) names, or ``batches``
+    when it names none (vclust.pixels)."""
+    from .pixels import compute_pixels
+
+    chosen = params.batches or batches
+    return compute_pixels(store_path, params.images, batches=chosen,
+                          all_batches=params.all or chosen is None,
+                          size=params.analysis_size, block_rows=params.block_rows, say=say)
+
+
 def store_fingerprint(store) -> dict:
     """What a model was fitted on: the store's batches and their source checksums."""
     h = hashlib.sha256()
@@ -280,7 +302,8 @@ def resolve_model(model=None, registry=None):
     return Model.load(model)
 
 
-def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason):
+def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, nn_row, nn_dist,
+                 pixel_bounds=None):
     import pandas as pd
 
     from .numerics.outliers import REASONS
@@ -288,19 +311,54 @@ def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason):
 
     n = len(labels)
     ids = read_ids(store_path, row0, row0 + n)
+    why = np.asarray(REASONS, dtype=object)[reason.astype(np.int64)]
+    flag = flag.astype(bool)
+    if pixel_bounds is not None:  # the pixels' plain evidence flags a row whatever the descriptors say
+        from .numerics.pixels import PIXEL_REASONS, pixel_reasons
+        from .pixels import read_stats
+
+        code = pixel_reasons(read_stats(store_path, row0, row0 + n), pixel_bounds)
+        hit = code > 0
+        flag = flag | hit
+        why = np.where(hit, np.asarray(("",) + PIXEL_REASONS, dtype=object)[code], why)
     return pd.DataFrame({
         "image_id": ids.astype(str), "row": np.arange(row0, row0 + n, dtype=np.int64),
         "cluster": labels.astype(np.int32), "distance": dist.astype(np.float32),
-        "outlier_score": score.astype(np.float32), "is_outlier": flag.astype(bool),
-        "outlier_reason": np.asarray(REASONS, dtype=object)[reason.astype(np.int64)],
+        "outlier_score": score.astype(np.float32), "is_outlier": flag,
+        "outlier_reason": why,
+        "nearest_row": nn_row.astype(np.int64), "nearest_distance": nn_dist.astype(np.float32),
     })
 
 
+def pixel_bounds(store, params=None, say=_quiet) -> dict | None:
+    """The pixel reasons' bounds fitted on every row of the store with pixel statistics
+    (vclust.numerics.pixels.fit_thresholds), or None when no batch has them or ``params`` (a
+    ``LabelParams``) turns them off."""
+    from .numerics.pixels import DEFAULT_PIXEL_Z, fit_thresholds
+    from .pixels import read_stats
+    from .storage.pixels import batches_with_pixels
+
+    if (params is not None and params.no_pixels) or not batches_with_pixels(store):
+        return None
+    stats = read_stats(store.path, 0, store.n_rows)
+    have = stats.pop("have")
+    stats = {k: v[have] for k, v in stats.items()}
+    z = params.pixel_z if params is not None else DEFAULT_PIXEL_Z
+    bounds = fit_thresholds(stats, z, params.pixel_overrides if params is not None else None)
+    say(f"pixel reasons over {int(have.sum())} rows with pixel statistics: uniform at contrast "
+        f"<= {bounds['uniform']:.3g}, overexposed at share >= {bounds['overexposed']:.3g}, "
+        f"underexposed at brightness <= {bounds['underexposed']:.3g}, blurry at relative "
+        f"sharpness <= {bounds['blurry']:.3g}")
+    return bounds
+
+
 def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = False,
-          skip_existing: bool = False, say=_quiet) -> dict:
+          skip_existing: bool = False, say=_quiet, params=None) -> dict:
     """Label batches of the store with ``model`` into ``labels_dir`` (model=<id>/batch=<id>/).
 
-    Only the rows of the chosen batches are read: cost follows the batch, not the store.
+    Only the rows of the chosen batches are read: cost follows the batch, not the store. Rows
+    of batches with pixel statistics (``vclust pixels``) that give a pixel reason are flagged
+    with it (``params``, a ``LabelParams``, sets or turns off the bounds).
     """
     import dask
 
@@ -308,6 +366,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
     from .storage.store import Store
 
     store = Store.open(store_path)
+    bounds = pixel_bounds(store, params, say)
     if all_batches:
         chosen = store.batch_ids()
     else:
@@ -327,9 +386,9 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
         start, stop = store.batch_rows(b)
         say(f"labelling batch {b}: rows {start}..{stop - 1}")
         sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
-        outs = model.apply(sets, row_offset=start, reasons=True)
+        outs = model.apply(sets, row_offset=start, reasons=True, nearest=True)
         offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
-        parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks)
+        parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks, pixel_bounds=bounds)
                  for o, *blocks in zip(offsets, *(a.to_delayed().ravel() for a in outs))]
         write_batch(labels_dir, model.model_id, b, parts)
         written.append({"batch": b, "rows": stop - start})

@@ -2,7 +2,10 @@
 
 One row per image: image_id string, row int64, cluster int32, distance float32, outlier_score
 float32, is_outlier bool, outlier_reason string (the term of the outlier score that flagged the
-row, "" when not flagged; labels written before it read as null). The partition values live in the directory names only (hive style), so
+row, or the pixel reason that did (vclust.numerics.pixels), "" when not flagged; labels written
+before it read as null), nearest_row int64 and nearest_distance float32 (the row's nearest
+reference row of the outlier index other than itself, and its distance: the near-duplicate
+evidence, vclust.duplicates; null in labels written before them). The partition values live in the directory names only (hive style), so
 pandas, dask.dataframe and pyarrow read the dataset without vclust.
 
 Writing a batch (``write_batch``): every part is written as its own file into
@@ -31,9 +34,11 @@ import numpy as np
 from .errors import InputError
 
 COLUMNS = ["image_id", "row", "cluster", "distance", "outlier_score", "is_outlier",
-           "outlier_reason"]
+           "outlier_reason", "nearest_row", "nearest_distance"]
 DTYPES = {"image_id": "string", "row": "int64", "cluster": "int32", "distance": "float32",
-          "outlier_score": "float32", "is_outlier": "bool", "outlier_reason": "string"}
+          "outlier_score": "float32", "is_outlier": "bool", "outlier_reason": "string",
+          "nearest_row": "int64", "nearest_distance": "float32"}
+OPTIONAL = ("outlier_reason", "nearest_row", "nearest_distance")  # null in older labels
 CSV_COLUMNS = ["path", "cluster", "is_outlier", "outlier_score", "outlier_reason"]
 
 
@@ -42,7 +47,8 @@ def label_schema():
 
     return pa.schema([("image_id", pa.string()), ("row", pa.int64()), ("cluster", pa.int32()),
                       ("distance", pa.float32()), ("outlier_score", pa.float32()),
-                      ("is_outlier", pa.bool_()), ("outlier_reason", pa.string())])
+                      ("is_outlier", pa.bool_()), ("outlier_reason", pa.string()),
+                      ("nearest_row", pa.int64()), ("nearest_distance", pa.float32())])
 
 
 def read_names(path, n_clusters: int | None = None) -> dict[int, tuple[str, str]]:
@@ -86,7 +92,7 @@ def _check_name(value: str, what: str):
 
 
 def validate_frame(df):
-    missing = [c for c in COLUMNS if c not in df.columns and c != "outlier_reason"]
+    missing = [c for c in COLUMNS if c not in df.columns and c not in OPTIONAL]
     if missing:
         raise ValueError(f"label frame lacks columns {missing}; expected {COLUMNS}")
     for c in ("row", "cluster", "distance", "outlier_score"):
@@ -101,6 +107,9 @@ def _write_part(frame, path: str) -> int:
     validate_frame(frame)
     if "outlier_reason" not in frame:
         frame = frame.assign(outlier_reason="")
+    for c in ("nearest_row", "nearest_distance"):
+        if c not in frame:
+            frame = frame.assign(**{c: None})
     table = pa.Table.from_pandas(frame[COLUMNS], schema=label_schema(), preserve_index=False)
     pq.write_table(table, path)
     return len(frame)

@@ -168,20 +168,24 @@ class Model:
             return self.preprocess.transform(sets[self.descriptors[0]])
         return self.preprocess.transform({d: sets[d] for d in self.descriptors})
 
-    def apply(self, sets: dict, row_offset: int = 0, reasons: bool = False):
+    def apply(self, sets: dict, row_offset: int = 0, reasons: bool = False,
+              nearest: bool = False):
         """(cluster int32, distance float32, outlier_score float32, is_outlier bool), all lazy
         dask arrays over the same rows as ``sets``, whose first row is the store's row
         ``row_offset`` (the outlier score skips a row's own entry in the reference by that id).
         With ``reasons``, a fifth array: the reason index (int8, into
-        ``vclust.numerics.outliers.REASONS``; 0 for rows not flagged)."""
+        ``vclust.numerics.outliers.REASONS``; 0 for rows not flagged). With ``nearest``, two
+        more: each row's nearest reference row other than itself and its distance
+        (``OutlierScorer.score``)."""
         z = self.reduce(sets)
         labels, dist = assign(self.clusterer, z)
         raw = sets[self.descriptors[0]] if len(self.descriptors) == 1 else \
             {d: sets[d] for d in self.descriptors}
         out = self.outliers.score(z, labels, dist, row_offset=row_offset, reasons=reasons,
-                                  raw=raw)
+                                  raw=raw, nearest=nearest)
         if self.clusterer.name == "hdbscan":
-            out = with_noise(self.clusterer.noise(z), *out)
+            n = 3 if reasons else 2  # (score, flag[, reason]), then the nearest-row arrays
+            out = (*with_noise(self.clusterer.noise(z), *out[:n]), *out[n:])
         return (labels, dist, *out)
 
 

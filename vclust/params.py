@@ -32,6 +32,8 @@ from pydantic import (
 from .errors import InputError
 from .numerics import ALGORITHMS, DEFAULT_MAD_Z, DEFAULT_PCA_VARIANCE
 from .numerics.drift import DEFAULT_THRESHOLDS
+from .numerics.pixels import ABSOLUTE as PIXEL_ABSOLUTE
+from .numerics.pixels import ANALYSIS_SIZE, DEFAULT_PIXEL_Z
 from .storage.store import COMPRESSIONS, DEFAULT_CHUNK_ROWS
 
 SCALINGS = ("l2", "standardize", "l2+standardize", "none")
@@ -202,17 +204,61 @@ class FitParams(Params):
         return {"threshold": "mad", "mad_z": self.outlier_z}
 
 
-class LabelParams(Params):
-    batches: Optional[list[str]] = option(None, "batches to label (job spec default: the batch "
+class PixelsParams(Params):
+    """``vclust pixels``: per-row pixel statistics from the images (vclust.pixels)."""
+
+    images: str = option(..., "the images, read in place: veriwild.zip or a folder (ids matched "
+                         "as path suffixes)", metavar="ZIP_OR_DIR")
+    batches: Optional[list[str]] = option(None, "batches to measure (job spec default: the batch "
                                           "just ingested, else all)", flag="--batch",
                                           metavar="ID")
-    all: bool = option(False, "label every batch")
+    all: bool = option(False, "measure every batch (those already measured are kept)")
+    analysis_size: int = option(ANALYSIS_SIZE, "JPEGs more than twice this on their longer side "
+                                "are decoded reduced (draft mode), never below it", ge=32,
+                                metavar="PX")
+    block_rows: int = option(2048, "rows per task (each task reads and decodes its rows' images "
+                             "on a worker)", ge=1, metavar="N")
 
     @model_validator(mode="after")
     def _not_both(self):
         if self.all and self.batches:
             raise ValueError("pass either --batch or --all, not both")
         return self
+
+
+class LabelParams(Params):
+    batches: Optional[list[str]] = option(None, "batches to label (job spec default: the batch "
+                                          "just ingested, else all)", flag="--batch",
+                                          metavar="ID")
+    all: bool = option(False, "label every batch")
+    pixel_z: float = option(DEFAULT_PIXEL_Z, "pixel reasons: bounds at median -/+ Z MAD of the "
+                            "stored pixel statistics (README: pixel evidence)", gt=0, metavar="Z")
+    uniform_contrast: Optional[float] = option(
+        None, "pixel reason uniform: brightness spread at most this (default: fitted, at most "
+        f"{PIXEL_ABSOLUTE['uniform']:g})", ge=0, metavar="SD")
+    overexposed_share: Optional[float] = option(
+        None, "pixel reason overexposed: share of pixels at luma >= 245 at least this (default: "
+        f"fitted, at least {PIXEL_ABSOLUTE['overexposed']:g})", gt=0, le=1, metavar="SHARE")
+    underexposed_brightness: Optional[float] = option(
+        None, "pixel reason underexposed: mean brightness at most this (default: fitted, at "
+        f"most {PIXEL_ABSOLUTE['underexposed']:g})", ge=0, le=255, metavar="LUMA")
+    blurry_sharpness: Optional[float] = option(
+        None, "pixel reason blurry: log(sharpness / contrast^2) at most this (default: fitted, at"
+        f" most {PIXEL_ABSOLUTE['blurry']:g})", metavar="LOG")
+    no_pixels: bool = option(False, "leave the pixel statistics out of the outlier output")
+
+    @model_validator(mode="after")
+    def _not_both(self):
+        if self.all and self.batches:
+            raise ValueError("pass either --batch or --all, not both")
+        return self
+
+    @property
+    def pixel_overrides(self) -> dict:
+        """Pixel reason bounds fixed by the user (vclust.numerics.pixels.fit_thresholds)."""
+        given = {"uniform": self.uniform_contrast, "overexposed": self.overexposed_share,
+                 "underexposed": self.underexposed_brightness, "blurry": self.blurry_sharpness}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 class DriftParams(Params):
@@ -257,6 +303,12 @@ class ReportParams(Params):
         "VeRi-Wild the vehicle), or none")
     truth: Optional[str] = option(None, "truth.csv of a synthetic case, to read the clusters "
                                   "against", metavar="CSV")
+    duplicate_ratio: float = option(0.1, "near-duplicates: rows whose nearest reference row lies "
+                                    "within RATIO times the model's typical neighbour distance "
+                                    "(README: near-duplicates)", gt=0, metavar="RATIO")
+    pixel_images: int = option(24, "images shown per pixel gallery (broken, bright, dark, "
+                               "blurry, uniform) and near-duplicate groups shown", ge=0,
+                               metavar="N")
 
 
 def _same_as(model: type[Params], name: str):

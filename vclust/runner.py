@@ -38,11 +38,12 @@ from .params import (
     IngestParams,
     LabelParams,
     Params,
+    PixelsParams,
     ReportParams,
     SynthParams,
 )
 
-STEPS = ("synth", "ingest", "fit", "label", "drift", "export", "report", "compare")
+STEPS = ("synth", "ingest", "pixels", "fit", "label", "drift", "export", "report", "compare")
 
 
 class JobSpec(Params):
@@ -59,6 +60,7 @@ class JobSpec(Params):
     refit: bool = False  # nightly: on a drift alert, fit a new model, make it current, relabel all
     synth: Optional[SynthParams] = None
     ingest: Optional[IngestParams] = None
+    pixels: Optional[PixelsParams] = None  # after ingest: the batch just ingested, else all
     fit: Optional[FitParams] = None
     label: LabelParams = LabelParams()
     drift: Optional[DriftParams] = None
@@ -171,6 +173,9 @@ def _run_steps(spec: JobSpec, say) -> int:
                 say(f"batch {ingested['batch']} was already processed on {done['when']} "
                     f"(model {done['model']}): nothing to do")
                 return int(done["exit_code"])
+        elif step == "pixels":
+            jobs.pixels(spec.store, spec.pixels, say=say,
+                        batches=[ingested["batch"]] if ingested else None)
         elif step == "fit":
             _fit_and_register(spec, say)
         elif step == "label":
@@ -235,10 +240,10 @@ def _label(spec: JobSpec, ingested, say):
     model = jobs.resolve_model(registry=spec.registry)
     s = spec.label
     if s.all or (s.batches is None and ingested is None):
-        jobs.label(spec.store, model, spec.labels, all_batches=True, say=say)
+        jobs.label(spec.store, model, spec.labels, all_batches=True, say=say, params=s)
     else:
         batches = s.batches or [ingested["batch"]]
-        jobs.label(spec.store, model, spec.labels, batches=batches, say=say)
+        jobs.label(spec.store, model, spec.labels, batches=batches, say=say, params=s)
 
 
 def _drift(spec: JobSpec, ingested, say) -> int:
@@ -262,7 +267,7 @@ def _drift(spec: JobSpec, ingested, say) -> int:
     refit_id = None
     if alerts and spec.refit:
         new = _fit_and_register(spec, say)
-        jobs.label(spec.store, new, spec.labels, all_batches=True, say=say)
+        jobs.label(spec.store, new, spec.labels, all_batches=True, say=say, params=spec.label)
         refit_id = new.model_id
     code = EXIT_DRIFT if alerts else 0
     record = _nightly_record(spec, batch)

@@ -347,10 +347,13 @@ class OutlierScorer:
 
     # ------------------------------------------------------------------ scoring
 
-    def _raw_components(self, x, xz, rows):
+    def _raw_components(self, x, xz, rows, nearest=None):
         """(knn, lof, tight) before normalisation: ``x`` the scoring rows, ``xz`` the same rows
-        in the clustering rows."""
+        in the clustering rows. ``nearest``, a list, receives (row, distance) of each row's
+        nearest reference row other than itself (absolute row ids, scoring-row distances)."""
         idx, d = self.neighbours(x, rows)
+        if nearest is not None:
+            nearest.append((self.ref_rows_[idx[:, 0]], d[:, 0].astype(np.float32)))
         knn = _log(d.mean(axis=1))
         reach = np.maximum(d, self.kdist_[idx])
         lrd = 1.0 / np.maximum(reach.mean(axis=1), 1e-12)
@@ -364,11 +367,12 @@ class OutlierScorer:
         tight = _log(np.partition(dz, self.tight_rank_ - 1, axis=1)[:, self.tight_rank_ - 1])
         return knn, lof, tight
 
-    def terms(self, x, labels, center_dist, rows, own=None):
+    def terms(self, x, labels, center_dist, rows, own=None, nearest=None):
         """The lifts of each row of a numpy block, (n, 4) float64 in REASONS order from
-        "isolated" (-inf where a term has nothing to say); ``own`` its scoring rows (None: x)."""
+        "isolated" (-inf where a term has nothing to say); ``own`` its scoring rows (None: x);
+        ``nearest`` as for ``_raw_components``."""
         labels = np.asarray(labels)
-        knn, lof, tight = self._raw_components(x if own is None else own, x, rows)
+        knn, lof, tight = self._raw_components(x if own is None else own, x, rows, nearest)
         z_knn = (knn - self.knn_norm_[0]) / self.knn_norm_[1]
         z_lof = (lof - self.lof_norm_[0]) / self.lof_norm_[1]
         lift_tight = -(tight - self.tight_norm_[0]) / self.tight_norm_[1]
@@ -382,17 +386,18 @@ class OutlierScorer:
                                            self.cluster_tight_[labels], -np.inf)
         return out
 
-    def z_block(self, x, labels, center_dist, rows, own=None, with_term=False):
+    def z_block(self, x, labels, center_dist, rows, own=None, with_term=False, nearest=None):
         """The combined z of each row of a numpy block (and the REASONS index of the term that
         gave it, with ``with_term``)."""
-        t = self.terms(x, labels, center_dist, rows, own)
+        t = self.terms(x, labels, center_dist, rows, own, nearest)
         term = np.argmax(t, axis=1)
         z = t[np.arange(len(t)), term]
         return (z, (term + 1).astype(np.int8)) if with_term else z
 
-    def score_block(self, x, labels, center_dist, rows, own=None, reasons=False):
-        """(outlier_score float32, is_outlier bool[, reason int8]) for one numpy block."""
-        z, term = self.z_block(x, labels, center_dist, rows, own, with_term=True)
+    def score_block(self, x, labels, center_dist, rows, own=None, reasons=False, nearest=None):
+        """(outlier_score float32, is_outlier bool[, reason int8]) for one numpy block;
+        ``nearest``, a list, receives (row, distance) of each row's nearest reference row."""
+        z, term = self.z_block(x, labels, center_dist, rows, own, with_term=True, nearest=nearest)
         score = (1.0 / (1.0 + np.exp(-(np.clip(z, -50, 50) - 3.0)))).astype(np.float32)
         # the threshold is on z: scores of far outliers all round to 1.0 in float32
         flag = z >= getattr(self, "threshold_z_", np.inf)
@@ -416,19 +421,25 @@ class OutlierScorer:
         parts = dask.compute(*tasks)
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def score(self, X, labels, center_dist, row_offset=0, reasons=False, raw=None):
+    def score(self, X, labels, center_dist, row_offset=0, reasons=False, raw=None,
+              nearest=False):
         """(outlier_score, is_outlier) for every row, with ``reasons`` also the reason (int8
-        index into REASONS, 0 for rows not flagged); dask in -> dask out (one task per block,
-        run on the workers), numpy in -> numpy out. ``row_offset`` is the absolute row id of
-        X's first row (the reference skips a row's own entry by that id); ``raw`` the same rows
-        as given, when the scorer was fitted with them."""
+        index into REASONS, 0 for rows not flagged), with ``nearest`` also each row's nearest
+        reference row other than itself (int64 absolute row id) and its distance in the scoring
+        rows (float32): the near-duplicate evidence, from the same query; dask in -> dask out
+        (one task per block, run on the workers), numpy in -> numpy out. ``row_offset`` is the
+        absolute row id of X's first row (the reference skips a row's own entry by that id);
+        ``raw`` the same rows as given, when the scorer was fitted with them."""
         import dask
         import dask.array as da
 
         raw = self._check_raw(X, raw)
         if not is_dask(X):
             rows = np.arange(row_offset, row_offset + X.shape[0])
-            return self.score_block(X, labels, center_dist, rows, self._own_block(raw), reasons)
+            near = []
+            out = self.score_block(X, labels, center_dist, rows, self._own_block(raw), reasons,
+                                   nearest=near)
+            return (*out, *near[0]) if nearest else out
         me = shared(self)
         offsets = np.cumsum((row_offset,) + X.chunks[0][:-1])
         labels = labels.rechunk((X.chunks[0],))
@@ -436,20 +447,24 @@ class OutlierScorer:
         raws = self._raw_parts(raw, X.chunks[0])
 
         def one(scorer, x, lab, dist, row0, r):
+            near = []
             s, f, why = scorer.score_block(x, lab, dist, np.arange(row0, row0 + len(x)),
-                                           scorer._own_block(r), reasons=True)
-            return np.stack([s, f.astype(np.float32), why.astype(np.float32)], axis=1)
+                                           scorer._own_block(r), reasons=True, nearest=near)
+            return np.stack([s, f, why, near[0][0], near[0][1]], axis=1).astype(np.float64)
 
         blocks = []
         for i, (x, lab, dist) in enumerate(zip(X.to_delayed().ravel(), labels.to_delayed().ravel(),
                                                center_dist.to_delayed().ravel())):
             n = X.chunks[0][i]
             res = dask.delayed(one, pure=True)(me, x, lab, dist, int(offsets[i]), raws[i])
-            blocks.append(da.from_delayed(res, shape=(n, 3), dtype=np.float32))
+            blocks.append(da.from_delayed(res, shape=(n, 5), dtype=np.float64))
         both = da.concatenate(blocks, axis=0)
+        out = (both[:, 0].astype(np.float32), both[:, 1] > 0.5)
         if reasons:
-            return both[:, 0], both[:, 1] > 0.5, both[:, 2].astype(np.int8)
-        return both[:, 0], both[:, 1] > 0.5
+            out += (both[:, 2].astype(np.int8),)
+        if nearest:
+            out += (both[:, 3].astype(np.int64), both[:, 4].astype(np.float32))
+        return out
 
     # ------------------------------------------------------------------ state
 

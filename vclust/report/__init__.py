@@ -3,7 +3,10 @@
 ``write_report`` writes into one folder that opens from disk with no server and no network:
 
     index.html        overview (partitions tried, clusters), the 2D and 3D map, a card per
-                      cluster with its images, a gallery per outlier reason
+                      cluster with its images, a gallery per outlier reason, the pixel
+                      galleries (broken, bright, dark, blurry, uniform) and the near-duplicate
+                      groups
+    near_duplicates.csv  group,row,image_id of every near-duplicate group (vclust.duplicates)
     data.js           the same content for the page's script, and the map's points
     report.json       the same content for programs (no map coordinates)
     assets/           plotly.min.js (from the plotly package), report.js, report.css
@@ -122,7 +125,25 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         readings = content.truth_readings(frame, truth)
         for c in cards:
             c["reading"] = readings.get(c["id"], "")
-    galleries = content.outlier_galleries(frame, params.outliers)
+    from ..duplicates import near_duplicates, summary as dup_summary, tight_distance
+    from ..numerics.pixels import PIXEL_REASONS
+    from ..pixels import read_stats
+    from ..storage.pixels import batches_with_pixels
+
+    galleries = content.outlier_galleries(frame, params.outliers, exclude=PIXEL_REASONS)
+    stats = None
+    if batches_with_pixels(store):
+        stats = read_stats(store.path, 0, store.n_rows)
+    pixel_galleries = content.pixel_galleries(frame, stats, params.pixel_images)
+    tight = tight_distance(model, params.duplicate_ratio)
+    dup_groups = near_duplicates(frame, tight)
+    dup_groups.to_csv(out / "near_duplicates.csv", index=False)
+    dups = {**dup_summary(dup_groups, len(frame), len(model.outliers.ref_rows_), tight,
+                          params.duplicate_ratio),
+            "table": "near_duplicates.csv",
+            "shown": content.duplicate_gallery(dup_groups, {}, params.pixel_images)}
+    say(f"report: {dups['groups']} near-duplicate groups of {dups['rows']} rows "
+        f"({dups['share']:.2%}) within distance {tight:.3g}")
 
     t_map = time.perf_counter()
     method = choose_method(params.map_method, len(z))
@@ -133,6 +154,8 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     # images: every card and gallery image, then a seeded share of the map's points for hover
     shown = [i["id"] for c in cards for g in c["groups"].values() for i in g]
     shown += [i["id"] for g in galleries for i in g["shown"]]
+    shown += [i["id"] for g in pixel_galleries for i in g["shown"]]
+    shown += [i["id"] for g in dups["shown"] for i in g["rows"]]
     s_ids = s_frame["image_id"].to_numpy().astype(str)
     rng = np.random.default_rng([params.seed, 2])
     hover_extra = s_ids[rng.permutation(len(s_ids))[:params.hover_images]]
@@ -162,6 +185,9 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         "clusters": cards,
         "outliers": {"count": int(flags.sum()), "share": round(float(flags.mean()), 6),
                      "galleries": galleries},
+        "pixels": {"rows_with_stats": int(stats["have"][frame["row"].to_numpy()].sum())
+                   if stats is not None else 0, "galleries": pixel_galleries},
+        "near_duplicates": dups,
         "map": {"method": method, "points": int(len(z)), "sample": params.sample,
                 "seed": params.seed, "seconds": round(map_seconds, 2),
                 "hover_images": int(sum(1 for i in s_ids if i in thumbs))},

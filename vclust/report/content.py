@@ -70,10 +70,13 @@ def border_rows(z, labels, centers, n_per_cluster: int) -> dict[int, list[tuple[
     return out
 
 
-def outlier_galleries(frame, total: int) -> list[dict]:
+def outlier_galleries(frame, total: int, exclude=()) -> list[dict]:
     """Per reason, the flagged rows worst first; ``total`` rows shown, shared out evenly
-    (round robin) between the reasons."""
+    (round robin) between the reasons; reasons in ``exclude`` (the pixel reasons, shown in
+    their own galleries) left out."""
     flagged = frame[frame["is_outlier"]]
+    if exclude and "outlier_reason" in flagged:
+        flagged = flagged[~flagged["outlier_reason"].isin(list(exclude))]
     if "outlier_reason" in flagged:
         reasons = flagged["outlier_reason"].fillna("").replace("", "outlier")
     else:
@@ -151,4 +154,66 @@ def truth_readings(frame, truth, attrs=("body_type", "view", "colour")) -> dict[
                 top = g[a].astype(str).value_counts(normalize=True)
                 parts.append(f"{a} {top.index[0]} ({top.iloc[0]:.0%})")
         out[int(c)] = ", ".join(parts)
+    return out
+
+
+#: the pixel galleries: (reason, title, the statistic that orders it, worst first descending?)
+PIXEL_GALLERIES = (("unreadable", "broken", None, False),
+                   ("overexposed", "bright", "overexposed", True),
+                   ("underexposed", "dark", "brightness", False),
+                   ("blurry", "blurry", "relative_sharpness", False),
+                   ("uniform", "uniform", "contrast", False))
+
+
+def pixel_galleries(frame, stats: dict | None, per_gallery: int) -> list[dict]:
+    """The rows flagged by a pixel reason, a gallery per reason (broken, bright, dark, blurry,
+    uniform), worst first by the statistic behind the reason; ``stats`` the store's pixel
+    statistics by row (None: ordered by row)."""
+    from ..numerics.pixels import PROBLEMS, relative_sharpness
+
+    out = []
+    if "outlier_reason" not in frame:
+        return out
+    reasons = frame["outlier_reason"].fillna("").to_numpy()
+    rows = frame["row"].to_numpy()
+    ids = frame["image_id"].to_numpy()
+    for reason, title, stat, descending in PIXEL_GALLERIES:
+        idx = np.flatnonzero(reasons == reason)
+        caption = None
+        if stats is not None and len(idx):
+            r = rows[idx]
+            if stat == "relative_sharpness":
+                value = relative_sharpness(stats["sharpness"][r], stats["contrast"][r])
+            elif stat is not None:
+                value = np.asarray(stats[stat][r], dtype=np.float64)
+            else:
+                value = np.zeros(len(idx))
+            order = np.lexsort((r, -value if descending else value))
+            idx = idx[order]
+            if stat is None:
+                caption = [PROBLEMS[int(p)] for p in stats["problem"][rows[idx]]]
+            else:
+                caption = [f"{stat.replace('_', ' ')} {v:.3g}" for v in
+                           np.asarray(value)[order]]
+        shown = idx[:per_gallery]
+        out.append({"reason": reason, "title": title, "count": int(len(idx)),
+                    "share": round(len(idx) / len(frame), 6) if len(frame) else 0.0,
+                    "shown": [{"id": str(ids[i]), "row": int(rows[i]),
+                               "caption": caption[j] if caption else ""}
+                              for j, i in enumerate(shown)]})
+    return out
+
+
+def duplicate_gallery(groups, ids_by_row: dict, n_groups: int) -> list[dict]:
+    """The largest near-duplicate groups (then by first row), each with its rows."""
+    if not len(groups):
+        return []
+    sizes = groups.groupby("group").size()
+    top = sorted(sizes.index, key=lambda g: (-int(sizes[g]), int(g)))[:n_groups]
+    out = []
+    for g in top:
+        members = groups[groups["group"] == g]
+        out.append({"group": int(g), "size": int(len(members)),
+                    "rows": [{"id": str(i), "row": int(r)} for r, i in
+                             zip(members["row"], members["image_id"])]})
     return out

@@ -137,6 +137,39 @@ def _galleries(galleries: list[dict], thumbs: dict) -> str:
     return "\n".join(out) or "<p>No outliers flagged.</p>"
 
 
+def _pixel_galleries(px: dict | None, thumbs: dict) -> str:
+    if not px or not px.get("rows_with_stats"):
+        return ('<p>No pixel statistics for these rows: run <code>vclust pixels STORE --images '
+                'ZIP --all</code>, then label again.</p>')
+    out = [f'<p class="hint">{px["rows_with_stats"]:,} rows have pixel statistics. A row in a '
+           'gallery is flagged as an outlier with that reason whatever its descriptors say; '
+           'worst first, with the statistic behind the reason.</p>']
+    for g in px["galleries"]:
+        out.append(f'<div class="gallery" data-pixel="{_e(g["reason"])}"><h3>{_e(g["title"])} '
+                   f'({_e(g["reason"])}) — {g["count"]:,} rows ({_pct(g["share"])})</h3>'
+                   '<div class="strip">'
+                   + "".join(_thumb(i, thumbs, i["caption"]) for i in g["shown"]) + "</div></div>")
+    return "\n".join(out)
+
+
+def _duplicates(d: dict | None, thumbs: dict) -> str:
+    if not d:
+        return "<p>No near-duplicates.</p>"
+    cov = ("" if d["coverage"] >= 1 else
+           f' The index holds {_pct(d["coverage"])} of the rows, so about that share of the pairs '
+           f'is found: the share of the data scaled by it is {_pct(d["share_estimated"])}.')
+    out = [f'<p class="hint">{d["groups"]:,} groups of {d["rows"]:,} rows '
+           f'({_pct(d["share"])} of the data) within distance {d["distance"]:.3g} '
+           f'({d["ratio"]:g} x the typical neighbour distance); the whole table: '
+           f'<a href="{_e(d["table"])}">{_e(d["table"])}</a>.{cov}</p>']
+    for g in d["shown"]:
+        out.append(f'<div class="gallery" data-dup-group="{g["group"]}"><h3>group {g["group"]} — '
+                   f'{g["size"]} rows</h3><div class="strip">'
+                   + "".join(_thumb(i, thumbs, f'row {i["row"]}') for i in g["rows"])
+                   + "</div></div>")
+    return "\n".join(out)
+
+
 def write_page(out: Path, report: dict, map_data: dict | None, thumbs: dict) -> Path:
     """Write index.html, data.js and the assets into ``out``."""
     copy_assets(out)
@@ -173,7 +206,8 @@ def write_page(out: Path, report: dict, map_data: dict | None, thumbs: dict) -> 
 <body data-ready="0">
 <header><h1>Clusters of model {_e(m["id"])}</h1><p class="lede">{lede}</p>
 <nav><a href="#overview">Overview</a><a href="#map">Map</a><a href="#clusters">Clusters</a>
-<a href="#outliers">Outliers</a></nav></header>
+<a href="#outliers">Outliers</a><a href="#pixels">Pixels</a>
+<a href="#duplicates">Near-duplicates</a></nav></header>
 <main>
 <section id="overview"><h2>Overview</h2>
 <p class="hint">Name the clusters after reading their images: a CSV <code>cluster,name,note</code>
@@ -191,6 +225,12 @@ share of a vehicle's other images (same folder) in the same cluster.</p>
 <p class="hint">A gallery per reason (the term of the outlier score that fired), worst first,
 with the score and the cluster.</p>
 {_galleries(report["outliers"]["galleries"], thumbs)}
+</section>
+<section id="pixels"><h2>Pixels: broken, bright, dark, blurry, uniform</h2>
+{_pixel_galleries(report.get("pixels"), thumbs)}
+</section>
+<section id="duplicates"><h2>Near-duplicates</h2>
+{_duplicates(report.get("near_duplicates"), thumbs)}
 </section>
 </main>
 <footer>vclust {_e(report["vclust"])} · {_e(report["created"])} · {img_line} ·

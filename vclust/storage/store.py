@@ -6,6 +6,7 @@ Layout::
     STORE/ids                    (n_rows,) string, forward slashes
     STORE/batch                  (n_rows,) string, the batch each row came in
     STORE/descriptors/<NAME>     (n_rows, dims) float32, chunked by rows
+    STORE/pixels/<batch>/...     per-row pixel statistics of a measured batch (storage.pixels)
     STORE.lock                   beside the store while a writer holds it
 
 The ledger (a list in the group attributes) is the source of truth for what is stored: the rows
@@ -293,7 +294,8 @@ class Store:
             "batches": [
                 {"id": b["id"], "rows": int(b["stop"]) - int(b["start"]), "start": b["start"],
                  "stop": b["stop"], "dropped": len(b.get("dropped_ids", [])),
-                 "created": b.get("created")}
+                 "created": b.get("created"),
+                 "pixels": (b.get("pixels") or {}).get("readable") if b.get("pixels") else None}
                 for b in self.ledger
             ],
             "bytes_on_disk": _du(self.path),
@@ -316,6 +318,18 @@ class Store:
             b = min(n, a + step)
             self._group["ids"][start + a : start + b] = np.asarray(ids[a:b], dtype=str)
             self._group["batch"][start + a : start + b] = np.asarray([batch_id] * (b - a), dtype=str)
+
+    def annotate_batch(self, batch_id: str, key: str, value) -> None:
+        """Write ``key: value`` into a committed batch's ledger entry (one attribute write: a
+        reader sees the entry before or after, never half of it)."""
+        ledger = self.ledger
+        for b in ledger:
+            if b["id"] == batch_id:
+                b[key] = value
+                break
+        else:
+            raise InputError(f"{self.path}: no batch '{batch_id}'")
+        self._group.attrs["ledger"] = ledger
 
     def commit_batch(self, entry: dict):
         """Write the ledger entry: the append becomes visible."""
