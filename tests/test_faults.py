@@ -90,3 +90,107 @@ def test_store_lock_takeover_never_gives_two_holders(tmp_path):
     assert not any("overlap" in r for r in results), results
     assert all(r.count("held") >= 1 for r in results), results
     assert not lock.exists()
+
+
+# --------------------------------------------------------------------------- labels dir
+
+def label_frame(start, n, cluster=0):
+    rows = np.arange(start, start + n)
+    return pd.DataFrame({"image_id": [f"img/{r:06d}.jpg" for r in rows], "row": rows,
+                         "cluster": np.full(n, cluster, np.int32),
+                         "distance": np.ones(n, np.float32),
+                         "outlier_score": np.linspace(0, 1, n).astype(np.float32),
+                         "is_outlier": rows % 10 == 0})
+
+
+SLOW_LABEL_RUN = r"""
+import sys, time
+from vclust import labels
+from tests.test_faults import label_frame
+out, batch, cluster = sys.argv[1], sys.argv[2], int(sys.argv[3])
+first = 0 if batch == "b1" else 1000
+orig = labels._write_part
+def slow(frame, path):
+    n = orig(frame, path)
+    print("part", flush=True)
+    time.sleep(0.05)
+    return n
+labels._write_part = slow
+labels.write_batch(out, "m1", batch, [label_frame(first + i * 10, 10, cluster) for i in range(20)])
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("second_batch", ["b2", "b1"])
+def test_concurrent_label_runs_both_complete(tmp_path, second_batch):
+    """A nightly run and a manual relabel write into one labels dir at once: the second's start
+    used to clear the first's staging (FileNotFoundError, batch never written)."""
+    from vclust.labels import read_labels
+
+    def start(batch, cluster):
+        return subprocess.Popen([sys.executable, "-c", SLOW_LABEL_RUN, str(tmp_path), batch,
+                                 str(cluster)], env=ENV, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    first = start("b1", 1)
+    assert first.stdout.readline().strip() == "part"  # the first run is writing its parts
+    second = start(second_batch, 2)
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [o[1][-2000:] for o in outs]
+    got = read_labels(tmp_path, model="m1")
+    for batch, part in got.groupby("batch"):
+        assert len(part) == 200 and part["row"].is_unique, batch
+        assert part["cluster"].nunique() == 1  # one run's complete partition, not a mixture
+    assert set(got["batch"]) == {"b1", second_batch}
+    staging = tmp_path / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+
+
+def _stray_cases(labels):
+    """(what, how to damage the labels dir) -> the file that must be named."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    part = labels / "model=m1" / "batch=b1"
+
+    def foreign():
+        f = part / "other.parquet"
+        pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), f)
+        return f
+
+    def copied():
+        f = part / "part-00000 (copy).parquet"
+        f.write_bytes((part / "part-00000.parquet").read_bytes())
+        return f
+
+    def copied_batch():
+        import shutil
+
+        f = labels / "model=m1" / "batch=b1-copy"
+        shutil.copytree(part, f)
+        return f / "part-00000.parquet"
+
+    def not_parquet():
+        f = part / "part-00009.parquet"
+        f.write_text("path,cluster\nimg/1.jpg,3\n")
+        return f
+
+    return {"foreign": foreign, "copied": copied, "copied_batch": copied_batch,
+            "not_parquet": not_parquet}
+
+
+@pytest.mark.parametrize("what", ["foreign", "copied", "copied_batch", "not_parquet"])
+def test_export_and_readers_refuse_stray_label_files(tmp_path, what):
+    from vclust.errors import InputError
+    from vclust.labels import export_csv, read_labels, write_batch
+
+    labels = tmp_path / "labels"
+    write_batch(labels, "m1", "b1", [label_frame(0, 50), label_frame(50, 50)])
+    write_batch(labels, "m1", "b2", [label_frame(100, 30)])
+    assert export_csv(labels, tmp_path / "ok.csv") == 130
+    bad = _stray_cases(labels)[what]()
+    out = run_cli(["export", labels, "--csv", tmp_path / "out.csv"])
+    assert_one_line(out, 2, match=str(bad).replace("(", r"\(").replace(")", r"\)"))
+    assert not (tmp_path / "out.csv").exists()
+    with pytest.raises(InputError, match="remove it"):
+        read_labels(labels, model="m1")
