@@ -194,3 +194,48 @@ def test_export_and_readers_refuse_stray_label_files(tmp_path, what):
     assert not (tmp_path / "out.csv").exists()
     with pytest.raises(InputError, match="remove it"):
         read_labels(labels, model="m1")
+
+
+# --------------------------------------------------------------------------- old pickles
+
+@pytest.mark.parametrize("protocol", [0, 1, 2])
+def test_old_protocol_numpy_pickles_are_read_safely(tmp_path, protocol):
+    """Protocols 0-2 store bytes as ``_codecs.encode(text, 'latin1')``: that call is allowed,
+    with exactly those arguments, and nothing more."""
+    from vclust.storage.ingest import ingest
+    from vclust.storage.store import Store
+
+    x = np.random.default_rng(protocol).random((40, 6)).astype(np.float32)
+    x[0, 0] = 1e-45  # bytes above 0x7f and zeros survive the latin1 text
+    (tmp_path / "osnet.pickle").write_bytes(pickle.dumps(x, protocol=protocol))
+    assert ingest(tmp_path / "store", [tmp_path / "osnet.pickle"], batch="b0")["rows"] == 40
+    got = Store.open(tmp_path / "store").descriptors("osnet").compute()
+    np.testing.assert_array_equal(got, x)
+
+
+class _Evil:
+    def __init__(self, reduce):
+        self.reduce = reduce
+
+    def __reduce__(self):
+        return self.reduce
+
+
+@pytest.mark.parametrize("protocol", [0, 2])
+@pytest.mark.parametrize("payload", ["system", "codecs_other_encoding", "codecs_bytes"])
+def test_old_protocol_malicious_pickles_are_still_refused(tmp_path, protocol, payload):
+    import codecs
+
+    from vclust.errors import InputError
+    from vclust.storage.ingest import ingest
+
+    target = tmp_path / "pwned"
+    reduce = {"system": (os.system, (f"touch {target}",)),
+              # _codecs.encode with anything but (str, 'latin1') is not a bytes literal
+              "codecs_other_encoding": (codecs.encode, ("abc", "rot13")),
+              "codecs_bytes": (codecs.encode, (b"abc", "hex"))}[payload]
+    evil = tmp_path / "evil.pickle"
+    evil.write_bytes(pickle.dumps([np.zeros(3), _Evil(reduce)], protocol=protocol))
+    with pytest.raises(InputError, match="refused to unpickle"):
+        ingest(tmp_path / "store", [evil])
+    assert not target.exists() and not (tmp_path / "store").exists()
