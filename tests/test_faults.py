@@ -239,3 +239,210 @@ def test_old_protocol_malicious_pickles_are_still_refused(tmp_path, protocol, pa
     with pytest.raises(InputError, match="refused to unpickle"):
         ingest(tmp_path / "store", [evil])
     assert not target.exists() and not (tmp_path / "store").exists()
+
+
+# --------------------------------------------------------------------------- one line per fault
+
+LOCAL_THREADS = "kind: local\nn_workers: 1\nthreads_per_worker: 2\nprocesses: false\n" \
+                "dashboard_address: \":0\"\n"
+
+
+def small_case(root: Path, rows=600, dims=8, seed=0):
+    """Four blobs of ``rows`` descriptors and their ids, as files to ingest."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, dims)) * 5
+    x = (centres[rng.integers(0, 4, rows)] + rng.normal(size=(rows, dims))).astype(np.float32)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "osnet.npy", x)
+    pd.DataFrame({"paths": [f"img/{seed}/{i}.jpg" for i in range(rows)]}).to_csv(
+        root / "ids.csv", index=False)
+    return [root / "osnet.npy"], root / "ids.csv"
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A store of 600 rows and a model fitted on it (in this process: no cluster needed)."""
+    from vclust import jobs
+    from vclust.params import FitParams
+    from vclust.storage.ingest import ingest
+
+    root = tmp_path_factory.mktemp("fitted")
+    files, ids = small_case(root / "case")
+    ingest(root / "store", files, ids_csv=ids, batch="b0")
+    model = jobs.fit(root / "store", FitParams(descriptor="osnet", k=4, seed=0))
+    jobs.save_model(model, root / "model")
+    (root / "local.yaml").write_text(LOCAL_THREADS)
+    return root
+
+
+def _damage(model: Path, how: str) -> Path:
+    if how == "deleted_npy":
+        f = model / "outliers.kdist.npy"
+        f.unlink()
+    elif how == "truncated_npy":
+        f = model / "preprocess.mean.npy"
+        f.write_bytes(f.read_bytes()[:100])
+    else:  # centres of the wrong shape
+        f = model / "clusterer.cluster_centers.npy"
+        np.save(f, np.load(f)[:, :-1])
+    return f
+
+
+@pytest.mark.parametrize("how", ["deleted_npy", "truncated_npy", "centres_shape"])
+def test_damaged_model_is_refused_with_one_line(fitted, tmp_path, how):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(fitted / "model", model)
+    bad = _damage(model, how)
+    out = run_cli(["label", fitted / "store", "--model", model, "--out", tmp_path / "labels",
+                   "--all", "--cluster", fitted / "local.yaml"])
+    assert_one_line(out, 2, match=f"{bad}: .*damaged")
+    assert not (tmp_path / "labels").exists()
+
+
+def test_paths_of_the_wrong_kind_are_refused_with_one_line(fitted, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args in (["label", fitted / "store", "--model", fitted / "model", "--out", afile, "--all",
+                  "--cluster", fitted / "local.yaml"],
+                 ["synth", afile, "--rows", "50"],
+                 ["report", fitted / "store", "--model", fitted / "model", "--labels", afile,
+                  "--out", tmp_path / "rep", "--cluster", fitted / "local.yaml"],
+                 ["export", tmp_path, "--csv", afile / "x.csv"]):
+        assert_one_line(run_cli(args), 2)
+    assert afile.read_text() == "x"
+
+
+def test_bad_scheduler_address_and_binary_job_spec(fitted, tmp_path):
+    base = ["label", fitted / "store", "--model", fitted / "model", "--out", tmp_path / "l",
+            "--all"]
+    assert_one_line(run_cli(base + ["--scheduler", "nonsense://host:1"]), 2,
+                    match="not a scheduler address")
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes(bytes(range(256)) * 8)
+    assert_one_line(run_cli(["run", spec]), 2, match="not a text file")
+    # --debug shows the traceback as well
+    out = run_cli(["--debug", "run", spec])
+    assert out.returncode == 2 and "Traceback" in out.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_scheduler_is_an_environment_fault_with_a_configurable_wait(fitted, tmp_path):
+    addr = f"tcp://127.0.0.1:{_free_port()}"
+    base = ["label", fitted / "store", "--model", fitted / "model", "--out", tmp_path / "l",
+            "--all"]
+    line = assert_one_line(run_cli(base + ["--scheduler", addr]), 4)
+    assert "within 5 s" in line and "nothing was changed" in line  # short by default
+    line = assert_one_line(run_cli(base + ["--scheduler", addr, "--scheduler-timeout", "1"]), 4)
+    assert "within 1 s" in line
+    env_out = subprocess.run(VCLUST + [str(a) for a in base + ["--scheduler", addr]],
+                             capture_output=True, text=True, timeout=120, cwd=REPO,
+                             env={**ENV, "VCLUST_SCHEDULER_TIMEOUT": "2"})
+    assert "within 2 s" in assert_one_line(env_out, 4)
+    cfg = tmp_path / "sched.yaml"
+    cfg.write_text(f"kind: scheduler\naddress: {addr}\ntimeout: 1.5\n")
+    assert "within 1.5 s" in assert_one_line(run_cli(base + ["--cluster", cfg]), 4)
+    assert not (tmp_path / "l").exists()
+
+
+# ------------------------------------------------ full disk and read-only store, for real
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(path: Path):
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fsize_limit(limit):
+    """For a non-root run: the file size limit gives EFBIG, which vclust treats as a full disk."""
+    def set_limit():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return set_limit
+
+
+def test_full_disk_gives_one_line_and_keeps_the_store(tmp_path):
+    """ENOSPC on a 1 MB tmpfs (as root; else EFBIG from a file size limit)."""
+    from vclust.storage.store import Store
+
+    mnt = tmp_path / "mnt"
+    mounted = _mount_tmpfs(mnt, "1m")
+    try:
+        store = mnt / "store"
+        files, ids = small_case(tmp_path / "small", rows=200)
+        out = run_cli(["-q", "ingest", store, *files, "--ids", ids, "--batch", "b0", "--cluster",
+                       _write(tmp_path / "local.yaml", LOCAL_THREADS)])
+        assert out.returncode == 0, out.stderr
+        big, big_ids = small_case(tmp_path / "big", rows=80_000, seed=1)  # 2.6 MB
+        out = run_cli(["ingest", store, *big, "--ids", big_ids, "--batch", "b1", "--cluster",
+                       tmp_path / "local.yaml"],
+                      preexec_fn=None if mounted else _fsize_limit(1 << 20))
+        line = assert_one_line(out, 4)
+        assert ("disk is full" if mounted else "file size limit") in line
+        assert "keeps every committed batch" in line
+        s = Store.open(store)
+        assert s.batch_ids() == ["b0"]
+        np.testing.assert_array_equal(s.descriptors("osnet").compute(), np.load(files[0]))
+        # the next writer rolls the unfinished append back and has room again
+        out = run_cli(["-q", "ingest", store, *small_case(tmp_path / "s2", rows=50, seed=2)[0],
+                       "--ids", tmp_path / "s2" / "ids.csv", "--batch", "b2", "--cluster",
+                       tmp_path / "local.yaml"])
+        assert out.returncode == 0, out.stderr
+        assert Store.open(store).batch_ids() == ["b0", "b2"]
+    finally:
+        if mounted:
+            _umount(mnt)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_read_only_store_gives_one_line(tmp_path):
+    """A store on a file system remounted read-only (as root; else a folder without write
+    permission): ingest, and label into a labels dir there, end in one line, exit 4."""
+    mnt = tmp_path / "mnt"
+    mounted = _mount_tmpfs(mnt, "8m")
+    try:
+        store = mnt / "store"
+        files, ids = small_case(tmp_path / "small", rows=200)
+        local = _write(tmp_path / "local.yaml", LOCAL_THREADS)
+        assert run_cli(["-q", "ingest", store, *files, "--ids", ids, "--batch", "b0",
+                        "--cluster", local]).returncode == 0
+        if mounted:
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        else:
+            os.chmod(mnt, 0o555)
+            for d, _, fs in os.walk(store):
+                os.chmod(d, 0o555)
+        more, more_ids = small_case(tmp_path / "more", rows=100, seed=1)
+        line = assert_one_line(run_cli(["ingest", store, *more, "--ids", more_ids, "--batch",
+                                        "b1", "--cluster", local]), 4)
+        assert ("read-only" if mounted else "permission") in line
+        assert "keeps every committed batch" in line
+        line = assert_one_line(run_cli(["export", tmp_path / "nolabels", "--csv",
+                                        mnt / "x.csv"]), 2)  # bad input is found first
+        write_batch_out = run_cli(["synth", mnt / "case", "--rows", "50"])
+        assert ("read-only" if mounted else "permission") in assert_one_line(write_batch_out, 4)
+    finally:
+        if mounted:
+            _umount(mnt)
+        else:
+            for d, _, fs in os.walk(mnt):
+                os.chmod(d, 0o755)

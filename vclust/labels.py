@@ -347,6 +347,9 @@ def read_labels(labels_dir, model=None, batches=None, columns=None):
     import pandas as pd
 
     labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise InputError(f"{labels_dir}: no such labels folder"
+                         + (" (it is a file)" if labels_dir.exists() else ""))
     _recover_for_reading(labels_dir)
     with dir_lock(labels_dir, shared=True):
         parts = [p for p in list_partitions(labels_dir) if (model is None or p["model"] == model)]
@@ -384,7 +387,8 @@ def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
     checked first (``check_files``). Returns the row count."""
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
-        raise InputError(f"{labels_dir}: no such labels folder")
+        raise InputError(f"{labels_dir}: no such labels folder"
+                         + (" (it is a file)" if labels_dir.exists() else ""))
     _recover_for_reading(labels_dir)
     with dir_lock(labels_dir, shared=True):
         model = _pick_model(labels_dir, model)
@@ -409,6 +413,10 @@ def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
         csv_path = Path(csv_path)
         if csv_path.is_dir():
             raise InputError(f"--csv {csv_path}: is a folder; name the CSV file to write")
+        for parent in csv_path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise InputError(f"--csv {csv_path}: {parent} is a file, not a folder; pick "
+                                 "another path")
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = csv_path.with_name(f".{csv_path.name}.tmp")
         n = 0
