@@ -446,3 +446,135 @@ def test_read_only_store_gives_one_line(tmp_path):
         else:
             for d, _, fs in os.walk(mnt):
                 os.chmod(d, 0o755)
+
+
+# --------------------------------------------------------------------------- killed dask processes
+
+def _start_dask(tmp: Path, n_workers: int):
+    """A real `dask scheduler` and ``n_workers`` `dask worker` processes (with nannies) on
+    127.0.0.1. Returns (address, scheduler process, all processes)."""
+    from distributed import Client
+
+    from vclust.config import WORKER_PRE_SPAWN, WORKER_ENV_VAR
+
+    port = _free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    dask_cmd = os.path.join(os.path.dirname(sys.executable), "dask")
+    env = {**ENV, WORKER_ENV_VAR: repr(WORKER_PRE_SPAWN)}
+    sched = subprocess.Popen([dask_cmd, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--dashboard-address", ":0", "--no-show"], cwd=tmp, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [sched]
+    for _ in range(n_workers):
+        procs.append(subprocess.Popen(
+            [dask_cmd, "worker", addr, "--nthreads", "1", "--memory-limit", "1GB",
+             "--no-dashboard", "--local-directory", str(tmp)], cwd=tmp, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    deadline = time.time() + 90
+    while True:
+        try:
+            with Client(addr, timeout=5) as c:
+                c.wait_for_workers(n_workers, timeout=max(1, deadline - time.time()))
+            return addr, sched, procs
+        except (OSError, TimeoutError):
+            if time.time() > deadline:
+                _stop(procs)
+                raise
+            time.sleep(0.5)
+
+
+def _stop(procs):
+    for p in procs[::-1]:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture(scope="module")
+def labelled_store(tmp_path_factory):
+    """A store of 24,000 rows in 48 chunks, a model fitted on a sample of it, and the labels
+    that model gives without any fault (computed in this process, no cluster)."""
+    from vclust import jobs
+    from vclust.labels import read_labels
+    from vclust.params import FitParams
+    from vclust.storage.ingest import ingest
+
+    root = tmp_path_factory.mktemp("labelled")
+    files, ids = small_case(root / "case", rows=24_000, seed=5)
+    ingest(root / "store", files, ids_csv=ids, batch="b0", chunk_rows=500)
+    model = jobs.fit(root / "store", FitParams(descriptor="osnet", k=4, seed=0, sample=3000))
+    jobs.save_model(model, root / "model")
+    model = jobs.resolve_model(root / "model")
+    jobs.label(root / "store", model, root / "reference", all_batches=True)
+    ref = read_labels(root / "reference").sort_values("row", ignore_index=True)
+    return root, ref
+
+
+def test_worker_killed_mid_label_gives_identical_labels(labelled_store, tmp_path):
+    """SIGKILL a `dask worker` process while it runs label tasks: the run completes (the nanny
+    restarts the worker, the scheduler reruns its tasks) and the labels equal the fault-free
+    ones, row for row."""
+    import signal
+
+    from distributed import Client
+
+    from vclust.labels import read_labels
+
+    root, ref = labelled_store
+    addr, _, procs = _start_dask(tmp_path, 2)
+    try:
+        run = subprocess.Popen(VCLUST + ["label", str(root / "store"), "--model",
+                                         str(root / "model"), "--out", str(tmp_path / "labels"),
+                                         "--all", "--scheduler", addr],
+                               env=ENV, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        killed = None
+        with Client(addr, timeout=10) as c:
+            pids = c.run(os.getpid)
+            deadline = time.time() + 120
+            while killed is None and run.poll() is None and time.time() < deadline:
+                busy = [w for w, keys in c.processing().items()
+                        if any("label_frame" in str(k) or "write_part" in str(k) for k in keys)]
+                if busy:
+                    killed = pids[busy[0]]
+                    os.kill(killed, signal.SIGKILL)
+                time.sleep(0.05)
+        out, err = run.communicate(timeout=300)
+        assert killed is not None, "the label run ended before a worker could be killed"
+        assert run.returncode == 0, err[-3000:]
+        got = read_labels(tmp_path / "labels").sort_values("row", ignore_index=True)
+        pd.testing.assert_frame_equal(got, ref)
+    finally:
+        _stop(procs)
+
+
+def test_scheduler_killed_mid_fit_gives_one_line_and_writes_nothing(labelled_store, tmp_path):
+    import signal
+
+    root, _ = labelled_store
+    addr, sched, procs = _start_dask(tmp_path, 1)
+    try:
+        run = subprocess.Popen(VCLUST + ["fit", str(root / "store"), "--descriptor", "osnet",
+                                         "--k-range", "3:6", "--model", str(tmp_path / "model"),
+                                         "--scheduler", addr],
+                               env=ENV, cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        for line in run.stderr:
+            if "fitting on" in line:
+                break
+        time.sleep(0.5)
+        sched.send_signal(signal.SIGKILL)
+        sched.wait()
+        out, err = run.communicate(timeout=240)
+        result = subprocess.CompletedProcess(run.args, run.returncode, out, err)
+        line = assert_one_line(result, 4, match="lost the Dask scheduler")
+        assert "no model was written" in line
+        assert not (tmp_path / "model").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]
+    finally:
+        _stop(procs)

@@ -351,7 +351,8 @@ def _setup_logging(verbose: bool, debug: bool = False):
         # here and in LocalCluster worker processes (which inherit the environment)
         import os
 
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
+        os.environ.setdefault("DASK_LOGGING",
+                              "{'distributed': 'critical', 'distributed.client': 'critical'}")
 
 
 # What each command leaves when the environment fails it (every write is staged and renamed
