@@ -333,22 +333,25 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_unreachable_scheduler_is_an_environment_fault_with_a_configurable_wait(fitted, tmp_path):
+def test_unreachable_scheduler_is_an_environment_fault_with_a_configurable_wait(tmp_path):
+    """Nothing listens at the address: exit 4 after 5 s by default; the wait is set by
+    --scheduler-timeout, then the config key, then $VCLUST_SCHEDULER_TIMEOUT."""
     addr = f"tcp://127.0.0.1:{_free_port()}"
-    base = ["label", fitted / "store", "--model", fitted / "model", "--out", tmp_path / "l",
-            "--all"]
+    files, ids = small_case(tmp_path / "case", rows=50)
+    base = ["ingest", tmp_path / "store", *files, "--ids", ids]
     line = assert_one_line(run_cli(base + ["--scheduler", addr]), 4)
     assert "within 5 s" in line and "nothing was changed" in line  # short by default
-    line = assert_one_line(run_cli(base + ["--scheduler", addr, "--scheduler-timeout", "1"]), 4)
-    assert "within 1 s" in line
-    env_out = subprocess.run(VCLUST + [str(a) for a in base + ["--scheduler", addr]],
-                             capture_output=True, text=True, timeout=120, cwd=REPO,
-                             env={**ENV, "VCLUST_SCHEDULER_TIMEOUT": "2"})
-    assert "within 2 s" in assert_one_line(env_out, 4)
-    cfg = tmp_path / "sched.yaml"
-    cfg.write_text(f"kind: scheduler\naddress: {addr}\ntimeout: 1.5\n")
-    assert "within 1.5 s" in assert_one_line(run_cli(base + ["--cluster", cfg]), 4)
-    assert not (tmp_path / "l").exists()
+
+    def with_env(args):
+        return subprocess.run(VCLUST + [str(a) for a in args], capture_output=True, text=True,
+                              timeout=120, cwd=REPO, env={**ENV, "VCLUST_SCHEDULER_TIMEOUT": "1"})
+
+    assert "within 1 s" in assert_one_line(with_env(base + ["--scheduler", addr]), 4)
+    assert "within 2 s" in assert_one_line(
+        with_env(base + ["--scheduler", addr, "--scheduler-timeout", "2"]), 4)
+    cfg = _write(tmp_path / "sched.yaml", f"kind: scheduler\naddress: {addr}\ntimeout: 1.5\n")
+    assert "within 1.5 s" in assert_one_line(with_env(base + ["--cluster", cfg]), 4)
+    assert not (tmp_path / "store").exists()
 
 
 # ------------------------------------------------ full disk and read-only store, for real
@@ -378,6 +381,7 @@ def _fsize_limit(limit):
 
 def test_full_disk_gives_one_line_and_keeps_the_store(tmp_path):
     """ENOSPC on a 1 MB tmpfs (as root; else EFBIG from a file size limit)."""
+    from vclust.storage.ingest import ingest
     from vclust.storage.store import Store
 
     mnt = tmp_path / "mnt"
@@ -385,9 +389,8 @@ def test_full_disk_gives_one_line_and_keeps_the_store(tmp_path):
     try:
         store = mnt / "store"
         files, ids = small_case(tmp_path / "small", rows=200)
-        out = run_cli(["-q", "ingest", store, *files, "--ids", ids, "--batch", "b0", "--cluster",
-                       _write(tmp_path / "local.yaml", LOCAL_THREADS)])
-        assert out.returncode == 0, out.stderr
+        ingest(store, files, ids_csv=ids, batch="b0")
+        _write(tmp_path / "local.yaml", LOCAL_THREADS)
         big, big_ids = small_case(tmp_path / "big", rows=80_000, seed=1)  # 2.6 MB
         out = run_cli(["ingest", store, *big, "--ids", big_ids, "--batch", "b1", "--cluster",
                        tmp_path / "local.yaml"],
@@ -399,10 +402,8 @@ def test_full_disk_gives_one_line_and_keeps_the_store(tmp_path):
         assert s.batch_ids() == ["b0"]
         np.testing.assert_array_equal(s.descriptors("osnet").compute(), np.load(files[0]))
         # the next writer rolls the unfinished append back and has room again
-        out = run_cli(["-q", "ingest", store, *small_case(tmp_path / "s2", rows=50, seed=2)[0],
-                       "--ids", tmp_path / "s2" / "ids.csv", "--batch", "b2", "--cluster",
-                       tmp_path / "local.yaml"])
-        assert out.returncode == 0, out.stderr
+        more, more_ids = small_case(tmp_path / "s2", rows=50, seed=2)
+        ingest(store, more, ids_csv=more_ids, batch="b2")
         assert Store.open(store).batch_ids() == ["b0", "b2"]
     finally:
         if mounted:
@@ -416,15 +417,16 @@ def _write(path: Path, text: str) -> Path:
 
 def test_read_only_store_gives_one_line(tmp_path):
     """A store on a file system remounted read-only (as root; else a folder without write
-    permission): ingest, and label into a labels dir there, end in one line, exit 4."""
+    permission): an ingest into the store and a synth there end in one line, exit 4."""
+    from vclust.storage.ingest import ingest
+
     mnt = tmp_path / "mnt"
     mounted = _mount_tmpfs(mnt, "8m")
     try:
         store = mnt / "store"
         files, ids = small_case(tmp_path / "small", rows=200)
         local = _write(tmp_path / "local.yaml", LOCAL_THREADS)
-        assert run_cli(["-q", "ingest", store, *files, "--ids", ids, "--batch", "b0",
-                        "--cluster", local]).returncode == 0
+        ingest(store, files, ids_csv=ids, batch="b0")
         if mounted:
             subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         else:
@@ -497,7 +499,7 @@ def _stop(procs):
 
 @pytest.fixture(scope="module")
 def labelled_store(tmp_path_factory):
-    """A store of 24,000 rows in 48 chunks, a model fitted on a sample of it, and the labels
+    """A store of 16,000 rows in 32 chunks, a model fitted on a sample of it, and the labels
     that model gives without any fault (computed in this process, no cluster)."""
     from vclust import jobs
     from vclust.labels import read_labels
@@ -505,7 +507,7 @@ def labelled_store(tmp_path_factory):
     from vclust.storage.ingest import ingest
 
     root = tmp_path_factory.mktemp("labelled")
-    files, ids = small_case(root / "case", rows=24_000, seed=5)
+    files, ids = small_case(root / "case", rows=16_000, seed=5)
     ingest(root / "store", files, ids_csv=ids, batch="b0", chunk_rows=500)
     model = jobs.fit(root / "store", FitParams(descriptor="osnet", k=4, seed=0, sample=3000))
     jobs.save_model(model, root / "model")

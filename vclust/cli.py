@@ -135,8 +135,8 @@ def cmd_label(args, say):
     from . import jobs
 
     p = params_from_args(LabelParams, args)
+    jobs.check_labels_out(args.out)  # the cheap checks first, all before a cluster starts
     model = jobs.resolve_model(args.model, args.registry)
-    jobs.check_labels_out(args.out)  # the cheap checks before starting a cluster
     with _connect(args, say):
         summary = jobs.label(args.store, model, args.out, batches=p.batches,
                              all_batches=p.all, say=say)
@@ -367,7 +367,8 @@ KEPT = {
     "report": "the store, model and labels are unchanged",
     "compare": "models registered before the fault are kept (none made current); labels are "
                "kept whole",
-    "promote": "the registry's current model is unchanged unless the line above says otherwise",
+    "promote": "the registry's current model is unchanged (it switches last); a successor's "
+               "labels written before the fault are kept whole",
     "run": "steps finished before the fault are kept; the step in progress wrote nothing",
     "demo": "steps finished before the fault are kept; the step in progress wrote nothing",
     "synth": "the case folder may be incomplete: remove it",

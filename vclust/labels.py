@@ -139,8 +139,8 @@ def dir_lock(labels_dir, shared: bool = False):
         else:
             labels_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    except (FileNotFoundError, PermissionError, OSError) as exc:
-        if not shared or not isinstance(exc, (FileNotFoundError, PermissionError)):
+    except (FileNotFoundError, PermissionError):
+        if not shared:
             raise
         yield
         return
