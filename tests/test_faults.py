@@ -580,3 +580,78 @@ def test_scheduler_killed_mid_fit_gives_one_line_and_writes_nothing(labelled_sto
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]
     finally:
         _stop(procs)
+
+
+# --------------------------------------------------------------------------- ingest killed anywhere
+
+def _store_content(path: Path) -> dict:
+    """What a store holds, as readers see it: rows, ids, batch column and the ledger (without
+    its timestamps)."""
+    from vclust.storage.store import Store
+
+    s = Store.open(path)
+    ledger = [{k: v for k, v in b.items() if k != "created"} for b in s.ledger]
+    return {"ledger": ledger, "ids": s.ids().tolist(), "batch": s.batches().tolist(),
+            "osnet": s.descriptors("osnet").compute()}
+
+
+def _assert_same_store(a: dict, b: dict):
+    assert a["ledger"] == b["ledger"] and a["ids"] == b["ids"] and a["batch"] == b["batch"]
+    np.testing.assert_array_equal(a["osnet"], b["osnet"])
+
+
+def _chunk_files(store: Path) -> int:
+    c = store / "descriptors" / "osnet" / "c"
+    return sum(len(files) for _, _, files in os.walk(c)) if c.is_dir() else 0
+
+
+def test_ingest_killed_at_several_points_recovers_to_the_same_store(tmp_path):
+    """SIGKILL an ingest when it holds the lock, when it has grown the arrays, and halfway
+    through its chunk writes; each time the store reads as before, and running the same ingest
+    again gives the same store as an ingest that was never interrupted."""
+    import shutil
+    import signal
+
+    from vclust.storage.ingest import ingest
+
+    files, ids = small_case(tmp_path / "b0", rows=500)
+    big, big_ids = small_case(tmp_path / "b1", rows=200_000, seed=1)
+    base = tmp_path / "base"
+    ingest(base, files, ids_csv=ids, batch="b0", chunk_rows=2048)
+    before = _store_content(base)
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference)
+    ingest(reference, big, ids_csv=big_ids, batch="b1")
+    expected = _store_content(reference)
+    n_chunks = _chunk_files(reference) - _chunk_files(base)
+
+    meta = "descriptors/osnet/zarr.json"
+    points = {
+        "locked": lambda s: s.with_name(s.name + ".lock").exists(),
+        "grown": lambda s: json.loads((s / meta).read_text())["shape"][0] > 500,
+        "half_written": lambda s: _chunk_files(s) - _chunk_files(base) >= n_chunks // 2,
+    }
+    code = ("import sys; from vclust.storage.ingest import ingest; "
+            "ingest(sys.argv[1], [sys.argv[2]], ids_csv=sys.argv[3], batch='b1')")
+    reached = {}
+    for point, seen in points.items():
+        store = tmp_path / point
+        shutil.copytree(base, store)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(store), str(big[0]),
+                                 str(big_ids)], env=ENV, cwd=REPO, start_new_session=True)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                if seen(store):
+                    break
+            except (OSError, ValueError):  # a file being replaced under us
+                pass
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        now = _store_content(store)  # the store before the batch, or with all of it: no between
+        reached[point] = len(now["ids"]) == 500
+        _assert_same_store(now, before if reached[point] else expected)
+        ingest(store, big, ids_csv=big_ids, batch="b1")  # takes the lock over, rolls back
+        _assert_same_store(_store_content(store), expected)
+    assert sum(reached.values()) >= 2, reached  # most kills landed before the commit
