@@ -457,7 +457,7 @@ def _start_dask(tmp: Path, n_workers: int):
     127.0.0.1. Returns (address, scheduler process, all processes)."""
     from distributed import Client
 
-    from vclust.config import WORKER_PRE_SPAWN, WORKER_ENV_VAR
+    from vclust.config import WORKER_ENV_VAR, WORKER_PRE_SPAWN
 
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
@@ -498,6 +498,24 @@ def _stop(procs):
 
 
 @pytest.fixture(scope="module")
+def dask_workers(tmp_path_factory):
+    """A `dask scheduler` and two `dask worker`s for the worker-kill tests (a killed worker is
+    restarted by its nanny, so the tests can share them)."""
+    addr, _, procs = _start_dask(tmp_path_factory.mktemp("dask"), 2)
+    try:
+        yield addr
+    finally:
+        _stop(procs)
+
+
+def _wait_for_workers(addr, n=2):
+    from distributed import Client
+
+    with Client(addr, timeout=10) as c:
+        c.wait_for_workers(n, timeout=60)
+
+
+@pytest.fixture(scope="module")
 def labelled_store(tmp_path_factory):
     """A store of 16,000 rows in 32 chunks, a model fitted on a sample of it, and the labels
     that model gives without any fault (computed in this process, no cluster)."""
@@ -517,7 +535,7 @@ def labelled_store(tmp_path_factory):
     return root, ref
 
 
-def test_worker_killed_mid_label_gives_identical_labels(labelled_store, tmp_path):
+def test_worker_killed_mid_label_gives_identical_labels(labelled_store, dask_workers, tmp_path):
     """SIGKILL a `dask worker` process while it runs label tasks: the run completes (the nanny
     restarts the worker, the scheduler reruns its tasks) and the labels equal the fault-free
     ones, row for row."""
@@ -528,31 +546,29 @@ def test_worker_killed_mid_label_gives_identical_labels(labelled_store, tmp_path
     from vclust.labels import read_labels
 
     root, ref = labelled_store
-    addr, _, procs = _start_dask(tmp_path, 2)
-    try:
-        run = subprocess.Popen(VCLUST + ["label", str(root / "store"), "--model",
-                                         str(root / "model"), "--out", str(tmp_path / "labels"),
-                                         "--all", "--scheduler", addr],
-                               env=ENV, cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        killed = None
-        with Client(addr, timeout=10) as c:
-            pids = c.run(os.getpid)
-            deadline = time.time() + 120
-            while killed is None and run.poll() is None and time.time() < deadline:
-                busy = [w for w, keys in c.processing().items()
-                        if any("label_frame" in str(k) or "write_part" in str(k) for k in keys)]
-                if busy:
-                    killed = pids[busy[0]]
-                    os.kill(killed, signal.SIGKILL)
-                time.sleep(0.05)
-        out, err = run.communicate(timeout=300)
-        assert killed is not None, "the label run ended before a worker could be killed"
-        assert run.returncode == 0, err[-3000:]
-        got = read_labels(tmp_path / "labels").sort_values("row", ignore_index=True)
-        pd.testing.assert_frame_equal(got, ref)
-    finally:
-        _stop(procs)
+    addr = dask_workers
+    _wait_for_workers(addr)
+    run = subprocess.Popen(VCLUST + ["label", str(root / "store"), "--model",
+                                     str(root / "model"), "--out", str(tmp_path / "labels"),
+                                     "--all", "--scheduler", addr],
+                           env=ENV, cwd=REPO, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    killed = None
+    with Client(addr, timeout=10) as c:
+        pids = c.run(os.getpid)
+        deadline = time.time() + 120
+        while killed is None and run.poll() is None and time.time() < deadline:
+            busy = [w for w, keys in c.processing().items()
+                    if any("label_frame" in str(k) or "write_part" in str(k) for k in keys)]
+            if busy:
+                killed = pids[busy[0]]
+                os.kill(killed, signal.SIGKILL)
+            time.sleep(0.05)
+    _, err = run.communicate(timeout=300)
+    assert killed is not None, "the label run ended before a worker could be killed"
+    assert run.returncode == 0, err[-3000:]
+    got = read_labels(tmp_path / "labels").sort_values("row", ignore_index=True)
+    pd.testing.assert_frame_equal(got, ref)
 
 
 def test_scheduler_killed_mid_fit_gives_one_line_and_writes_nothing(labelled_store, tmp_path):
@@ -655,3 +671,62 @@ def test_ingest_killed_at_several_points_recovers_to_the_same_store(tmp_path):
         ingest(store, big, ids_csv=big_ids, batch="b1")  # takes the lock over, rolls back
         _assert_same_store(_store_content(store), expected)
     assert sum(reached.values()) >= 2, reached  # most kills landed before the commit
+
+
+def _model_files(path: Path) -> dict:
+    """Every file of a saved model, the manifest without its name and creation time."""
+    out = {}
+    for f in sorted(path.iterdir()):
+        if f.name == "manifest.json":
+            m = json.loads(f.read_text())
+            for key in ("model_id", "created"):
+                m.pop(key, None)
+            m.get("fit", {}).pop("store", None)
+            m.get("fingerprint", {}).pop("store", None)
+            out[f.name] = m
+        else:
+            out[f.name] = f.read_bytes()
+    return out
+
+
+def test_worker_killed_mid_fit_gives_a_byte_identical_model(labelled_store, dask_workers,
+                                                            tmp_path):
+    """Fit twice on real `dask worker` processes, SIGKILLing one worker the second time while
+    it runs fit tasks: the saved models are identical, array file for array file."""
+    import signal
+    import threading
+
+    from distributed import Client
+
+    from vclust import jobs
+    from vclust.params import FitParams
+
+    root, _ = labelled_store
+    addr = dask_workers
+    _wait_for_workers(addr)
+    params = FitParams(descriptor="osnet", k=4, seed=0, sample=6000)
+    with Client(addr, timeout=10) as client:
+        jobs.save_model(jobs.fit(root / "store", params), tmp_path / "clean")
+        result, killed = {}, []
+
+        def fit():
+            try:
+                result["model"] = jobs.fit(root / "store", params)
+            except BaseException as exc:  # reported below
+                result["error"] = exc
+
+        pids = client.run(os.getpid)
+        t = threading.Thread(target=fit)
+        t.start()
+        deadline = time.time() + 120
+        while not killed and t.is_alive() and time.time() < deadline:
+            busy = [w for w, keys in client.processing().items() if keys]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.02)
+        t.join(300)
+        assert killed, "the fit ended before a worker could be killed"
+        assert "error" not in result, result.get("error")
+        jobs.save_model(result["model"], tmp_path / "faulted")
+    assert _model_files(tmp_path / "faulted") == _model_files(tmp_path / "clean")
