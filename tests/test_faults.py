@@ -517,7 +517,7 @@ def _wait_for_workers(addr, n=2):
 
 @pytest.fixture(scope="module")
 def labelled_store(tmp_path_factory):
-    """A store of 16,000 rows in 32 chunks, a model fitted on a sample of it, and the labels
+    """A store of 8,000 rows in 16 chunks, a model fitted on a sample of it, and the labels
     that model gives without any fault (computed in this process, no cluster)."""
     from vclust import jobs
     from vclust.labels import read_labels
@@ -525,7 +525,7 @@ def labelled_store(tmp_path_factory):
     from vclust.storage.ingest import ingest
 
     root = tmp_path_factory.mktemp("labelled")
-    files, ids = small_case(root / "case", rows=16_000, seed=5)
+    files, ids = small_case(root / "case", rows=8_000, seed=5)
     ingest(root / "store", files, ids_csv=ids, batch="b0", chunk_rows=500)
     model = jobs.fit(root / "store", FitParams(descriptor="osnet", k=4, seed=0, sample=3000))
     jobs.save_model(model, root / "model")
@@ -631,7 +631,7 @@ def test_ingest_killed_at_several_points_recovers_to_the_same_store(tmp_path):
     from vclust.storage.ingest import ingest
 
     files, ids = small_case(tmp_path / "b0", rows=500)
-    big, big_ids = small_case(tmp_path / "b1", rows=200_000, seed=1)
+    big, big_ids = small_case(tmp_path / "b1", rows=120_000, seed=1)
     base = tmp_path / "base"
     ingest(base, files, ids_csv=ids, batch="b0", chunk_rows=2048)
     before = _store_content(base)
@@ -704,7 +704,7 @@ def test_worker_killed_mid_fit_gives_a_byte_identical_model(labelled_store, dask
     root, _ = labelled_store
     addr = dask_workers
     _wait_for_workers(addr)
-    params = FitParams(descriptor="osnet", k=4, seed=0, sample=6000)
+    params = FitParams(descriptor="osnet", k=4, seed=0, sample=4000)
     with Client(addr, timeout=10) as client:
         jobs.save_model(jobs.fit(root / "store", params), tmp_path / "clean")
         result, killed = {}, []
