@@ -5,7 +5,9 @@ here is only what is not a step option: the store, the model or registry a comma
 writes, and where to compute. Heavy modules are imported inside the commands.
 
 Exit codes (vclust.errors): 0 done; 2 bad input or usage (one line on stderr, nothing changed);
-3 drift alert (nightly job); 1 an internal fault (with its traceback).
+3 drift alert (nightly job); 4 an environment fault (disk full, read-only, scheduler unreachable
+or lost: one line saying what was kept and what to do); 1 an internal fault (with its
+traceback). ``--debug`` prints the traceback of exits 2 and 4 too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import time
 import traceback
 
 from . import __version__
-from .errors import EXIT_FAULT, EXIT_INPUT, InputError
+from .errors import (DISK_FULL, EXIT_ENVIRONMENT, EXIT_FAULT, EXIT_INPUT, NOT_WRITABLE,
+                     EnvironmentFault, InputError)
 from .params import (CompareParams, DemoParams, ExportParams, FitParams, IngestParams,
                      LabelParams, PixelsParams, PromoteParams, ReportParams, SynthParams,
                      add_options, params_from_args)
@@ -71,7 +74,8 @@ def print_metrics(model, file=sys.stdout):
 def _connect(args, say):
     from .cluster import connect
 
-    return connect(args.scheduler, args.cluster, announce=say)
+    return connect(args.scheduler, args.cluster, announce=say,
+                   timeout=getattr(args, "scheduler_timeout", None))
 
 
 # --------------------------------------------------------------------------- commands
@@ -133,6 +137,7 @@ def cmd_label(args, say):
     from . import jobs
 
     p = params_from_args(LabelParams, args)
+    jobs.check_labels_out(args.out)  # the cheap checks first, all before a cluster starts
     model = jobs.resolve_model(args.model, args.registry)
     with _connect(args, say):
         summary = jobs.label(args.store, model, args.out, batches=p.batches,
@@ -202,14 +207,16 @@ def cmd_run(args, say):
     from .runner import run_job
 
     return run_job(args.job, overrides=args.set, dry_run=args.dry_run,
-                   scheduler=args.scheduler, cluster_file=args.cluster, say=say)
+                   scheduler=args.scheduler, cluster_file=args.cluster, say=say,
+                   timeout=args.scheduler_timeout)
 
 
 def cmd_demo(args, say):
     from .runner import run_demo
 
     p = params_from_args(DemoParams, args)
-    return run_demo(p, scheduler=args.scheduler, cluster_file=args.cluster, say=say)
+    return run_demo(p, scheduler=args.scheduler, cluster_file=args.cluster, say=say,
+                    timeout=args.scheduler_timeout)
 
 
 # --------------------------------------------------------------------------- parser
@@ -221,6 +228,10 @@ def _add_cluster_args(p):
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="address of a running Dask scheduler (also $VCLUST_SCHEDULER); with "
                         "neither this nor --cluster, a LocalCluster sized to the machine")
+    g.add_argument("--scheduler-timeout", type=float, metavar="SECONDS",
+                   help="how long to wait for the scheduler at --scheduler before giving up with "
+                        "exit 4 (also $VCLUST_SCHEDULER_TIMEOUT or the config key 'timeout'; "
+                        "default 5)")
 
 
 def _add_model_source(p):
@@ -235,11 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vclust",
         description="Cluster and screen image descriptors at scale, out of core, on Dask.",
         epilog="Exit codes: 0 done; 2 bad input or usage (one line, nothing changed); "
-               "3 drift alert (nightly job); 1 internal fault.",
+               "3 drift alert (nightly job); 4 environment fault: disk full, read-only, "
+               "scheduler unreachable or lost (one line: what was kept, what to do); "
+               "1 internal fault (traceback). docs/faults.md lists the faults tried.",
     )
     p.add_argument("--version", action="version", version=f"vclust {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
     p.add_argument("-v", "--verbose", action="store_true", help="library log messages too")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of every error, not only of internal faults")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="write a synthetic case laid out like the real delivery")
@@ -340,35 +355,114 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(verbose: bool):
+def _setup_logging(verbose: bool, debug: bool = False):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("vclust: %(message)s"))
     root = logging.getLogger("vclust")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
     root.propagate = False
+    # a failed task reaches the user as vclust's one line (exit 2 or 4); distributed's own log of
+    # it (with the task's traceback) only with -v or --debug
+    quiet = logging.WARNING if verbose or debug else logging.CRITICAL
     for noisy in ("distributed", "bokeh", "tornado"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.WARNING)
+        logging.getLogger(noisy).setLevel(quiet)
+    if not (verbose or debug):  # distributed sets its levels from dask's config when imported,
+        # here and in LocalCluster worker processes (which inherit the environment)
+        import os
+
+        os.environ.setdefault("DASK_LOGGING",
+                              "{'distributed': 'critical', 'distributed.client': 'critical'}")
+
+
+# What each command leaves when the environment fails it (every write is staged and renamed
+# into place, or rolled back by the next writer: docs/faults.md).
+KEPT = {
+    "ingest": "the store keeps every committed batch (the unfinished append is rolled back by "
+              "the next write)",
+    "fit": "no model was written",
+    "label": "batches labelled before the fault are kept whole; the batch in progress was not "
+             "written",
+    "export": "the CSV was not written",
+    "report": "the store, model and labels are unchanged",
+    "compare": "models registered before the fault are kept (none made current); labels are "
+               "kept whole",
+    "promote": "the registry's current model is unchanged (it switches last); a successor's "
+               "labels written before the fault are kept whole",
+    "run": "steps finished before the fault are kept; the step in progress wrote nothing",
+    "demo": "steps finished before the fault are kept; the step in progress wrote nothing",
+    "synth": "the case folder may be incomplete: remove it",
+}
+
+
+def _scheduler_lost(exc) -> bool:
+    """The Dask scheduler (or the connection to it) went away mid-run."""
+    import asyncio
+    import concurrent.futures
+
+    if isinstance(exc, (concurrent.futures.CancelledError, asyncio.CancelledError)):
+        return True  # distributed's FutureCancelledError: the scheduler forgot our futures
+    mod = type(exc).__module__ or ""
+    if mod.startswith("distributed") and type(exc).__name__ in (
+            "CommClosedError", "FutureCancelledError", "StreamClosedError"):
+        return True
+    return mod.startswith("tornado") and type(exc).__name__ == "StreamClosedError"
+
+
+def environment_line(exc, command: str) -> str | None:
+    """The one line for an environment fault, or None when ``exc`` is not one."""
+    kept = KEPT.get(command, "what was stored before the fault is kept")
+    if isinstance(exc, EnvironmentFault):
+        return f"{exc}; {exc.kept or kept}"
+    if _scheduler_lost(exc):
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return (f"lost the Dask scheduler during {command} ({type(exc).__name__}: {detail}); "
+                f"{kept}; restart the scheduler and its workers, then run the command again")
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return (f"{DISK_FULL[exc.errno]}{where} ({exc.strerror}); {kept}; free space (or raise "
+                "the limit), then run the command again")
+    if isinstance(exc, OSError) and exc.errno in NOT_WRITABLE:
+        where = f" {exc.filename}" if exc.filename else ""
+        return (f"cannot write{where}: {NOT_WRITABLE[exc.errno]}; {kept}; run it where vclust "
+                "may write (or fix the permission), then run the command again")
+    return None
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, args.debug)
     say = Reporter(args.quiet)
     try:
         code = args.func(args, say)
         return int(code or 0)
     except InputError as exc:
+        if args.debug:
+            traceback.print_exc()
         line = " ".join(str(exc).split())
         print(f"vclust: error: {line}", file=sys.stderr)
+        return EXIT_INPUT
+    except (NotADirectoryError, IsADirectoryError) as exc:  # a path naming the wrong kind
+        if args.debug:
+            traceback.print_exc()
+        kind = "a file" if isinstance(exc, NotADirectoryError) else "a folder"
+        print(f"vclust: error: {exc.filename}: a path on the way is {kind}; expected "
+              f"{'a folder' if kind == 'a file' else 'a file'} there: pick another path; nothing "
+              "was changed", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print("vclust: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # an internal fault: show everything
-        traceback.print_exc()
-        return EXIT_FAULT
+    except Exception as exc:
+        line = environment_line(exc, args.command)
+        if line is None:  # an internal fault: show everything
+            traceback.print_exc()
+            return EXIT_FAULT
+        if args.debug:
+            traceback.print_exc()
+        print(f"vclust: error: {' '.join(line.split())}", file=sys.stderr)
+        return EXIT_ENVIRONMENT
 
 
 if __name__ == "__main__":  # pragma: no cover

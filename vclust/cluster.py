@@ -2,6 +2,11 @@
 
 Resolution order: ``scheduler`` argument (``--scheduler``), then ``config`` (``--cluster FILE``),
 then the VCLUST_SCHEDULER environment variable, then a LocalCluster sized to the machine.
+
+How long to wait for a scheduler at an address: ``--scheduler-timeout``, then the config key
+``timeout`` (kind: scheduler), then $VCLUST_SCHEDULER_TIMEOUT, then 5 seconds. An address vclust
+cannot parse (an unknown scheme such as ``nonsense://``) is bad input (exit 2); a scheduler that
+does not answer in time is an environment fault (exit 4).
 """
 
 from __future__ import annotations
@@ -21,22 +26,44 @@ from .config import (
     SSHConfig,
     load_cluster_config,
 )
-from .errors import InputError
+from .errors import EnvironmentFault, InputError
 
 log = logging.getLogger(__name__)
 
 
-def resolve(scheduler: str | None = None, cluster_file=None) -> ClusterConfig:
-    """The cluster config that ``connect`` would use, without starting anything (for dry runs)."""
+def _env_timeout() -> float | None:
+    raw = os.environ.get("VCLUST_SCHEDULER_TIMEOUT")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise InputError(f"VCLUST_SCHEDULER_TIMEOUT must be a number of seconds above 0; got {raw!r}")
+    return value
+
+
+def resolve(scheduler: str | None = None, cluster_file=None, timeout: float | None = None
+            ) -> ClusterConfig:
+    """The cluster config that ``connect`` would use, without starting anything (for dry runs).
+    ``timeout`` (``--scheduler-timeout``) overrides the config key and the environment."""
     if scheduler and cluster_file:
         raise InputError("pass either --scheduler or --cluster, not both")
-    if scheduler:
-        return SchedulerConfig(address=scheduler)
-    if cluster_file:
-        return load_cluster_config(cluster_file)
+    if timeout is not None and not timeout > 0:
+        raise InputError(f"--scheduler-timeout must be above 0 seconds; got {timeout}")
     env = os.environ.get("VCLUST_SCHEDULER")
-    if env:
-        return SchedulerConfig(address=env)
+    if scheduler or (env and not cluster_file):
+        wait = timeout or _env_timeout()
+        return SchedulerConfig(address=scheduler or env, **({"timeout": wait} if wait else {}))
+    if cluster_file:
+        cfg = load_cluster_config(cluster_file)
+        if isinstance(cfg, SchedulerConfig) and timeout:
+            cfg = cfg.model_copy(update={"timeout": timeout})
+        elif isinstance(cfg, SchedulerConfig) and "timeout" not in cfg.model_fields_set:
+            wait = _env_timeout()
+            cfg = cfg.model_copy(update={"timeout": wait}) if wait else cfg
+        return cfg
     return LocalConfig()
 
 
@@ -137,8 +164,16 @@ def _start(cfg: ClusterConfig):
                 client = Client(scheduler_file=cfg.address, timeout=cfg.timeout)
             else:
                 client = Client(cfg.address, timeout=cfg.timeout)
-        except OSError as exc:
-            raise InputError(f"cannot reach the Dask scheduler at {cfg.address}: {exc}") from None
+        except (ValueError, TypeError) as exc:  # an address distributed cannot parse
+            raise InputError(f"--scheduler {cfg.address}: not a scheduler address "
+                             f"({' '.join(str(exc).split())}); expected tcp://HOST:PORT or a "
+                             "scheduler file (.json)") from None
+        except (OSError, TimeoutError) as exc:
+            raise EnvironmentFault(
+                f"cannot reach the Dask scheduler at {cfg.address} within {cfg.timeout:g} s "
+                f"({' '.join(str(exc).split())[:160]}); check the address and that the "
+                "scheduler runs, or wait longer with --scheduler-timeout",
+                kept="nothing was changed") from None
         return None, client
     if isinstance(cfg, LocalConfig):
         cluster = local_cluster(**local_cluster_kwargs(cfg))
@@ -165,12 +200,14 @@ def _start(cfg: ClusterConfig):
 
 
 @contextmanager
-def connect(scheduler: str | None = None, cluster_file=None, *, announce=None):
+def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
+            timeout: float | None = None):
     """Yield a ``distributed.Client``; close what was started on exit.
 
-    ``announce(text)`` is called with the dashboard address (the CLI prints it).
+    ``announce(text)`` is called with the dashboard address (the CLI prints it). ``timeout``:
+    seconds to wait for a scheduler at an address (see the module docstring).
     """
-    cfg = resolve(scheduler, cluster_file)
+    cfg = resolve(scheduler, cluster_file, timeout)
     cluster, client = _start(cfg)
     try:
         n = len(client.scheduler_info().get("workers", {}))

@@ -34,7 +34,7 @@ class LocalConfig(_Strict):
 class SchedulerConfig(_Strict):
     kind: Literal["scheduler"] = "scheduler"
     address: str  # tcp://host:8786, or a scheduler file path (scheduler.json)
-    timeout: float = Field(30.0, gt=0)  # seconds to wait for the scheduler
+    timeout: float = Field(5.0, gt=0)  # seconds to wait for the scheduler (then exit 4)
 
 
 # glibc malloc settings for worker processes (vclust/cluster.py says why), and the line that
@@ -124,6 +124,8 @@ def load_yaml(path) -> dict:
         raise InputError(f"{path}: no such file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text file (binary content); expected YAML") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return data

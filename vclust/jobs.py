@@ -30,6 +30,14 @@ def check_sources(params) -> None:
             raise InputError(f"{src}: no such file or folder")
 
 
+def check_labels_out(labels_dir) -> None:
+    """The cheap check, before a cluster starts: the labels path is a folder (or new)."""
+    p = Path(labels_dir)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"--out {p}: is a file; labels are a folder (model=<id>/batch=<id>/), "
+                         "pick a folder path")
+
+
 def ingest(store_path, params, say=_quiet) -> dict:
     """Ingest ``params.sources`` (an ``IngestParams``) into the store as one batch."""
     from .storage.ingest import ingest as ingest_sources
@@ -365,6 +373,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
     from .labels import list_partitions, write_batch
     from .storage.store import Store
 
+    check_labels_out(labels_dir)
     store = Store.open(store_path)
     bounds = pixel_bounds(store, params, say)
     if all_batches:

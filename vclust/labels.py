@@ -20,13 +20,27 @@ deleted. Crash windows:
     after the second        the new partition is complete; .trash/ is deleted on the next write
 
 So a reader sees the old complete partition or the new complete one, never half of one.
+
+Concurrent runs (the nightly job and a manual relabel) share one labels dir and all complete:
+each run's staging folder is its own, held by an OS lock (``fcntl.flock``) on the folder for as
+long as the run lives, and a run clears only staging folders whose lock it can take (their run
+is dead). The swaps, the recovery of .trash/ and the creation of staging folders take an
+exclusive lock on ``LABELS/.lock``; readers take it shared, so a reader never lists a partition
+that a swap then moves away. Two runs writing the same batch: the later swap wins, whole.
+
+Reading (``read_labels``, ``export_csv`` and everything built on them) checks every file of a
+partition first: a file that is not Parquet, whose columns are not the label schema, or whose
+rows repeat rows of another file of the same model (a copied part file or partition) is refused
+with one line naming it, instead of blank or doubled rows.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -119,9 +133,49 @@ def partition_path(labels_dir, model_id: str, batch_id: str) -> Path:
     return Path(labels_dir) / f"model={model_id}" / f"batch={batch_id}"
 
 
-def recover(labels_dir):
-    """Restore partitions whose swap was interrupted; drop stale staging and trash folders."""
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def dir_lock(labels_dir, shared: bool = False):
+    """Hold ``LABELS/.lock`` (exclusive for writers, shared for readers). A reader of a labels
+    dir it cannot write (read-only mount) and that has no lock file reads without one."""
     labels_dir = Path(labels_dir)
+    path = labels_dir / LOCK_FILE
+    try:
+        if shared:
+            fd = os.open(path, os.O_RDONLY)
+        else:
+            labels_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    except (FileNotFoundError, PermissionError):
+        if not shared:
+            raise
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _staging_in_use(folder: Path) -> bool:
+    """Whether a live run holds this staging folder (its flock)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _restore_trash(labels_dir: Path):
     trash = labels_dir / ".trash"
     if trash.is_dir():
         for old in trash.iterdir():
@@ -133,7 +187,31 @@ def recover(labels_dir):
                 os.replace(old, target)
             else:
                 shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(labels_dir / ".staging", ignore_errors=True)
+
+
+def recover(labels_dir):
+    """Restore partitions whose swap was interrupted; drop the staging folders of dead runs
+    (never those of a live run: see the module docstring)."""
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        return
+    with dir_lock(labels_dir):
+        _recover_locked(labels_dir)
+
+
+def _recover_locked(labels_dir: Path):
+    _restore_trash(labels_dir)
+    staging = labels_dir / ".staging"
+    if staging.is_dir():
+        for folder in staging.iterdir():
+            if not _staging_in_use(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _recover_for_reading(labels_dir: Path):
+    """A reader restores an interrupted swap only (it may not be allowed to write)."""
+    if (labels_dir / ".trash").is_dir():
+        recover(labels_dir)
 
 
 def write_batch(labels_dir, model_id: str, batch_id: str, parts) -> int:
@@ -147,29 +225,42 @@ def write_batch(labels_dir, model_id: str, batch_id: str, parts) -> int:
     _check_name(model_id, "model id")
     _check_name(batch_id, "batch id")
     labels_dir = Path(labels_dir)
-    recover(labels_dir)
-    staging = labels_dir / ".staging" / uuid.uuid4().hex
-    staging.mkdir(parents=True)
-    parts = list(parts)
-    writes = []
-    for i, part in enumerate(parts):
-        path = str(staging / f"part-{i:05d}.parquet")
-        if isinstance(part, Delayed):
-            writes.append(dask.delayed(_write_part)(part, path))
-        else:
-            writes.append(_write_part(part, path))
-    rows = sum(dask.compute(*writes))
-    target = partition_path(labels_dir, model_id, batch_id)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        trash = labels_dir / ".trash"
-        trash.mkdir(exist_ok=True)
-        old = trash / f"{uuid.uuid4().hex}-model={model_id}--batch={batch_id}"
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if labels_dir.exists() and not labels_dir.is_dir():
+        raise InputError(f"{labels_dir}: is a file; labels are a folder (model=<id>/batch=<id>/), "
+                         "pick a folder path")
+    with dir_lock(labels_dir):
+        _recover_locked(labels_dir)
+        staging = labels_dir / ".staging" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        held = os.open(staging, os.O_RDONLY)  # this run's claim on its staging folder
+        fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        parts = list(parts)
+        writes = []
+        for i, part in enumerate(parts):
+            path = str(staging / f"part-{i:05d}.parquet")
+            if isinstance(part, Delayed):
+                writes.append(dask.delayed(_write_part)(part, path))
+            else:
+                writes.append(_write_part(part, path))
+        rows = sum(dask.compute(*writes))
+        target = partition_path(labels_dir, model_id, batch_id)
+        with dir_lock(labels_dir):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            old = None
+            if target.exists():
+                trash = labels_dir / ".trash"
+                trash.mkdir(exist_ok=True)
+                old = trash / f"{uuid.uuid4().hex}-model={model_id}--batch={batch_id}"
+                os.replace(target, old)
+            os.replace(staging, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        os.close(held)
     return rows
 
 
@@ -188,23 +279,99 @@ def models(labels_dir) -> list[str]:
     return sorted({p["model"] for p in list_partitions(labels_dir)})
 
 
+def _first_line(exc) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _row_span(pf, path) -> tuple[int, int]:
+    """(first, last) of a part file's ``row`` column, from the Parquet statistics when written."""
+    idx = pf.schema_arrow.get_field_index("row")
+    lo = hi = None
+    for g in range(pf.metadata.num_row_groups):
+        stats = pf.metadata.row_group(g).column(idx).statistics
+        if stats is None or not stats.has_min_max:
+            rows = pf.read(columns=["row"]).column("row").to_numpy()
+            return (int(rows.min()), int(rows.max())) if len(rows) else (0, -1)
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    return (int(lo), int(hi)) if lo is not None else (0, -1)
+
+
+def check_files(parts: list[dict]) -> list[tuple[dict, list[Path]]]:
+    """The part files of ``parts`` (from ``list_partitions``), each checked: Parquet, the label
+    schema (``outlier_reason`` may be absent: labels written before it), and rows no other file
+    of the same model holds. Anything else is refused with one line naming the file.
+    Files whose names start with '.' or '_' are ignored, as pyarrow and dask ignore them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    want = label_schema()
+    out, spans = [], {}
+    for p in parts:
+        files = []
+        for f in sorted(Path(p["path"]).iterdir()):
+            if f.name.startswith((".", "_")):
+                continue
+            if not f.is_file():
+                raise InputError(f"{f}: a folder inside a labels partition; labels partitions "
+                                 "hold Parquet part files only: remove it")
+            try:
+                pf = pq.ParquetFile(f)
+                schema = pf.schema_arrow
+            except (pa.ArrowException, OSError) as exc:
+                raise InputError(f"{f}: not a Parquet file ({_first_line(exc)}); it is not "
+                                 "vclust's labels: remove it") from None
+            got = {field.name: field.type for field in schema}
+            expected = {field.name: field.type for field in want}
+            if "outlier_reason" not in got:
+                expected.pop("outlier_reason")
+            if got != expected:
+                raise InputError(
+                    f"{f}: columns {', '.join(f'{k}:{v}' for k, v in got.items())} are not the "
+                    f"label schema ({', '.join(f'{k}:{v}' for k, v in expected.items())}); it is "
+                    "not vclust's labels: remove it")
+            if pf.metadata.num_rows:
+                spans.setdefault(p["model"], []).append((*_row_span(pf, f), f))
+            files.append(f)
+        out.append((p, files))
+    for model, found in spans.items():
+        found.sort(key=lambda s: (s[0], s[1], str(s[2])))
+        for (lo0, hi0, f0), (lo1, hi1, f1) in zip(found, found[1:]):
+            if lo1 <= hi0:
+                raise InputError(
+                    f"{f1}: rows {lo1}..{hi1} repeat rows of {f0} (model {model}); a copied "
+                    "part file or partition: remove it")
+    return out
+
+
+def _read_files(files, columns=None):
+    import pyarrow.dataset as ds
+
+    return ds.dataset([str(f) for f in files], format="parquet",
+                      schema=label_schema()).to_table(columns=columns)
+
+
 def read_labels(labels_dir, model=None, batches=None, columns=None):
     """The labels as a pandas DataFrame with string columns ``model`` and ``batch``."""
     import pandas as pd
-    import pyarrow.dataset as ds
 
-    recover(labels_dir)
-    parts = [p for p in list_partitions(labels_dir)
-             if (model is None or p["model"] == model) and (batches is None or p["batch"] in batches)]
-    if not parts:
-        raise InputError(f"{labels_dir}: no labels for model {model or '(any)'}"
-                         + (f" and batches {list(batches)}" if batches else ""))
-    frames = []
-    for p in parts:
-        table = ds.dataset(p["path"], format="parquet", schema=label_schema()).to_table(columns=columns)
-        f = table.to_pandas()
-        f["model"], f["batch"] = p["model"], p["batch"]
-        frames.append(f)
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise InputError(f"{labels_dir}: no such labels folder"
+                         + (" (it is a file)" if labels_dir.exists() else ""))
+    _recover_for_reading(labels_dir)
+    with dir_lock(labels_dir, shared=True):
+        parts = [p for p in list_partitions(labels_dir) if (model is None or p["model"] == model)]
+        checked = [(p, files) for p, files in check_files(parts)
+                   if batches is None or p["batch"] in batches]
+        if not checked:
+            raise InputError(f"{labels_dir}: no labels for model {model or '(any)'}"
+                             + (f" and batches {list(batches)}" if batches else ""))
+        frames = []
+        for p, files in checked:
+            f = _read_files(files, columns).to_pandas()
+            f["model"], f["batch"] = p["model"], p["batch"]
+            frames.append(f)
     return pd.concat(frames, ignore_index=True)
 
 
@@ -225,42 +392,58 @@ def _pick_model(labels_dir, model):
 def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
     """``path,cluster,is_outlier,outlier_score,outlier_reason`` (and ``cluster_name`` when
     ``names``, a CSV ``cluster,name[,note]``, is given), one row per image ordered by row,
-    written partition by partition to a temporary file renamed into place. Returns the row
-    count."""
-    import pyarrow.dataset as ds
-
-    model = _pick_model(labels_dir, model)
-    named = read_names(names) if names else None
-    parts = [p for p in list_partitions(labels_dir) if p["model"] == model]
-    frames = []
-    for p in parts:
-        t = ds.dataset(p["path"], format="parquet", schema=label_schema()).to_table(
-            columns=["row", "image_id", "cluster", "is_outlier", "outlier_score"])
-        first = t.column("row")[0].as_py() if t.num_rows else 0
-        frames.append((first, p["path"]))
-    if named is not None:  # every named cluster must be one of the labels' clusters
-        present = set()
-        for _, path in frames:
-            t = ds.dataset(path, format="parquet", schema=label_schema()).to_table(columns=["cluster"])
-            present |= set(np.unique(t.column("cluster").to_numpy()).tolist())
-        unknown = sorted(set(named) - present)
-        if unknown:
-            raise InputError(f"--names {names}: model {model} has no cluster "
-                             f"{', '.join(map(str, unknown))} in its labels")
-    csv_path = Path(csv_path)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    n = 0
-    with open(tmp, "w", newline="") as fh:
-        cols = CSV_COLUMNS + (["cluster_name"] if named is not None else [])
-        fh.write(",".join(cols) + "\n")
-        for _, path in sorted(frames):
-            f = ds.dataset(path, format="parquet", schema=label_schema()).to_table().to_pandas()
-            f = f.sort_values("row").rename(columns={"image_id": "path"})
-            f["outlier_reason"] = f["outlier_reason"].fillna("")
-            if named is not None:
-                f["cluster_name"] = f["cluster"].map(lambda c: named.get(int(c), ("", ""))[0])
-            f[cols].to_csv(fh, header=False, index=False)
-            n += len(f)
-    os.replace(tmp, csv_path)
+    written partition by partition to a temporary file renamed into place. Every part file is
+    checked first (``check_files``). Returns the row count."""
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise InputError(f"{labels_dir}: no such labels folder"
+                         + (" (it is a file)" if labels_dir.exists() else ""))
+    _recover_for_reading(labels_dir)
+    with dir_lock(labels_dir, shared=True):
+        model = _pick_model(labels_dir, model)
+        named = read_names(names) if names else None
+        parts = [p for p in list_partitions(labels_dir) if p["model"] == model]
+        frames = []
+        for p, files in check_files(parts):
+            if not files:
+                continue
+            t = _read_files(files, ["row"])
+            first = min(t.column("row").to_numpy()) if t.num_rows else 0
+            frames.append((int(first), p["path"], files))
+        if named is not None:  # every named cluster must be one of the labels' clusters
+            present = set()
+            for _, _, files in frames:
+                t = _read_files(files, ["cluster"])
+                present |= set(np.unique(t.column("cluster").to_numpy()).tolist())
+            unknown = sorted(set(named) - present)
+            if unknown:
+                raise InputError(f"--names {names}: model {model} has no cluster "
+                                 f"{', '.join(map(str, unknown))} in its labels")
+        csv_path = Path(csv_path)
+        if csv_path.is_dir():
+            raise InputError(f"--csv {csv_path}: is a folder; name the CSV file to write")
+        for parent in csv_path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise InputError(f"--csv {csv_path}: {parent} is a file, not a folder; pick "
+                                 "another path")
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
+        n = 0
+        try:
+            with open(tmp, "w", newline="") as fh:
+                cols = CSV_COLUMNS + (["cluster_name"] if named is not None else [])
+                fh.write(",".join(cols) + "\n")
+                for _, _, files in sorted(frames, key=lambda x: (x[0], x[1])):
+                    f = _read_files(files).to_pandas()
+                    f = f.sort_values("row").rename(columns={"image_id": "path"})
+                    f["outlier_reason"] = f["outlier_reason"].fillna("")
+                    if named is not None:
+                        f["cluster_name"] = f["cluster"].map(
+                            lambda c: named.get(int(c), ("", ""))[0])
+                    f[cols].to_csv(fh, header=False, index=False)
+                    n += len(f)
+            os.replace(tmp, csv_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return n

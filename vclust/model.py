@@ -60,6 +60,40 @@ def _to_jsonable(obj):
     return obj
 
 
+def _load_array(path: Path, fname: str) -> np.ndarray:
+    f = path / fname
+    try:
+        return np.load(f, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{f}: missing from the model dir (its manifest lists it); the model is "
+                         "damaged: restore it from a copy or fit it again") from None
+    except (ValueError, EOFError, OSError) as exc:
+        raise InputError(f"{f}: unreadable or truncated ({' '.join(str(exc).split())[:120]}); "
+                         "the model is damaged: restore it from a copy or fit it again") from None
+
+
+def _check_shapes(path: Path, preprocess, clusterer, outliers, files_of: dict):
+    """The parts fit together: the centres are (k, width of the preprocessing) and the outlier
+    scorer holds one entry per cluster. A model whose arrays were swapped or edited is refused
+    here, not in a worker's traceback."""
+    width = int(preprocess.n_components_)
+    centres = np.asarray(clusterer.cluster_centers_)
+    name = files_of.get("clusterer", {}).get("arrays", {}).get("cluster_centers", "centres")
+    if centres.ndim != 2 or centres.shape[0] < 1 or centres.shape[1] != width:
+        raise InputError(f"{path / name}: centres of shape {centres.shape}, expected "
+                         f"(k, {width}) to match the preprocessing; the model is damaged: "
+                         "restore it from a copy or fit it again")
+    k = centres.shape[0]
+    for attr in ("cluster_median_", "cluster_log_mad_", "cluster_share_", "cluster_tight_",
+                 "cluster_degenerate_"):
+        value = getattr(outliers, attr, None)
+        if value is not None and len(np.atleast_1d(value)) != k:
+            fname = files_of.get("outliers", {}).get("arrays", {}).get(attr.rstrip("_"), attr)
+            raise InputError(f"{path / fname}: {len(np.atleast_1d(value))} entries for {k} "
+                             "clusters; the model is damaged: restore it from a copy or fit it "
+                             "again")
+
+
 def _load_part(part: str, params: dict, arrays: dict):
     if part == "preprocess":
         from .numerics.preprocess import MixturePreprocessor, Preprocessor
@@ -149,9 +183,20 @@ class Model:
                              f"(version {VERSION}); fit it again with vclust fit")
         parts = {}
         for part in PARTS:
-            spec = manifest["parts"][part]
-            arrays = {k: np.load(path / f, allow_pickle=False) for k, f in spec["arrays"].items()}
-            parts[part] = _load_part(part, spec["params"], arrays)
+            try:
+                spec = manifest["parts"][part]
+                files = dict(spec["arrays"])
+            except (KeyError, TypeError):
+                raise InputError(f"{mf}: lists no part '{part}'; the model is damaged: restore "
+                                 "it from a copy or fit it again") from None
+            arrays = {k: _load_array(path, f) for k, f in files.items()}
+            try:
+                parts[part] = _load_part(part, spec["params"], arrays)
+            except (KeyError, ValueError, TypeError, IndexError) as exc:
+                raise InputError(f"{path}: part '{part}' does not load "
+                                 f"({' '.join(str(exc).split())[:160]}); the model is damaged: "
+                                 "restore it from a copy or fit it again") from None
+        _check_shapes(path, files_of=manifest["parts"], **parts)
         info = {k: v for k, v in manifest.items()
                 if k not in ("parts", "descriptors", "format", "version", "model_id")}
         return cls(manifest["descriptors"], parts["preprocess"], parts["clusterer"],

@@ -117,11 +117,11 @@ def load_spec(path, overrides=()) -> JobSpec:
     return parse_spec(load_yaml(path), str(path), overrides)
 
 
-def plan(spec: JobSpec, scheduler=None, cluster_file=None) -> dict:
+def plan(spec: JobSpec, scheduler=None, cluster_file=None, timeout=None) -> dict:
     """The resolved plan that a dry run prints."""
     from .cluster import resolve
 
-    cfg = resolve(scheduler or spec.scheduler, cluster_file or spec.cluster)
+    cfg = resolve(scheduler or spec.scheduler, cluster_file or spec.cluster, timeout)
     steps = []
     for step in spec.steps:
         section = getattr(spec, step)
@@ -136,18 +136,22 @@ def plan(spec: JobSpec, scheduler=None, cluster_file=None) -> dict:
 # --------------------------------------------------------------------------- running
 
 
-def run_job(path, overrides=(), dry_run=False, scheduler=None, cluster_file=None, say=print) -> int:
+def run_job(path, overrides=(), dry_run=False, scheduler=None, cluster_file=None, say=print,
+            timeout=None) -> int:
     spec = load_spec(path, overrides)
-    return run_spec(spec, dry_run=dry_run, scheduler=scheduler, cluster_file=cluster_file, say=say)
+    return run_spec(spec, dry_run=dry_run, scheduler=scheduler, cluster_file=cluster_file, say=say,
+                    timeout=timeout)
 
 
-def run_spec(spec: JobSpec, dry_run=False, scheduler=None, cluster_file=None, say=print) -> int:
+def run_spec(spec: JobSpec, dry_run=False, scheduler=None, cluster_file=None, say=print,
+             timeout=None) -> int:
     if dry_run:
-        print(json.dumps(plan(spec, scheduler, cluster_file), indent=2))
+        print(json.dumps(plan(spec, scheduler, cluster_file, timeout), indent=2))
         return 0
     from .cluster import connect
 
-    with connect(scheduler or spec.scheduler, cluster_file or spec.cluster, announce=say):
+    with connect(scheduler or spec.scheduler, cluster_file or spec.cluster, announce=say,
+                 timeout=timeout):
         return _run_steps(spec, say)
 
 
@@ -301,9 +305,10 @@ def demo_spec(params: DemoParams) -> dict:
     }
 
 
-def run_demo(params: DemoParams, scheduler=None, cluster_file=None, say=print) -> int:
+def run_demo(params: DemoParams, scheduler=None, cluster_file=None, say=print,
+             timeout=None) -> int:
     out = Path(params.out)
     if (out / "store").exists():
         raise InputError(f"{out}: holds an earlier demo; remove it or pass --out NEW_DIR")
     spec = parse_spec(demo_spec(params), "demo")
-    return run_spec(spec, scheduler=scheduler, cluster_file=cluster_file, say=say)
+    return run_spec(spec, scheduler=scheduler, cluster_file=cluster_file, say=say, timeout=timeout)

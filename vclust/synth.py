@@ -235,6 +235,10 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
     if n_rows < 1:
         raise ValueError(f"n_rows must be positive; got {n_rows}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        from .errors import InputError
+
+        raise InputError(f"{out}: is a file; the case is written to a folder, pick a folder path")
     (out / "descriptors").mkdir(parents=True, exist_ok=True)
     world = _World(n_rows, seed, outlier_share)
     files, tails = {}, {}

@@ -11,6 +11,11 @@ Two readers, tried in order:
    loaded in full by an unpickler that admits only an allow-list of numpy / pandas / pyarrow
    data constructors. A pickle whose reduce would call ``os.system`` or similar is refused.
 
+Pickles of protocol 0-2 (Python 2 era, or ``protocol=2`` for compatibility) cannot hold bytes
+directly: they store each byte string as ``_codecs.encode(text, 'latin1')``. That one call is
+admitted with exactly those arguments (a str and the latin1 codec: the bytes come back, nothing
+is looked up or run); ``_codecs.encode`` with anything else is refused like any other global.
+
 ``trust=True`` (the CLI's ``--trust-pickle``) falls back to the plain unpickler.
 """
 
@@ -79,14 +84,29 @@ def _is_safe(module: str, name: str) -> bool:
     return module == "numpy.dtypes" and name.endswith("DType")
 
 
+def _refusal(what: str) -> InputError:
+    return InputError(
+        f"refused to unpickle {what}: it could run code, and vclust reads pickles holding "
+        "numpy/pandas data only; save the descriptors as .npy or Parquet, or, only if you made "
+        "this file yourself, pass --trust-pickle (which turns this check off)"
+    )
+
+
+def _latin1_bytes(obj, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` as protocols 0-2 use it for a bytes literal, and for nothing else."""
+    if type(obj) is not str or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise _refusal(f"'_codecs.encode' with ({type(obj).__name__}, {encoding!r}) (old "
+                       "pickles use it with (str, 'latin1') only)")
+    return obj.encode("latin1")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         if _is_safe(module, name):
             return super().find_class(module, name)
-        raise InputError(
-            f"refused to unpickle '{module}.{name}': vclust reads pickles holding numpy/pandas "
-            "data only; if you trust this file, pass --trust-pickle"
-        )
+        raise _refusal(f"'{module}.{name}'")
 
 
 def restricted_load(f) -> object:

@@ -76,37 +76,71 @@ def _pid_alive(pid: int) -> bool:
 def store_lock(path):
     """Hold ``<STORE>.lock`` for the duration: one writer at a time.
 
-    A lock left by a process that died on this host is taken over (with a warning).
+    The lock is an OS lock (``fcntl.flock``) on the lock file, so the kernel drops it when its
+    holder dies, and deciding who holds it is one atomic call: of several processes racing for a
+    lock left behind, exactly one gets it. The file also names its holder (pid, host, since) for
+    the message the others get. A file naming a live process on this host (a writer of an older
+    vclust that did not flock) or a process on another host (whose lock this host cannot see) is
+    respected; one naming a dead process on this host is taken over with a warning.
     """
+    import fcntl
+
     path = Path(path)
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    for _ in range(2):
+    while True:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                held = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                held = {}
-            if held.get("host") == info["host"] and held.get("pid") and not _pid_alive(held["pid"]):
-                log.warning("taking over the lock of %s left by dead process %s", path, held["pid"])
-                lock.unlink(missing_ok=True)
-                continue
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
-            raise StoreLockedError(
-                f"store {path} is being written by pid {held.get('pid', '?')} on "
-                f"{held.get('host', '?')} since {since}; wait for it to finish, or remove {lock} "
-                "if that process is gone"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            _refuse(path, lock, _read_holder(lock))
+        # the file may have been released (unlinked) between our open and our flock: then we
+        # hold a lock on a file nobody else will open; start again on the current one
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            continue
         break
     try:
+        held = _read_holder(lock)
+        if held.get("pid") and held.get("pid") != info["pid"]:
+            if held.get("host") != info["host"] or _pid_alive(held["pid"]):
+                _refuse(path, lock, held)
+            log.warning("taking over the lock of %s left by dead process %s", path, held["pid"])
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
         yield
     finally:
-        lock.unlink(missing_ok=True)
+        try:
+            os.unlink(lock)  # while still holding the flock: see the inode check above
+        finally:
+            os.close(fd)
+
+
+def _read_holder(lock: Path) -> dict:
+    try:
+        held = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def _refuse(path: Path, lock: Path, held: dict):
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held.get("since", 0)))
+    raise StoreLockedError(
+        f"store {path} is being written by pid {held.get('pid', '?')} on "
+        f"{held.get('host', '?')} since {since}; wait for it to finish, or remove {lock} "
+        "if that process is gone"
+    ) from None
 
 
 def open_descriptors(store_path, name: str, mode: str = "r"):
