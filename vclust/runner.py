@@ -293,10 +293,11 @@ def demo_spec(params: DemoParams) -> dict:
     out, rows, seed = str(params.out), params.rows, params.seed
     return {
         "name": "demo",
-        "steps": ["synth", "ingest", "fit", "label", "export", "report"],
+        "steps": ["synth", "ingest", "pixels", "fit", "label", "export", "report"],
         "store": f"{out}/store", "registry": f"{out}/registry", "labels": f"{out}/labels",
         "synth": {"out": f"{out}/case", "rows": rows, "seed": seed},
         "ingest": {"sources": [f"{out}/case"], "batch": "demo-0"},
+        "pixels": {"images": f"{out}/case/veriwild.zip"},
         "fit": {"descriptor": "vdc_type+vdc_color", "k_range": "6:16", "seed": seed},
         "label": {"all": True},
         "export": {"csv": f"{out}/labels.csv"},
