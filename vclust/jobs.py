@@ -376,14 +376,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
     check_labels_out(labels_dir)
     store = Store.open(store_path)
     bounds = pixel_bounds(store, params, say)
-    if all_batches:
-        chosen = store.batch_ids()
-    else:
-        chosen = list(batches or [])
-        if not chosen:
-            raise InputError("pass --batch ID (one or more) or --all")
-        for b in chosen:
-            store.batch_entry(b)
+    chosen = store.choose_batches(batches, all_batches)
     done = set()
     if skip_existing:
         done = {(p["model"], p["batch"]) for p in list_partitions(labels_dir)}

@@ -208,6 +208,16 @@ def _recover_locked(labels_dir: Path):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
+def _open_for_reading(labels_dir) -> Path:
+    """The labels folder, checked to be one and recovered from an interrupted swap."""
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise InputError(f"{labels_dir}: no such labels folder"
+                         + (" (it is a file)" if labels_dir.exists() else ""))
+    _recover_for_reading(labels_dir)
+    return labels_dir
+
+
 def _recover_for_reading(labels_dir: Path):
     """A reader restores an interrupted swap only (it may not be allowed to write)."""
     if (labels_dir / ".trash").is_dir():
@@ -355,11 +365,7 @@ def read_labels(labels_dir, model=None, batches=None, columns=None):
     """The labels as a pandas DataFrame with string columns ``model`` and ``batch``."""
     import pandas as pd
 
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise InputError(f"{labels_dir}: no such labels folder"
-                         + (" (it is a file)" if labels_dir.exists() else ""))
-    _recover_for_reading(labels_dir)
+    labels_dir = _open_for_reading(labels_dir)
     with dir_lock(labels_dir, shared=True):
         parts = [p for p in list_partitions(labels_dir) if (model is None or p["model"] == model)]
         checked = [(p, files) for p, files in check_files(parts)
@@ -394,11 +400,7 @@ def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
     ``names``, a CSV ``cluster,name[,note]``, is given), one row per image ordered by row,
     written partition by partition to a temporary file renamed into place. Every part file is
     checked first (``check_files``). Returns the row count."""
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise InputError(f"{labels_dir}: no such labels folder"
-                         + (" (it is a file)" if labels_dir.exists() else ""))
-    _recover_for_reading(labels_dir)
+    labels_dir = _open_for_reading(labels_dir)
     with dir_lock(labels_dir, shared=True):
         model = _pick_model(labels_dir, model)
         named = read_names(names) if names else None

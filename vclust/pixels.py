@@ -119,14 +119,7 @@ def compute_pixels(store_path, images, *, batches=None, all_batches: bool = Fals
     ImageSource(images).close()  # a clear error for a bad source, before any work
     with store_lock(store_path):
         store = Store.open(store_path, mode="a")
-        if all_batches:
-            chosen = store.batch_ids()
-        else:
-            chosen = list(batches or [])
-            if not chosen:
-                raise InputError("pass --batch ID (one or more) or --all")
-            for b in chosen:
-                store.batch_entry(b)
+        chosen = store.choose_batches(batches, all_batches)
         P.clean(store)
         out = []
         for b in chosen:

@@ -282,6 +282,18 @@ class Store:
             f"{self.path}: no batch '{batch_id}'; batches are: {', '.join(self.batch_ids()) or 'none'}"
         )
 
+    def choose_batches(self, batches=None, all_batches: bool = False) -> list[str]:
+        """The batch ids a command works on: every batch with ``all_batches``, else ``batches``
+        (each checked to exist); neither is a usage error."""
+        if all_batches:
+            return self.batch_ids()
+        chosen = list(batches or [])
+        if not chosen:
+            raise InputError("pass --batch ID (one or more) or --all")
+        for b in chosen:
+            self.batch_entry(b)
+        return chosen
+
     def batch_rows(self, batch_id: str) -> tuple[int, int]:
         entry = self.batch_entry(batch_id)
         return int(entry["start"]), int(entry["stop"])
