@@ -249,7 +249,7 @@ def test_cached_nn_descent_driver_builds_pynndescents_graph(n_jobs):
 
     enable_numba_cache()
     if not nndescent.install():
-        pytest.skip("this pynndescent version is not one the copy was made from: "
+        pytest.skip(reason="this pynndescent version is not one the copy was made from: "
                     "pynndescent's own driver is used")
     patched = pynndescent_.nn_descent
     assert patched.original is not patched
