@@ -9,6 +9,9 @@ rows of their mean distance to their k nearest reference rows, ``exp(knn_norm_[0
 vehicle from the same camera a frame apart sits far closer to its twin than any two ordinary
 images do. Groups are the connected components of those pairs (a chain of twins is one group).
 
+The report groups the rows not flagged as outliers: glare, empty and broken frames look alike
+by nature, and the outlier and pixel galleries already show them.
+
 Coverage: every pair is found when the reference holds every labelled row (stores up to the
 scorer's ``reference_size``, 50,000 rows by default). On larger data a pair is found when one of
 its rows is in the reference, so about ``m / n`` of the pairs (``m`` reference rows of ``n``);

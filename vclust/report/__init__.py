@@ -136,7 +136,9 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         stats = read_stats(store.path, 0, store.n_rows)
     pixel_galleries = content.pixel_galleries(frame, stats, params.pixel_images)
     tight = tight_distance(model, params.duplicate_ratio)
-    dup_groups = near_duplicates(frame, tight)
+    # outliers are left out: glare and empty frames are alike by nature (their own galleries
+    # show them), so among them "near-duplicate" says nothing (the demo's groups were all such)
+    dup_groups = near_duplicates(frame[~frame["is_outlier"].to_numpy(bool)], tight)
     dup_groups.to_csv(out / "near_duplicates.csv", index=False)
     dups = {**dup_summary(dup_groups, len(frame), len(model.outliers.ref_rows_), tight,
                           params.duplicate_ratio),
