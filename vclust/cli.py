@@ -348,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(s)
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("demo", help="synth, ingest, fit, label, export and report a sample case")
+    s = sub.add_parser("demo", help="synth, ingest, pixels, fit, label, export and report a sample "
+                       "case")
     add_options(s, DemoParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_demo)
