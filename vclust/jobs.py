@@ -56,14 +56,13 @@ def ingest(store_path, params, say=_quiet) -> dict:
 
 
 def check_pixels(store_path, params) -> None:
-    """The cheap checks of ``vclust pixels``: the store and the image source exist."""
+    """The cheap checks of ``vclust pixels``: the store, its batches and the image source."""
     from .images import ImageSource
     from .storage.store import Store
 
-    Store.open(store_path)
+    # the batches named exist (or --all), checked as the command will choose them
+    Store.open(store_path).choose_batches(params.batches, params.all)
     ImageSource(params.images).close()
-    if not params.all and not params.batches:
-        raise InputError("pass --batch ID (one or more) or --all")
 
 
 def pixels(store_path, params, say=_quiet, batches=None) -> dict:
