@@ -22,7 +22,9 @@ from vclust.synth import generate_case
 
 VCLUST = [sys.executable, "-m", "vclust"]
 SPECS = ["vdc_color", "vdc_type+vdc_color*2"]
-ALGS = "kmeans,gmm"
+# agglomerative too: its partitions come from a tree cut, not the shared fit path
+ALGS = "kmeans,gmm,agglomerative"
+N_ALG = len(ALGS.split(","))
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +51,9 @@ def test_runs_one_row_per_spec_algorithm_k_and_kept_models_not_current(compared)
     assert list(runs.columns) == ["model_id", "descriptor", "algorithm", "k",
                                   "calinski_harabasz", "davies_bouldin", "silhouette",
                                   "identity_consistency", "outlier_share", "seconds"]
-    assert len(runs) == len(SPECS) * 2 * 3
+    assert len(runs) == len(SPECS) * N_ALG * 3
     kept = runs[runs["model_id"] != ""]
-    assert len(kept) == len(SPECS) * 2
+    assert len(kept) == len(SPECS) * N_ALG
     assert set(map(tuple, kept[["descriptor", "algorithm"]].to_numpy())) == \
         {(s, a) for s in SPECS for a in ALGS.split(",")}
     reg = Registry(compared["registry"])
@@ -70,7 +72,7 @@ def test_agreement_equals_scikit_learn_on_the_labels_written(compared):
     from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
     agree = pd.read_csv(compared["out"] / "agreement.csv")
-    n = len(SPECS) * 2
+    n = len(SPECS) * N_ALG
     assert len(agree) == n * (n - 1) // 2
     for r in agree.itertuples():
         a = read_labels(compared["labels"], model=r.model_a).sort_values("row")
@@ -91,7 +93,7 @@ def test_agreement_equals_scikit_learn_on_the_labels_written(compared):
 
 def test_cross_metrics_every_kept_model_in_every_space(compared):
     cross = pd.read_csv(compared["out"] / "cross_metrics.csv")
-    assert len(cross) == (len(SPECS) * 2) * len(SPECS)
+    assert len(cross) == (len(SPECS) * N_ALG) * len(SPECS)
     assert set(cross["space"]) == set(SPECS)
     runs = pd.read_csv(compared["out"] / "runs.csv", keep_default_na=False)
     own = cross[cross["space"] == cross["model_descriptor"]].set_index("model_id")
@@ -136,9 +138,9 @@ def test_page_opens_in_headless_chromium(compared, tmp_path):
     body = dict(re.findall(r'(data-[a-z0-9-]+)="([^"]*)"', dom.split("<body", 1)[1].split(">", 1)[0]))
     assert body.get("data-ready") == "1", body
     assert body.get("data-errors") == "0", body.get("data-error-text")
-    assert body.get("data-models") == str(len(SPECS) * 2)
+    assert body.get("data-models") == str(len(SPECS) * N_ALG)
     assert body.get("data-map-points") == str(2 * 800)  # two maps, the same 800 rows
-    assert body.get("data-heatmap-cells") == str((len(SPECS) * 2) ** 2)
+    assert body.get("data-heatmap-cells") == str((len(SPECS) * N_ALG) ** 2)
     html = (compared["out"] / "index.html").read_text()
     assert "http://" not in html and "https://" not in html
 
@@ -248,6 +250,24 @@ def test_renumbering_keeps_ids_of_a_permuted_partition_and_gives_new_ids_to_new_
     assert retired[0] not in set(got.tolist())  # a retired id labels no row
     assert np.array_equal(got, np.array([mapping2[c] for c in lab2]))
     assert new2.clusterer.n_clusters_ == 5 and new2.info["profile"]["cluster_shares"][retired[0]] == 0
+
+
+def test_every_kept_model_reproduces_its_labels_when_applied_afresh(compared, tmp_path):
+    """compare writes each kept model's labels from the clusters and neighbours it already
+    computed; the saved model, loaded and applied as the nightly job applies it (the store's
+    rows reduced again, nothing held), must give the same labels."""
+    from vclust.model import Model
+
+    reg = Registry(compared["registry"])
+    for m in compared["summary"]["kept"]:
+        model = Model.load(reg.path(m["model_id"]))
+        jobs.label(compared["store"], model, tmp_path / m["model_id"], all_batches=True)
+        fresh = read_labels(tmp_path / m["model_id"], model=m["model_id"]).sort_values("row")
+        written = read_labels(compared["labels"], model=m["model_id"]).sort_values("row")
+        assert np.array_equal(fresh["cluster"].to_numpy(), written["cluster"].to_numpy()), m
+        np.testing.assert_allclose(fresh["distance"], written["distance"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(fresh["outlier_score"], written["outlier_score"], atol=1e-4)
+        assert (fresh["is_outlier"] == written["is_outlier"]).mean() >= 0.998, m
 
 
 def test_promote_renumbers_and_carries_names(compared, tmp_path):

@@ -262,3 +262,41 @@ def test_cached_nn_descent_driver_builds_pynndescents_graph(n_jobs):
         pynndescent_.nn_descent = patched
     np.testing.assert_array_equal(ours.neighbor_graph[0], theirs.neighbor_graph[0])
     np.testing.assert_array_equal(ours.neighbor_graph[1], theirs.neighbor_graph[1])
+
+
+def test_neighbour_answers_are_reused_and_equal_a_fresh_computation(synth_reduced, monkeypatch):
+    """A second scorer on the same rows with other clusters (as `vclust compare` fits one per
+    algorithm) builds no index and queries nothing again, and scores exactly as a scorer
+    fitted with the caches empty."""
+    from vclust.numerics import outliers
+
+    z, labels, dist, centers, _, x = synth_reduced
+    other = KMeans(7, random_state=1).fit(z)
+    lab2, dist2 = other.predict_block(z)
+
+    def fresh():
+        outliers.NEIGHBOUR_MEMO.clear(), outliers.INDEX_MEMO.clear()
+        s = OutlierScorer(reference_size=3000, random_state=0).fit(z, lab2, dist2,
+                                                                  other.cluster_centers_)
+        return s, s.score(z, lab2, dist2, reasons=True)
+
+    expected_scorer, expected = fresh()
+    outliers.NEIGHBOUR_MEMO.clear(), outliers.INDEX_MEMO.clear()
+    OutlierScorer(reference_size=3000, random_state=0).fit(z, labels, dist, centers)
+    queries = []
+    import pynndescent
+
+    real_query = pynndescent.NNDescent.query
+    monkeypatch.setattr(pynndescent.NNDescent, "query",
+                        lambda self, *a, **kw: queries.append(1) or real_query(self, *a, **kw))
+    monkeypatch.setattr(pynndescent, "NNDescent", None)  # a new index would fail here
+    s = OutlierScorer(reference_size=3000, random_state=0).fit(z, lab2, dist2,
+                                                              other.cluster_centers_)
+    got = s.score(z, lab2, dist2, reasons=True)
+    assert queries == [] and outliers.NEIGHBOUR_MEMO.hits >= 2
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    assert s.threshold_z_ == expected_scorer.threshold_z_
+    # other rows are a new question: asked, not served from the memo
+    s.score(z[:500] + np.float32(0.01), lab2[:500], dist2[:500])
+    assert len(queries) >= 1

@@ -81,10 +81,13 @@ def _held_model_class():
 
     class HeldModel(Model):
         """A Model whose ``reduce`` returns rows already reduced and held in worker memory
-        (the compare run's shared rows) instead of reducing the store's rows again: labelling
-        through ``jobs.label`` then reads no descriptor from the store. Saved like any Model."""
+        (the compare run's shared rows) instead of reducing the store's rows again, and whose
+        ``assign`` returns the clusters and distances the run already computed
+        (``held_labels``, in the model's numbering): labelling through ``jobs.label`` then reads
+        no descriptor from the store and assigns no row twice. Saved like any Model."""
 
         held = None
+        held_labels = None  # (clusters, distances) of every row, numpy, as computed
         _offset = 0
 
         def apply(self, sets, row_offset=0, *args, **kwargs):
@@ -98,6 +101,15 @@ def _held_model_class():
             z = self.held[self._offset:self._offset + n]
             chunks = next(iter(sets.values())).chunks[0]
             return z.rechunk({0: chunks, 1: -1})
+
+        def assign(self, z):
+            if self.held_labels is None:
+                return super().assign(z)
+            import dask.array as da
+
+            a, b = self._offset, self._offset + z.shape[0]
+            return tuple(da.from_array(np.ascontiguousarray(v[a:b]), chunks=(z.chunks[0],))
+                         for v in self.held_labels)
 
     return HeldModel
 
@@ -318,6 +330,8 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                     cl, lab = agg.fit(k)
                     lab = lab.persist()
                     (dist,) = dask.persist(_distances(cl, z, lab))
+                    if local is not None:  # this partition's labels, for the metrics below
+                        lab_np = np.asarray(lab.compute())
                 elif local is None:
                     cl = fit_algorithm(alg, z, k, sample_size=params.fit_sample,
                                        random_state=params.seed)
@@ -384,9 +398,10 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
             else:
                 succession.identity_succession(model, current)
             model.held = z
+            model.held_labels = (lab_np.astype(np.int32), dist_np.astype(np.float32))
             _, model_id = jobs.save_model(model, registry=registry, make_current=False)
             jobs.label(store_path, model, labels_dir, all_batches=True)
-            model.held = None
+            model.held = model.held_labels = None
             seconds = time.perf_counter() - t0
             say(f"{spec} {alg}: kept k={best} as model {model_id} (labelled in {seconds:.1f} s)")
             for r in rows:

@@ -213,6 +213,10 @@ class Model:
             return self.preprocess.transform(sets[self.descriptors[0]])
         return self.preprocess.transform({d: sets[d] for d in self.descriptors})
 
+    def assign(self, z):
+        """(cluster, distance to its centre) of the reduced rows ``z``, lazy."""
+        return assign(self.clusterer, z)
+
     def apply(self, sets: dict, row_offset: int = 0, reasons: bool = False,
               nearest: bool = False):
         """(cluster int32, distance float32, outlier_score float32, is_outlier bool), all lazy
@@ -223,7 +227,7 @@ class Model:
         more: each row's nearest reference row other than itself and its distance
         (``OutlierScorer.score``)."""
         z = self.reduce(sets)
-        labels, dist = assign(self.clusterer, z)
+        labels, dist = self.assign(z)
         raw = sets[self.descriptors[0]] if len(self.descriptors) == 1 else \
             {d: sets[d] for d in self.descriptors}
         out = self.outliers.score(z, labels, dist, row_offset=row_offset, reasons=reasons,

@@ -86,6 +86,55 @@ log = logging.getLogger(__name__)
 _INDEX_CACHE: dict = {}
 _LOCAL = threading.local()
 
+
+class _Memo:
+    """A small per-process cache of pure results, least recently used out first, bounded in
+    bytes. The reference index and each row block's nearest reference rows depend only on the
+    reference sample and the rows queried, never on the clusters: `vclust compare` fits a
+    scorer per (spec, algorithm) on the same rows, then labels with it, and each of those asks
+    the same questions. Keys hold content digests, so a hit is the answer a fresh process
+    would compute."""
+
+    def __init__(self, max_bytes):
+        from collections import OrderedDict
+
+        self.max_bytes, self.items, self.lock = max_bytes, OrderedDict(), threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, key):
+        with self.lock:
+            hit = self.items.get(key)
+            if hit is None:
+                self.misses += 1
+                return None
+            self.items.move_to_end(key)
+            self.hits += 1
+            return hit[0]
+
+    def put(self, key, value, nbytes):
+        with self.lock:
+            self.items[key] = (value, nbytes)
+            while sum(v[1] for v in self.items.values()) > self.max_bytes and len(self.items) > 1:
+                self.items.popitem(last=False)
+
+    def clear(self):
+        with self.lock:
+            self.items.clear()
+            self.hits = self.misses = 0
+
+
+#: each row block's k nearest reference rows (a 416k-row space: about 40 MB)
+NEIGHBOUR_MEMO = _Memo(256 * 2**20)
+#: the reference index built at fit (one: the latest reference)
+INDEX_MEMO = _Memo(0)
+
+
+def _digest(a) -> str:
+    a = np.ascontiguousarray(a)
+    h = hashlib.blake2b(a.view(np.uint8).reshape(-1), digest_size=16)
+    h.update(repr((a.dtype.str, a.shape)).encode())
+    return h.hexdigest()
+
 #: ``reason`` codes: index 0 = not an outlier; else the term that gave the row its combined z
 REASONS = ("", "isolated", "tight_group", "far_from_centre", "degenerate_cluster", "noise")
 _ISOLATED, _TIGHT, _CENTRE, _DEGENERATE = 1, 2, 3, 4
@@ -251,15 +300,22 @@ class OutlierScorer:
         m = len(ref)
         # the group rank: the j-th reference neighbour stands for about k rows of the data
         self.tight_rank_ = int(np.clip(round(k * m / n), 1, k))
-        enable_numba_cache()
-        from pynndescent import NNDescent
+        self._fp = None
+        key = (self._fingerprint(), self.index_neighbors, self.random_state)
+        built = INDEX_MEMO.get(key)
+        if built is None:
+            enable_numba_cache()
+            from pynndescent import NNDescent
 
-        nn = NNDescent(ref, n_neighbors=min(self.index_neighbors, m - 1), random_state=self.random_state,
-                       n_jobs=1, compressed=False, verbose=False)
-        gi, gd = (a.copy() for a in nn.neighbor_graph)
-        nn.prepare()
+            nn = NNDescent(ref, n_neighbors=min(self.index_neighbors, m - 1),
+                           random_state=self.random_state, n_jobs=1, compressed=False,
+                           verbose=False)
+            gi, gd = (a.copy() for a in nn.neighbor_graph)
+            nn.prepare()
+            built = (nn, *index_to_state(nn), gi, gd)
+            INDEX_MEMO.put(key, built, 0)
+        nn, self._index_params, self._index_arrays, gi, gd = built
         self._index = nn
-        self._index_params, self._index_arrays = index_to_state(nn)
         self._cache_index()
         # the reference's own neighbours, itself excluded (column 0 of the graph is the row)
         own_entry = gi == np.arange(m)[:, None]
@@ -312,9 +368,13 @@ class OutlierScorer:
     # ------------------------------------------------------------------ the index
 
     def _fingerprint(self):
-        h = hashlib.sha1(self.reference_.tobytes())
-        h.update(self.ref_rows_.tobytes())
-        return h.hexdigest()
+        """Digest of the reference (its rows and their ids): names the index it gets."""
+        fp = getattr(self, "_fp", None)
+        if fp is None:
+            h = hashlib.sha1(self.reference_.tobytes())
+            h.update(self.ref_rows_.tobytes())
+            fp = self._fp = h.hexdigest()
+        return fp
 
     def _cache_index(self):
         _INDEX_CACHE.clear()  # one model's index per process at a time
@@ -340,10 +400,20 @@ class OutlierScorer:
         """(positions (n, k), distances (n, k)) of the k nearest reference rows to the scoring
         rows ``x``, skipping a row's own reference entry."""
         k = self.n_neighbors
-        idx, dist = self.index().query(np.asarray(x, dtype=np.float32), k=k + 1)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        key = (self._fingerprint(), k, _digest(x), _digest(np.asarray(rows)))
+        hit = NEIGHBOUR_MEMO.get(key)
+        if hit is not None:
+            return hit
+        idx, dist = self.index().query(x, k=k + 1)
         is_self = self.ref_rows_[idx] == np.asarray(rows)[:, None]
         order = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # self entries move last
-        return np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1)
+        out = (np.take_along_axis(idx, order, 1).astype(np.int32),
+               np.take_along_axis(dist, order, 1))
+        for a in out:
+            a.flags.writeable = False  # shared by every later caller with the same question
+        NEIGHBOUR_MEMO.put(key, out, out[0].nbytes + out[1].nbytes)
+        return out
 
     # ------------------------------------------------------------------ scoring
 
