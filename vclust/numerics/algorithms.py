@@ -41,6 +41,10 @@ def _nearest_anchor(block, anchors, anchor_labels, step=2048):
     return out
 
 
+#: rows per block when one large numpy array is predicted on this process's threads
+PREDICT_ROWS = 32_768
+
+
 class FittedClusterer:
     """A fitted clustering, applied to row blocks."""
 
@@ -68,8 +72,17 @@ class FittedClusterer:
         return logp.argmax(axis=1).astype(np.int32)
 
     def predict_block(self, block):
-        """(labels int32, distance float32 to the assigned cluster's centre) for a numpy block."""
+        """(labels int32, distance float32 to the assigned cluster's centre) for a numpy block;
+        a large one (every row, clustered in this process) in row blocks on this process's
+        threads."""
         x = np.asarray(block, dtype=np.float32)
+        if len(x) > 2 * PREDICT_ROWS:
+            from .blocks import _run_local
+
+            parts = _run_local(self.predict_block, [x[a:a + PREDICT_ROWS]
+                                                    for a in range(0, len(x), PREDICT_ROWS)])
+            return (np.concatenate([p[0] for p in parts]),
+                    np.concatenate([p[1] for p in parts]))
         labels = self._labels_block(x)
         diff = x - self.cluster_centers_[labels]
         return labels, np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)

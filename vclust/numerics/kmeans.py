@@ -16,6 +16,9 @@ the candidates so far, in one pass per round by weighted reservoir keys; each ro
 only the previous round's new candidates; then a weighted k-means++ with 10 restarts on the
 candidates), "k-means++" on a seeded sample, or given centres. Row sampling uses a hash of
 the absolute row index, so the result does not depend on the chunking.
+Rows given as one numpy array (clustered in this process, see ``jobs.in_process``) go through
+scikit-learn's Lloyd from the same initial centres, with the same tolerance rule: its chunked
+Cython passes took 0.15 s a pass on 416k x 256 rows where the block passes here took 0.23 s.
 ``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
 """
 
@@ -151,6 +154,22 @@ def _kmeans_parallel_block(block, state, row0, new, ell, seed, rnd):
     return state, (key[top], rows[top], x[top], float(sq.sum()), stats)
 
 
+def _sklearn_lloyd(X, centers, max_iter, tol, seed):
+    """(centres float64, n_iter, ([labels], inertia)) of Lloyd's algorithm on numpy rows from
+    ``centers``, by scikit-learn."""
+    import warnings
+
+    from sklearn.cluster import KMeans as SKMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct rows than k
+        km = SKMeans(len(centers), init=np.asarray(centers, X.dtype), n_init=1,
+                     max_iter=max_iter, tol=tol, random_state=seed).fit(X)
+    return (km.cluster_centers_.astype(np.float64), int(km.n_iter_),
+            ([km.labels_.astype(np.int32)], float(km.inertia_)))
+
+
 def _labels_of(block, centers):
     return assign(block, centers)[0]
 
@@ -237,6 +256,14 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         for run in range(n_init):
             seed = int(np.random.default_rng([self.random_state, run]).integers(1 << 31))
             centers = self._init_centers(X, seed)
+            if not is_dask(X) and self.algorithm == "lloyd":
+                # rows in this process: scikit-learn's Lloyd (chunked Cython, OpenMP) from our
+                # initial centres, same rule and tolerance (module docstring)
+                centers, n_iter, final = _sklearn_lloyd(X, centers, self.max_iter, self.tol,
+                                                        seed)
+                if best is None or final[1] < best[0]:
+                    best = (final[1], centers, n_iter, final[0])
+                continue
             if self._tol is None:
                 stats = map_blocks_reduce(_stats_block, X)
                 self._set_tol(*(np.sum(v, axis=0) for v in zip(*stats)))
