@@ -410,11 +410,24 @@ def _scheduler_lost(exc) -> bool:
     return mod.startswith("tornado") and type(exc).__name__ == "StreamClosedError"
 
 
+def _object_store_error(exc) -> bool:
+    """An error of the S3 client stack (endpoint unreachable mid-run, throttling, a 5xx)."""
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs"))
+
+
 def environment_line(exc, command: str) -> str | None:
     """The one line for an environment fault, or None when ``exc`` is not one."""
     kept = KEPT.get(command, "what was stored before the fault is kept")
     if isinstance(exc, EnvironmentFault):
         return f"{exc}; {exc.kept or kept}"
+    if _object_store_error(exc):
+        from .storage.fs import endpoint
+
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return (f"the object store {'at ' + endpoint() if endpoint() else '(AWS S3)'} failed "
+                f"during {command} ({type(exc).__name__}: {detail}); {kept}; check it and "
+                "AWS_ENDPOINT_URL, then run the command again")
     if _scheduler_lost(exc):
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         return (f"lost the Dask scheduler during {command} ({type(exc).__name__}: {detail}); "
@@ -436,6 +449,11 @@ def main(argv=None) -> int:
     _setup_logging(args.verbose, args.debug)
     say = Reporter(args.quiet)
     try:
+        if getattr(args, "cluster", None):  # its s3: key applies to the checks before connecting
+            from .cluster import apply_s3
+            from .config import load_cluster_config
+
+            apply_s3(load_cluster_config(args.cluster))
         code = args.func(args, say)
         return int(code or 0)
     except InputError as exc:

@@ -67,7 +67,9 @@ def drift_report(profile: dict, batch, thresholds: dict | None = None) -> dict:
 
 def write_report(report: dict, out_dir) -> tuple[Path, Path]:
     """drift.json and drift.txt (verdict first, then a table), each written atomically."""
-    out = Path(out_dir)
+    from ..storage import fs as F
+
+    out = F.as_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     verdict = ("DRIFT: " + ", ".join(f"{a} {report[a]:.3f} > {report['thresholds'][a]}"
                                      for a in report["alerts"])) if report["alerts"] else "no drift"
@@ -80,6 +82,9 @@ def write_report(report: dict, out_dir) -> tuple[Path, Path]:
               for c in report["clusters"]]
     paths = out / "drift.json", out / "drift.txt"
     for path, text in zip(paths, (json.dumps(report, indent=2), "\n".join(lines) + "\n")):
+        if isinstance(path, F.RemotePath):
+            path.write_text(text)  # one PUT: the old object or the new one
+            continue
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
