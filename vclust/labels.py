@@ -30,13 +30,14 @@ that a swap then moves away. Two runs writing the same batch: the later swap win
 
 On an object store (``s3://``, vclust.storage.fs) there is no rename and no flock; a commit
 record written last replaces both. A run writes its parts straight into the partition under
-names of its own, ``model=M/batch=B/part-<run>-NNNNN.parquet``, then writes the record
-``LABELS/_commits/model=M/batch=B.json`` = {run, files, rows} with one PUT (a reader sees the
-old record or the new one). vclust's readers list the records, not the folders, and read only
-the files the record names, so a run killed before its record leaves files nobody reads; two
-runs writing one batch both complete and the later record wins, whole. After its record the
-writer deletes the files of the run it superseded (and its own, if a later run's record won),
-and any unrecorded file older than an hour (a killed run's). A reader that finds a recorded file
+names of its own, ``model=M/batch=B/part-<run>-NNNNN.parquet``, then writes its record
+``LABELS/_commits/model=M/batch=B/<run>.json`` = {run, files, rows} with one PUT. Run ids
+start with their UTC start time, and a partition is what its newest run's record names.
+vclust's readers list the records, not the folders, and read only the files the newest record
+names, so a run killed before its record leaves files nobody reads; two runs writing one batch
+both complete and the later-started one wins, whole. After its record a writer deletes the
+files and then the records of every older run of the partition (superseded), and unrecorded
+files older than an hour (a killed run's; younger ones may be a run in progress). A reader that finds a recorded file
 gone (deleted by a later run between its listing and its read) reads the new record again.
 Records and staging live under names starting with '_', which pyarrow and dask skip, so the
 dataset still reads without vclust (best after a write finished: a run in progress or killed
@@ -158,8 +159,13 @@ COMMITS = "_commits"
 STALE_SECONDS = 3600  # an unrecorded part file older than this is a killed run's
 
 
-def _record_path(labels_dir, model_id: str, batch_id: str):
-    return labels_dir / COMMITS / f"model={model_id}" / f"batch={batch_id}.json"
+def _records_dir(labels_dir, model_id: str, batch_id: str):
+    return labels_dir / COMMITS / f"model={model_id}" / f"batch={batch_id}"
+
+
+def _records(records_dir) -> list:
+    """The commit records of a partition, oldest run first: [(run, path)]."""
+    return sorted(((p.name[:-5], p) for p in records_dir.glob("*.json")), key=lambda r: r[0])
 
 
 def _read_record(path) -> dict | None:
@@ -178,13 +184,11 @@ def _run_of(name: str) -> str | None:
 
 
 def _write_batch_remote(labels_dir, model_id: str, batch_id: str, parts) -> int:
-    """``write_batch`` on an object store: parts under this run's names, the record last."""
+    """``write_batch`` on an object store: parts under this run's names, its record last."""
     import dask
     from dask.delayed import Delayed
 
     target = partition_path(labels_dir, model_id, batch_id)
-    record_path = _record_path(labels_dir, model_id, batch_id)
-    before = _read_record(record_path)
     run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
     names = []
     writes = []
@@ -203,32 +207,36 @@ def _write_batch_remote(labels_dir, model_id: str, batch_id: str, parts) -> int:
             except Exception:  # noqa: BLE001 - the next write removes them once stale
                 pass
         raise
-    record_path.write_text(json.dumps({"run": run, "files": names, "rows": int(rows),
-                                       "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                             time.gmtime())}))
-    _clean_partition(target, record_path, {run, (before or {}).get("run")})
+    records = _records_dir(labels_dir, model_id, batch_id)
+    (records / f"{run}.json").write_text(json.dumps({
+        "run": run, "files": names, "rows": int(rows),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    _clean_partition(target, records)
     return rows
 
 
-def _clean_partition(target, record_path, gone_runs: set) -> None:
-    """Delete the part files the partition's record does not name that belong to ``gone_runs``
-    (the run just superseded, this run if a later record won) or are older than
-    ``STALE_SECONDS`` (a killed run's)."""
-    current = _read_record(record_path) or {}
-    keep = set(current.get("files", []))
-    gone = {r for r in gone_runs if r and r != current.get("run")}
+def _clean_partition(target, records_dir) -> None:
+    """Keep the newest run's record and files; delete the files of every older recorded run
+    (superseded), then their records, and part files no record names that are older than
+    ``STALE_SECONDS`` (a killed run's; younger ones may be a run in progress)."""
+    found = _records(records_dir)
+    if not found:
+        return
+    superseded = {run for run, _ in found[:-1]}
+    newest = _read_record(found[-1][1]) or {}
+    keep = set(newest.get("files", []))
     now = time.time()
     for f in target.iterdir():
-        if f.name in keep:
-            continue
         run = _run_of(f.name)
-        if run is None:
+        if f.name in keep or run is None:
             continue
         try:
-            if run in gone or now - _mtime(f) > STALE_SECONDS:
+            if run in superseded or now - _mtime(f) > STALE_SECONDS:
                 f.unlink(missing_ok=True)
         except FileNotFoundError:
             pass
+    for _, rec in found[:-1]:
+        rec.unlink(missing_ok=True)
 
 
 def _mtime(obj) -> float:
@@ -238,15 +246,17 @@ def _mtime(obj) -> float:
 
 
 def _list_remote(labels_dir) -> list[dict]:
-    """The committed partitions of an object-store labels dataset, from their records."""
+    """The committed partitions of an object-store labels dataset: each one's newest record."""
     out = []
-    root = labels_dir / COMMITS
-    for m in root.glob("model=*"):
-        for rec in m.glob("batch=*.json"):
-            record = _read_record(rec)
-            if record is None:
+    for m in (labels_dir / COMMITS).glob("model=*"):
+        for b in m.glob("batch=*"):
+            for _, rec in reversed(_records(b)):
+                record = _read_record(rec)
+                if record is not None:
+                    break
+            else:
                 continue
-            model, batch = m.name[6:], rec.name[6:-5]
+            model, batch = m.name[6:], b.name[6:]
             part = partition_path(labels_dir, model, batch)
             out.append({"model": model, "batch": batch, "path": str(part),
                         "files": [part / n for n in record.get("files", [])]})
