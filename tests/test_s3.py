@@ -128,9 +128,10 @@ def test_commands_end_to_end_on_s3(case, s3_bucket, tmp_path):
 
 
 def test_nightly_job_on_s3_and_idempotent(case, s3_bucket, tmp_path):
-    """The nightly job (ingest, label, drift, export; the report command is run above) with
-    store, registry, labels and drift reports on S3; the same night again changes nothing and
-    exits as the first did."""
+    """The nightly job (ingest, pixels, label, drift, export; the report command is run above)
+    with store, registry, labels and drift reports on S3; the same night again changes nothing
+    and exits as the first did."""
+    from PIL import Image
     from vclust import jobs
     from vclust.params import FitParams
     from vclust.storage.ingest import ingest
@@ -141,10 +142,16 @@ def test_nightly_job_on_s3_and_idempotent(case, s3_bucket, tmp_path):
     model = jobs.fit(store, FitParams(descriptor="osnet", k=4, seed=0))
     jobs.save_model(model, registry=reg)
     files, ids = case["b1"]
-    spec = {"name": "nightly", "steps": ["ingest", "label", "drift", "export"],
+    images = tmp_path / "images"  # the night's pictures: flat grey ones, one in three white
+    for i, path in enumerate(pd.read_csv(ids)["paths"]):
+        (images / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), (255, 255, 255) if i % 3 == 0 else (90 + i % 40, 80, 70)
+                  ).save(images / path)
+    spec = {"name": "nightly", "steps": ["ingest", "pixels", "label", "drift", "export"],
             "store": store, "registry": reg, "labels": labels,
             "cluster": str(case["root"] / "threads.yaml"),
             "ingest": {"sources": [str(f) for f in files], "ids": str(ids), "batch": "night1"},
+            "pixels": {"images": str(images)},
             "drift": {"report_dir": f"{s3_bucket}/drift"},
             "export": {"csv": str(tmp_path / "labels.csv")}}
     job = tmp_path / "nightly.yaml"
@@ -156,7 +163,12 @@ def test_nightly_job_on_s3_and_idempotent(case, s3_bucket, tmp_path):
     assert "reg/nightly/night1.json" in keys
     assert any(k.startswith("drift/") and k.endswith("drift.json") for k in keys)
     assert any(k.startswith("labels/_commits/") and "/batch=night1/" in k for k in keys)
-    assert len(pd.read_csv(tmp_path / "labels.csv")) == 600  # the night's batch
+    exported = pd.read_csv(tmp_path / "labels.csv", keep_default_na=False)
+    assert len(exported) == 600  # the night's batch
+    # the pixel statistics stored on S3 reached the labels: the white frames are overexposed
+    white = exported["path"].isin(pd.read_csv(ids)["paths"][::3])
+    assert (exported.loc[white, "outlier_reason"] == "overexposed").all()
+    assert any(k.startswith("store/pixels/night1/") for k in keys)
     assert current
 
     again = cli(["run", job])
