@@ -366,3 +366,17 @@ def test_missing_bucket_and_unreachable_endpoint_give_one_line(case, s3_server, 
                          env={**env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
                               "AWS_MAX_ATTEMPTS": "1"})
     assert_one_line(out, 4, r"cannot reach the object store")
+
+
+def test_cluster_config_s3_key_reaches_the_command_and_its_workers(case, s3_bucket, tmp_path):
+    """With no AWS_ENDPOINT_URL in the environment, a cluster config's ``s3: {endpoint_url}``
+    points the command and its LocalCluster worker process at the server."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    config = tmp_path / "cluster.yaml"
+    config.write_text(PROCS + f"s3: {{endpoint_url: '{endpoint}', region: us-east-1}}\n")
+    bare = {k: v for k, v in env().items() if k not in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION")}
+    out = subprocess.run(VCLUST + _ingest_args(f"{s3_bucket}/store", case["b0"], "b0")
+                         + ["--cluster", str(config)], capture_output=True, text=True,
+                         timeout=180, env=bare, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert len(_content(f"{s3_bucket}/store")["ids"]) == 600
