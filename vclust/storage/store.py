@@ -221,6 +221,7 @@ def _remote_lock(path):
         yield
     finally:
         stop.set()
+        beat.join()  # a renewal in flight must land before the delete, never after it
         _HELD.pop(str(path), None)
         for g, obj in _generations(lock_dir):
             if g <= gen:
