@@ -380,3 +380,32 @@ def test_cluster_config_s3_key_reaches_the_command_and_its_workers(case, s3_buck
                          timeout=180, env=bare, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert len(_content(f"{s3_bucket}/store")["ids"]) == 600
+
+
+def test_lease_is_renewed_and_a_writer_taken_over_does_not_commit(case, s3_bucket,
+                                                                   monkeypatch):
+    """The holder renews its lease while it works; a holder whose lock was taken over (a newer
+    generation exists) is stopped with exit 4's error before its commit record."""
+    from vclust.errors import EnvironmentFault
+    from vclust.storage.fs import as_path
+    from vclust.storage.ingest import ingest
+    from vclust.storage.store import Store, store_lock
+
+    store = f"{s3_bucket}/store"
+    files, ids = case["b0"]
+    ingest(store, files, ids_csv=ids, batch="b0")
+    lock_dir = as_path(store + ".lock")
+    monkeypatch.setenv("VCLUST_S3_LEASE_SECONDS", "0.4")
+    with store_lock(store):
+        (mine,) = list(lock_dir.iterdir())
+        first = json.loads(mine.read_text())["expires"]
+        time.sleep(0.6)
+        assert json.loads(mine.read_text())["expires"] > first  # renewed
+    with pytest.raises(EnvironmentFault, match="took the store over"):
+        with store_lock(store):
+            s = Store.open(store, mode="a")
+            (lock_dir / "999999999999").write_text(json.dumps(
+                {"pid": 1, "host": "elsewhere", "since": time.time(),
+                 "expires": time.time() + 600}))
+            s.commit_batch({"id": "late", "start": 600, "stop": 600, "sources": []})
+    assert Store.open(store).batch_ids() == ["b0"]
