@@ -92,3 +92,58 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured figures")
         for line in _FIGURES:
             terminalreporter.write_line(line)
+
+
+# ----------------------------------------------------------------------------- an S3 server
+
+S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+          "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_SESSION_TOKEN")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server process on 127.0.0.1 (moto's standalone server, ``moto[server]`` of the
+    test extra: no S3 server of Debian or PyPI starts alone in a test; docs/faults.md says why),
+    with this process's AWS_* variables pointing at it (subprocesses and LocalCluster workers
+    inherit them). Yields the variables."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "vclust-test", "AWS_SECRET_ACCESS_KEY": "vclust-test-secret",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.pop(k, None) for k in S3_ENV}
+    os.environ.update(env)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the S3 server (moto) did not start on port {port}")
+                time.sleep(0.1)
+        yield env
+    finally:
+        for k in S3_ENV:
+            os.environ.pop(k, None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A new, empty bucket on the S3 server: its ``s3://`` URL."""
+    import uuid
+
+    import fsspec
+
+    name = "vclust-" + uuid.uuid4().hex[:12]
+    fs = fsspec.filesystem("s3", endpoint_url=s3_server["AWS_ENDPOINT_URL"],
+                           skip_instance_cache=True)
+    fs.mkdir(name)
+    return f"s3://{name}"

@@ -238,14 +238,16 @@ def _add_model_source(p):
     """The model a command reads: a folder, or an id (default: current) in a registry."""
     p.add_argument("--model", metavar="MODEL_DIR|ID",
                    help="model folder, or a model id in --registry (default: its current model)")
-    p.add_argument("--registry", metavar="DIR", help="model registry")
+    p.add_argument("--registry", metavar="DIR", help="model registry (a path or an s3:// URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vclust",
         description="Cluster and screen image descriptors at scale, out of core, on Dask.",
-        epilog="Exit codes: 0 done; 2 bad input or usage (one line, nothing changed); "
+        epilog="STORE, LABELS_DIR and registry DIRs may be s3://bucket/prefix URLs (credentials "
+               "and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, "
+               "AWS_DEFAULT_REGION). Exit codes: 0 done; 2 bad input or usage (one line, nothing changed); "
                "3 drift alert (nightly job); 4 environment fault: disk full, read-only, "
                "scheduler unreachable or lost (one line: what was kept, what to do); "
                "1 internal fault (traceback). docs/faults.md lists the faults tried.",
@@ -262,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("ingest", help="append descriptor files or a case folder to a store as one batch")
-    s.add_argument("store", metavar="STORE", help="Zarr store path (created if missing)")
+    s.add_argument("store", metavar="STORE", help="Zarr store: a path or an s3://bucket/prefix "
+                   "URL (created if missing; README: Object store)")
     add_options(s, IngestParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_ingest)
@@ -277,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", metavar="MODEL_DIR", help="write the model to this new folder")
     where.add_argument("--registry", metavar="DIR",
-                       help="register the model in DIR/models/<id> and make it current")
+                       help="register the model in DIR/models/<id> and make it current (DIR: a "
+                            "path or an s3:// URL)")
     add_options(s, FitParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_fit)
@@ -286,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("store", metavar="STORE")
     _add_model_source(s)
     s.add_argument("--out", required=True, metavar="LABELS_DIR",
-                   help="labels dataset (model=<id>/batch=<id>/ partitions)")
+                   help="labels dataset (model=<id>/batch=<id>/ partitions): a path or an "
+                        "s3:// URL")
     add_options(s, LabelParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_label)
@@ -410,11 +415,24 @@ def _scheduler_lost(exc) -> bool:
     return mod.startswith("tornado") and type(exc).__name__ == "StreamClosedError"
 
 
+def _object_store_error(exc) -> bool:
+    """An error of the S3 client stack (endpoint unreachable mid-run, throttling, a 5xx)."""
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs"))
+
+
 def environment_line(exc, command: str) -> str | None:
     """The one line for an environment fault, or None when ``exc`` is not one."""
     kept = KEPT.get(command, "what was stored before the fault is kept")
     if isinstance(exc, EnvironmentFault):
         return f"{exc}; {exc.kept or kept}"
+    if _object_store_error(exc):
+        from .storage.fs import endpoint
+
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+        return (f"the object store {'at ' + endpoint() if endpoint() else '(AWS S3)'} failed "
+                f"during {command} ({type(exc).__name__}: {detail}); {kept}; check it and "
+                "AWS_ENDPOINT_URL, then run the command again")
     if _scheduler_lost(exc):
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
         return (f"lost the Dask scheduler during {command} ({type(exc).__name__}: {detail}); "
@@ -436,6 +454,11 @@ def main(argv=None) -> int:
     _setup_logging(args.verbose, args.debug)
     say = Reporter(args.quiet)
     try:
+        if getattr(args, "cluster", None):  # its s3: key applies to the checks before connecting
+            from .cluster import apply_s3
+            from .config import load_cluster_config
+
+            apply_s3(load_cluster_config(args.cluster))
         code = args.func(args, say)
         return int(code or 0)
     except InputError as exc:

@@ -199,6 +199,31 @@ def _start(cfg: ClusterConfig):
     return cluster, Client(cluster)
 
 
+def apply_s3(cfg) -> dict:
+    """Export a config's ``s3:`` key (endpoint, region) into this process's environment, which
+    a LocalCluster's workers inherit; returns what was set."""
+    s3 = getattr(cfg, "s3", None)
+    env = s3.environ() if s3 is not None else {}
+    os.environ.update(env)
+    return env
+
+
+try:
+    from distributed.diagnostics.plugin import WorkerPlugin as _WorkerPlugin
+except ImportError:  # pragma: no cover
+    _WorkerPlugin = object
+
+
+class S3Environ(_WorkerPlugin):
+    """Sets the s3 endpoint and region variables on every worker (present and future)."""
+
+    def __init__(self, env: dict):
+        self.env = dict(env)
+
+    def setup(self, worker):
+        os.environ.update(self.env)
+
+
 @contextmanager
 def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
             timeout: float | None = None):
@@ -208,8 +233,11 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
     seconds to wait for a scheduler at an address (see the module docstring).
     """
     cfg = resolve(scheduler, cluster_file, timeout)
+    s3_env = apply_s3(cfg)
     cluster, client = _start(cfg)
     try:
+        if s3_env and cfg.kind != "local":  # workers started elsewhere: set it there too
+            client.register_plugin(S3Environ(s3_env), name="vclust-s3-environ")
         n = len(client.scheduler_info().get("workers", {}))
         where = cfg.kind if cfg.kind != "scheduler" else cfg.address
         if announce:

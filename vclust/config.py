@@ -21,8 +21,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class S3Config(_Strict):
+    """Where ``s3://`` URLs point (vclust.storage.fs), for this run and its workers: exported as
+    AWS_ENDPOINT_URL_S3 and AWS_DEFAULT_REGION before the cluster starts (and set on workers
+    started elsewhere through a worker plugin). Credentials stay in the environment
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE), never in a config file."""
+
+    endpoint_url: Optional[str] = None  # an S3-compatible server, e.g. http://minio:9000
+    region: Optional[str] = None
+
+    def environ(self) -> dict[str, str]:
+        env = {}
+        if self.endpoint_url:
+            env["AWS_ENDPOINT_URL_S3"] = self.endpoint_url
+        if self.region:
+            env["AWS_DEFAULT_REGION"] = self.region
+        return env
+
+
 class LocalConfig(_Strict):
     kind: Literal["local"] = "local"
+    s3: Optional[S3Config] = None  # endpoint and region of s3:// URLs (null: the environment's)
     n_workers: Optional[int] = Field(None, ge=1)  # None: one per core
     threads_per_worker: Optional[int] = Field(None, ge=1)  # None: cores / workers
     memory_limit: Union[str, float, int] = "auto"  # per worker; "auto" shares the machine's memory
@@ -33,6 +52,7 @@ class LocalConfig(_Strict):
 
 class SchedulerConfig(_Strict):
     kind: Literal["scheduler"] = "scheduler"
+    s3: Optional[S3Config] = None  # endpoint and region of s3:// URLs (null: the environment's)
     address: str  # tcp://host:8786, or a scheduler file path (scheduler.json)
     timeout: float = Field(5.0, gt=0)  # seconds to wait for the scheduler (then exit 4)
 
@@ -51,6 +71,7 @@ WORKER_EXPORT = f"export {WORKER_ENV_VAR}=\"{WORKER_PRE_SPAWN!r}\""
 
 class SSHConfig(_Strict):
     kind: Literal["ssh"] = "ssh"
+    s3: Optional[S3Config] = None  # endpoint and region of s3:// URLs (null: the environment's)
     hosts: list[str] = Field(min_length=2)  # first host runs the scheduler, the rest workers
     connect_options: dict = Field(default_factory=dict)  # asyncssh.connect options (username, ...)
     worker_options: dict = Field(default_factory=lambda: {"nthreads": 2, "memory_limit": "auto"})
@@ -60,6 +81,7 @@ class SSHConfig(_Strict):
 
 class SlurmConfig(_Strict):
     kind: Literal["slurm"] = "slurm"
+    s3: Optional[S3Config] = None  # endpoint and region of s3:// URLs (null: the environment's)
     queue: Optional[str] = None  # partition (-p)
     account: Optional[str] = None  # -A
     cores: int = Field(8, ge=1)  # cores per job
@@ -77,6 +99,7 @@ class SlurmConfig(_Strict):
 
 class KubernetesConfig(_Strict):
     kind: Literal["kubernetes"] = "kubernetes"
+    s3: Optional[S3Config] = None  # endpoint and region of s3:// URLs (null: the environment's)
     name: str = "vclust"
     image: str = "ghcr.io/dask/dask:latest"  # must contain vclust's dependencies
     namespace: Optional[str] = None

@@ -32,7 +32,9 @@ def check_sources(params) -> None:
 
 def check_labels_out(labels_dir) -> None:
     """The cheap check, before a cluster starts: the labels path is a folder (or new)."""
-    p = Path(labels_dir)
+    from .storage.fs import as_path
+
+    p = as_path(str(labels_dir))
     if p.exists() and not p.is_dir():
         raise InputError(f"--out {p}: is a file; labels are a folder (model=<id>/batch=<id>/), "
                          "pick a folder path")
@@ -281,13 +283,20 @@ def save_model(model, model_dir=None, registry=None, make_current: bool = True) 
     if (model_dir is None) == (registry is None):
         raise InputError("pass exactly one of --model MODEL_DIR or --registry DIR")
     if model_dir is not None:
-        path = model.save(Path(model_dir))
+        from .storage.fs import as_path
+
+        path = model.save(as_path(str(model_dir)))
         return path, model.model_id
     from .registry import Registry
 
     reg = Registry(registry)
     model_id = reg.new_model_id()
     model.model_id = model_id
+    if reg.remote:  # no rename on an object store: saved in place, manifest last
+        target = reg.target(model_id)
+        model.save(target)
+        reg.register(target, model_id=model_id, make_current=make_current)
+        return reg.path(model_id), model_id
     staged = reg.stage()
     target = staged / "model"
     model.save(target)

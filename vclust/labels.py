@@ -28,6 +28,21 @@ is dead). The swaps, the recovery of .trash/ and the creation of staging folders
 exclusive lock on ``LABELS/.lock``; readers take it shared, so a reader never lists a partition
 that a swap then moves away. Two runs writing the same batch: the later swap wins, whole.
 
+On an object store (``s3://``, vclust.storage.fs) there is no rename and no flock; a commit
+record written last replaces both. A run writes its parts straight into the partition under
+names of its own, ``model=M/batch=B/part-<run>-NNNNN.parquet``, then writes its record
+``LABELS/_commits/model=M/batch=B/<run>.json`` = {run, files, rows} with one PUT. Run ids
+start with their UTC start time, and a partition is what its newest run's record names.
+vclust's readers list the records, not the folders, and read only the files the newest record
+names, so a run killed before its record leaves files nobody reads; two runs writing one batch
+both complete and the later-started one wins, whole. After its record a writer deletes the
+files and then the records of every older run of the partition (superseded), and unrecorded
+files older than an hour (a killed run's; younger ones may be a run in progress). A reader that finds a recorded file
+gone (deleted by a later run between its listing and its read) reads the new record again.
+Records and staging live under names starting with '_', which pyarrow and dask skip, so the
+dataset still reads without vclust (best after a write finished: a run in progress or killed
+has unrecorded files in the partition until the next write cleans them).
+
 Reading (``read_labels``, ``export_csv`` and everything built on them) checks every file of a
 partition first: a file that is not Parquet, whose columns are not the label schema, or whose
 rows repeat rows of another file of the same model (a copied part file or partition) is refused
@@ -37,8 +52,10 @@ with one line naming it, instead of blank or doubled rows.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,6 +63,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .storage import fs as F
 
 COLUMNS = ["image_id", "row", "cluster", "distance", "outlier_score", "is_outlier",
            "outlier_reason", "nearest_row", "nearest_distance"]
@@ -125,12 +143,135 @@ def _write_part(frame, path: str) -> int:
         if c not in frame:
             frame = frame.assign(**{c: None})
     table = pa.Table.from_pandas(frame[COLUMNS], schema=label_schema(), preserve_index=False)
-    pq.write_table(table, path)
+    if F.is_url(path):
+        with F.as_path(path).open("wb") as fh:
+            pq.write_table(table, fh)
+    else:
+        pq.write_table(table, path)
     return len(frame)
 
 
 def partition_path(labels_dir, model_id: str, batch_id: str) -> Path:
-    return Path(labels_dir) / f"model={model_id}" / f"batch={batch_id}"
+    return F.as_path(str(labels_dir)) / f"model={model_id}" / f"batch={batch_id}"
+
+
+COMMITS = "_commits"
+STALE_SECONDS = 3600  # an unrecorded part file older than this is a killed run's
+
+
+def _records_dir(labels_dir, model_id: str, batch_id: str):
+    return labels_dir / COMMITS / f"model={model_id}" / f"batch={batch_id}"
+
+
+def _records(records_dir) -> list:
+    """The commit records of a partition, oldest run first: [(run, path)]."""
+    return sorted(((p.name[:-5], p) for p in records_dir.glob("*.json")), key=lambda r: r[0])
+
+
+def _read_record(path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _run_of(name: str) -> str | None:
+    """The run id of a part file ``part-<run>-NNNNN.parquet`` (None for other names)."""
+    if not (name.startswith("part-") and name.endswith(".parquet")):
+        return None
+    run, _, _ = name[len("part-"):-len(".parquet")].rpartition("-")
+    return run or None
+
+
+def _write_batch_remote(labels_dir, model_id: str, batch_id: str, parts) -> int:
+    """``write_batch`` on an object store: parts under this run's names, its record last."""
+    import dask
+    from dask.delayed import Delayed
+
+    target = partition_path(labels_dir, model_id, batch_id)
+    run = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+    names = []
+    writes = []
+    for i, part in enumerate(parts):
+        name = f"part-{run}-{i:05d}.parquet"
+        names.append(name)
+        path = str(target / name)
+        writes.append(dask.delayed(_write_part)(part, path) if isinstance(part, Delayed)
+                      else _write_part(part, path))
+    try:
+        rows = sum(dask.compute(*writes))
+    except BaseException:
+        for name in names:
+            try:
+                (target / name).unlink(missing_ok=True)
+            except Exception:  # noqa: BLE001 - the next write removes them once stale
+                pass
+        raise
+    records = _records_dir(labels_dir, model_id, batch_id)
+    (records / f"{run}.json").write_text(json.dumps({
+        "run": run, "files": names, "rows": int(rows),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    _clean_partition(target, records)
+    return rows
+
+
+def _clean_partition(target, records_dir) -> None:
+    """Keep the newest run's record and files; delete the files of every older recorded run
+    (superseded), then their records, and part files no record names that are older than
+    ``STALE_SECONDS`` (a killed run's; younger ones may be a run in progress)."""
+    found = _records(records_dir)
+    if not found:
+        return
+    superseded = {run for run, _ in found[:-1]}
+    newest = _read_record(found[-1][1]) or {}
+    keep = set(newest.get("files", []))
+    now = time.time()
+    for f in target.iterdir():
+        run = _run_of(f.name)
+        if f.name in keep or run is None:
+            continue
+        try:
+            if run in superseded or now - _mtime(f) > STALE_SECONDS:
+                f.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+    for _, rec in found[:-1]:
+        rec.unlink(missing_ok=True)
+
+
+def _mtime(obj) -> float:
+    info = obj.info()
+    when = info.get("LastModified") or info.get("mtime") or 0
+    return when.timestamp() if hasattr(when, "timestamp") else float(when)
+
+
+def _list_remote(labels_dir) -> list[dict]:
+    """The committed partitions of an object-store labels dataset: each one's newest record."""
+    out = []
+    for m in (labels_dir / COMMITS).glob("model=*"):
+        for b in m.glob("batch=*"):
+            for _, rec in reversed(_records(b)):
+                record = _read_record(rec)
+                if record is not None:
+                    break
+            else:
+                continue
+            model, batch = m.name[6:], b.name[6:]
+            part = partition_path(labels_dir, model, batch)
+            out.append({"model": model, "batch": batch, "path": str(part),
+                        "files": [part / n for n in record.get("files", [])]})
+    return sorted(out, key=lambda p: (p["model"], p["batch"]))
+
+
+def _retrying(read):
+    """Run ``read()``; on an object store, once more (up to three times) when a recorded file
+    vanished under it: a later run rewrote the partition and removed the files it superseded."""
+    for attempt in range(3):
+        try:
+            return read()
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
 
 
 LOCK_FILE = ".lock"
@@ -140,6 +281,9 @@ LOCK_FILE = ".lock"
 def dir_lock(labels_dir, shared: bool = False):
     """Hold ``LABELS/.lock`` (exclusive for writers, shared for readers). A reader of a labels
     dir it cannot write (read-only mount) and that has no lock file reads without one."""
+    if F.is_url(str(labels_dir)):  # no flock on an object store: commit records instead
+        yield
+        return
     labels_dir = Path(labels_dir)
     path = labels_dir / LOCK_FILE
     try:
@@ -192,9 +336,9 @@ def _restore_trash(labels_dir: Path):
 def recover(labels_dir):
     """Restore partitions whose swap was interrupted; drop the staging folders of dead runs
     (never those of a live run: see the module docstring)."""
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        return
+    labels_dir = F.as_path(str(labels_dir))
+    if isinstance(labels_dir, F.RemotePath) or not labels_dir.is_dir():
+        return  # an object store has nothing to recover: see the module docstring
     with dir_lock(labels_dir):
         _recover_locked(labels_dir)
 
@@ -210,7 +354,11 @@ def _recover_locked(labels_dir: Path):
 
 def _open_for_reading(labels_dir) -> Path:
     """The labels folder, checked to be one and recovered from an interrupted swap."""
-    labels_dir = Path(labels_dir)
+    labels_dir = F.as_path(str(labels_dir))
+    if isinstance(labels_dir, F.RemotePath):
+        if not (labels_dir / COMMITS).is_dir():
+            raise InputError(f"{labels_dir}: no labels there (no {COMMITS}/ records)")
+        return labels_dir
     if not labels_dir.is_dir():
         raise InputError(f"{labels_dir}: no such labels folder"
                          + (" (it is a file)" if labels_dir.exists() else ""))
@@ -234,7 +382,9 @@ def write_batch(labels_dir, model_id: str, batch_id: str, parts) -> int:
 
     _check_name(model_id, "model id")
     _check_name(batch_id, "batch id")
-    labels_dir = Path(labels_dir)
+    labels_dir = F.as_path(str(labels_dir))
+    if isinstance(labels_dir, F.RemotePath):
+        return _write_batch_remote(labels_dir, model_id, batch_id, parts)
     if labels_dir.exists() and not labels_dir.is_dir():
         raise InputError(f"{labels_dir}: is a file; labels are a folder (model=<id>/batch=<id>/), "
                          "pick a folder path")
@@ -275,7 +425,9 @@ def write_batch(labels_dir, model_id: str, batch_id: str, parts) -> int:
 
 
 def list_partitions(labels_dir) -> list[dict]:
-    labels_dir = Path(labels_dir)
+    labels_dir = F.as_path(str(labels_dir))
+    if isinstance(labels_dir, F.RemotePath):
+        return _list_remote(labels_dir)
     out = []
     if not labels_dir.is_dir():
         return out
@@ -319,15 +471,18 @@ def check_files(parts: list[dict]) -> list[tuple[dict, list[Path]]]:
     out, spans = [], {}
     for p in parts:
         files = []
-        for f in sorted(Path(p["path"]).iterdir()):
+        remote = "files" in p  # an object store's partition: the files its record names
+        for f in (p["files"] if remote else sorted(Path(p["path"]).iterdir())):
             if f.name.startswith((".", "_")):
                 continue
-            if not f.is_file():
+            if not remote and not f.is_file():
                 raise InputError(f"{f}: a folder inside a labels partition; labels partitions "
                                  "hold Parquet part files only: remove it")
             try:
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(f.open("rb") if remote else f)
                 schema = pf.schema_arrow
+            except FileNotFoundError:
+                raise  # on an object store: rewritten under the reader (``_retrying``)
             except (pa.ArrowException, OSError) as exc:
                 raise InputError(f"{f}: not a Parquet file ({_first_line(exc)}); it is not "
                                  "vclust's labels: remove it") from None
@@ -357,15 +512,25 @@ def check_files(parts: list[dict]) -> list[tuple[dict, list[Path]]]:
 def _read_files(files, columns=None):
     import pyarrow.dataset as ds
 
+    if files and isinstance(files[0], F.RemotePath):
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        return ds.dataset([f.path for f in files], format="parquet", schema=label_schema(),
+                          filesystem=PyFileSystem(FSSpecHandler(F.filesystem()))
+                          ).to_table(columns=columns)
     return ds.dataset([str(f) for f in files], format="parquet",
                       schema=label_schema()).to_table(columns=columns)
 
 
 def read_labels(labels_dir, model=None, batches=None, columns=None):
     """The labels as a pandas DataFrame with string columns ``model`` and ``batch``."""
+    labels_dir = _open_for_reading(labels_dir)
+    return _retrying(lambda: _read_labels(labels_dir, model, batches, columns))
+
+
+def _read_labels(labels_dir, model, batches, columns):
     import pandas as pd
 
-    labels_dir = _open_for_reading(labels_dir)
     with dir_lock(labels_dir, shared=True):
         parts = [p for p in list_partitions(labels_dir) if (model is None or p["model"] == model)]
         checked = [(p, files) for p, files in check_files(parts)
@@ -401,6 +566,10 @@ def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
     written partition by partition to a temporary file renamed into place. Every part file is
     checked first (``check_files``). Returns the row count."""
     labels_dir = _open_for_reading(labels_dir)
+    return _retrying(lambda: _export_csv(labels_dir, csv_path, model, names))
+
+
+def _export_csv(labels_dir, csv_path, model, names) -> int:
     with dir_lock(labels_dir, shared=True):
         model = _pick_model(labels_dir, model)
         named = read_names(names) if names else None

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .storage import fs as F
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ def _to_jsonable(obj):
 def _load_array(path: Path, fname: str) -> np.ndarray:
     f = path / fname
     try:
+        if isinstance(f, F.RemotePath):
+            import io
+
+            return np.load(io.BytesIO(f.read_bytes()), allow_pickle=False)
         return np.load(f, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{f}: missing from the model dir (its manifest lists it); the model is "
@@ -136,25 +141,15 @@ class Model:
 
     def save(self, path) -> Path:
         """Write the bundle to ``path`` (written beside it, then renamed into place)."""
-        path = Path(path)
+        path = F.as_path(path)
         if path.exists():
             raise InputError(f"{path}: exists; models are never overwritten, pick a new --model path")
+        if isinstance(path, F.RemotePath):
+            return self._save_remote(path)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(parents=True)
         try:
-            manifest = {
-                "format": FORMAT, "version": VERSION, "model_id": self.model_id or path.name,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "descriptors": list(self.descriptors), "libraries": library_versions(),
-                "parts": {}, **_to_jsonable(self.info),
-            }
-            for part, params, arrays in self._part_states():
-                files = {}
-                for key, arr in arrays.items():
-                    fname = f"{part}.{key.replace('/', '.')}.npy"
-                    np.save(tmp / fname, np.asarray(arr), allow_pickle=False)
-                    files[key] = fname
-                manifest["parts"][part] = {"params": _to_jsonable(params), "arrays": files}
+            manifest = self._write_parts(tmp, path.name)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             os.replace(tmp, path)
         except BaseException:
@@ -164,9 +159,42 @@ class Model:
         self.model_id = manifest["model_id"]
         return path
 
+    def _write_parts(self, folder, name: str) -> dict:
+        """Write every array of the parts into ``folder``; return the manifest (not written)."""
+        manifest = {
+            "format": FORMAT, "version": VERSION, "model_id": self.model_id or name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "descriptors": list(self.descriptors), "libraries": library_versions(),
+            "parts": {}, **_to_jsonable(self.info),
+        }
+        for part, params, arrays in self._part_states():
+            files = {}
+            for key, arr in arrays.items():
+                fname = f"{part}.{key.replace('/', '.')}.npy"
+                if isinstance(folder, F.RemotePath):
+                    import io
+
+                    buf = io.BytesIO()
+                    np.save(buf, np.asarray(arr), allow_pickle=False)
+                    (folder / fname).write_bytes(buf.getvalue())
+                else:
+                    np.save(folder / fname, np.asarray(arr), allow_pickle=False)
+                files[key] = fname
+            manifest["parts"][part] = {"params": _to_jsonable(params), "arrays": files}
+        return manifest
+
+    def _save_remote(self, path) -> "F.RemotePath":
+        """On an object store: the arrays, then ``manifest.json`` last, the commit record (a
+        model dir without one is not a model: ``load`` refuses it, the registry ignores it)."""
+        manifest = self._write_parts(path, path.name)
+        (path / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        self.path = path
+        self.model_id = manifest["model_id"]
+        return path
+
     @classmethod
     def load(cls, path) -> "Model":
-        path = Path(path)
+        path = F.as_path(str(path))
         mf = path / "manifest.json"
         if not mf.is_file():
             raise InputError(f"{path}: not a vclust model dir (no manifest.json)")

@@ -2,6 +2,12 @@
 
 ``current`` holds one model id and is replaced atomically (written to a temporary file, fsynced,
 then ``os.replace``d), so a reader sees the old id or the new one, never a partial file.
+
+On an object store (``s3://``; vclust.storage.fs) nothing is renamed: a model is written
+straight to ``models/<id>/`` (a fresh id, random suffix), its ``manifest.json`` last (the
+commit record: ``list`` and ``path`` see only models with one, so a model whose save was
+killed is invisible, and removed by the next ``register``); ``current`` is one object replaced
+whole by one PUT, so a reader sees the old id or the new one.
 """
 
 from __future__ import annotations
@@ -13,12 +19,17 @@ import uuid
 from pathlib import Path
 
 from .errors import InputError
+from .storage import fs as F
 
 
 class Registry:
     def __init__(self, root):
-        self.root = Path(root)
+        self.root = F.as_path(root)
         self.models_dir = self.root / "models"
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.root, F.RemotePath)
 
     def new_model_id(self) -> str:
         """``20261122T153012Z-3f2a``: UTC time plus a random suffix; lexical order is time order."""
@@ -29,9 +40,41 @@ class Registry:
         path.mkdir(parents=True)
         return path
 
+    def target(self, model_id: str):
+        """On an object store, where a model is saved in place (``Model.save`` writes its
+        manifest last); models whose save was killed (no manifest) are removed first."""
+        self.clean()
+        target = self.models_dir / model_id
+        if target.exists():
+            raise InputError(f"{self.root}: model {model_id} is already registered")
+        return target
+
+    def clean(self) -> None:
+        """Remove uncommitted model folders (no manifest.json) older than an hour: a save that
+        was killed. Recent ones may be a save in progress and are left."""
+        if not self.remote or not self.models_dir.is_dir():
+            return
+        import time as _time
+
+        for p in self.models_dir.iterdir():
+            if (p / "manifest.json").exists():
+                continue
+            try:
+                newest = max(float(_mtime(f)) for f in p.iterdir())
+            except ValueError:
+                newest = 0.0
+            if _time.time() - newest > 3600:
+                p.rmtree()
+
     def register(self, staged_dir, model_id=None, make_current=True) -> str:
         model_id = model_id or self.new_model_id()
         target = self.models_dir / model_id
+        if self.remote:  # saved in place: its manifest (written last) registered it
+            if staged_dir != target or not (target / "manifest.json").exists():
+                raise InputError(f"{self.root}: model {model_id} was not saved in place")
+            if make_current:
+                self.set_current(model_id)
+            return model_id
         if target.exists():
             raise InputError(f"{self.root}: model {model_id} is already registered")
         self.models_dir.mkdir(parents=True, exist_ok=True)
@@ -59,6 +102,9 @@ class Registry:
 
     def set_current(self, model_id: str):
         self.path(model_id)
+        if self.remote:
+            (self.root / "current").write_text(model_id + "\n")  # one PUT: old id or new
+            return
         tmp = self.root / f".current.{uuid.uuid4().hex}"
         with open(tmp, "w") as f:
             f.write(model_id + "\n")
@@ -73,7 +119,13 @@ class Registry:
             if cur is None:
                 raise InputError(f"{self.root}: no current model; fit one with --registry {self.root}")
             return self.path(cur)
-        p = Path(ref)
+        p = F.as_path(str(ref))
         if (p / "manifest.json").exists():
             return p
         return self.path(str(ref))
+
+
+def _mtime(obj) -> float:
+    info = obj.info()
+    when = info.get("LastModified") or info.get("mtime") or 0
+    return when.timestamp() if hasattr(when, "timestamp") else float(when)

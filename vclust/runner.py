@@ -156,7 +156,9 @@ def run_spec(spec: JobSpec, dry_run=False, scheduler=None, cluster_file=None, sa
 
 
 def _nightly_record(spec: JobSpec, batch: str) -> Path:
-    return Path(spec.registry) / "nightly" / f"{batch}.json"
+    from .storage.fs import as_path
+
+    return as_path(spec.registry) / "nightly" / f"{batch}.json"
 
 
 def _run_steps(spec: JobSpec, say) -> int:
@@ -263,7 +265,9 @@ def _drift(spec: JobSpec, ingested, say) -> int:
     d = spec.drift
     report = drift_report(model.info["profile"], frame, d.thresholds)
     report.update({"batch": batch, "model": model.model_id})
-    out = Path(d.report_dir) / f"model={model.model_id}" / f"batch={batch}"
+    from .storage.fs import as_path
+
+    out = as_path(d.report_dir) / f"model={model.model_id}" / f"batch={batch}"
     json_path, text_path = write_report(report, out)
     alerts = report["alerts"]
     say(f"drift: {'ALERT ' + ', '.join(alerts) if alerts else 'no threshold crossed'} "
@@ -274,13 +278,18 @@ def _drift(spec: JobSpec, ingested, say) -> int:
         jobs.label(spec.store, new, spec.labels, all_batches=True, say=say, params=spec.label)
         refit_id = new.model_id
     code = EXIT_DRIFT if alerts else 0
+    from .storage.fs import RemotePath
+
     record = _nightly_record(spec, batch)
     record.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"batch": batch, "model": model.model_id, "alerts": alerts,
+                       "refit_model": refit_id, "exit_code": code, "report": str(json_path),
+                       "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    if isinstance(record, RemotePath):
+        record.write_text(text)  # one PUT: the record is there whole or not at all
+        return code
     tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"batch": batch, "model": model.model_id, "alerts": alerts,
-                               "refit_model": refit_id, "exit_code": code,
-                               "report": str(json_path),
-                               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    tmp.write_text(text)
     os.replace(tmp, record)
     return code
 

@@ -67,7 +67,10 @@ def drift_report(profile: dict, batch, thresholds: dict | None = None) -> dict:
 
 def write_report(report: dict, out_dir) -> tuple[Path, Path]:
     """drift.json and drift.txt (verdict first, then a table), each written atomically."""
-    out = Path(out_dir)
+    # a local path, or an object-store path (vclust.storage.fs.RemotePath: no __fspath__, no
+    # rename; each file is one PUT, so a reader sees the old object or the new one)
+    out = out_dir if hasattr(out_dir, "write_text") else Path(out_dir)
+    remote = not hasattr(out, "__fspath__")
     out.mkdir(parents=True, exist_ok=True)
     verdict = ("DRIFT: " + ", ".join(f"{a} {report[a]:.3f} > {report['thresholds'][a]}"
                                      for a in report["alerts"])) if report["alerts"] else "no drift"
@@ -80,6 +83,9 @@ def write_report(report: dict, out_dir) -> tuple[Path, Path]:
               for c in report["clusters"]]
     paths = out / "drift.json", out / "drift.txt"
     for path, text in zip(paths, (json.dumps(report, indent=2), "\n".join(lines) + "\n")):
+        if remote:
+            path.write_text(text)
+            continue
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from . import fs as F
 from . import sources as S
 from .store import (
     DEFAULT_CHUNK_ROWS,
@@ -135,7 +136,7 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
     """
     import dask
 
-    store_path = Path(store_path)
+    store_path = F.as_path(store_path)
     if on_invalid not in ("error", "drop"):
         raise InputError(f"--on-invalid must be 'error' or 'drop'; got '{on_invalid}'")
     if chunk_rows < 1:

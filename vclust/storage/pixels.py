@@ -15,6 +15,10 @@ store's files exactly as they were (its staging group lies outside the store); k
 the rename and the ledger write, it leaves an uncommitted ``pixels/<batch>`` that no reader
 sees. The next writer removes both.
 
+On an object store (no rename) the columns are written straight into ``pixels/<batch>``; the
+ledger entry, written last, is the commit record as before, and ``clean`` removes a group the
+ledger does not name, so a killed run leaves nothing a reader trusts.
+
 This module knows nothing of images or of what the columns mean (the caller gives the column
 dtypes).
 """
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from . import fs as F
 from .store import Store
 
 DIR = "pixels"
@@ -49,16 +54,16 @@ def clean(store: Store) -> None:
     staging = _staging_root(store)
     if staging.is_dir():
         for entry in staging.glob("pixels-*"):
-            shutil.rmtree(entry, ignore_errors=True)
-        if not any(staging.iterdir()):
+            F.rmtree(entry)
+        if not isinstance(staging, F.RemotePath) and not any(staging.iterdir()):
             staging.rmdir()
     root = store.path / DIR
     if not root.is_dir():
         return
     committed = set(batches_with_pixels(store))
     for entry in root.iterdir():
-        if entry.is_dir() and entry.name not in committed:
-            shutil.rmtree(entry, ignore_errors=True)
+        if entry.name not in committed and (isinstance(entry, F.RemotePath) or entry.is_dir()):
+            F.rmtree(entry)
 
 
 def _staging_root(store: Store) -> Path:
@@ -68,13 +73,17 @@ def _staging_root(store: Store) -> Path:
 def begin(store: Store, batch_id: str, columns: dict[str, str], chunk: int | None = None) -> Path:
     """Create a staging group for a batch's columns (``{name: dtype}``), chunked by ``chunk``
     rows (default the store's); returns its path."""
-    import zarr
-
     start, stop = store.batch_rows(batch_id)
     n = stop - start
-    staging = _staging_root(store) / f"pixels-{uuid.uuid4().hex}"
-    staging.parent.mkdir(exist_ok=True)
-    group = zarr.open_group(str(staging), mode="w")
+    if isinstance(store.path, F.RemotePath):  # no rename: written in place, committed by the ledger
+        staging = store.path / DIR / batch_id
+        if pixel_entry(store, batch_id):
+            raise InputError(f"{store.path}: batch '{batch_id}' already has pixel statistics")
+        staging.rmtree()
+    else:
+        staging = _staging_root(store) / f"pixels-{uuid.uuid4().hex}"
+        staging.parent.mkdir(exist_ok=True)
+    group = F.open_group(staging, mode="w")
     chunk = max(1, min(chunk or store.chunk_rows, n))
     for name, dtype in columns.items():
         group.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, fill_value=0,
@@ -85,15 +94,11 @@ def begin(store: Store, batch_id: str, columns: dict[str, str], chunk: int | Non
 
 def open_column(group_path, name: str, mode: str = "r"):
     """One column of a (staging or committed) batch group, opened by path from a task."""
-    import zarr
-
-    return zarr.open_array(str(Path(group_path) / name), mode=mode)
+    return F.open_array(F.as_path(group_path) / name, mode=mode)
 
 
 def chunk_rows(group_path) -> int:
-    import zarr
-
-    group = zarr.open_group(str(group_path), mode="r")
+    group = F.open_group(F.as_path(group_path), mode="r")
     first = next(iter(group.array_keys()))
     return int(group[first].chunks[0])
 
@@ -101,6 +106,11 @@ def chunk_rows(group_path) -> int:
 def commit(store: Store, batch_id: str, staging: Path, record: dict) -> None:
     """Move the staging group into place and write ``record`` into the batch's ledger entry."""
     target = store.path / DIR / batch_id
+    if isinstance(store.path, F.RemotePath):  # written in place by begin: the ledger commits it
+        assert staging == target, (staging, target)
+        store.annotate_batch(batch_id, "pixels", {
+            **record, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        return
     target.parent.mkdir(exist_ok=True)
     if target.exists():  # uncommitted leftovers (a committed batch is never rewritten)
         if pixel_entry(store, batch_id):
@@ -117,8 +127,6 @@ def read(store_path, start: int, stop: int, columns: dict[str, str]) -> dict:
     """Committed pixel statistics of store rows [start, stop): {column: array} plus ``have``
     (bool: the row's batch has statistics). Rows without them read 0 (NaN for float columns).
     Reads only the batches the range touches; callable from a worker task by the path alone."""
-    import zarr
-
     store = Store.open(store_path)
     n = stop - start
     out = {}
@@ -134,7 +142,7 @@ def read(store_path, start: int, stop: int, columns: dict[str, str]) -> dict:
         dtype = np.dtype(dtype)
         col = np.full(n, np.nan if dtype.kind == "f" else 0, dtype=dtype)
         for batch_id, sa, sb, da_, db in pieces:
-            arr = zarr.open_array(str(store.path / DIR / batch_id / name), mode="r")
+            arr = F.open_array(store.path / DIR / batch_id / name, mode="r")
             col[da_:db] = arr[sa:sb]
         out[name] = col
     for _, _, _, da_, db in pieces:

@@ -7,12 +7,18 @@ Layout::
     STORE/batch                  (n_rows,) string, the batch each row came in
     STORE/descriptors/<NAME>     (n_rows, dims) float32, chunked by rows
     STORE/pixels/<batch>/...     per-row pixel statistics of a measured batch (storage.pixels)
-    STORE.lock                   beside the store while a writer holds it
+    STORE.lock                   beside the store while a writer holds it (on an object store:
+                                 STORE.lock/<generation>, see ``store_lock``)
 
 The ledger (a list in the group attributes) is the source of truth for what is stored: the rows
 of batch *i* are ``ledger[i]["start"]:ledger[i]["stop"]``. An append resizes the arrays, writes
 the rows and only then writes its ledger entry, so rows past the last entry are an unfinished
 append: a writer rolls them back when it opens the store, and readers never see them.
+
+On an object store (``s3://`` URLs, vclust.storage.fs) the same ledger is the commit record:
+the group's ``zarr.json`` is one object, replaced whole by one PUT, written after every chunk of
+the append, so nothing of the append is visible before it and all of it after. Nothing is
+renamed; only the lock differs (``store_lock``).
 
 This module knows nothing of file formats or clustering.
 """
@@ -24,6 +30,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, StoreLockedError
+from . import fs as F
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +93,11 @@ def store_lock(path):
     """
     import fcntl
 
-    path = Path(path)
+    path = F.as_path(path)
+    if isinstance(path, F.RemotePath):
+        with _remote_lock(path):
+            yield
+        return
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
@@ -126,6 +138,113 @@ def store_lock(path):
             os.close(fd)
 
 
+# --------------------------------------------------------------------------- object-store lock
+
+LEASE_SECONDS = 60.0  # a remote lock not renewed for this long is taken over (holder gone)
+_HELD: dict = {}  # store url -> (lock object, generation) held by this process
+
+
+def _lease_seconds() -> float:
+    return float(os.environ.get("VCLUST_S3_LEASE_SECONDS", LEASE_SECONDS))
+
+
+def _generations(lock_dir) -> list:
+    out = []
+    for p in lock_dir.iterdir():
+        if p.name.isdigit():
+            out.append((int(p.name), p))
+    return sorted(out, key=lambda g: g[0])
+
+
+def _stale(held: dict) -> bool:
+    """A remote lock whose holder is gone: a dead process on this host (at once, as the flock
+    rule), or a lease not renewed in time (a holder on another host)."""
+    if held.get("host") == socket.gethostname() and held.get("pid") and \
+            not _pid_alive(int(held["pid"])):
+        return True
+    return time.time() > float(held.get("expires", 0))
+
+
+@contextmanager
+def _remote_lock(path):
+    """``store_lock`` on an object store, where there is no flock and no rename.
+
+    The lock is a sequence of generation objects ``STORE.lock/<n>``. To take it, a writer lists
+    them: if the highest names a live holder it is refused (one line, exit 2, as locally);
+    otherwise (none, or a holder that is gone: ``_stale``) it creates generation n + 1 with a
+    conditional PUT (``If-None-Match: *``, ``fs.put_if_absent``). The object store lets exactly
+    one of several racing writers create it; the others list again and are refused. The holder
+    renews its lease (``expires``) from a thread every quarter lease; releasing deletes its
+    generation and any older one. Before its commit (``Store.commit_batch``) a holder checks
+    that its generation is still the highest (``check_held``): a holder whose lease expired
+    while it was stalled and was taken over then stops with exit 4 instead of committing.
+    Limits (docs/faults.md): a server that ignores ``If-None-Match`` gives no mutual exclusion;
+    the check before the commit and the commit are two requests, so a holder stalled for a
+    whole lease exactly between them could still commit beside its successor.
+    """
+    lock_dir = path.with_name(path.name + ".lock")
+    lease = _lease_seconds()
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    while True:
+        gens = _generations(lock_dir)
+        gen = 1
+        if gens:
+            top, obj = gens[-1]
+            try:
+                held = json.loads(obj.read_text() or "{}")
+            except FileNotFoundError:
+                continue  # released between the listing and the read: list again
+            except ValueError:
+                held = {}
+            if not _stale(held):
+                _refuse(path, lock_dir, held)
+            log.warning("taking over the lock of %s left by process %s on %s", path,
+                        held.get("pid", "?"), held.get("host", "?"))
+            gen = top + 1
+        mine = lock_dir / f"{gen:012d}"
+        if F.put_if_absent(mine, json.dumps({**info, "expires": time.time() + lease}).encode()):
+            break
+        # another writer created this generation first: list again (and be refused)
+    stop = threading.Event()
+
+    def renew():
+        while not stop.wait(lease / 4):
+            try:
+                mine.write_text(json.dumps({**info, "expires": time.time() + lease}))
+            except Exception:  # noqa: BLE001 - the next renewal tries again
+                log.warning("could not renew the lock lease of %s", path)
+
+    beat = threading.Thread(target=renew, name="vclust-lock-lease", daemon=True)
+    beat.start()
+    _HELD[str(path)] = (lock_dir, gen)
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()  # a renewal in flight must land before the delete, never after it
+        _HELD.pop(str(path), None)
+        for g, obj in _generations(lock_dir):
+            if g <= gen:
+                obj.unlink(missing_ok=True)
+
+
+def check_held(path) -> None:
+    """Before a commit on an object store: this process still holds the store's lock (its
+    generation is the highest). Local stores hold an flock, which cannot be taken over."""
+    from ..errors import EnvironmentFault
+
+    held = _HELD.get(str(path))
+    if held is None:
+        return
+    lock_dir, gen = held
+    gens = _generations(lock_dir)
+    if not gens or gens[-1][0] != gen:
+        raise EnvironmentFault(
+            f"{path}: this writer's lock lease expired and another writer took the store over; "
+            "nothing of this run was committed",
+            kept="the store keeps every committed batch; run the command again")
+
+
 def _read_holder(lock: Path) -> dict:
     try:
         held = json.loads(lock.read_text() or "{}")
@@ -145,16 +264,12 @@ def _refuse(path: Path, lock: Path, held: dict):
 
 def open_descriptors(store_path, name: str, mode: str = "r"):
     """One descriptor set's Zarr array, opened from a worker task by the store's path alone."""
-    import zarr
-
-    return zarr.open_array(str(Path(store_path) / "descriptors" / name), mode=mode)
+    return F.open_array(F.as_path(store_path) / "descriptors" / name, mode=mode)
 
 
 def read_ids(store_path, start: int, stop: int) -> np.ndarray:
     """Ids of rows [start, stop), read from a worker task by the store's path alone."""
-    import zarr
-
-    arr = zarr.open_array(str(Path(store_path) / "ids"), mode="r")
+    arr = F.open_array(F.as_path(store_path) / "ids", mode="r")
     return np.asarray(arr[start:stop], dtype=object)
 
 
@@ -163,7 +278,7 @@ class Store:
     ``Store.open(path, mode="a")`` (append; rolls back an unfinished append)."""
 
     def __init__(self, path, group):
-        self.path = Path(path)
+        self.path = F.as_path(path)
         self._group = group
 
     # ------------------------------------------------------------------ opening
@@ -171,16 +286,14 @@ class Store:
     @staticmethod
     def exists(path) -> bool:
         """Whether ``path`` holds a store (or at least a Zarr group to be checked on open)."""
-        return (Path(path) / "zarr.json").exists()
+        return (F.as_path(path) / "zarr.json").exists()
 
     @classmethod
     def open(cls, path, mode: str = "r") -> "Store":
-        import zarr
-
-        path = Path(path)
+        path = F.as_path(path)
         if not cls.exists(path):
             raise InputError(f"{path}: not a vclust store (no zarr.json); create one with vclust ingest")
-        group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+        group = F.open_group(path, mode="r" if mode == "r" else "r+")
         attrs = group.attrs.asdict()
         if attrs.get("format") != FORMAT:
             raise InputError(f"{path}: a Zarr group but not a vclust store (format={attrs.get('format')!r})")
@@ -197,13 +310,11 @@ class Store:
     @classmethod
     def create(cls, path, dims: dict[str, int], chunk_rows: int = DEFAULT_CHUNK_ROWS,
                compression: str = "none") -> "Store":
-        import zarr
-
         check_compression(compression)
-        path = Path(path)
+        path = F.as_path(path)
         if path.exists() and any(path.iterdir()):
             raise InputError(f"{path}: exists and is not an empty folder; pick a new store path")
-        group = zarr.open_group(str(path), mode="w")
+        group = F.open_group(path, mode="w")
         group.create_array("ids", shape=(0,), chunks=(chunk_rows,), dtype=str)
         group.create_array("batch", shape=(0,), chunks=(chunk_rows,), dtype=str)
         for name, d in dims.items():
@@ -237,7 +348,10 @@ class Store:
             return
         for entry in chunk_dir.iterdir():
             if entry.name.isdigit() and int(entry.name) >= first_dead:
-                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                if isinstance(entry, F.RemotePath):
+                    entry.rmtree()  # a chunk object or a prefix of them
+                else:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
     # ------------------------------------------------------------------ reading
 
@@ -344,7 +458,7 @@ class Store:
                  "pixels": (b.get("pixels") or {}).get("readable") if b.get("pixels") else None}
                 for b in self.ledger
             ],
-            "bytes_on_disk": _du(self.path),
+            "bytes_on_disk": F.du(self.path),
         }
 
     # ------------------------------------------------------------------ appending
@@ -368,6 +482,7 @@ class Store:
     def annotate_batch(self, batch_id: str, key: str, value) -> None:
         """Write ``key: value`` into a committed batch's ledger entry (one attribute write: a
         reader sees the entry before or after, never half of it)."""
+        check_held(self.path)
         ledger = self.ledger
         for b in ledger:
             if b["id"] == batch_id:
@@ -379,17 +494,8 @@ class Store:
 
     def commit_batch(self, entry: dict):
         """Write the ledger entry: the append becomes visible."""
+        check_held(self.path)
         ledger = self.ledger
         ledger.append(entry)
         self._group.attrs["ledger"] = ledger
 
-
-def _du(path: Path) -> int:
-    total = 0
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.stat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
