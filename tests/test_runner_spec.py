@@ -71,7 +71,8 @@ def test_plan_shows_steps_store_model_cluster(tmp_path):
     spec = load_spec(_write(tmp_path, BASE))
     p = plan(spec, scheduler="tcp://127.0.0.1:1")
     assert p["store"] == "s" and p["steps"][0]["step"] == "fit"
-    assert p["cluster"] == {"kind": "scheduler", "address": "tcp://127.0.0.1:1", "timeout": 5.0}
+    assert p["cluster"] == {"kind": "scheduler", "address": "tcp://127.0.0.1:1", "timeout": 5.0,
+                            "s3": None}
     assert "new model" in p["model"]
 
 
