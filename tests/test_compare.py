@@ -270,6 +270,28 @@ def test_every_kept_model_reproduces_its_labels_when_applied_afresh(compared, tm
         assert (fresh["is_outlier"] == written["is_outlier"]).mean() >= 0.998, m
 
 
+def test_gmm_fitted_on_the_workers_equals_fit_algorithm(compared):
+    """compare fits gmm for every k at once on the workers; the kept model is the one
+    ``fit_algorithm`` gives on the same rows."""
+    from vclust.model import Model
+    from vclust.numerics.algorithms import fit_algorithm
+    from vclust.storage.store import Store
+
+    store = Store.open(compared["store"])
+    reg = Registry(compared["registry"])
+    for m in compared["summary"]["kept"]:
+        if m["algorithm"] != "gmm":
+            continue
+        model = Model.load(reg.path(m["model_id"]))
+        sets = {d: store.descriptors(d, 0, store.n_rows) for d in model.descriptors}
+        z = np.asarray(model.reduce(sets).compute())
+        again = fit_algorithm("gmm", z, m["k"], random_state=0)
+        np.testing.assert_allclose(model.clusterer.arrays["means"], again.arrays["means"],
+                                   atol=1e-4)
+        np.testing.assert_allclose(model.clusterer.arrays["weights"], again.arrays["weights"],
+                                   atol=1e-5)
+
+
 def test_promote_renumbers_and_carries_names(compared, tmp_path):
     """Promote one compared model, then another: the second was numbered against no current
     model, so promote makes a successor whose ids continue the first one's; the names follow."""

@@ -118,8 +118,9 @@ def hold_reduced(z, say=_quiet):
 # Reduced rows up to this size are clustered in the client process: KMeans, the metrics and
 # the k-range run on a numpy array with the process's BLAS threads, as a scikit-learn script
 # would, instead of as a few hundred small task graphs (20,000 rows: 1.2-4.5 s a k as graphs).
-# Larger ones are clustered on the workers, block by block.
-IN_PROCESS_BYTES = 256 * 2**20
+# Larger ones are clustered on the workers, block by block. 1 GiB: the efficientnet-b7 space of
+# the 416k case (256 components, 426 MB) took 15-27 s a k as graphs, 4-15 s here.
+IN_PROCESS_BYTES = 2**30
 
 
 def in_process(z):

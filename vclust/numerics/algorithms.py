@@ -136,6 +136,17 @@ def _centres_of(x, labels, k):
                      for c in range(k)])
 
 
+def fit_gmm(sample, n_clusters, random_state=0):
+    """The "gmm" clusterer fitted on ``sample`` (the rows ``sample_rows`` drew, float64)."""
+    from sklearn.mixture import GaussianMixture
+
+    params = {"sample_size": int(len(sample)), "random_state": int(random_state)}
+    m = GaussianMixture(n_clusters, covariance_type="full", random_state=random_state,
+                        reg_covar=1e-5).fit(sample)
+    return FittedClusterer("gmm", m.means_, params, {
+        "means": m.means_, "precisions_cholesky": m.precisions_cholesky_, "weights": m.weights_})
+
+
 def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **kwargs):
     """Fit ``name`` (one of ALGORITHMS) with ``n_clusters`` on X (numpy or dask, reduced rows)."""
     if name not in ALGORITHMS:
@@ -158,12 +169,7 @@ def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **
         m = BisectingKMeans(n_clusters, random_state=random_state).fit(sample)
         return FittedClusterer(name, m.cluster_centers_, params)
     if name == "gmm":
-        from sklearn.mixture import GaussianMixture
-
-        m = GaussianMixture(n_clusters, covariance_type="full", random_state=random_state,
-                            reg_covar=1e-5).fit(sample)
-        return FittedClusterer(name, m.means_, params, {
-            "means": m.means_, "precisions_cholesky": m.precisions_cholesky_, "weights": m.weights_})
+        return fit_gmm(sample, n_clusters, random_state)
     if name == "agglomerative":
         from sklearn.cluster import AgglomerativeClustering
         from sklearn.neighbors import kneighbors_graph
