@@ -40,12 +40,16 @@ def main():
                           "--out", str(out), "--descriptor", *SPECS, "--algorithm", ALGORITHMS,
                           "--k-range", K_RANGE, "--fit-sample", str(args.fit_sample)]
     log = DATA / "compare-stderr.txt"  # progress, readable while it runs
+    import os
+
+    load = [os.getloadavg()[0]]
     t0 = time.perf_counter()
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
         with PeakMemory(proc.pid) as mem:
             stdout, _ = proc.communicate()
     wall, peak = time.perf_counter() - t0, mem.peak
+    load.append(os.getloadavg()[0])
     if proc.returncode != 0:
         raise RuntimeError(f"vclust compare failed ({proc.returncode}): see {log}")
     print(stdout)
@@ -58,7 +62,7 @@ def main():
     text = [
         "## vclust compare: the analysts' brief in one run",
         "",
-        f"{machine()}; shared with other engineers' runs while measured. "
+        f"{machine()}; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end. "
         f"{args.rows:,} rows; specs {', '.join(SPECS)}; algorithms {ALGORITHMS}; k {K_RANGE} "
         f"({len(runs)} partitions fitted and scored over all rows; gmm and agglomerative fitted "
         f"on a seeded sample of {args.fit_sample:,} rows and extended to every row).",
@@ -78,12 +82,36 @@ def main():
         "labelling): " + ", ".join(f"{a} {s:.0f}" for a, s in per_alg.items()) + ".",
         "Seconds by spec: " + ", ".join(f"{a} {s:.0f}" for a, s in per_spec.items()) + ".",
         "",
+        "Phases, from the progress log (" + str(log) + "): " + phases(log) + ".",
+        "",
         f"Proposed: {summary['proposal'].get('why', '')}",
         "",
         f"Command: `vclust compare STORE --descriptor {' '.join(SPECS)} --algorithm "
         f"{ALGORITHMS} --k-range {K_RANGE} --registry R --labels L --out O`",
     ]
     write_section("compare", "\n".join(text))
+
+
+def phases(log) -> str:
+    """Seconds from the progress log: start-up, reading and reducing the sets, then each spec's
+    fits (every k) and kept models, then the tables and the page."""
+    import re
+
+    stamps = []
+    for line in open(log):
+        m = re.match(r"\[\s*([0-9.]+)s\] (.*)", line)
+        if m:
+            stamps.append((float(m.group(1)), m.group(2)))
+    if not stamps:
+        return "no progress lines"
+    first = lambda pred: next((t for t, msg in stamps if pred(msg)), None)  # noqa: E731
+    read = first(lambda m: m.startswith("compare: "))
+    reduced = max(t for t, m in stamps if "components keep" in m)
+    fitted = max(t for t, m in stamps if ": kept k=" in m)
+    end = stamps[-1][0]
+    return (f"start-up {read or 0:.0f} s; reading and reducing the four sets "
+            f"{reduced - (read or 0):.0f} s; fits, metrics and kept models of every spec "
+            f"{fitted - reduced:.0f} s; agreement, cross metrics and the page {end - fitted:.0f} s")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ models</a><a href="#runs-section">Runs</a></nav></header>
 <section id="agreement"><h2>Agreement</h2>
 <p class="hint">Adjusted Rand index of every pair of kept models over all rows (1: the same
 partition; about 0: unrelated). agreement.csv also has AMI and the Jaccard index of their outlier
-sets.</p><div id="heatmap" class="map"></div></section>
+sets.</p><div id="heatmap"></div></section>
 <section id="pair"><h2>Two models</h2>
 <p><label>A <select id="model-a">{opts}</select></label>
 <label>B <select id="model-b">{opts}</select></label></p>

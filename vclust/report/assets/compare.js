@@ -14,14 +14,18 @@
   window.addEventListener("error", function (e) { errors.push(String(e.message || e)); mark(false); });
 
   var models = D.models || [];
-  var names = models.map(function (m) { return m.id + " " + m.algorithm + " k=" + m.k; });
+  // spec, algorithm and k say what a model is; the id's last part matches it to runs.csv
+  var names = models.map(function (m) {
+    return m.descriptor + " · " + m.algorithm + " k=" + m.k + " · " + m.id.split("-").pop();
+  });
   function colour(k) { var p = D.palette || ["#444"]; return p[((k % p.length) + p.length) % p.length]; }
 
   function heatmap() {
     return Plotly.newPlot("heatmap", [{
       type: "heatmap", z: D.ari, x: names, y: names, zmin: 0, zmax: 1, colorscale: "Viridis",
       hovertemplate: "%{y}<br>%{x}<br>ARI %{z:.3f}<extra></extra>"
-    }], { margin: { l: 220, b: 160, t: 10 }, height: 200 + 28 * models.length },
+    }], { margin: { l: 40, b: 40, t: 10 }, height: 200 + 28 * models.length,
+         xaxis: { automargin: true }, yaxis: { automargin: true } },  // ids never cut off
     { responsive: true });
   }
 
@@ -70,7 +74,7 @@
       marker: { color: "rgba(20,20,20,0.6)", size: 5, symbol: "x" } });
     points += m.labels.length;
     return Plotly.react(div, traces, { margin: { l: 30, r: 10, b: 30, t: 30 }, height: 460,
-      title: { text: names[models.indexOf(m)] + " — " + m.descriptor + " (" + xy.method + ")", font: { size: 12 } } });
+      title: { text: names[models.indexOf(m)] + " (" + xy.method + ", its own space)", font: { size: 12 } } });
   }
 
   var selA = document.getElementById("model-a");
