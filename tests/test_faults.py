@@ -64,6 +64,25 @@ for line in sys.stdin:
 """
 
 
+def race_rounds(procs, rounds, before_round) -> list:
+    """Run ``rounds`` rounds of LOCKER processes: ``before_round(i)``, then every process goes at
+    once; each round's answers ("held", "refused", "overlap"). The processes are ended after."""
+    results = []
+    try:
+        for i in range(rounds):
+            before_round(i)
+            for p in procs:
+                p.stdin.write("go\n")
+            for p in procs:
+                p.stdin.flush()
+            results.append([p.stdout.readline().strip() for p in procs])
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=30)
+    return results
+
+
 def test_store_lock_takeover_never_gives_two_holders(tmp_path):
     """Six processes race to take over a dead writer's lock, 20 times: never two holders."""
     store = tmp_path / "store"
@@ -74,19 +93,8 @@ def test_store_lock_takeover_never_gives_two_holders(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", LOCKER, str(store), str(flag)], env=ENV,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(6)]
-    results = []
-    try:
-        for _ in range(20):
-            lock.write_text(json.dumps({"pid": dead, "host": socket.gethostname(), "since": 0}))
-            for p in procs:
-                p.stdin.write("go\n")
-            for p in procs:
-                p.stdin.flush()
-            results.append([p.stdout.readline().strip() for p in procs])
-    finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=30)
+    results = race_rounds(procs, 20, lambda i: lock.write_text(json.dumps(
+        {"pid": dead, "host": socket.gethostname(), "since": 0})))
     assert not any("overlap" in r for r in results), results
     assert all(r.count("held") >= 1 for r in results), results
     assert not lock.exists()

@@ -240,27 +240,8 @@ def test_ingest_sigkilled_mid_append_on_s3_recovers(case, s3_bucket, tmp_path):
 
 # --------------------------------------------------------------------------- two writers
 
-LOCKER = r"""
-import os, sys, time
-from vclust.errors import StoreLockedError
-from vclust.storage.store import store_lock
-store, flag = sys.argv[1], sys.argv[2]
-for line in sys.stdin:
-    try:
-        with store_lock(store):
-            try:
-                fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                print("overlap", flush=True)
-                time.sleep(0.05)
-                continue
-            time.sleep(0.05)
-            os.close(fd)
-            os.unlink(flag)
-        print("held", flush=True)
-    except StoreLockedError:
-        print("refused", flush=True)
-"""
+# the racing writer of test_faults (store_lock takes local paths and s3:// URLs alike)
+from .test_faults import LOCKER, race_rounds  # noqa: E402
 
 
 def test_s3_lock_race_never_gives_two_holders(s3_bucket, tmp_path):
@@ -276,21 +257,13 @@ def test_s3_lock_race_never_gives_two_holders(s3_bucket, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", LOCKER, store, str(flag)], env=env(),
                               cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
-    results = []
-    try:
-        for i in range(8):
-            if i % 2:
-                (lock_dir / "000000000007").write_text(json.dumps(
-                    {"pid": dead, "host": socket.gethostname(), "since": 0,
-                     "expires": time.time() + 600}))
-            for p in procs:
-                p.stdin.write("go\n")
-                p.stdin.flush()
-            results.append([p.stdout.readline().strip() for p in procs])
-    finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=30)
+    def plant_dead_holder(i):
+        if i % 2:
+            (lock_dir / "000000000007").write_text(json.dumps(
+                {"pid": dead, "host": socket.gethostname(), "since": 0,
+                 "expires": time.time() + 600}))
+
+    results = race_rounds(procs, 8, plant_dead_holder)
     flat = [r for round_ in results for r in round_]
     assert "overlap" not in flat, results
     assert all(r in ("held", "refused") for r in flat), results
