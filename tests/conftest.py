@@ -66,13 +66,20 @@ def dask_processes(tmp_path_factory):
                 time.sleep(0.5)
         yield addr
     finally:
-        for p in procs[::-1]:
+        stop_processes(procs)
+
+
+def stop_processes(procs):
+    """Terminate ``procs`` (last started first) and wait for them; kill what does not stop."""
+    for p in procs[::-1]:
+        if p.poll() is None:
             p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 # ----------------------------------------------------------------------------- measured figures

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from .conftest import stop_processes
+
 REPO = str(Path(__file__).resolve().parents[1])
 VCLUST = [sys.executable, "-m", "vclust.cli"]
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -488,21 +490,9 @@ def _start_dask(tmp: Path, n_workers: int):
             return addr, sched, procs
         except (OSError, TimeoutError):
             if time.time() > deadline:
-                _stop(procs)
+                stop_processes(procs)
                 raise
             time.sleep(0.5)
-
-
-def _stop(procs):
-    for p in procs[::-1]:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 @pytest.fixture(scope="module")
@@ -513,7 +503,7 @@ def dask_workers(tmp_path_factory):
     try:
         yield addr
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 def _wait_for_workers(addr, n=2):
@@ -603,7 +593,7 @@ def test_scheduler_killed_mid_fit_gives_one_line_and_writes_nothing(labelled_sto
         assert not (tmp_path / "model").exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model")]
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 # --------------------------------------------------------------------------- ingest killed anywhere
