@@ -533,6 +533,26 @@ def labelled_store(tmp_path_factory):
     return root, ref
 
 
+def test_small_label_runs_in_this_process_and_equals_the_cluster_run(labelled_store, tmp_path):
+    """With no cluster named, a batch this small is labelled in the command's own process
+    (no LocalCluster to start); the labels equal the fault-free ones. Naming a cluster config
+    still starts the cluster."""
+    from vclust.labels import read_labels
+
+    root, ref = labelled_store
+    cfg = tmp_path / "local.yaml"
+    cfg.write_text("kind: local\nn_workers: 1\nthreads_per_worker: 1\n")
+    for extra, where in (([], "dask: in this process"), (["--cluster", str(cfg)], "dask: local")):
+        out = tmp_path / f"labels{len(extra)}"
+        res = subprocess.run(VCLUST + ["label", str(root / "store"), "--model",
+                                       str(root / "model"), "--out", str(out), "--all", *extra],
+                             env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert where in res.stderr, res.stderr
+        got = read_labels(out).sort_values("row", ignore_index=True)
+        pd.testing.assert_frame_equal(got, ref)
+
+
 def test_worker_killed_mid_label_gives_identical_labels(labelled_store, dask_workers, tmp_path):
     """SIGKILL a `dask worker` process while it runs label tasks: the run completes (the nanny
     restarts the worker, the scheduler reruns its tasks) and the labels equal the fault-free

@@ -71,11 +71,11 @@ def print_metrics(model, file=sys.stdout):
                 file=file)
 
 
-def _connect(args, say):
+def _connect(args, say, here=None):
     from .cluster import connect
 
     return connect(args.scheduler, args.cluster, announce=say,
-                   timeout=getattr(args, "scheduler_timeout", None))
+                   timeout=getattr(args, "scheduler_timeout", None), here=here)
 
 
 # --------------------------------------------------------------------------- commands
@@ -139,7 +139,7 @@ def cmd_label(args, say):
     p = params_from_args(LabelParams, args)
     jobs.check_labels_out(args.out)  # the cheap checks first, all before a cluster starts
     model = jobs.resolve_model(args.model, args.registry)
-    with _connect(args, say):
+    with _connect(args, say, here=jobs.label_here(args.store, model, p.batches, p.all)):
         summary = jobs.label(args.store, model, args.out, batches=p.batches,
                              all_batches=p.all, say=say, params=p)
     print(json.dumps(summary))
@@ -286,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(s)
     s.set_defaults(func=cmd_fit)
 
-    s = sub.add_parser("label", help="apply a model to batches, writing partitioned Parquet labels")
+    s = sub.add_parser("label", help="apply a model to batches, writing partitioned Parquet labels",
+                       description="Apply a model to batches of the store. With no --scheduler, "
+                       "--cluster or VCLUST_SCHEDULER, batches of up to 256 MiB of descriptor "
+                       "rows are labelled in this process (no LocalCluster starts).")
     s.add_argument("store", metavar="STORE")
     _add_model_source(s)
     s.add_argument("--out", required=True, metavar="LABELS_DIR",

@@ -226,14 +226,26 @@ class S3Environ(_WorkerPlugin):
 
 @contextmanager
 def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
-            timeout: float | None = None):
+            timeout: float | None = None, here: str | None = None):
     """Yield a ``distributed.Client``; close what was started on exit.
 
     ``announce(text)`` is called with the dashboard address (the CLI prints it). ``timeout``:
-    seconds to wait for a scheduler at an address (see the module docstring).
+    seconds to wait for a scheduler at an address (see the module docstring). ``here``: when
+    neither a scheduler nor a cluster file is named (nor $VCLUST_SCHEDULER), run in this
+    process on dask's thread pool instead of starting a LocalCluster, and yield None; the text
+    says why (announced).
     """
     cfg = resolve(scheduler, cluster_file, timeout)
     s3_env = apply_s3(cfg)
+    if here and scheduler is None and cluster_file is None and \
+            not os.environ.get("VCLUST_SCHEDULER"):
+        import dask
+
+        if announce:
+            announce(f"dask: in this process (threads): {here}")
+        with dask.config.set(scheduler="threads"):
+            yield None
+        return
     cluster, client = _start(cfg)
     try:
         if s3_env and cfg.kind != "local":  # workers started elsewhere: set it there too

@@ -369,6 +369,29 @@ def pixel_bounds(store, params=None, say=_quiet) -> dict | None:
     return bounds
 
 
+# A label run whose batches hold at most this many bytes of the model's descriptor rows runs in
+# the CLI's own process when no cluster is named: a LocalCluster's start, its workers' imports
+# and the outlier index sent to each cost more than the work (a 20,000-row osnet batch: 9.4 s
+# as a whole command with a LocalCluster; benchmarks/results/commands.md).
+LABEL_HERE_BYTES = 256 * 2**20
+
+
+def label_here(store_path, model, batches=None, all_batches=False) -> str | None:
+    """Why ``vclust label`` may run in this process (``cluster.connect(here=...)``), or None
+    when its batches are too large for that (``LABEL_HERE_BYTES``)."""
+    from .storage.store import Store
+
+    store = Store.open(store_path)
+    chosen = store.choose_batches(batches, all_batches)
+    rows = sum(b - a for a, b in (store.batch_rows(c) for c in chosen))
+    width = sum(int(store.array(d).shape[1]) for d in model.descriptors)
+    size = rows * width * 4
+    if size > LABEL_HERE_BYTES:
+        return None
+    return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are labelled here; "
+            f"a LocalCluster starts above {LABEL_HERE_BYTES / 1e6:.0f} MB")
+
+
 def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = False,
           skip_existing: bool = False, say=_quiet, params=None) -> dict:
     """Label batches of the store with ``model`` into ``labels_dir`` (model=<id>/batch=<id>/).
