@@ -1,7 +1,9 @@
 """connect(): a Dask client for a LocalCluster, an existing scheduler, SSH, SLURM or Kubernetes.
 
 Resolution order: ``scheduler`` argument (``--scheduler``), then ``config`` (``--cluster FILE``),
-then the VCLUST_SCHEDULER environment variable, then a LocalCluster sized to the machine.
+then the VCLUST_SCHEDULER environment variable, then a LocalCluster sized to the machine (or,
+with ``here``, none: the caller's own process on dask's threads; ``vclust label`` of small
+batches).
 
 How long to wait for a scheduler at an address: ``--scheduler-timeout``, then the config key
 ``timeout`` (kind: scheduler), then $VCLUST_SCHEDULER_TIMEOUT, then 5 seconds. An address vclust
@@ -237,8 +239,7 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
     """
     cfg = resolve(scheduler, cluster_file, timeout)
     s3_env = apply_s3(cfg)
-    if here and scheduler is None and cluster_file is None and \
-            not os.environ.get("VCLUST_SCHEDULER"):
+    if here and cluster_file is None and cfg.kind == "local":  # nothing named (resolve)
         import dask
 
         if announce:

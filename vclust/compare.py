@@ -352,12 +352,12 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                     cl, lab = agg.fit(k)
                     lab = lab.persist()
                     (dist,) = dask.persist(_distances(cl, z, lab))
-                    if local is not None:  # this partition's labels, for the metrics below
-                        lab_np = np.asarray(lab.compute())
+                    lab_np = np.asarray(lab.compute())  # this partition's labels, here
                 elif local is None:
                     cl = ahead.pop(k).result() if k in ahead else fit_algorithm(
                         alg, z, k, sample_size=params.fit_sample, random_state=params.seed)
                     lab, dist = _assign(cl, z)
+                    lab_np = np.asarray(lab.compute())
                 else:
                     cl = ahead.pop(k).result() if k in ahead else fit_algorithm(
                         alg, local, k, sample_size=params.fit_sample, random_state=params.seed)
@@ -367,7 +367,6 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                                        lab if local is None else lab_np,
                                        n_clusters=cl.n_clusters_, random_state=params.seed,
                                        cache=silhouette_cache)
-                lab_np = np.asarray(lab.compute())
                 ident = identity_consistency(lab_np, groups)["overall"] if groups is not None \
                     else None
                 row = {"model_id": "", "descriptor": spec, "algorithm": alg,
