@@ -234,16 +234,22 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
     if warming.is_alive():
         say("outliers: waiting for pynndescent's compilation")
         warming.join()
-    scorer = OutlierScorer(random_state=seed, **params.outlier_options)
-    # the kNN terms run on the scorer's own projection of the rows as given (outliers.py)
+    # the kNN terms run on the scorer's own projection of the rows as given (outliers.py); the
+    # threshold is fitted on its reference rows (all rows up to reference_size, else a seeded
+    # sample): every row is scored when it is labelled, so the fit does not query each one too
+    scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     scorer.fit(z, labels, dist, clusterer.cluster_centers_, row_index=rows, raw=raw)
     del sets, raw  # the descriptor rows are no longer needed: release them from worker memory
     labels_np, dist_np = dask.compute(labels, dist)
-    flag_np = scorer.fit_flags_
+    at, flag_np = scorer.fit_rows_, scorer.fit_flags_
     if clusterer.name == "hdbscan":  # its noise rows count as outliers (model.with_noise)
-        flag_np = flag_np | np.asarray(clusterer.noise(z).compute())
-    say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
+        flag_np = flag_np | np.asarray(clusterer.noise(z).compute())[at]
+    if len(at) == n:
+        say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
+    else:
+        say(f"outliers: {flag_np.mean():.2%} of a seeded sample of {len(at)} rows above the "
+            "threshold (every row is scored when labelled)")
 
     info = {
         "fit": {"store": str(store.path), "descriptors": descriptors, "spec": params.descriptor,
@@ -255,16 +261,26 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         "chosen_k": best_k,
         "profile": reference_profile(labels_np, dist_np, flag_np, best_k),
         "clusters": cluster_readings(labels_np, dist_np, flag_np, best_k,
-                                     store.ids() if rows is None else store.ids()[rows]),
+                                     store.ids() if rows is None else store.ids()[rows],
+                                     flag_rows=at),
     }
     return Model(descriptors, pre, clusterer, scorer, info)
 
 
-def cluster_readings(labels, dist, flags, n_clusters, ids, n_examples: int = 5) -> list[dict]:
+def cluster_readings(labels, dist, flags, n_clusters, ids, n_examples: int = 5,
+                     flag_rows=None) -> list[dict]:
     """Per cluster: size, share, outlier share, mean distance, and the ids of the images nearest
-    its centre (the ones an analyst looks at to read the cluster)."""
+    its centre (the ones an analyst looks at to read the cluster). ``flags`` are of the rows
+    at positions ``flag_rows`` (default: every row); the outlier share is over those."""
     out = []
     n = len(labels)
+    if flag_rows is not None and len(flag_rows) != n:
+        full = np.zeros(n, bool)
+        full[flag_rows] = flags
+        counted = np.zeros(n, bool)
+        counted[flag_rows] = True
+    else:
+        full, counted = np.asarray(flags, bool), np.ones(n, bool)
     for c in range(n_clusters):
         idx = np.flatnonzero(labels == c)
         if len(idx) == 0:
@@ -273,7 +289,8 @@ def cluster_readings(labels, dist, flags, n_clusters, ids, n_examples: int = 5) 
             continue
         near = idx[np.argsort(dist[idx], kind="stable")[:n_examples]]
         out.append({"cluster": c, "size": int(len(idx)), "share": len(idx) / n,
-                    "outlier_share": float(flags[idx].mean()),
+                    "outlier_share": float(full[idx][counted[idx]].mean())
+                    if counted[idx].any() else 0.0,
                     "mean_distance": float(dist[idx].mean()),
                     "examples": [str(ids[i]) for i in near]})
     return out

@@ -12,7 +12,8 @@ DEFAULT_THRESHOLDS = {"psi": 0.2, "outlier_rate_ratio": 2.0, "mean_distance_rati
 
 
 def reference_profile(labels, center_dist, is_outlier, n_clusters) -> dict:
-    """What the nightly job compares batches with; stored in the model manifest."""
+    """What the nightly job compares batches with; stored in the model manifest. ``is_outlier``
+    is of every row, or of a sample of them (then the outlier rate is the sample's)."""
     labels = np.asarray(labels)
     dist = np.asarray(center_dist, dtype=np.float64)
     counts = np.bincount(labels, minlength=n_clusters)
