@@ -80,9 +80,12 @@ def prepare(rows: int) -> dict:
     from vclust.synth import generate_case
 
     case = ensure_case(rows)
+    # the night's batch: 20,000 new rows of the same synthetic world (seed 0: the same
+    # prototypes, other vehicles). Before 2026-11-24 it came from seed 1, another world, whose
+    # every row the model flagged as an outlier.
     paths = {"npy": DATA / f"{SET}-{rows}.npy", "store": DATA / f"cmd-store-{rows}",
-             "npy20": DATA / f"{SET}-20000.npy", "store20": DATA / "cmd-store-20000",
-             "night": DATA / "cmd-night-20000"}
+             "npy20": DATA / f"{SET}-batch-20000.npy", "store20": DATA / "cmd-store-batch-20000",
+             "night": DATA / "cmd-batch-20000"}
     if not paths["npy"].exists():
         x = np.asarray(np.load(case / "descriptors" / f"{SET}.pickle", allow_pickle=True),
                        dtype=np.float32)
@@ -93,14 +96,14 @@ def prepare(rows: int) -> dict:
                                        "--name", SET, "--ids", str(case / "images_paths.csv"),
                                        "--batch", "initial"], check=True)
     if not (paths["night"] / "truth.csv").exists():
-        generate_case(paths["night"], n_rows=20_000, seed=1)
+        generate_case(paths["night"], n_rows=20_000, seed=0)
         x = np.asarray(np.load(paths["night"] / "descriptors" / f"{SET}.pickle",
                                allow_pickle=True), dtype=np.float32)
         np.save(paths["npy20"], x)
     if Store.open(paths["store"]).batch_ids() != ["initial"]:
         raise SystemExit(f"{paths['store']} holds more than the initial batch: remove it")
     # the label command appends to a copy, so the fits see the 416k rows only
-    paths["label_store"] = DATA / f"cmd-label-store-{rows}"
+    paths["label_store"] = DATA / f"cmd-label-store-batch-{rows}"
     if not (paths["label_store"] / "zarr.json").exists() or \
             "night" not in Store.open(paths["label_store"]).batch_ids():
         shutil.rmtree(paths["label_store"], ignore_errors=True)
@@ -122,8 +125,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=ROWS)
     ap.add_argument("--warm", type=int, default=3)
+    ap.add_argument("--only", action="append", default=[], metavar="TEXT",
+                    help="run only the commands whose name contains TEXT (repeatable); the "
+                         "table then holds those rows alone")
+    ap.add_argument("--prepare", action="store_true", help="make the stores, then stop")
     args = ap.parse_args()
     paths = prepare(args.rows)
+    if args.prepare:
+        return
     work = Path(tempfile.mkdtemp(prefix="vclust-cmds-"))
     model = work / "model-k12"
     # the model the label command applies: fitted once, outside the timings
@@ -149,6 +158,10 @@ def main():
         ("demo (20,000 rows, whole pipeline + report)",
          lambda o: ["demo", "--out", o], None),
     ]
+    if args.only:
+        commands = [c for c in commands if any(t in c[0] for t in args.only)]
+        if not commands:
+            raise SystemExit(f"no command name contains any of {args.only}")
     cache = work / "numba-cache"
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     t = time.perf_counter()

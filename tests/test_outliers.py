@@ -305,3 +305,67 @@ def test_neighbour_answers_are_reused_and_equal_a_fresh_computation(synth_reduce
     # other rows are a new question: asked, not served from the memo
     s.score(z[:500] + np.float32(0.01), lab2[:500], dist2[:500])
     assert len(queries) > asked
+
+
+def test_threshold_on_a_sample_of_the_rows(synth_reduced, figure):
+    """``threshold_rows="reference"`` (what `vclust fit` uses): the threshold from a seeded
+    sample of rows outside the reference instead of every fit row. With the reference all the
+    rows it is every row's threshold; with a sampled one it is near it, its rows are outside
+    the reference, and they are flagged as labelling flags them. Scores never depend on it."""
+    z, labels, dist, centers, _, x = synth_reduced
+    whole = {m: OutlierScorer(reference_size=len(z), random_state=0, threshold_rows=m).fit(
+        z, labels, dist, centers, raw=x) for m in ("all", "reference")}
+    assert whole["reference"].threshold_z_ == whole["all"].threshold_z_
+    np.testing.assert_array_equal(whole["reference"].fit_flags_, whole["all"].fit_flags_)
+    part = {m: OutlierScorer(reference_size=3000, random_state=0, threshold_rows=m).fit(
+        z, labels, dist, centers, raw=x) for m in ("all", "reference")}
+    ref = part["reference"]
+    at = ref.fit_rows_
+    assert len(at) > 1000 and not np.isin(at, ref.ref_rows_).any()
+    figure(f"threshold z on every row {part['all'].threshold_z_:.3f}, on {len(at)} rows outside "
+           f"the reference {ref.threshold_z_:.3f}")
+    assert abs(ref.threshold_z_ - part["all"].threshold_z_) < 0.25
+    score, flag, reason = ref.score(z, labels, dist, reasons=True, raw=x)
+    np.testing.assert_array_equal(ref.fit_flags_, flag[at])
+    np.testing.assert_array_equal(ref.fit_reasons_, reason[at])
+    np.testing.assert_array_equal(score, part["all"].score(z, labels, dist, raw=x)[0])
+    with pytest.raises(ValueError, match="threshold_rows"):
+        OutlierScorer(threshold_rows="some").fit(z, labels, dist, centers)
+
+
+def test_search_without_the_gil_finds_pynndescents_neighbours():
+    """annindex.release_gil binds a nogil copy of pynndescent's cached search: the neighbours
+    are pynndescent's own, bit for bit, and threads querying parts of the rows side by side
+    answer as the parts queried one after another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pynndescent import NNDescent
+
+    from vclust.numerics.annindex import (enable_numba_cache, index_from_state, index_to_state,
+                                          release_gil)
+    from vclust.numerics.outliers import _thread_view
+
+    enable_numba_cache()
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(6000, 16)).astype(np.float32)
+    Q = rng.normal(size=(3000, 16)).astype(np.float32)
+    theirs = NNDescent(X, n_neighbors=15, random_state=1, n_jobs=1, compressed=False)
+    theirs.prepare()
+    want = theirs.query(Q, k=10)
+    ours = index_from_state(*index_to_state(theirs))  # restored: released
+    assert ours._search_function is not theirs._search_function
+    assert release_gil(theirs) and theirs._search_function.func is ours._search_function.func
+    got = ours.query(Q, k=10)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    parts = [Q[i:i + 500] for i in range(0, len(Q), 500)]
+    one_by_one = [tuple(a.copy() for a in ours.query(p, k=10)) for p in parts]
+
+    def query(p):
+        return tuple(a.copy() for a in _thread_view(ours).query(p, k=10))
+
+    with ThreadPoolExecutor(3) as pool:
+        side_by_side = list(pool.map(query, parts))
+    for a, b in zip(side_by_side, one_by_one):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])

@@ -88,6 +88,16 @@ def store_fingerprint(store) -> dict:
             "sha256": h.hexdigest()}
 
 
+def _client():
+    """The distributed client in use, or None (the command runs on this process's threads)."""
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
 def hold_sets(sets: dict, say=_quiet) -> dict:
     """The descriptor sets to fit on, read into worker memory when they fit (see
     ``blocks.hold``): the preprocessing then reads the store once, not once per pass."""
@@ -96,7 +106,8 @@ def hold_sets(sets: dict, say=_quiet) -> dict:
     held, ok = hold(list(sets.values()))
     mb = sum(x.nbytes for x in sets.values()) / 1e6
     if ok:
-        say(f"read {mb:.0f} MB of descriptors into worker memory")
+        where = "worker memory" if _client() is not None else "memory"
+        say(f"read {mb:.0f} MB of descriptors into {where}")
         return dict(zip(sets, held))
     say(f"descriptors ({mb:.0f} MB) exceed a quarter of worker memory: each pass streams them")
     return sets
@@ -153,12 +164,7 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
     """
     import dask
 
-    from .model import Model, assign
-    from .numerics.algorithms import fit_algorithm
-    from .numerics.drift import reference_profile
-    from .numerics.metrics import choose_k, evaluate_partition
-    from .numerics.outliers import OutlierScorer, warm_up
-    from .numerics.preprocess import MixturePreprocessor, Preprocessor
+    from .numerics.outliers import warm_up
     from .storage.store import Store
 
     descriptors, ks, seed = params.descriptors, params.ks, params.seed
@@ -181,6 +187,13 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
     say(f"fitting on {n} rows of {'+'.join(descriptors)}"
         + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
     sets = hold_sets(sets, say)
+    # imported once the rows are on their way (the CLI imports them on a thread meanwhile)
+    from .model import Model, assign
+    from .numerics.algorithms import fit_algorithm
+    from .numerics.drift import reference_profile
+    from .numerics.metrics import choose_k, evaluate_partition
+    from .numerics.outliers import OutlierScorer
+    from .numerics.preprocess import MixturePreprocessor, Preprocessor
 
     l2, standardize = SCALINGS[params.scaling]
     pre_kwargs = dict(l2=l2, standardize=standardize, pca_variance=params.pca_variance,
@@ -407,6 +420,29 @@ def label_here(store_path, model, batches=None, all_batches=False) -> str | None
         return None
     return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are labelled here; "
             f"a LocalCluster starts above {LABEL_HERE_BYTES / 1e6:.0f} MB")
+
+
+#: ``vclust fit`` with no cluster named runs in its own process up to this many bytes of
+#: descriptor rows (the rows read, summed over the sets)
+FIT_HERE_BYTES = 2**30
+
+
+def fit_here(store_path, params) -> str | None:
+    """Why ``vclust fit`` may run in this process (``cluster.connect(here=...)``), or None when
+    its rows are too large for that (``FIT_HERE_BYTES``) or the store is unknown."""
+    from .storage.store import Store
+
+    try:
+        store = Store.open(store_path)
+        width = sum(int(store.array(d).shape[1]) for d in params.descriptors)
+    except Exception:  # noqa: BLE001 - the fit itself reports it, as one line
+        return None
+    rows = store.n_rows if params.sample is None else min(params.sample, store.n_rows)
+    size = rows * width * 4
+    if size > FIT_HERE_BYTES:
+        return None
+    return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are fitted here; "
+            f"a LocalCluster starts above {FIT_HERE_BYTES / 1e6:.0f} MB")
 
 
 def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = False,

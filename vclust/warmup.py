@@ -27,7 +27,7 @@ def warm(say=print) -> float:
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 8)).astype(np.float32)
-    for n_jobs in (1, -1):  # vclust builds on one thread; umap-learn unseeded on all
+    for n_jobs in (2, -1):  # vclust builds on two threads (outliers.build_threads); umap-learn unseeded on all
         index = NNDescent(x, n_neighbors=15, random_state=0, n_jobs=n_jobs, compressed=False)
     index.prepare()
     index.query(x[:100], k=11)

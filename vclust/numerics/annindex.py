@@ -146,4 +146,66 @@ def index_from_state(params: dict, arrays: dict):
     index = NNDescent.__new__(NNDescent)
     index.__setstate__(state)
     index._input_dtype = np.float32
+    release_gil(index)
     return index
+
+
+def release_gil(index) -> bool:
+    """Let ``index.query`` run without holding the GIL, so that threads query side by side.
+
+    pynndescent 0.7.0 serves a dense euclidean query with one disk-cached numba function
+    (``search.search_dense_sqeuclidean``), compiled without ``nogil``: two threads querying
+    took as long as one. Here is the same function, calling the same search loop with the same
+    arguments, compiled with ``nogil=True`` (and cached), bound to the index in its place; the
+    neighbours are the same, bit for bit (tests/test_outliers.py). Returns whether it is in
+    place (False for anything else: another version, metric, or a parallel or proxy search)."""
+    import functools
+
+    from pynndescent import search as S
+
+    plan = getattr(index, "_fast_plan", None)
+    if plan is None or plan[0] or pynndescent_version() is None:
+        return False
+    search = plan[1]
+    try:
+        original = S.search_dense_sqeuclidean.overloads[_signature(search.args[0])].entry_point
+    except (AttributeError, KeyError, TypeError, IndexError):
+        return False
+    if getattr(search, "func", None) is not original:
+        return False
+    swapped = functools.partial(_nogil_entry(_signature(search.args[0])), *search.args)
+    index._fast_plan = (plan[0], swapped, *plan[2:])
+    index._search_function = swapped
+    return True
+
+
+def pynndescent_version():
+    """pynndescent's version when ``release_gil`` knows it, else None."""
+    import pynndescent
+
+    from .nndescent import SUPPORTED
+
+    return pynndescent.__version__ if pynndescent.__version__ in SUPPORTED else None
+
+
+def _signature(search_index):
+    import numba
+    from numba import types
+    from pynndescent import search as S
+
+    return (numba.typeof(search_index), S._array(types.float32, 2), S._array(types.float32, 2),
+            S._array(types.float32, 1), S._HEAP_TYPE, types.int64, types.float32,
+            S._array(types.uint8, 1), types.boolean, S._array(types.int64, 1))
+
+
+_NOGIL = {}
+
+
+def _nogil_entry(signature):
+    fn = _NOGIL.get(signature)
+    if fn is None:
+        from .nndescent import search_dense_sqeuclidean_nogil
+
+        search_dense_sqeuclidean_nogil.compile(signature)
+        fn = _NOGIL[signature] = search_dense_sqeuclidean_nogil.overloads[signature].entry_point
+    return fn

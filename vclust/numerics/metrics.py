@@ -108,7 +108,7 @@ def _sample_positions(n, sample_size, random_state):
     return np.flatnonzero(row_uniform(np.arange(n), random_state, 11) < p)
 
 
-def _pairwise_distances(xs, step=1024):
+def _pairwise_distances(xs, step=64):
     """Euclidean distances between the rows of xs (m x m, float32), computed in float64 in
     slices (as scikit-learn does for float32 input) and stored in float32."""
     x = np.asarray(xs, dtype=np.float64)

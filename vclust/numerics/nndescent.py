@@ -22,6 +22,7 @@ import numba
 import numpy as np
 import pynndescent
 from pynndescent import pynndescent_ as P
+from pynndescent import search as _S
 
 SUPPORTED = ("0.7.0",)
 _installed = False
@@ -74,6 +75,15 @@ def _nn_descent(data, n_neighbors, rng_state, max_candidates, dist, n_iters, del
     _nn_descent_internal(current_graph, data, n_neighbors, rng_state, max_candidates, dist,
                          n_iters, delta, kernel, n_threads)
     return P.deheap_sort(current_graph[0], current_graph[1])
+
+
+@numba.njit(fastmath=True, cache=True, nogil=True)
+def search_dense_sqeuclidean_nogil(index, query_points, tree_query_points, query_inv_norms,
+                                   result, k, epsilon, visited, query_is_normalized, rng_state):
+    """pynndescent 0.7.0's ``search.search_dense_sqeuclidean``, compiled with ``nogil``
+    (``annindex.release_gil`` says why)."""
+    return _S._search_dense_serial(index, query_points, tree_query_points, result, k, epsilon,
+                                   visited, query_is_normalized, rng_state, _S.KERNEL_SQEUCLIDEAN)
 
 
 def install() -> bool:

@@ -78,7 +78,7 @@ import threading
 import numpy as np
 
 from . import DEFAULT_MAD_Z
-from .annindex import enable_numba_cache, index_from_state, index_to_state
+from .annindex import enable_numba_cache, index_from_state, index_to_state, release_gil
 from .blocks import is_dask, row_uniform, shared
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,22 @@ class _Memo:
 #: rows outside the reference scored at fit for the threshold (``threshold_rows="reference"``);
 #: the median and MAD of 20,000 rows' z sit within 1% of every row's
 THRESHOLD_SAMPLE = 20_000
+#: rows per query call: a block's rows are queried in parts of this size, side by side
+QUERY_PART = 4096
+_QUERY_POOL = None
+
+
+def _query_pool():
+    global _QUERY_POOL
+    if _QUERY_POOL is None:
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        _QUERY_POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
+                                         thread_name_prefix="vclust-query")
+    return _QUERY_POOL
+
+
 #: each row block's k nearest reference rows (a 416k-row space: about 40 MB)
 NEIGHBOUR_MEMO = _Memo(256 * 2**20)
 #: the reference index built at fit (one: the latest reference)
@@ -359,6 +375,7 @@ class OutlierScorer:
                            verbose=False)
             gi, gd = (a.copy() for a in nn.neighbor_graph)
             nn.prepare()
+            release_gil(nn)
             built = (nn, *index_to_state(nn), gi, gd)
             INDEX_MEMO.put(key, built, 0)
         nn, self._index_params, self._index_arrays, gi, gd = built
@@ -463,6 +480,20 @@ class OutlierScorer:
             self._index = cached
         return _thread_view(self._index)
 
+    def _query(self, x, k):
+        """The index's k nearest neighbours of the rows ``x``, queried in parts of QUERY_PART
+        rows side by side on threads (the search releases the GIL: annindex.release_gil). The
+        parts are cut by row count only, so the answer does not depend on the machine."""
+        n = len(x)
+        if n <= QUERY_PART:
+            return self.index().query(x, k=k)
+        def part(a):
+            i, d = self.index().query(x[a:a + QUERY_PART], k=k)
+            return i.copy(), d.copy()  # the thread's query workspace holds them till its next
+
+        parts = list(_query_pool().map(part, range(0, n, QUERY_PART)))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
     def neighbours(self, x, rows):
         """(positions (n, k), distances (n, k)) of the k nearest reference rows to the scoring
         rows ``x``, skipping a row's own reference entry."""
@@ -472,7 +503,7 @@ class OutlierScorer:
         hit = NEIGHBOUR_MEMO.get(key)
         if hit is not None:
             return hit
-        idx, dist = self.index().query(x, k=k + 1)
+        idx, dist = self._query(x, k + 1)
         is_self = self.ref_rows_[idx] == np.asarray(rows)[:, None]
         order = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # self entries move last
         out = (np.take_along_axis(idx, order, 1).astype(np.int32),
