@@ -553,6 +553,44 @@ def test_small_label_runs_in_this_process_and_equals_the_cluster_run(labelled_st
         pd.testing.assert_frame_equal(got, ref)
 
 
+def test_small_fit_runs_in_this_process_and_matches_the_cluster_fit(labelled_store, tmp_path):
+    """With no cluster named, `vclust fit` of rows this small runs in the command's own
+    process; its model matches the one a LocalCluster fits (the same reference rows and
+    index, centres equal to float rounding, the same labels). An existing --model is refused
+    before any work, with exit 2 and one line."""
+    from vclust.model import Model
+
+    root, _ = labelled_store
+    cfg = tmp_path / "local.yaml"
+    cfg.write_text("kind: local\nn_workers: 2\nthreads_per_worker: 1\n")
+    models = {}
+    for extra, where in (([], "dask: in this process"), (["--cluster", str(cfg)], "dask: local")):
+        out = tmp_path / f"model{len(extra)}"
+        res = subprocess.run(VCLUST + ["fit", str(root / "store"), "--descriptor", "osnet",
+                                       "--k", "4", "--model", str(out), *extra],
+                             env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert where in res.stderr, res.stderr
+        models[where] = Model.load(out)
+    here, there = models.values()
+    np.testing.assert_array_equal(here.outliers.ref_rows_, there.outliers.ref_rows_)
+    np.testing.assert_allclose(here.clusterer.cluster_centers_, there.clusterer.cluster_centers_,
+                               rtol=1e-4, atol=1e-5)
+    assert here.info["chosen_k"] == there.info["chosen_k"] == 4
+    assert abs(here.outliers.threshold_z_ - there.outliers.threshold_z_) < 1e-3
+    from vclust.storage.store import Store
+
+    x = np.asarray(Store.open(root / "store").array("osnet")[:])
+    lab_here = here.clusterer.predict_block(np.asarray(here.preprocess.transform(x)))[0]
+    lab_there = there.clusterer.predict_block(np.asarray(there.preprocess.transform(x)))[0]
+    np.testing.assert_array_equal(lab_here, lab_there)
+    again = subprocess.run(VCLUST + ["fit", str(root / "store"), "--descriptor", "osnet", "--k",
+                                     "4", "--model", str(tmp_path / "model0")],
+                           env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1 and "fitting on" not in again.stderr
+
+
 def test_worker_killed_mid_label_gives_identical_labels(labelled_store, dask_workers, tmp_path):
     """SIGKILL a `dask worker` process while it runs label tasks: the run completes (the nanny
     restarts the worker, the scheduler reruns its tasks) and the labels equal the fault-free
