@@ -264,6 +264,41 @@ def test_each_algorithm_end_to_end(blobs, name):
                                np.linalg.norm(x - cl.cluster_centers_[labels], axis=1), rtol=1e-4)
 
 
+def test_gmm_on_wide_rows_models_the_columns_of_most_variance(figure):
+    """Rows wider than GMM_WIDE columns: gmm models the GMM_DIMS columns of most variance,
+    also when they lie in two blocks (a mixture: each set's components, set after set); the
+    labels are scikit-learn's GaussianMixture on those columns, the distances are to centres
+    in every column, and the state round-trips. Narrow rows keep every column."""
+    from sklearn.mixture import GaussianMixture
+
+    from vclust.numerics.algorithms import GMM_DIMS, GMM_WIDE, fit_gmm, gmm_dims
+
+    rng = np.random.default_rng(2)
+    k, n = 4, 3000
+    y = rng.integers(0, k, n)
+    block = lambda: np.c_[rng.normal(0, 1, (k, 20))[y] * 3 + rng.normal(0, 1, (n, 20)),
+                          rng.normal(0, 0.1, (n, 40))]  # 20 strong columns, 40 weak ones
+    x = np.c_[block(), block()]  # 120 columns: a mixture of two 60-column sets
+    assert x.shape[1] > GMM_WIDE and gmm_dims(x.shape[1]) == GMM_DIMS == 32
+    cl = fit_gmm(x, k, random_state=0)
+    cols = cl.arrays["columns"]
+    assert len(cols) == 32 and set(range(20)) | set(range(60, 80)) >= set(cols)
+    assert (cols < 60).any() and (cols >= 60).any()
+    labels, dist = cl.predict_block(x)
+    want = GaussianMixture(k, covariance_type="full", random_state=0,
+                           reg_covar=1e-5).fit(x[:, cols]).predict(x[:, cols])
+    np.testing.assert_array_equal(labels, want)
+    figure(f"gmm on 120 columns (32 modelled): ARI {ari(y, labels):.3f}")
+    assert ari(y, labels) >= 0.95
+    assert cl.cluster_centers_.shape == (k, 120)
+    np.testing.assert_allclose(dist, np.linalg.norm(x - cl.cluster_centers_[labels], axis=1),
+                               rtol=1e-4)
+    again = load_clusterer(*cl.to_state())
+    np.testing.assert_array_equal(again.predict_block(x)[0], labels)
+    narrow = fit_gmm(x[:, :50], k, random_state=0)
+    assert "columns" not in narrow.arrays and narrow.arrays["means"].shape == (k, 50)
+
+
 # --------------------------------------------------------------------------- real descriptors
 
 

@@ -7,7 +7,8 @@
     minibatch, bisecting   nearest of the fitted centres (bisecting: flat nearest centre, not
                            the tree descent; the difference only touches rows near a split)
     gmm                    most probable component, from stored weights, means and Cholesky
-                           factors of the precisions (full covariances)
+                           factors of the precisions (full covariances; on rows wider than
+                           GMM_WIDE columns in the GMM_DIMS of most variance: ``fit_gmm``)
     agglomerative          Ward linkage with a 10-nearest-neighbour connectivity graph; rows take
                            the label of their nearest sample row
     hdbscan                density clusters (their number is found, not given); every row
@@ -63,8 +64,9 @@ class FittedClusterer:
         return assign(x, self.cluster_centers_)[0]
 
     def _gmm_labels(self, x):
-        x = np.asarray(x, dtype=np.float64)
         means, chol, w = self.arrays["means"], self.arrays["precisions_cholesky"], self.arrays["weights"]
+        cols = self.arrays.get("columns")  # the columns it models (fit_gmm), else all
+        x = np.asarray(x if cols is None else np.asarray(x)[:, cols], dtype=np.float64)
         logp = np.empty((len(x), len(means)))
         for c in range(len(means)):
             y = (x - means[c]) @ chol[c]
@@ -136,15 +138,51 @@ def _centres_of(x, labels, k):
                      for c in range(k)])
 
 
+#: gmm on reduced rows wider than GMM_WIDE columns models the GMM_DIMS of most variance
+GMM_WIDE, GMM_DIMS = 64, 32
+
+
+def gmm_dims(width: int) -> int:
+    """Columns the "gmm" clusterer models on rows ``width`` wide (``fit_gmm`` says why)."""
+    return width if width <= GMM_WIDE else GMM_DIMS
+
+
 def fit_gmm(sample, n_clusters, random_state=0):
-    """The "gmm" clusterer fitted on ``sample`` (the rows ``sample_rows`` drew, float64)."""
+    """The "gmm" clusterer fitted on ``sample`` (the rows ``sample_rows`` drew, float64).
+
+    Full covariances; on rows wider than GMM_WIDE columns, in the GMM_DIMS columns of most
+    variance only (the leading components; of a mixture, each set's leading ones). A
+    full covariance in d columns has d (d + 1) / 2 parameters, 32,896 at 256 (efficientnet-b7
+    reduced to 0.95 of its variance), against 20,000 sample rows shared by up to 16
+    components: the fit is held up by its regularisation more than by the rows. Measured
+    (ARI against the known classes, k = their number, mean of 3 seeds): MVTec ResNet-18, 15
+    categories, at 118 columns 0.908, its leading 64 0.960, 32 0.933; ViT MVTec, 9 categories,
+    at 247 columns 0.891, 64 0.921, 32 0.901; the synthetic efficientnet-b7 at 256 columns
+    (body type, k 8/12/16, one seed) 0.418, 64 0.348, 32 0.452. 32 is the one that never lost;
+    narrower rows keep every column (ViT at 51 columns: 0.950 on all, 0.901 on 32). On the
+    efficientnet-b7 grid a fit and a prediction of every row took 17-23 s and 9-17 s at 256
+    columns, 1-5 s and 1 s at 32. The centres (for distances) are the components' means in
+    the modelled columns and their members' means in the others."""
     from sklearn.mixture import GaussianMixture
 
+    d = gmm_dims(sample.shape[1])
     params = {"sample_size": int(len(sample)), "random_state": int(random_state)}
+    # the d columns of most variance: the leading components of a single set's rows, and
+    # those of every set of a mixture (its columns are each set's components, set after set)
+    cols = np.sort(np.argsort(-sample.var(axis=0), kind="stable")[:d])
     m = GaussianMixture(n_clusters, covariance_type="full", random_state=random_state,
-                        reg_covar=1e-5).fit(sample)
-    return FittedClusterer("gmm", m.means_, params, {
-        "means": m.means_, "precisions_cholesky": m.precisions_cholesky_, "weights": m.weights_})
+                        reg_covar=1e-5).fit(sample[:, cols])
+    arrays = {"means": m.means_, "precisions_cholesky": m.precisions_cholesky_,
+              "weights": m.weights_}
+    centres = m.means_
+    if d < sample.shape[1]:
+        labels = m.predict(sample[:, cols])
+        centres = _centres_of(sample, labels, n_clusters)
+        empty = np.bincount(labels, minlength=n_clusters) == 0
+        centres[empty] = sample.mean(axis=0)
+        centres[:, cols] = m.means_
+        arrays["columns"] = cols.astype(np.int64)
+    return FittedClusterer("gmm", centres, params, arrays)
 
 
 def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **kwargs):
