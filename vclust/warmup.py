@@ -32,6 +32,22 @@ def warm(say=print) -> float:
     index.prepare()
     index.query(x[:100], k=11)
     index_from_state(*index_to_state(index)).query(x[:100], k=11)
+    # and the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
+    # search kernels are compiled for the argument types those calls pass (a small index of
+    # its own above left a fit to compile 20 s of them)
+    from .numerics.kmeans import KMeans
+    from .numerics.outliers import OutlierScorer
+
+    # (pynndescent builds trees of 50,000 rows breadth-first with other kernels than small
+    # ones: the reference is as large as the fit's, the rows narrow)
+    raw = rng.normal(size=(60_000, 12)).astype(np.float32)
+    z = raw[:, :6].copy()
+    km = KMeans(3, random_state=0).fit(z)
+    labels, dist = km.predict_block(z)
+    for threshold_rows in ("reference", "all"):
+        scorer = OutlierScorer(threshold_rows=threshold_rows).fit(
+            z, labels, dist, km.cluster_centers_, raw=raw)
+    OutlierScorer.from_state(*scorer.to_state()).score(z, labels, dist, raw=raw)
     say(f"warm-up: pynndescent kernels ready ({time.perf_counter() - t0:.1f} s)")
     t1 = time.perf_counter()
     from .numerics.maps import embed_2d_3d
