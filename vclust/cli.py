@@ -299,7 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("fit", help="fit preprocessing, clusters and outlier scoring on a store")
+    s = sub.add_parser("fit", help="fit preprocessing, clusters and outlier scoring on a store",
+                       description="Fit preprocessing, clusters and outlier scoring on the "
+                       "store's rows. With no --scheduler, --cluster or VCLUST_SCHEDULER, up to "
+                       "1 GiB of descriptor rows are fitted in this process (no LocalCluster "
+                       "starts). The outlier threshold is fitted on a seeded sample of up to "
+                       "20,000 rows; every row is scored when it is labelled.")
     s.add_argument("store", metavar="STORE")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", metavar="MODEL_DIR", help="write the model to this new folder")
