@@ -248,8 +248,9 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         say("outliers: waiting for pynndescent's compilation")
         warming.join()
     # the kNN terms run on the scorer's own projection of the rows as given (outliers.py); the
-    # threshold is fitted on its reference rows (all rows up to reference_size, else a seeded
-    # sample): every row is scored when it is labelled, so the fit does not query each one too
+    # threshold is fitted on a seeded sample of up to 20,000 rows outside the reference (every
+    # row when they number at most reference_size): each row is scored when it is labelled, so
+    # the fit does not query every row too
     scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     scorer.fit(z, labels, dist, clusterer.cluster_centers_, row_index=rows, raw=raw)
