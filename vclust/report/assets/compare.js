@@ -52,8 +52,10 @@
       type: "heatmap", z: t, colorscale: "Blues",
       x: t[0].map(function (_, j) { return "B " + j; }), y: t.map(function (_, i) { return "A " + i; }),
       hovertemplate: "A cluster %{y} · B cluster %{x}: %{z} images<extra></extra>"
-    }], { margin: { l: 60, b: 60, t: 30 }, height: 420,
-          title: { text: names[a] + " (rows) × " + names[b] + " (columns)", font: { size: 12 } } });
+    }], { margin: { l: 60, b: 60, t: 50 }, height: 560,  // its box (.map) is 560 px
+          title: { text: names[a] + " (rows) × " + names[b] + " (columns)", font: { size: 12 },
+                   x: 0, xanchor: "left", xref: "paper", y: 1, yanchor: "bottom", yref: "paper",
+                   pad: { b: 26 } } });  // above the plot, left: clear of Plotly's toolbar
   }
 
   var points = 0;
@@ -73,8 +75,10 @@
       hovertemplate: "%{text}<extra>outlier</extra>",
       marker: { color: "rgba(20,20,20,0.6)", size: 5, symbol: "x" } });
     points += m.labels.length;
-    return Plotly.react(div, traces, { margin: { l: 30, r: 10, b: 30, t: 30 }, height: 460,
-      title: { text: names[models.indexOf(m)] + " (" + xy.method + ", its own space)", font: { size: 12 } } });
+    return Plotly.react(div, traces, { margin: { l: 30, r: 10, b: 30, t: 56 }, height: 560,
+      title: { text: names[models.indexOf(m)] + " (" + xy.method + ", its own space)", font: { size: 12 },
+               x: 0, xanchor: "left", xref: "paper", y: 1, yanchor: "bottom", yref: "paper",
+               pad: { b: 26 } } });  // above the plot, left: clear of Plotly's toolbar
   }
 
   var selA = document.getElementById("model-a");
