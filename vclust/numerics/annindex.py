@@ -168,12 +168,13 @@ def release_gil(index) -> bool:
         return False
     search = plan[1]
     try:
-        original = S.search_dense_sqeuclidean.overloads[_signature(search.args[0])].entry_point
+        signature = _signature(search.args[0])
+        original = S.search_dense_sqeuclidean.overloads[signature].entry_point
     except (AttributeError, KeyError, TypeError, IndexError):
         return False
     if getattr(search, "func", None) is not original:
         return False
-    swapped = functools.partial(_nogil_entry(_signature(search.args[0])), *search.args)
+    swapped = functools.partial(_nogil_entry(signature), *search.args)
     index._fast_plan = (plan[0], swapped, *plan[2:])
     index._search_function = swapped
     return True
