@@ -205,3 +205,34 @@ def test_hdbscan_noise_rows_are_outliers_with_reason_noise(case, tmp_path):
     expected = np.where(noise & ~score_flag, REASONS.index("noise"), score_reason)
     np.testing.assert_array_equal(reason, expected)
     assert (lab[noise] >= 0).all()  # noise rows still carry their nearest cluster
+
+
+def test_label_scores_each_row_block_once(case, tmp_path, monkeypatch):
+    """Labelling writes seven columns from one scoring task per row block: each block's outlier
+    query runs once (optimised one array at a time, dask gave each of the five outlier arrays
+    its own copy of the task, and every block was scored five times). Counted on this
+    process's threads."""
+    import dask
+
+    from vclust.numerics.outliers import OutlierScorer
+    from vclust.storage.store import Store
+
+    store = tmp_path / "store"
+    _ingest(store, case, "fit")
+    _ingest(store, case, "same")
+    with dask.config.set(scheduler="sync"):
+        model = jobs.fit(store, FitParams(descriptor="vdc_color", k=5, seed=0))
+        jobs.save_model(model, registry=tmp_path / "reg")
+        calls = []
+        original = OutlierScorer.score_block
+
+        def counted(self, x, *args, **kwargs):
+            calls.append(len(x))
+            return original(self, x, *args, **kwargs)
+
+        monkeypatch.setattr(OutlierScorer, "score_block", counted)
+        jobs.label(store, model, tmp_path / "labels", all_batches=True)
+    s = Store.open(store)
+    blocks = [len(s.descriptors("vdc_color", *s.batch_rows(b)).chunks[0]) for b in ("fit", "same")]
+    assert len(calls) == sum(blocks) and sum(calls) == s.n_rows == 3200
+    assert len(read_labels(tmp_path / "labels", model=model.model_id)) == 3200

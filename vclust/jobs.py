@@ -476,8 +476,12 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
         sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
         outs = model.apply(sets, row_offset=start, reasons=True, nearest=True)
         offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
+        # the blocks as they are: optimised one array at a time (to_delayed's default, and
+        # dask.optimize alike) each of the five outlier arrays got its own copy of the shared
+        # scoring task, and a block was scored five times (tests/test_labels counts)
         parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks, pixel_bounds=bounds)
-                 for o, *blocks in zip(offsets, *(a.to_delayed().ravel() for a in outs))]
+                 for o, *blocks in zip(offsets, *(a.to_delayed(optimize_graph=False).ravel()
+                                                  for a in outs))]
         write_batch(labels_dir, model.model_id, b, parts)
         written.append({"batch": b, "rows": stop - start})
         say(f"labelled batch {b}: {stop - start} rows")
