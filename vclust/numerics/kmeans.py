@@ -19,6 +19,11 @@ the absolute row index, so the result does not depend on the chunking.
 Rows given as one numpy array (clustered in this process, see ``jobs.in_process``) go through
 scikit-learn's Lloyd from the same initial centres, with the same tolerance rule: its chunked
 Cython passes took 0.15 s a pass on 416k x 256 rows where the block passes here took 0.23 s.
+On rows of ELKAN_DIMS columns or more it runs scikit-learn's Elkan variant, the same
+iterations with distances skipped by the triangle inequality: on the 416k efficientnet-b7
+rows (256 columns) 1.6x faster at k=6 and 12, 1.15x at 16, the same inertia to float32
+rounding; at 64 columns it lost as often as it won, and on the narrower sets (14-100 columns)
+Lloyd was faster.
 ``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
 """
 
@@ -154,9 +159,13 @@ def _kmeans_parallel_block(block, state, row0, new, ell, seed, rnd):
     return state, (key[top], rows[top], x[top], float(sq.sum()), stats)
 
 
+#: columns from which numpy rows go through scikit-learn's Elkan iterations (module docstring)
+ELKAN_DIMS = 128
+
+
 def _sklearn_lloyd(X, centers, max_iter, tol, seed):
     """(centres float64, n_iter, ([labels], inertia)) of Lloyd's algorithm on numpy rows from
-    ``centers``, by scikit-learn."""
+    ``centers``, by scikit-learn (its Elkan variant from ELKAN_DIMS columns)."""
     import warnings
 
     from sklearn.cluster import KMeans as SKMeans
@@ -165,7 +174,8 @@ def _sklearn_lloyd(X, centers, max_iter, tol, seed):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct rows than k
         km = SKMeans(len(centers), init=np.asarray(centers, X.dtype), n_init=1,
-                     max_iter=max_iter, tol=tol, random_state=seed).fit(X)
+                     max_iter=max_iter, tol=tol, random_state=seed,
+                     algorithm="elkan" if X.shape[1] >= ELKAN_DIMS else "lloyd").fit(X)
     return (km.cluster_centers_.astype(np.float64), int(km.n_iter_),
             ([km.labels_.astype(np.int32)], float(km.inertia_)))
 
