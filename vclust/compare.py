@@ -287,6 +287,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     import tempfile
 
     import dask
+    import dask.array as da
     import pandas as pd
 
     from . import jobs
@@ -387,13 +388,16 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
             del fitted
             t0 = time.perf_counter()
             warming.join()
-            scorer = OutlierScorer(random_state=params.seed, **params.outlier_options)
-            scorer.fit(z, lab, dist, cl.cluster_centers_)
             dist_np = np.asarray(dist.compute())
-            del lab, dist  # released: labelling recomputes them under the same keys
-            flags = scorer.fit_flags_
+            del lab, dist
+            # the threshold from a sample of rows outside the reference, as `vclust fit` sets
+            # it: labelling scores every row next anyway
+            scorer = OutlierScorer(random_state=params.seed, threshold_rows="reference",
+                                   **params.outlier_options)
+            scorer.fit(z if local is None else local, lab_np, dist_np, cl.cluster_centers_)
+            at, flags = scorer.fit_rows_, scorer.fit_flags_  # the threshold's sample rows
             if cl.name == "hdbscan":  # its noise rows count as outliers (model.with_noise)
-                flags = flags | np.asarray(cl.noise(z).compute())
+                flags = flags | np.asarray(cl.noise(z).compute())[at]
             from .numerics.drift import reference_profile
 
             info = {
@@ -408,7 +412,8 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                                                       "within_ss")} for r in table],
                 "chosen_k": best,
                 "profile": reference_profile(lab_np, dist_np, flags, best),
-                "clusters": jobs.cluster_readings(lab_np, dist_np, flags, best, ids),
+                "clusters": jobs.cluster_readings(lab_np, dist_np, flags, best, ids,
+                                                  flag_rows=at),
             }
             model = HeldModel(list(parse_spec(spec)), pre, cl, scorer, info)
             if prev is not None:
@@ -418,10 +423,19 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                 lab_np = lut[lab_np]
             else:
                 succession.identity_succession(model, current)
-            model.held = z
             model.held_labels = (lab_np.astype(np.int32), dist_np.astype(np.float32))
             _, model_id = jobs.save_model(model, registry=registry, make_current=False)
-            jobs.label(store_path, model, labels_dir, all_batches=True)
+            if local is None:
+                model.held = z
+                jobs.label(store_path, model, labels_dir, all_batches=True)
+            else:
+                # rows held here are labelled here, on this process's threads, by the scorer
+                # and index just fitted here: the outlier query of every row is the same for
+                # each algorithm of the spec (it depends on the rows, not the clusters), and
+                # this process keeps its answer (outliers.NEIGHBOUR_MEMO) for the next one
+                model.held = da.from_array(local, chunks=(z.chunks[0], -1))
+                with dask.config.set(scheduler="threads"):
+                    jobs.label(store_path, model, labels_dir, all_batches=True)
             model.held = model.held_labels = None
             seconds = time.perf_counter() - t0
             say(f"{spec} {alg}: kept k={best} as model {model_id} (labelled in {seconds:.1f} s)")

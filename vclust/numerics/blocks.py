@@ -103,16 +103,32 @@ def _run_local(fn, jobs) -> list:
     return list(_POOL.map(fn, jobs))
 
 
+#: dask.config "scheduler" values that run graphs in this process, whatever client exists
+LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threaded")
+
+
+def distributed_client():
+    """The distributed client that runs this process's graphs, or None: no client, or one
+    exists but ``dask.config.set(scheduler="threads")`` (or "sync") is in force, as where
+    `vclust compare` labels rows it already holds in this process."""
+    import dask
+
+    if dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+        return None
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
 def _persist(objs: list) -> list:
     """``objs`` (dask collections) computed and kept: on the cluster with a distributed client."""
     import dask
 
-    try:
-        from distributed import get_client
-
-        return get_client().persist(objs)
-    except (ImportError, ValueError):
-        return list(dask.persist(*objs))
+    client = distributed_client()
+    return client.persist(objs) if client is not None else list(dask.persist(*objs))
 
 
 def concat_states(X, states, dtype):
@@ -131,11 +147,8 @@ def shared(obj):
     inside every graph); without one, a delayed wrapping it."""
     import dask
 
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
+    client = distributed_client()
+    if client is None:
         return dask.delayed(obj, pure=True, traverse=False)
     return client.scatter(obj, broadcast=True, hash=False)
 
@@ -198,15 +211,12 @@ MEMORY_SHARE = 0.25
 def memory_budget() -> int:
     """Bytes vclust may hold in memory: ``MEMORY_SHARE`` of the workers' memory limits with a
     distributed client, else of the machine's available memory."""
-    try:
-        from distributed import get_client
-
-        info = get_client().scheduler_info()["workers"].values()
+    client = distributed_client()
+    if client is not None:
+        info = client.scheduler_info()["workers"].values()
         total = int(sum(w.get("memory_limit", 0) or 0 for w in info))
         if total:
             return int(total * MEMORY_SHARE)
-    except (ImportError, ValueError):
-        pass
     import psutil
 
     return int(psutil.virtual_memory().available * MEMORY_SHARE)
