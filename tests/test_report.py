@@ -251,6 +251,11 @@ def test_identity_consistency_by_hand():
     assert got["overall"] == pytest.approx((0.5 + 0.5 + 0 + 1 + 1) / 5)
     assert got["rows"] == 5 and got["groups"] == 2
     assert identity_consistency(labels, np.arange(6).astype(object))["overall"] is None
+    # the same counts from integer codes (what compare passes), and with a noise label -1
+    assert identity_consistency(labels, pd.factorize(groups)[0]) == got
+    shifted = identity_consistency(labels - 1, groups)
+    assert shifted["per_cluster"] == {-1: 0.5, 0: pytest.approx(2 / 3)}
+    assert shifted["overall"] == got["overall"]
 
 
 def test_synthetic_zip_holds_every_row(fitted):

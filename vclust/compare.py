@@ -314,7 +314,9 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
             say(f"the current model {current} has no labels in {labels_dir}: the models kept "
                 "keep their own numbering (vclust promote renumbers later)")
     ids = store.ids()
-    groups = identity_of(ids.astype(str)) if params.identity == "parent" else None
+    # the image folders as integer codes, once: identity_consistency counts codes fast
+    groups = pd.factorize(identity_of(ids.astype(str)))[0] if params.identity == "parent" \
+        else None
     names = list(dict.fromkeys(n for spec in params.descriptors for n in parse_spec(spec)))
     say(f"compare: {store.n_rows:,} rows; sets {', '.join(names)}; specs "
         f"{', '.join(params.descriptors)}; algorithms {', '.join(params.algorithms)}; "
