@@ -13,9 +13,14 @@ One run over a store (``compare(store, CompareParams, registry, labels_dir)``):
    Agglomerative builds its Ward tree once per spec and cuts it at every k; every k shares one
    nearest-sample-row pass.
 3. **Keep.** Per (spec, algorithm) the k of ``choose_k``; that partition gets its outlier
-   scorer, is renumbered to continue the registry's current model (vclust.succession), is
-   registered (*not* made current) and labels every row under ``model=<id>/`` in the labels
-   dir through ``jobs.label``, from the reduced rows already in memory.
+   scorer (its threshold from a sample of rows outside the reference, as `vclust fit` fits
+   it: labelling scores every row next), is renumbered to continue the registry's current
+   model (vclust.succession), is registered (*not* made current) and labels every row under
+   ``model=<id>/`` in the labels dir through ``jobs.label``, from the reduced rows already in
+   memory. A spec whose rows are clustered in this process (``jobs.in_process``) is labelled
+   here too, on this process's threads, with the scorer and index just fitted here: the
+   outlier query of every row depends on the rows, not the clusters, so the second and third
+   algorithm of the spec find it in this process's memo (``outliers.NEIGHBOUR_MEMO``).
 4. **Compare** (in ``--out``): ``runs.csv`` (one row per spec, algorithm, k), ``agreement.csv``
    (every pair of kept models: ARI and AMI over all rows, exact, from the contingency table;
    Jaccard of their outlier sets), ``contingency/<a>__<b>.csv``, ``cross_metrics.csv`` (every
