@@ -316,3 +316,41 @@ def test_real_descriptors_default_pipeline_ari(figure):
     score = ari(y, labels)
     figure(f"MVTec 15 categories, default preprocessing + KMeans(15): ARI {score:.3f}")
     assert score >= 0.95, f"ARI {score:.3f}"
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_in_process_graphs_run_blas_at_one_thread_a_block():
+    """Graphs run on this process's threads (the scheduler vclust sets when it starts no
+    cluster) see BLAS at one thread inside their tasks, and the process's setting comes back
+    after; overlapping users (two threads computing at once) restore it only when the last
+    one leaves."""
+    from contextlib import ExitStack
+
+    import dask
+    import dask.array as da
+    from threadpoolctl import threadpool_limits
+
+    from vclust.numerics.blocks import LOCAL_SCHEDULERS, one_blas_thread, threads_get
+
+    assert threads_get in LOCAL_SCHEDULERS  # no client is looked for under it
+    with threadpool_limits(2, user_api="blas"):
+        assert _blas_threads() == 2
+        x = da.zeros((8, 2), chunks=(2, 2))
+        with dask.config.set(scheduler=threads_get):
+            seen = x.map_blocks(lambda b: np.full(b.shape, _blas_threads())).compute()
+        assert (seen == 1).all()
+        assert _blas_threads() == 2
+        with dask.config.set(scheduler="threads"):  # dask's own: the setting as it is
+            assert (x.map_blocks(lambda b: np.full(b.shape, _blas_threads())).compute() == 2).all()
+        first, second = ExitStack(), ExitStack()
+        first.enter_context(one_blas_thread())
+        second.enter_context(one_blas_thread())
+        first.close()
+        assert _blas_threads() == 1  # the second user is still inside
+        second.close()
+        assert _blas_threads() == 2

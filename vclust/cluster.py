@@ -242,9 +242,11 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
     if here and cluster_file is None and cfg.kind == "local":  # nothing named (resolve)
         import dask
 
+        from .numerics.blocks import threads_get
+
         if announce:
             announce(f"dask: in this process (threads): {here}")
-        with dask.config.set(scheduler="threads"):
+        with dask.config.set(scheduler=threads_get):
             yield None
         return
     cluster, client = _start(cfg)

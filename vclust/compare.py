@@ -299,6 +299,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     from .model import Model
     from .numerics.agreement import adjusted_mutual_info, adjusted_rand, contingency
     from .numerics.algorithms import fit_algorithm
+    from .numerics.blocks import threads_get
     from .numerics.metrics import choose_k, evaluate_partition, identity_consistency
     from .numerics.outliers import OutlierScorer
     from .registry import Registry
@@ -441,7 +442,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
                 # each algorithm of the spec (it depends on the rows, not the clusters), and
                 # this process keeps its answer (outliers.NEIGHBOUR_MEMO) for the next one
                 model.held = da.from_array(local, chunks=(z.chunks[0], -1))
-                with dask.config.set(scheduler="threads"):
+                with dask.config.set(scheduler=threads_get):
                     jobs.label(store_path, model, labels_dir, all_batches=True)
             model.held = model.held_labels = None
             seconds = time.perf_counter() - t0

@@ -214,7 +214,9 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         say(f"clustering in this process: {local.nbytes / 1e6:.0f} MB of reduced rows "
             f"(up to {IN_PROCESS_BYTES / 1e6:.0f} MB are clustered here, not as task graphs)")
 
-    table, fitted, silhouette_cache = [], {}, {}
+    # a k-range keeps the silhouette sample's distances for its every k; one k sums them as
+    # they are made (metrics.silhouette_sampled)
+    table, fitted, silhouette_cache = [], {}, {} if len(ks) > 1 else None
     for kk in ks:
         clusterer = fit_algorithm(params.algorithm, z if local is None else local, kk,
                                   sample_size=sample_size, random_state=seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -86,12 +87,55 @@ def map_blocks_state(func, X, states=None, args=()):
 
 
 _POOL = None
+_BLAS_LOCK = threading.Lock()
+_BLAS = {"users": 0, "limit": None, "controller": None, "modules": -1}
+
+
+@contextmanager
+def one_blas_thread():
+    """BLAS at one thread while row blocks run side by side on this process's threads.
+
+    OpenBLAS's thread count is one setting for the whole process: blocks that each call a
+    two-thread BLAS from two pool threads put four busy threads on two cores, and OpenBLAS's
+    waiting threads spin. The preprocessing pass over 416,314 x 512 rows in 51 blocks took
+    2.33 s so and 0.89 s with one BLAS thread a block (benchmarks/RESULTS.md). Counted: the
+    first caller limits, the last one out restores, so overlapping callers on other threads do
+    not undo each other."""
+    with _BLAS_LOCK:
+        if _BLAS["users"] == 0:
+            import sys
+
+            if _BLAS["modules"] != len(sys.modules):  # a BLAS may have been loaded since
+                from threadpoolctl import ThreadpoolController
+
+                _BLAS["controller"], _BLAS["modules"] = ThreadpoolController(), len(sys.modules)
+            _BLAS["limit"] = _BLAS["controller"].limit(limits=1, user_api="blas")
+        _BLAS["users"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS["users"] -= 1
+            if _BLAS["users"] == 0:
+                _BLAS["limit"].restore_original_limits()
+                _BLAS["limit"] = None
+
+
+def threads_get(dsk, keys, **kwargs):
+    """dask's threaded scheduler (``dask.threaded.get``) with BLAS at one thread inside its
+    tasks (``one_blas_thread``): the scheduler vclust sets for graphs run in this process
+    (``dask.config.set(scheduler=threads_get)``)."""
+    import dask.threaded
+
+    with one_blas_thread():
+        return dask.threaded.get(dsk, keys, **kwargs)
 
 
 def _run_local(fn, jobs) -> list:
     """``[fn(j) for j in jobs]`` for numpy blocks: inline for one block, else on one thread pool
-    per process, as wide as the machine (numpy's kernels release the GIL). A k-range on 20,000
-    rows makes a few hundred passes: a pool started per pass cost more than the pass."""
+    per process, as wide as the machine (numpy's kernels release the GIL), BLAS at one thread a
+    block (``one_blas_thread``). A k-range on 20,000 rows makes a few hundred passes: a pool
+    started per pass cost more than the pass."""
     global _POOL
     if len(jobs) <= 1:
         return [fn(j) for j in jobs]
@@ -100,11 +144,12 @@ def _run_local(fn, jobs) -> list:
 
         _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1,
                                    thread_name_prefix="vclust-blocks")
-    return list(_POOL.map(fn, jobs))
+    with one_blas_thread():
+        return list(_POOL.map(fn, jobs))
 
 
 #: dask.config "scheduler" values that run graphs in this process, whatever client exists
-LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threaded")
+LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threaded", threads_get)
 
 
 def distributed_client():
