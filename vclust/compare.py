@@ -243,7 +243,9 @@ def _fits_ahead(alg, X, params) -> dict:
     are independent of each other (gmm), submitted to the workers at once: they run side by side
     while this process scores the k before. The same sample and the same fit as
     ``fit_algorithm`` (a test checks). Empty without a distributed client, or for others."""
-    if alg != "gmm" or len(params.ks) < 2:
+    from .numerics.blocks import distributed_imported
+
+    if alg != "gmm" or len(params.ks) < 2 or not distributed_imported():
         return {}
     try:
         from distributed import get_client

@@ -90,6 +90,10 @@ def store_fingerprint(store) -> dict:
 
 def _client():
     """The distributed client in use, or None (the command runs on this process's threads)."""
+    from .numerics.blocks import distributed_imported
+
+    if not distributed_imported():
+        return None
     try:
         from distributed import default_client
 

@@ -152,13 +152,22 @@ def _run_local(fn, jobs) -> list:
 LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threaded", threads_get)
 
 
+def distributed_imported() -> bool:
+    """False when distributed was never imported in this process: no client can exist, and a
+    command run on this process's threads does not pay distributed's import (0.6-0.8 s)."""
+    import sys
+
+    return "distributed" in sys.modules
+
+
+
 def distributed_client():
     """The distributed client that runs this process's graphs, or None: no client, or one
     exists but ``dask.config.set(scheduler="threads")`` (or "sync") is in force, as where
     `vclust compare` labels rows it already holds in this process."""
     import dask
 
-    if dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
+    if dask.config.get("scheduler", None) in LOCAL_SCHEDULERS or not distributed_imported():
         return None
     try:
         from distributed import get_client
@@ -278,6 +287,8 @@ def hold(arrays: list, budget: int | None = None, layout=None):
     if nbytes > (memory_budget() if budget is None else budget):
         return arrays, False
     out = _persist([(layout or compact)(a) for a in arrays])
+    if not distributed_imported():  # no client, so no futures to wait for
+        return out, True
     try:
         from distributed import futures_of, wait
     except ImportError:
