@@ -9,6 +9,11 @@ import time
 
 import pytest
 
+# the outlier index's disk cache (vclust/numerics/indexcache.py) stays off in the suite, so every
+# test and every command it runs builds what it checks; the tests of the cache turn it on in a
+# folder of their own
+os.environ["VCLUST_CACHE_DIR"] = "off"
+
 
 @pytest.fixture(scope="module")
 def local_client():

@@ -2,6 +2,7 @@
 and the nightly job (drift exit codes, idempotence)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -236,3 +237,30 @@ def test_label_scores_each_row_block_once(case, tmp_path, monkeypatch):
     blocks = [len(s.descriptors("vdc_color", *s.batch_rows(b)).chunks[0]) for b in ("fit", "same")]
     assert len(calls) == sum(blocks) and sum(calls) == s.n_rows == 3200
     assert len(read_labels(tmp_path / "labels", model=model.model_id)) == 3200
+
+
+def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
+    """Two `vclust fit` processes on the same rows with the disk cache on: the second takes the
+    reference index and its answers from the first's cache entry (and says so), and saves the
+    same model: thresholds, normalisation and the index the labelling restores."""
+    from vclust.model import Model
+
+    store = tmp_path / "store"
+    _ingest(store, case, "fit")
+    env = {**os.environ, "VCLUST_CACHE_DIR": str(tmp_path / "cache")}
+    runs = []
+    for i, k in enumerate((6, 8)):  # another k: the index does not depend on the clusters
+        out = subprocess.run(VCLUST + ["fit", str(store), "--descriptor", "vdc_color", "--k",
+                                       str(k), "--model", str(tmp_path / f"m{i}")],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 0, out.stderr
+        runs.append(out.stderr)
+    assert "from the cache" not in runs[0] and "taken from the cache" in runs[1]
+    assert list((tmp_path / "cache" / "outlier-index").iterdir())
+    first, second = (Model.load(tmp_path / f"m{i}").outliers for i in (0, 1))
+    np.testing.assert_array_equal(first.ref_rows_, second.ref_rows_)
+    for name in ("knn_norm_", "lof_norm_", "kdist_", "lrd_"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name), err_msg=name)
+    assert first._index_params == second._index_params
+    for key, a in first._index_arrays.items():
+        np.testing.assert_array_equal(second._index_arrays[key], a, err_msg=key)

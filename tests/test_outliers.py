@@ -369,3 +369,94 @@ def test_search_without_the_gil_finds_pynndescents_neighbours():
     for a, b in zip(side_by_side, one_by_one):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+_FITTED = ("threshold_z_", "knn_norm_", "lof_norm_", "tight_norm_", "kdist_", "lrd_",
+           "cluster_tight_", "fit_flags_", "fit_reasons_", "ref_rows_")
+
+
+def _fit_fresh_process(z, labels, dist, centers, x):
+    """A scorer fitted as a new process would fit it: the in-process memos empty."""
+    from vclust.numerics import outliers
+
+    outliers.NEIGHBOUR_MEMO.clear(), outliers.INDEX_MEMO.clear()
+    return OutlierScorer(reference_size=3000, threshold_rows="reference", random_state=0).fit(
+        z, labels, dist, centers, raw=x)
+
+
+def test_index_cache_across_processes_gives_the_same_scorer(synth_reduced, tmp_path,
+                                                            monkeypatch):
+    """A later process fitting on the same rows takes the reference index and the fit's
+    neighbour answers from the disk cache (it builds nothing and queries nothing) and ends
+    with the same scorer, bit for bit, scoring every row as the one that built them; another
+    reference (another seed) gets its own entries."""
+    import pynndescent
+
+    from vclust.numerics import indexcache
+
+    z, labels, dist, centers, _, x = synth_reduced
+    monkeypatch.setenv("VCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    first = _fit_fresh_process(z, labels, dist, centers, x)
+    assert first.index_source_ == "built"
+    entries = sorted(p.name for p in (tmp_path / "cache" / "outlier-index").iterdir())
+    assert len(entries) == 3  # the index, the reference rows' answers, the threshold sample's
+    expected = first.score(z, labels, dist, reasons=True, raw=x)
+
+    queries = []
+    real_query = pynndescent.NNDescent.query
+    monkeypatch.setattr(pynndescent.NNDescent, "query",
+                        lambda self, *a, **kw: queries.append(1) or real_query(self, *a, **kw))
+    monkeypatch.setattr(pynndescent.NNDescent, "__init__", None)  # a build would fail here
+    again = _fit_fresh_process(z, labels, dist, centers, x)
+    assert again.index_source_ == "cache" and queries == []
+    for name in _FITTED:
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name), err_msg=name)
+    monkeypatch.undo()
+    got = again.score(z, labels, dist, reasons=True, raw=x)
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    # the index state the model saves is the one a fresh build saves
+    assert again._index_params == first._index_params
+    for key, a in first._index_arrays.items():
+        np.testing.assert_array_equal(again._index_arrays[key], a, err_msg=key)
+
+    monkeypatch.setenv("VCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    other = OutlierScorer(reference_size=3000, threshold_rows="reference", random_state=1)
+    other.fit(z, labels, dist, centers, raw=x)
+    assert other.index_source_ == "built"
+    assert len(list((tmp_path / "cache" / "outlier-index").iterdir())) == 6
+    assert indexcache.entry_name(("a", 1)) != indexcache.entry_name(("a", 2))
+
+
+def test_index_cache_unreadable_entry_is_rebuilt_and_off_writes_nothing(synth_reduced, tmp_path,
+                                                                        monkeypatch):
+    """A damaged entry (a truncated file) is dropped and the index built again, with the same
+    result; ``VCLUST_CACHE_DIR=off`` writes nothing; the cache keeps to its size by removing
+    the least recently used entries."""
+    from vclust.numerics import indexcache
+
+    z, labels, dist, centers, _, x = synth_reduced
+    root = tmp_path / "cache"
+    monkeypatch.setenv("VCLUST_CACHE_DIR", str(root))
+    first = _fit_fresh_process(z, labels, dist, centers, x)
+    index_entry = max((root / "outlier-index").iterdir(),
+                      key=lambda d: sum(f.stat().st_size for f in d.iterdir()))
+    victim = max(index_entry.glob("*.npy"), key=lambda f: f.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[:100])
+    again = _fit_fresh_process(z, labels, dist, centers, x)
+    assert again.index_source_ == "built"  # the damaged entry was not used ...
+    assert index_entry.is_dir() and victim.stat().st_size > 100  # ... and was written anew
+    np.testing.assert_array_equal(again.fit_flags_, first.fit_flags_)
+    assert again.threshold_z_ == first.threshold_z_
+
+    monkeypatch.setenv("VCLUST_CACHE_DIR", "off")
+    assert indexcache.cache_root() is None
+    off = _fit_fresh_process(z, labels, dist, centers, x)
+    assert off.index_source_ == "built" and off.threshold_z_ == first.threshold_z_
+    assert not (Path("off") / "outlier-index").exists()
+
+    entries = sorted((root / "outlier-index").iterdir(), key=lambda d: d.stat().st_mtime)
+    sizes = {d: sum(f.stat().st_size for f in d.iterdir()) for d in entries}
+    keep = sizes[entries[-1]]
+    indexcache._trim(root / "outlier-index", max_bytes=keep)
+    assert [d for d in entries if d.exists()] == [entries[-1]]  # the newest stays

@@ -265,6 +265,10 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
     at, flag_np = scorer.fit_rows_, scorer.fit_flags_
     if clusterer.name == "hdbscan":  # its noise rows count as outliers (model.with_noise)
         flag_np = flag_np | np.asarray(clusterer.noise(z).compute())[at]
+    if scorer.index_source_ == "cache":
+        say(f"outliers: reference index of {len(scorer.ref_rows_)} rows and its answers taken "
+            "from the cache of an earlier fit of the same rows (VCLUST_CACHE_DIR; off: "
+            "VCLUST_CACHE_DIR=off)")
     if len(at) == n:
         say(f"outliers: {int(flag_np.sum())} of {n} rows ({flag_np.mean():.2%}) above the threshold")
     else:

@@ -131,6 +131,8 @@ class _Memo:
             self.hits = self.misses = 0
 
 
+#: part of every disk cache key (indexcache): raise it when what an entry holds changes meaning
+FIT_CACHE_VERSION = 1
 #: rows outside the reference scored at fit for the threshold (``threshold_rows="reference"``)
 THRESHOLD_SAMPLE = 20_000
 #: rows per query call: a block's rows are queried in parts of this size, side by side
@@ -369,6 +371,10 @@ class OutlierScorer:
         self._fp = None
         key = (self._fingerprint(), self.index_neighbors, self.random_state)
         built = INDEX_MEMO.get(key)
+        self.index_source_ = "this process"
+        if built is None:
+            built = self._cached_index(key)
+            self.index_source_ = "cache"
         if built is None:
             enable_numba_cache()
             from pynndescent import NNDescent
@@ -380,6 +386,9 @@ class OutlierScorer:
             nn.prepare()
             release_gil(nn)
             built = (nn, *index_to_state(nn), gi, gd)
+            self._cache_built(key, built)
+            self.index_source_ = "built"
+        if self.index_source_ != "this process":
             INDEX_MEMO.put(key, built, 0)
         nn, self._index_params, self._index_arrays, gi, gd = built
         self._index = nn
@@ -393,6 +402,7 @@ class OutlierScorer:
         reach = np.maximum(ref_d, self.kdist_[ref_nbr])
         self.lrd_ = (1.0 / np.maximum(reach.mean(axis=1), 1e-12)).astype(np.float32)
         # normalisation of knn, lof and tight on the reference rows, queried as every row is
+        self._neighbours_cached(ref, self.ref_rows_)  # from the disk cache when it has them
         knn_raw, lof_raw, tight_raw = self._raw_components(ref, ref_z, self.ref_rows_)
         self.knn_norm_ = np.array(_robust(knn_raw))
         self.lof_norm_ = np.array(_robust(lof_raw))
@@ -436,6 +446,7 @@ class OutlierScorer:
             z, term = t[np.arange(len(t)), term], (term + 1).astype(np.int8)
         else:
             at = extra
+            self._neighbours_cached(more[1] if raw is None else more[0], rows_abs[at])
             z, term = self.z_block(more[1], lab[at], dist[at], rows_abs[at],
                                    own=None if raw is None else more[0], with_term=True)
         if self.threshold == "contamination":
@@ -453,6 +464,60 @@ class OutlierScorer:
         return self
 
     # ------------------------------------------------------------------ the index
+
+    # ------------------------------------------------------------------ the disk cache
+
+    def _disk_key(self, key) -> tuple:
+        """``key`` (a memo key: content digests and settings) with what else the answer depends
+        on: the build's thread count (pynndescent shares work out by thread) and the library."""
+        import pynndescent
+
+        return ("outliers", FIT_CACHE_VERSION, pynndescent.__version__, build_threads()) + key
+
+    def _cached_index(self, key):
+        """The index built by an earlier process for the same reference (indexcache), restored
+        ready to query, as ``INDEX_MEMO`` holds it; or None."""
+        from . import indexcache
+
+        hit = indexcache.load(self._disk_key(key))
+        if hit is None:
+            return None
+        arrays = hit["arrays"]
+        gi, gd = arrays.pop("__graph_indices"), arrays.pop("__graph_distances")
+        try:
+            nn = index_from_state(hit["params"], arrays)
+        except Exception as exc:  # noqa: BLE001 - an entry of another make: build it again
+            log.warning("outlier index cache: entry not usable (%s); building the index", exc)
+            return None
+        return (nn, hit["params"], arrays, gi, gd)
+
+    def _cache_built(self, key, built):
+        from . import indexcache
+
+        _, params, arrays, gi, gd = built
+        indexcache.save(self._disk_key(key), params,
+                        {**arrays, "__graph_indices": gi, "__graph_distances": gd})
+
+    def _neighbours_cached(self, x, rows):
+        """``neighbours`` for a question the fit asks (the reference rows, the threshold
+        sample), answered from the disk cache when an earlier process asked it."""
+        from . import indexcache
+
+        k = self.n_neighbors
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        key = self._neighbour_key(x, rows)
+        disk_key = self._disk_key(("neighbours", self.index_neighbors, self.random_state) + key)
+        if NEIGHBOUR_MEMO.get(key) is None:
+            hit = indexcache.load(disk_key)
+            if hit is not None and hit["arrays"]["idx"].shape == (len(x), k):
+                out = (hit["arrays"]["idx"].astype(np.int32), hit["arrays"]["dist"])
+                for a in out:
+                    a.flags.writeable = False
+                NEIGHBOUR_MEMO.put(key, out, out[0].nbytes + out[1].nbytes)
+                return out
+        out = self.neighbours(x, rows)
+        indexcache.save(disk_key, {}, {"idx": out[0], "dist": out[1]})
+        return out
 
     def _fingerprint(self):
         """Digest of the reference (its rows and their ids): names the index it gets."""
@@ -498,12 +563,15 @@ class OutlierScorer:
         parts = list(_query_pool().map(part, range(0, n, QUERY_PART)))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def _neighbour_key(self, x, rows):
+        return (self._fingerprint(), self.n_neighbors, _digest(x), _digest(np.asarray(rows)))
+
     def neighbours(self, x, rows):
         """(positions (n, k), distances (n, k)) of the k nearest reference rows to the scoring
         rows ``x``, skipping a row's own reference entry."""
         k = self.n_neighbors
         x = np.ascontiguousarray(x, dtype=np.float32)
-        key = (self._fingerprint(), k, _digest(x), _digest(np.asarray(rows)))
+        key = self._neighbour_key(x, rows)
         hit = NEIGHBOUR_MEMO.get(key)
         if hit is not None:
             return hit
