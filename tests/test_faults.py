@@ -311,6 +311,17 @@ def test_damaged_model_is_refused_with_one_line(fitted, tmp_path, how):
     assert not (tmp_path / "labels").exists()
 
 
+def test_output_cut_short_by_the_reader_ends_quietly(fitted):
+    """`vclust info STORE | head -1`: the reader closes the pipe before the command has written
+    everything; the command ends with 141 (as one killed by SIGPIPE), without a traceback."""
+    proc = subprocess.Popen(VCLUST + ["info", str(fitted / "store")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=ENV, cwd=REPO)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_paths_of_the_wrong_kind_are_refused_with_one_line(fitted, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")

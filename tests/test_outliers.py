@@ -455,8 +455,39 @@ def test_index_cache_unreadable_entry_is_rebuilt_and_off_writes_nothing(synth_re
     assert off.index_source_ == "built" and off.threshold_z_ == first.threshold_z_
     assert not (Path("off") / "outlier-index").exists()
 
-    entries = sorted((root / "outlier-index").iterdir(), key=lambda d: d.stat().st_mtime)
+    import os
+
+    entries = sorted((root / "outlier-index").iterdir())
+    for age, d in enumerate(entries):  # last used: in this order (what a load stamps)
+        os.utime(d, (1_000_000 + age, 1_000_000 + age))
     sizes = {d: sum(f.stat().st_size for f in d.iterdir()) for d in entries}
     keep = sizes[entries[-1]]
     indexcache._trim(root / "outlier-index", max_bytes=keep)
     assert [d for d in entries if d.exists()] == [entries[-1]]  # the newest stays
+
+
+def test_prepare_on_a_thread_then_fit_equals_fit_alone(synth_reduced):
+    """`vclust fit` prepares the scorer from the descriptor rows on a thread while it clusters:
+    the scorer it ends with is the one ``fit`` alone gives, bit for bit; a preparation for
+    other rows is not used."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    z, labels, dist, centers, _, x = synth_reduced
+    alone = _fit_fresh_process(z, labels, dist, centers, x)
+    from vclust.numerics import outliers
+
+    outliers.NEIGHBOUR_MEMO.clear(), outliers.INDEX_MEMO.clear()
+    scorer = OutlierScorer(reference_size=3000, threshold_rows="reference", random_state=0)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(scorer.prepare, x, len(x), None).result()
+    assert scorer._prepared is not None
+    scorer.fit(z, labels, dist, centers, raw=x)
+    assert scorer._prepared is None  # the rows are not kept once fitted
+    for name in _FITTED + ("reference_", "reference_z_"):
+        np.testing.assert_array_equal(getattr(scorer, name), getattr(alone, name), err_msg=name)
+
+    other = OutlierScorer(reference_size=3000, threshold_rows="reference", random_state=0)
+    other.prepare(x[::-1].copy(), len(x), None)  # other rows
+    other.fit(z, labels, dist, centers, raw=x)
+    np.testing.assert_array_equal(other.reference_, alone.reference_)
+    assert other.threshold_z_ == alone.threshold_z_

@@ -442,7 +442,7 @@ def _scheduler_lost(exc) -> bool:
         return True  # distributed's FutureCancelledError: the scheduler forgot our futures
     mod = type(exc).__module__ or ""
     if mod.startswith("distributed") and type(exc).__name__ in (
-            "CommClosedError", "FutureCancelledError", "StreamClosedError"):
+            "CommClosedError", "FutureCancelledError", "StreamClosedError", "ClosedClientError"):
         return True
     return mod.startswith("tornado") and type(exc).__name__ == "StreamClosedError"
 
@@ -510,6 +510,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("vclust: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`vclust info STORE | head`)
+        _quiet_stdout()
+        return 141  # as a command killed by SIGPIPE: 128 + 13
     except Exception as exc:
         line = environment_line(exc, args.command)
         if line is None:  # an internal fault: show everything
@@ -519,6 +522,18 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"vclust: error: {' '.join(line.split())}", file=sys.stderr)
         return EXIT_ENVIRONMENT
+
+
+def _quiet_stdout():
+    """Point stdout at /dev/null: what is still buffered for a closed pipe is dropped instead of
+    failing again at exit."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def run() -> None:
@@ -536,8 +551,14 @@ def run() -> None:
     code = main()
     try:
         sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        code = code or 141
+    except (OSError, ValueError):
+        pass
+    try:
         sys.stderr.flush()
-    except (OSError, ValueError):  # a closed pipe: the code stands
+    except (OSError, ValueError):
         pass
     finish = getattr(atexit, "_run_exitfuncs", None)
     if finish is None:  # pragma: no cover - an interpreter without it exits the usual way

@@ -88,7 +88,10 @@ def map_blocks_state(func, X, states=None, args=()):
 
 _POOL = None
 _BLAS_LOCK = threading.Lock()
-_BLAS = {"users": 0, "limit": None, "controller": None, "modules": -1}
+_BLAS = {"users": 0, "limit": None, "controller": None, "modules": None}
+# modules whose import loads a BLAS of its own (numpy's and scipy's OpenBLAS are two libraries):
+# the controller is made again when one of them has been imported since
+_BLAS_MODULES = ("numpy", "scipy.linalg", "sklearn", "torch")
 
 
 @contextmanager
@@ -105,10 +108,11 @@ def one_blas_thread():
         if _BLAS["users"] == 0:
             import sys
 
-            if _BLAS["modules"] != len(sys.modules):  # a BLAS may have been loaded since
+            loaded = tuple(m in sys.modules for m in _BLAS_MODULES)
+            if _BLAS["modules"] != loaded:  # a BLAS may have been loaded since
                 from threadpoolctl import ThreadpoolController
 
-                _BLAS["controller"], _BLAS["modules"] = ThreadpoolController(), len(sys.modules)
+                _BLAS["controller"], _BLAS["modules"] = ThreadpoolController(), loaded
             _BLAS["limit"] = _BLAS["controller"].limit(limits=1, user_api="blas")
         _BLAS["users"] += 1
     try:
@@ -267,7 +271,9 @@ def memory_budget() -> int:
     distributed client, else of the machine's available memory."""
     client = distributed_client()
     if client is not None:
-        info = client.scheduler_info()["workers"].values()
+        # (a client whose scheduler is gone answers without "workers": the next compute
+        # reports the loss as such)
+        info = client.scheduler_info().get("workers", {}).values()
         total = int(sum(w.get("memory_limit", 0) or 0 for w in info))
         if total:
             return int(total * MEMORY_SHARE)

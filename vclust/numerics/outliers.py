@@ -225,6 +225,7 @@ class OutlierScorer:
     def __getstate__(self):
         state = self.__dict__.copy()
         state.pop("_index", None)  # numba state is rebuilt where the scorer lands
+        state.pop("_prepared", None)  # the caller's descriptor rows: never shipped
         return state
 
     def __setstate__(self, state):
@@ -296,77 +297,78 @@ class OutlierScorer:
         return pos, np.flatnonzero((u >= self.reference_size / n)
                                    & (row_uniform(np.arange(n), self.random_state, 37) < share))
 
-    def _sample(self, X, raw, pos, extra=None):
-        """(scoring rows, clustering rows) of the reference rows ``pos``, and those of the rows
-        ``extra`` (or None), gathered in one task per block. With ``raw``, the scorer's
-        projection is fitted here, on the reference rows as given (``projection_``): a PCA of
-        reference_size rows finds the same directions as one of every row, for an eighth of the
-        arithmetic on 416k rows, and the descriptor rows are read once."""
+    @staticmethod
+    def _gather(a, parts):
+        """The rows of ``a`` (a dask or numpy array, or a dict of them: a mixture) at each
+        position array of ``parts``, in row order: one task per block of ``a`` as it is chunked
+        (no rechunk: the rows as given sit in the store's chunks, the clustering rows in their
+        own), each part's rows copied once."""
         import dask
 
-        parts = (pos,) if extra is None else (pos, extra)
+        arrays = a if isinstance(a, dict) else {"_": a}
 
-        def pick(a):
-            """One task per block of ``a`` as it is chunked (no rechunk: the rows as given sit
-            in the store's chunks, the clustering rows in their own), returning the block's
-            rows of each of ``parts``."""
-            if not is_dask(a):
-                return [tuple(np.asarray(a[p]) for p in parts)]
-            bounds = np.cumsum((0,) + tuple(a.chunks[0]))
+        def pick(x):
+            if not is_dask(x):
+                return [tuple(np.asarray(x[p]) for p in parts)]
+            bounds = np.cumsum((0,) + tuple(x.chunks[0]))
             return [dask.delayed(_pick_task)(block, [p[(p >= bounds[i]) & (p < bounds[i + 1])]
                                                      - bounds[i] for p in parts])
-                    for i, block in enumerate(a.rechunk({1: -1}).to_delayed().ravel())]
+                    for i, block in enumerate(x.rechunk({1: -1}).to_delayed().ravel())]
 
-        arrays = {"_z": X, **({} if raw is None else raw if isinstance(raw, dict) else {"_raw": raw})}
-        tasks = {k: pick(v) for k, v in arrays.items()}
-        done = dask.compute(tasks)[0]
-        # each part's rows once, in row order (no union of the parts to copy from again)
+        done = dask.compute({k: pick(v) for k, v in arrays.items()})[0]
         done = {k: [np.concatenate([b[j] for b in v]) for j in range(len(parts))]
                 for k, v in done.items()}
-        got_z = [np.ascontiguousarray(a, dtype=np.float32) for a in done.pop("_z")]
+        if isinstance(a, dict):
+            return [{k: v[j] for k, v in done.items()} for j in range(len(parts))]
+        return done["_"]
 
-        def rows_of(j):
-            if isinstance(raw, dict):
-                return {k: v[j] for k, v in done.items()}
-            return done["_raw"][j]
-
+    def prepare(self, raw, n, row_index=None):
+        """What the fit needs of the descriptor rows alone, before any clustering: the
+        reference and threshold rows gathered from ``raw`` (as ``fit`` takes it; ``n`` rows,
+        ``row_index`` their absolute ids), the scorer's projection fitted on the reference, the
+        reference index (this process's memo, the disk cache, or built) and each of those
+        rows' nearest reference rows. None of it depends on the clusters, so `vclust fit` runs
+        it on a thread while it preprocesses and clusters; ``fit`` runs it itself when it was
+        not (or for other rows). Returns self."""
         if raw is None:
-            self.projection_ = None
-            more = None if extra is None else (got_z[1],) * 2
-            return got_z[0], got_z[0], more
-        ref_raw = rows_of(0)
-        self.projection_ = _projection(ref_raw, self.pca_variance, self.max_components,
-                                       self.random_state)
-        ref = np.ascontiguousarray(self._own_block(ref_raw), dtype=np.float32)
-        more = None if extra is None else (self._own_block(rows_of(1)), got_z[1])
-        return ref, got_z[0], more
-
-    def fit(self, X, labels, center_dist, centers=None, row_index=None, raw=None):
-        """Build the reference index and fit the score's normalisation and threshold.
-
-        X, labels, center_dist : the clustering rows (dask or numpy) of the fit, their clusters and
-        distances to the centres; ``raw``: the same rows as given (array or dict of arrays), or
-        None to score on X. ``row_index`` maps X's rows to absolute row ids (default 0..n-1),
-        used to skip a reference row's own entry.
-        """
-        import dask
-
-        n = X.shape[0]
+            raise ValueError("prepare needs the descriptor rows (raw=)")
         self._validate(n)
-        k = self.n_neighbors
-        if raw is not None:
-            _same_rows(X, raw)
         pos, extra = self._positions(n)
-        # fits projection_ on the reference rows, with raw
-        ref, ref_z, more = self._sample(X, raw, pos, extra)
+        parts = (pos,) if extra is None else (pos, extra)
+        got = self._gather(raw, parts)
+        # a PCA of reference_size rows finds the directions one of every row finds, for an
+        # eighth of the arithmetic on 416k rows
+        self.projection_ = _projection(got[0], self.pca_variance, self.max_components,
+                                       self.random_state)
+        ref = np.ascontiguousarray(self._own_block(got[0]), dtype=np.float32)
+        extra_own = None if extra is None else self._own_block(got[1])
+        del got
         rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
         self.ref_rows_ = rows_abs[pos].astype(np.int64)
         self.reference_ = ref
-        self.reference_z_ = None if raw is None else ref_z
-        m = len(ref)
-        # the group rank: the j-th reference neighbour stands for about k rows of the data
-        self.tight_rank_ = int(np.clip(round(k * m / n), 1, k))
         self._fp = None
+        self._reference_index()
+        self._neighbours_cached(ref, self.ref_rows_)
+        if extra is not None:
+            self._neighbours_cached(extra_own, rows_abs[extra])
+        self._prepared = {"raw": raw, "n": n, "row_index": row_index, "pos": pos,
+                          "extra": extra, "extra_own": extra_own}
+        return self
+
+    def _prepared_for(self, raw, n, row_index):
+        prep = getattr(self, "_prepared", None)
+        if prep is None or prep["raw"] is not raw or prep["n"] != n:
+            return None
+        same = (prep["row_index"] is None and row_index is None) or (
+            prep["row_index"] is not None and row_index is not None
+            and np.array_equal(prep["row_index"], row_index))
+        return prep if same else None
+
+    def _reference_index(self):
+        """The index over ``reference_`` (this process's memo, the disk cache, or built) and
+        the reference rows' k-distance and lrd from its graph."""
+        k, m = self.n_neighbors, len(self.reference_)
+        ref = self.reference_
         key = (self._fingerprint(), self.index_neighbors, self.random_state)
         built = INDEX_MEMO.get(key)
         self.index_source_ = "this process"
@@ -399,6 +401,48 @@ class OutlierScorer:
         self.kdist_ = ref_d[:, -1].astype(np.float32)
         reach = np.maximum(ref_d, self.kdist_[ref_nbr])
         self.lrd_ = (1.0 / np.maximum(reach.mean(axis=1), 1e-12)).astype(np.float32)
+
+    def fit(self, X, labels, center_dist, centers=None, row_index=None, raw=None):
+        """Build the reference index and fit the score's normalisation and threshold.
+
+        X, labels, center_dist : the clustering rows (dask or numpy) of the fit, their clusters and
+        distances to the centres; ``raw``: the same rows as given (array or dict of arrays), or
+        None to score on X. ``row_index`` maps X's rows to absolute row ids (default 0..n-1),
+        used to skip a reference row's own entry. What depends on ``raw`` alone comes from
+        ``prepare`` (run here unless it ran for these rows).
+        """
+        import dask
+
+        n = X.shape[0]
+        self._validate(n)
+        k = self.n_neighbors
+        rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
+        if raw is not None:
+            _same_rows(X, raw)
+            prep = self._prepared_for(raw, n, row_index)
+            if prep is None:
+                self.prepare(raw, n, row_index)
+                prep = self._prepared
+            pos, extra = prep["pos"], prep["extra"]
+            got_z = self._gather(X, (pos,) if extra is None else (pos, extra))
+            ref = self.reference_
+            ref_z = np.ascontiguousarray(got_z[0], dtype=np.float32)
+            more = None if extra is None else (prep["extra_own"], got_z[1])
+            self._prepared = None  # the descriptor rows are the caller's to release
+        else:
+            pos, extra = self._positions(n)
+            got_z = self._gather(X, (pos,) if extra is None else (pos, extra))
+            self.projection_ = None
+            ref = ref_z = np.ascontiguousarray(got_z[0], dtype=np.float32)
+            more = None if extra is None else (got_z[1],) * 2
+            self.ref_rows_ = rows_abs[pos].astype(np.int64)
+            self.reference_ = ref
+            self._fp = None
+            self._reference_index()
+        self.reference_z_ = None if raw is None else ref_z
+        m = len(ref)
+        # the group rank: the j-th reference neighbour stands for about k rows of the data
+        self.tight_rank_ = int(np.clip(round(k * m / n), 1, k))
         # normalisation of knn, lof and tight on the reference rows, queried as every row is
         self._neighbours_cached(ref, self.ref_rows_)  # from the disk cache when it has them
         knn_raw, lof_raw, tight_raw = self._raw_components(ref, ref_z, self.ref_rows_)
