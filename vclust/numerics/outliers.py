@@ -66,7 +66,11 @@ and 4.53% of every row). On the 416k synthetic osnet case the default flags
 MVTec ResNet-18 0.8% of the good parts and 16% of the defects.
 
 The index is built once per fit, on two threads (``build_threads``; its kernels come from
-numba's disk cache, and ``warm_up`` loads them while the rows are read). Queries run without
+numba's disk cache). Nothing about the reference depends on the clusters, so ``prepare(raw, n)``
+does all of it from the descriptor rows alone (the rows gathered, the projection, the index, the
+reference and threshold rows' neighbours) and `vclust fit` runs it on a thread while it
+preprocesses and clusters; the index and those answers are also kept on disk between processes
+(vclust.numerics.indexcache), so a later fit of the same rows builds and asks nothing again. Queries run without
 the GIL (``annindex.release_gil``), in parts of QUERY_PART rows side by side on threads. What it
 learned is kept as arrays (vclust.numerics.annindex: the prepared index's own state, no pickle);
 a worker process restores it once (the search kernels only) and caches it by fingerprint, so
@@ -834,8 +838,9 @@ def _thread_view(index):
 
 def warm_up(n_features: int = 8):
     """Compile pynndescent's index-building kernels in this process (a tiny index), once per
-    process. ``vclust fit`` runs it on a client thread while the workers preprocess and
-    cluster, so the outlier step later finds the kernels compiled."""
+    process. `vclust compare` runs it on a thread while it reads and reduces the sets, so its
+    first outlier fit finds the kernels loaded (`vclust fit` prepares its reference on a thread
+    instead: ``OutlierScorer.prepare``)."""
     enable_numba_cache()
     from pynndescent import NNDescent
 
