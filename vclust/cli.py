@@ -304,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "store's rows. With no --scheduler, --cluster or VCLUST_SCHEDULER, up to "
                        "1 GiB of descriptor rows are fitted in this process (no LocalCluster "
                        "starts). The outlier threshold is fitted on a seeded sample of up to "
-                       "20,000 rows; every row is scored when it is labelled.")
+                       "20,000 rows; every row is scored when it is labelled. The outlier "
+                       "reference index is kept in $VCLUST_CACHE_DIR/outlier-index (default "
+                       "~/.cache/vclust; 'off' turns it off): a later fit of the same rows "
+                       "restores it instead of building it again, with the same result.")
     s.add_argument("store", metavar="STORE")
     where = s.add_mutually_exclusive_group(required=True)
     where.add_argument("--model", metavar="MODEL_DIR", help="write the model to this new folder")

@@ -71,7 +71,10 @@ def load(key: tuple) -> dict | None:
             raise ValueError("key mismatch")
         arrays = {name: np.load(where / f"{name}.npy", allow_pickle=False)
                   for name in meta["arrays"]}
-        os.utime(where)  # used: last to go
+        try:
+            os.utime(where)  # used: last to go
+        except OSError:  # a cache shared read-only: still usable
+            pass
         return {"params": meta["params"], "arrays": arrays}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("outlier index cache: ignoring unreadable entry %s (%s)", where, exc)
