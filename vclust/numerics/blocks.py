@@ -101,7 +101,7 @@ def one_blas_thread():
     OpenBLAS's thread count is one setting for the whole process: blocks that each call a
     two-thread BLAS from two pool threads put four busy threads on two cores, and OpenBLAS's
     waiting threads spin. The preprocessing pass over 416,314 x 512 rows in 51 blocks took
-    2.33 s so and 0.89 s with one BLAS thread a block (benchmarks/RESULTS.md). Counted: the
+    2.33 s so, 0.89 s with one BLAS thread a block (measured 2026-11-24). Counted: the
     first caller limits, the last one out restores, so overlapping callers on other threads do
     not undo each other."""
     with _BLAS_LOCK:

@@ -70,8 +70,8 @@ numba's disk cache). Nothing about the reference depends on the clusters, so ``p
 does all of it from the descriptor rows alone (the rows gathered, the projection, the index, the
 reference and threshold rows' neighbours) and `vclust fit` runs it on a thread while it
 preprocesses and clusters; the index and those answers are also kept on disk between processes
-(vclust.numerics.indexcache), so a later fit of the same rows builds and asks nothing again. Queries run without
-the GIL (``annindex.release_gil``), in parts of QUERY_PART rows side by side on threads. What it
+(vclust.numerics.indexcache), so a later fit of the same rows builds and asks nothing again.
+Queries run without the GIL (``annindex.release_gil``), in parts of QUERY_PART rows side by side on threads. What it
 learned is kept as arrays (vclust.numerics.annindex: the prepared index's own state, no pickle);
 a worker process restores it once (the search kernels only) and caches it by fingerprint, so
 chunks never rebuild or recompile it. Nothing numba-compiled is pickled. Threads of a worker
