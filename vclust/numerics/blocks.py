@@ -91,7 +91,7 @@ _BLAS_LOCK = threading.Lock()
 _BLAS = {"users": 0, "limit": None, "controller": None, "modules": None}
 # modules whose import loads a BLAS of its own (numpy's and scipy's OpenBLAS are two libraries):
 # the controller is made again when one of them has been imported since
-_BLAS_MODULES = ("numpy", "scipy.linalg", "sklearn", "torch")
+_BLAS_MODULES = ("numpy", "scipy.linalg", "sklearn")
 
 
 @contextmanager
