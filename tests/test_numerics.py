@@ -180,6 +180,39 @@ def test_minibatch_close_to_lloyd(blobs):
     assert ari(lloyd, mb) >= 0.95
 
 
+def test_candidate_reclustering_is_weighted_kmeans():
+    """k-means|| reclusters its weighted candidates in numpy (``kmeans._weighted_kmeans``): on
+    three separated groups the centres are the groups' weighted means, and a heavy row pulls
+    its group's centre to itself."""
+    from vclust.numerics.kmeans import _weighted_kmeans
+
+    rng = np.random.default_rng(0)
+    groups = [rng.normal(c, 0.1, (40, 3)) for c in ((0, 0, 0), (5, 0, 0), (0, 5, 0))]
+    x, w = np.vstack(groups), rng.uniform(0.5, 3.0, 120)
+    for weights in (w, np.where(np.arange(120) == 7, 1e6, w)):
+        got = _weighted_kmeans(x, weights, 3, n_init=10, seed=1)
+        for g in range(3):
+            part = slice(40 * g, 40 * (g + 1))
+            want = np.average(x[part], axis=0, weights=weights[part])
+            assert np.min(np.linalg.norm(got - want, axis=1)) < 1e-9
+    assert np.min(np.linalg.norm(got - x[7], axis=1)) < 1e-3
+
+
+def test_estimator_params_without_scikit_learn(blobs):
+    """KMeans and Preprocessor keep scikit-learn's parameter interface (vclust/numerics/
+    estimator.py) without its base classes."""
+    km = KMeans(3, random_state=4)
+    assert km.get_params()["n_clusters"] == 3 and km.get_params()["random_state"] == 4
+    assert km.set_params(n_clusters=5) is km and km.n_clusters == 5
+    assert repr(km).startswith("KMeans(n_clusters=5, init='k-means||'")
+    with pytest.raises(ValueError, match="invalid parameter 'k' for KMeans"):
+        km.set_params(k=2)
+    x, _ = blobs
+    np.testing.assert_array_equal(km.fit_transform(x).argmin(axis=1), km.labels_)
+    pre = Preprocessor(pca_variance=0.9)
+    assert pre.get_params()["pca_variance"] == 0.9 and "l2=True" in repr(pre)
+
+
 def test_kmeans_state_and_errors(blobs):
     x, _ = blobs
     km = KMeans(5, random_state=0).fit(x)

@@ -15,15 +15,21 @@ Initialisation: "k-means||" (Bahmani et al.: five rounds over all rows, each add
 the candidates so far, in one pass per round by weighted reservoir keys; each round measures
 only the previous round's new candidates; then a weighted k-means++ with 10 restarts on the
 candidates), "k-means++" on a seeded sample, or given centres. Row sampling uses a hash of
-the absolute row index, so the result does not depend on the chunking.
-Rows given as one numpy array (clustered in this process, see ``jobs.in_process``) go through
-scikit-learn's Lloyd from the same initial centres, with the same tolerance rule: its chunked
-Cython passes took 0.15 s a pass on 416k x 256 rows where the block passes here took 0.23 s.
-On rows of ELKAN_DIMS columns or more it runs scikit-learn's Elkan variant, the same
-iterations with distances skipped by the triangle inequality: on the 416k efficientnet-b7
-rows (256 columns) 1.6x faster at k=6 and 12, 1.15x at 16, the same inertia to float32
-rounding; at 64 columns it lost as often as it won, and on the narrower sets (14-100 columns)
-Lloyd was faster.
+the absolute row index, so the result does not depend on the chunking. The candidates are
+clustered here (``_weighted_kmeans``: greedy k-means++ and weighted Lloyd, 10 restarts, as
+scikit-learn's KMeans would with sample weights): a hundred-odd rows, no need to import it.
+Rows given as one numpy array (clustered in this process, see ``jobs.in_process``) of
+SKLEARN_DIMS columns or more go through scikit-learn's Lloyd from the same initial centres,
+with the same tolerance rule: its chunked Cython passes took 0.15 s a pass on 416k x 256 rows
+where the block passes here took 0.23 s, 45 ms against 69 ms at 100 columns. From ELKAN_DIMS
+columns it runs scikit-learn's Elkan variant, the same iterations with distances skipped by
+the triangle inequality: on the 416k efficientnet-b7 rows (256 columns) 1.6x faster at k=6
+and 12, 1.15x at 16, the same inertia to float32 rounding; at 64 columns it lost as often as
+it won. Narrower rows (the osnet and vdc sets reduce to 14-60 columns) run the block passes
+here on this process's threads: as fast as scikit-learn's there (416k x 14: 0.05-0.19 s
+against 0.09-0.14 s; 416k x 32: 0.09-0.18 against 0.13-0.18 s), and a fit that needs no
+scikit-learn does not import it (1.1 s of a `vclust fit` with scipy.stats, pandas and pyarrow,
+which it imports).
 ``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
 """
 
@@ -33,7 +39,6 @@ import logging
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 
 from .blocks import (
     balanced,
@@ -46,6 +51,7 @@ from .blocks import (
     row_uniform,
     sample_rows,
 )
+from .estimator import Estimator
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +165,69 @@ def _kmeans_parallel_block(block, state, row0, new, ell, seed, rnd):
     return state, (key[top], rows[top], x[top], float(sq.sum()), stats)
 
 
-#: columns from which numpy rows go through scikit-learn's Elkan iterations (module docstring)
+#: columns from which numpy rows go through scikit-learn's Lloyd, and its Elkan iterations
+#: (module docstring)
+SKLEARN_DIMS = 64
 ELKAN_DIMS = 128
+
+
+def _weighted_kmeans(x, w, k, n_init, seed, max_iter=300, tol=1e-4):
+    """Centres (k, d) float64 of weighted k-means on a few hundred rows ``x`` (weights ``w``):
+    greedy k-means++ (2 + log k trials a centre, as scikit-learn's) then Lloyd until no row
+    moves or the squared centre shift is under ``tol`` times the weighted mean variance; the
+    best of ``n_init`` seeded runs by weighted inertia. Returns the centres."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n = len(x)
+    xsq = np.einsum("ij,ij->i", x, x)
+    mean = w @ x / w.sum()
+    limit = tol * float(np.mean(w @ (x - mean) ** 2 / w.sum()))
+    trials = 2 + int(np.log(k))
+    rng = np.random.default_rng(seed)
+
+    def sqdist(c):  # (len(c), n)
+        return np.maximum(np.einsum("ij,ij->i", c, c)[:, None] - 2 * c @ x.T + xsq, 0)
+
+    best = None
+    for _ in range(n_init):
+        pick = [int(rng.choice(n, p=w / w.sum()))]
+        closest = sqdist(x[pick])[0]
+        for _c in range(1, k):
+            pot = closest @ w
+            if pot <= 0:  # every row sits on a centre: any row not taken yet
+                rest = np.setdiff1d(np.arange(n), pick)
+                pick.append(int(rng.choice(rest)) if len(rest) else pick[-1])
+                continue
+            ids = np.searchsorted(np.cumsum(w * closest), rng.uniform(size=trials) * pot)
+            ids = np.minimum(ids, n - 1)
+            cand = np.minimum(closest, sqdist(x[ids]))
+            j = int(np.argmin(cand @ w))
+            pick.append(int(ids[j]))
+            closest = cand[j]
+        centers, labels = x[pick].copy(), None
+        for _it in range(max_iter):
+            d = sqdist(centers)
+            prev, labels = labels, d.argmin(axis=0)
+            if prev is not None and np.array_equal(prev, labels):
+                break  # no row moved: the centres are final
+            mass = np.bincount(labels, weights=w, minlength=k)
+            sums = np.zeros_like(centers)
+            np.add.at(sums, labels, x * w[:, None])
+            new = centers.copy()
+            nz = mass > 0
+            new[nz] = sums[nz] / mass[nz, None]
+            cost = d[labels, np.arange(n)] * w
+            for c in np.flatnonzero(~nz):  # an empty centre moves to the costliest row left
+                far = int(np.argmax(cost))
+                new[c], cost[far] = x[far], -1.0
+            shift = float(((new - centers) ** 2).sum())
+            centers = new
+            if shift <= limit:
+                break
+        inertia = float(sqdist(centers).min(axis=0) @ w)
+        if best is None or inertia < best[0]:
+            best = (inertia, centers)
+    return best[1]
 
 
 def _sklearn_lloyd(X, centers, max_iter, tol, seed):
@@ -191,7 +258,7 @@ def _distances_to(block, centers):
     return np.sqrt(np.maximum(d, 0)).astype(np.float32)
 
 
-class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
+class KMeans(Estimator):
     """KMeans for numpy or dask arrays (n_samples, n_features), scikit-learn style.
 
     Parameters
@@ -266,9 +333,9 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         for run in range(n_init):
             seed = int(np.random.default_rng([self.random_state, run]).integers(1 << 31))
             centers = self._init_centers(X, seed)
-            if not is_dask(X) and self.algorithm == "lloyd":
-                # rows in this process: scikit-learn's Lloyd (chunked Cython, OpenMP) from our
-                # initial centres, same rule and tolerance (module docstring)
+            if not is_dask(X) and self.algorithm == "lloyd" and X.shape[1] >= SKLEARN_DIMS:
+                # wide rows in this process: scikit-learn's Lloyd (chunked Cython, OpenMP) from
+                # our initial centres, same rule and tolerance (module docstring)
                 centers, n_iter, final = _sklearn_lloyd(X, centers, self.max_iter, self.tol,
                                                         seed)
                 if best is None or final[1] < best[0]:
@@ -312,10 +379,10 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         k = self.n_clusters
         if not isinstance(self.init, str):
             return np.asarray(self.init, dtype=np.float64)
-        from sklearn.cluster import kmeans_plusplus
-
         rng = np.random.default_rng(seed)
         if self.init == "k-means++":
+            from sklearn.cluster import kmeans_plusplus
+
             size = self.init_sample_size or max(100 * k, 20_000)
             sample, _ = sample_rows(X, size, seed, stream=1)
             if len(sample) < k:
@@ -349,11 +416,8 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
         else:  # the last round's rows still to be measured: the weights' pass does it
             _, parts = map_blocks_state(_kmeans_parallel_block, X, state, args=(new, 0, seed, 6))
             weights = np.sum(parts, axis=0)
-        from sklearn.cluster import KMeans as _SK
-
-        sk = _SK(k, init="k-means++", n_init=10, random_state=int(rng.integers(1 << 31)))
-        sk.fit(cand.astype(np.float64), sample_weight=weights.astype(np.float64) + 1e-12)
-        return sk.cluster_centers_
+        return _weighted_kmeans(cand, weights.astype(np.float64) + 1e-12, k, n_init=10,
+                                seed=int(rng.integers(1 << 31)))
 
     def _step(self, X, centers, labels):
         k = self.n_clusters
@@ -461,6 +525,9 @@ class KMeans(BaseEstimator, ClusterMixin, TransformerMixin):
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
+
+    def fit_transform(self, X, y=None):
+        return self.fit(X).transform(X)
 
     # ------------------------------------------------------------------ state
 

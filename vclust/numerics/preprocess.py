@@ -15,14 +15,20 @@ import numpy as np
 
 from . import DEFAULT_PCA_VARIANCE
 from .blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, scratch
+from .estimator import Estimator
 
 MAX_COVARIANCE_DIMS = 4096
 
 
-def _l2(block):
-    norms = np.linalg.norm(block, axis=1, keepdims=True)
+def _norms(x):
+    """Each row's Euclidean norm (1 for a zero row), as a column; no (n, d) temporary."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
     norms[norms == 0] = 1.0
-    return block / norms
+    return norms
+
+
+def _l2(block, out=None):
+    return np.divide(block, _norms(block), out=out)
 
 
 def _block_moments(block, row0, l2):
@@ -38,7 +44,7 @@ def _block_moments(block, row0, l2):
     if not n:
         return 0, None, None, 0
     if l2:
-        x = _l2(x)  # a fresh array: centred in place below
+        x = _l2(x, out=scratch(x.shape, np.float32))  # centred in place below
     ones = np.ones(n, np.float32)
     shift = (ones @ x) / np.float32(n)
     if not np.isfinite(shift).all():
@@ -97,11 +103,10 @@ def _block_sketch(block, row0, l2, mean, scale, q):
     return (xs.T @ y).astype(np.float64)
 
 
-class Preprocessor:
+class Preprocessor(Estimator):
     """L2 / standardise / PCA for one descriptor set, with scikit-learn's estimator interface
-    (``fit``, ``transform``, ``fit_transform``, ``get_params``) but not its base classes: this
-    module imports no scikit-learn, so `vclust fit` preprocesses while scikit-learn (1.1 s)
-    is still being imported on another thread.
+    (``fit``, ``transform``, ``fit_transform``, ``get_params``) but not its base classes
+    (``estimator.Estimator``): this module imports no scikit-learn.
 
     Parameters
     ----------
@@ -132,22 +137,6 @@ class Preprocessor:
         self.max_components = max_components
         self.svd_method = svd_method
         self.random_state = random_state
-
-    _PARAMS = ("l2", "standardize", "pca_variance", "n_components", "max_components",
-               "svd_method", "random_state")
-
-    def get_params(self, deep=True):
-        return {k: getattr(self, k) for k in self._PARAMS}
-
-    def set_params(self, **params):
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise ValueError(f"invalid parameter {k!r} for Preprocessor")
-            setattr(self, k, v)
-        return self
-
-    def __repr__(self):
-        return f"Preprocessor({', '.join(f'{k}={getattr(self, k)!r}' for k in self._PARAMS)})"
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
@@ -236,11 +225,15 @@ class Preprocessor:
         self._b = (self.mean_.astype(np.float64) @ self._w.astype(np.float64)).astype(np.float32)
 
     def transform_block(self, block):
-        """Transform one numpy block of rows: (n, n_features) -> (n, n_components_) float32."""
+        """Transform one numpy block of rows: (n, n_features) -> (n, n_components_) float32.
+        The L2 division comes after the projection ((x / |x|) W = (x W) / |x|): the rows are
+        read twice (norms, product) and never copied."""
         x = np.asarray(block, dtype=np.float32)
+        y = x @ self._w
         if self.l2:
-            x = _l2(x)
-        return x @ self._w - self._b
+            y /= _norms(x)
+        y -= self._b
+        return y
 
     def transform(self, X):
         if X.shape[1] != self.n_features_in_:
