@@ -3,6 +3,7 @@ and the nightly job (drift exit codes, idempotence)."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -242,20 +243,29 @@ def test_label_scores_each_row_block_once(case, tmp_path, monkeypatch):
 def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
     """Two `vclust fit` processes on the same rows with the disk cache on: the second takes the
     reference index and its answers from the first's cache entry (and says so), and saves the
-    same model: thresholds, normalisation and the index the labelling restores."""
+    same model: thresholds, normalisation and the index the labelling restores. The second
+    imports neither pynndescent nor scikit-learn (python -X importtime lists every import):
+    its KMeans (under 64 columns) and its estimators are vclust's, and its index is restored
+    only when a query needs it."""
     from vclust.model import Model
 
     store = tmp_path / "store"
     _ingest(store, case, "fit")
     env = {**os.environ, "VCLUST_CACHE_DIR": str(tmp_path / "cache")}
-    runs = []
+    runs, imported = [], []
     for i, k in enumerate((6, 8)):  # another k: the index does not depend on the clusters
-        out = subprocess.run(VCLUST + ["fit", str(store), "--descriptor", "vdc_color", "--k",
-                                       str(k), "--model", str(tmp_path / f"m{i}")],
-                             capture_output=True, text=True, timeout=300, env=env)
+        out = subprocess.run([sys.executable, "-X", "importtime"] + VCLUST[1:] + [
+            "fit", str(store), "--descriptor", "vdc_color", "--k", str(k),
+            "--model", str(tmp_path / f"m{i}")],
+            capture_output=True, text=True, timeout=300, env=env)
         assert out.returncode == 0, out.stderr
         runs.append(out.stderr)
+        imported.append({line.rsplit("|", 1)[-1].strip().split(".")[0]
+                         for line in out.stderr.splitlines() if line.startswith("import time:")})
     assert "from the cache" not in runs[0] and "taken from the cache" in runs[1]
+    assert int(re.search(r"preprocessed: (\d+) components", runs[1]).group(1)) < 64
+    assert {"pynndescent", "sklearn"} <= imported[0]  # the first built the index
+    assert not {"pynndescent", "sklearn"} & imported[1], imported[1] & {"pynndescent", "sklearn"}
     assert list((tmp_path / "cache" / "outlier-index").iterdir())
     first, second = (Model.load(tmp_path / f"m{i}").outliers for i in (0, 1))
     np.testing.assert_array_equal(first.ref_rows_, second.ref_rows_)

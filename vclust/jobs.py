@@ -225,15 +225,17 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         raise InputError(f"{store.path}: {store.n_rows} rows are too few for k={max(ks)}")
     rows = _sample_rows(store.n_rows, params.sample, seed)
     # the outlier scorer's reference (rows, projection, index, their neighbours) depends on the
-    # descriptor rows only: one thread imports pynndescent while the rows are read, then
-    # prepares it while this one preprocesses and clusters (OutlierScorer.prepare)
+    # descriptor rows only: one thread prepares it while this one preprocesses and clusters
+    # (OutlierScorer.prepare; it imports pynndescent only when the index is not in the cache)
     from concurrent.futures import ThreadPoolExecutor
 
+    from .numerics import indexcache
     from .numerics.annindex import enable_numba_cache
     from .numerics.outliers import OutlierScorer
 
     outlier_thread = ThreadPoolExecutor(1, thread_name_prefix="vclust-outlier-reference")
-    outlier_thread.submit(enable_numba_cache)
+    if indexcache.empty():  # it will build the index: its library imports while rows are read
+        outlier_thread.submit(enable_numba_cache)
     scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
     n = len(rows) if rows is not None else store.n_rows
     fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"
@@ -249,7 +251,8 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     prepared = outlier_thread.submit(scorer.prepare, raw, n, rows)
     outlier_thread.shutdown(wait=False)
-    # the preprocessing imports no scikit-learn: it runs while the CLI's thread imports it
+    # (imported by the CLI's prefetch thread meanwhile, as are the clustering modules below;
+    # none of them imports scikit-learn: DESIGN.md)
     from .numerics.preprocess import MixturePreprocessor, Preprocessor
 
     l2, standardize = SCALINGS[params.scaling]
@@ -267,7 +270,6 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         say(f"preprocessed mixture: {z.shape[1]} columns from {len(descriptors)} sets")
     z = hold_reduced(z, say)
     local = in_process(z)
-    # scikit-learn's modules (KMeans, the metrics), imported on the CLI's thread meanwhile
     from .model import Model, assign
     from .numerics.algorithms import fit_algorithm
     from .numerics.drift import reference_profile

@@ -40,6 +40,9 @@ def enable_numba_cache(*packages: str) -> int:
     import pkgutil
     import warnings
 
+    # the package first, whole: another thread may be importing it (dask.array does, through
+    # pydata-sparse), and a submodule imported from here meanwhile can see it half made
+    import numba  # noqa: F401
     from numba.core.caching import NullCache
     from numba.core.dispatcher import Dispatcher
 
@@ -137,12 +140,17 @@ def index_to_state(index) -> tuple[dict, dict]:
     return params, arrays
 
 
+def decode_state(params: dict, arrays: dict) -> dict:
+    """The index's ``__getstate__`` dict from (params, arrays), without pynndescent."""
+    return {key: _decode(value, arrays) for key, value in params.items()}
+
+
 def index_from_state(params: dict, arrays: dict):
     """The NNDescent back, ready to query (compiles only the search kernels)."""
     enable_numba_cache()
     from pynndescent import NNDescent
 
-    state = {key: _decode(value, arrays) for key, value in params.items()}
+    state = decode_state(params, arrays)
     index = NNDescent.__new__(NNDescent)
     index.__setstate__(state)
     index._input_dtype = np.float32

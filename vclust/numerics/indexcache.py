@@ -51,6 +51,16 @@ def cache_root() -> Path | None:
     return base / "outlier-index"
 
 
+def empty() -> bool:
+    """True when nothing can come from the cache (off, or no entry yet): the first fit after
+    an install builds its index, and may start importing pynndescent before it knows."""
+    root = cache_root()
+    try:
+        return root is None or not any(root.iterdir())
+    except OSError:
+        return True
+
+
 def entry_name(key: tuple) -> str:
     """The folder name of an entry: a digest of its key (strings and numbers only)."""
     return hashlib.sha256(repr((FORMAT,) + tuple(key)).encode()).hexdigest()[:32]

@@ -395,8 +395,9 @@ class OutlierScorer:
         if self.index_source_ != "this process":
             INDEX_MEMO.put(key, built, 0)
         nn, self._index_params, self._index_arrays, gi, gd = built
-        self._index = nn
-        self._cache_index()
+        self._index = nn  # None when it came from the disk cache: restored on first query
+        if nn is not None:
+            self._cache_index()
         # the reference's own neighbours, itself excluded (column 0 of the graph is the row)
         own_entry = gi == np.arange(m)[:, None]
         idx = np.argsort(np.where(own_entry | (gi < 0), np.inf, gd), axis=1, kind="stable")[:, :k]
@@ -515,15 +516,19 @@ class OutlierScorer:
 
     def _disk_key(self, key) -> tuple:
         """``key`` (a memo key: content digests and settings) with what else the answer depends
-        on: the build's thread count (pynndescent shares work out by thread) and the library."""
-        import pynndescent
-
-        return ("outliers", FIT_CACHE_VERSION, pynndescent.__version__, build_threads()) + key
+        on: the build's thread count (pynndescent shares work out by thread) and the library
+        (its version read from the installed metadata: a fit served by the cache imports
+        neither pynndescent nor numba)."""
+        return ("outliers", FIT_CACHE_VERSION, _pynndescent_version(), build_threads()) + key
 
     def _cached_index(self, key):
-        """The index built by an earlier process for the same reference (indexcache), restored
-        ready to query, as ``INDEX_MEMO`` holds it; or None."""
+        """The index built by an earlier process for the same reference (indexcache), as
+        ``INDEX_MEMO`` holds it, or None. The NNDescent itself is restored from the arrays when
+        a query first needs it (``index``): a fit whose neighbour answers the cache holds too
+        asks none, and does not import pynndescent (0.6 s) for it. The state is decoded here,
+        so an entry that does not decode is built again instead."""
         from . import indexcache
+        from .annindex import decode_state
 
         hit = indexcache.load(self._disk_key(key))
         if hit is None:
@@ -531,11 +536,11 @@ class OutlierScorer:
         arrays = hit["arrays"]
         gi, gd = arrays.pop("__graph_indices"), arrays.pop("__graph_distances")
         try:
-            nn = index_from_state(hit["params"], arrays)
+            decode_state(hit["params"], arrays)
         except Exception as exc:  # noqa: BLE001 - an entry of another make: build it again
             log.warning("outlier index cache: entry not usable (%s); building the index", exc)
             return None
-        return (nn, hit["params"], arrays, gi, gd)
+        return (None, hit["params"], arrays, gi, gd)
 
     def _cache_built(self, key, built):
         from . import indexcache
@@ -817,10 +822,30 @@ def build_threads() -> int:
     """Threads that build the reference index: 2 where numba has them. The graph depends on
     the thread count (pynndescent shares the candidate updates out by thread), not on the
     scheduling: the same count on every machine gives the same index for the same rows; 2
-    threads build a 50,000 x 119 index in 2.1 s against 3.8 s for one."""
-    import numba
+    threads build a 50,000 x 119 index in 2.1 s against 3.8 s for one. Numba's thread count,
+    found as numba finds it (NUMBA_NUM_THREADS, else the CPUs this process may use) without
+    importing it: a fit served by the cache never does, and another thread may be importing
+    it half way."""
+    import os
 
-    return max(1, min(2, numba.config.NUMBA_NUM_THREADS))
+    if os.environ.get("NUMBA_NUM_THREADS"):
+        count = int(os.environ["NUMBA_NUM_THREADS"])
+    elif hasattr(os, "sched_getaffinity"):
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count() or 1
+    return max(1, min(2, count))
+
+
+_PYNNDESCENT_VERSION = []
+
+
+def _pynndescent_version() -> str:
+    if not _PYNNDESCENT_VERSION:
+        from importlib import metadata
+
+        _PYNNDESCENT_VERSION.append(metadata.version("pynndescent"))
+    return _PYNNDESCENT_VERSION[0]
 
 
 def _thread_view(index):
