@@ -204,6 +204,19 @@ SCALINGS = {"l2": (True, False), "standardize": (False, True),  # (l2, standardi
             "l2+standardize": (True, True), "none": (False, False)}
 
 
+def _prepare_outliers(scorer, raw, n, rows):
+    """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
+    a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
+    projection, the clustering's products) oversubscribes the cores, and its waiting threads
+    then cost far more than the work. A k-range on 20,000 x 57 rows took 39 s beside a thread
+    running BLAS products, 0.85 s with that thread's BLAS at one thread, 0.6 s alone (the
+    demo's fit: 6 s for its k-range, 3 s before vclust's KMeans ran its own passes)."""
+    from .numerics.blocks import one_blas_thread
+
+    with one_blas_thread():
+        return scorer.prepare(raw, n, rows)
+
+
 def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_000,
         say=_quiet):
     """Fit preprocessing, clusters and outlier scoring on the store's rows.
@@ -249,7 +262,7 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
         say(fitting)
         sets = hold_sets(sets, say)
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
-    prepared = outlier_thread.submit(scorer.prepare, raw, n, rows)
+    prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows)
     outlier_thread.shutdown(wait=False)
     # (imported by the CLI's prefetch thread meanwhile, as are the clustering modules below;
     # none of them imports scikit-learn: DESIGN.md)
