@@ -204,6 +204,15 @@ SCALINGS = {"l2": (True, False), "standardize": (False, True),  # (l2, standardi
             "l2+standardize": (True, True), "none": (False, False)}
 
 
+def _quietly(fn):
+    """``fn()`` on a helper thread whose work the command repeats where it needs it: a failure
+    here is reported there, as one line, not as a thread's traceback."""
+    try:
+        fn()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def _prepare_outliers(scorer, raw, n, rows):
     """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
     a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
@@ -247,8 +256,14 @@ def fit(store_path, params, *, max_components: int = 256, sample_size: int = 20_
     from .numerics.outliers import OutlierScorer
 
     outlier_thread = ThreadPoolExecutor(1, thread_name_prefix="vclust-outlier-reference")
-    if indexcache.empty():  # it will build the index: its library imports while rows are read
-        outlier_thread.submit(enable_numba_cache)
+    if indexcache.empty():
+        # it will build the index: pynndescent (1.7 s of import with scikit-learn, 3.4 s beside
+        # the read and the preprocessing) imports on a thread of its own, while the outlier
+        # thread gathers and projects the reference rows (0.9 s) once they are read
+        import threading
+
+        threading.Thread(target=_quietly, args=(enable_numba_cache,),
+                         name="vclust-import-pynndescent", daemon=True).start()
     scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
     n = len(rows) if rows is not None else store.n_rows
     fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"

@@ -11,12 +11,15 @@ The numba functions in the state are dropped; ``__setstate__`` recreates them.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 # The libraries whose numba kernels vclust runs: pynndescent (outlier index, UMAP's graph) and
 # umap-learn (the report's map layouts).
 _NUMBA_PACKAGES = ("pynndescent", "umap")
 _numba_cache_done: set = set()
+_NUMBA_CACHE_LOCK = threading.Lock()
 
 
 def enable_numba_cache(*packages: str) -> int:
@@ -30,8 +33,16 @@ def enable_numba_cache(*packages: str) -> int:
     (pynndescent's ``nn_descent``, which asks numba for its thread count through a pointer)
     are replaced by a cacheable copy of that driver (``vclust.numerics.nndescent``). The cache lives beside the library (``__pycache__``) or under
     ``NUMBA_CACHE_DIR``. ``packages``: some of ``_NUMBA_PACKAGES`` (default: pynndescent, so
-    that the fit does not import umap-learn). Idempotent; returns how many kernels it switched.
+    that the fit does not import umap-learn). Idempotent, and one thread at a time: a thread
+    that asks while another is at it waits until every kernel is switched (`vclust fit`
+    imports pynndescent on a thread of its own while another prepares the index's rows).
+    Returns how many kernels it switched.
     """
+    with _NUMBA_CACHE_LOCK:
+        return _enable_numba_cache(packages)
+
+
+def _enable_numba_cache(packages) -> int:
     packages = packages or ("pynndescent",)
     unknown = set(packages) - set(_NUMBA_PACKAGES)
     if unknown:
