@@ -92,6 +92,7 @@ import numpy as np
 from . import DEFAULT_MAD_Z
 from .annindex import enable_numba_cache, index_from_state, index_to_state, release_gil
 from .blocks import is_dask, row_uniform, shared
+from .estimator import Estimator
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def _projection(raw, pca_variance, max_components, random_state):
     return Preprocessor(**kw).fit(raw)
 
 
-class OutlierScorer:
+class OutlierScorer(Estimator):
     """Outlier scores in [0, 1]; see the module docstring for the formula.
 
     ``fit(X, labels, center_dist, centers, row_index, raw=...)`` and ``score(..., raw=...)``:
@@ -766,12 +767,9 @@ class OutlierScorer:
     _ARRAYS = ("reference_", "ref_rows_", "kdist_", "lrd_", "cluster_median_", "cluster_log_mad_",
                "cluster_share_", "cluster_tight_", "cluster_degenerate_", "knn_norm_", "lof_norm_",
                "tight_norm_")
-    _PARAMS = ("n_neighbors", "reference_size", "threshold", "contamination", "mad_z", "lof_gate",
-               "tight_gate", "centre_gate", "pca_variance", "max_components", "index_neighbors",
-               "threshold_rows", "random_state")
 
     def to_state(self):
-        params = {k: getattr(self, k) for k in self._PARAMS}
+        params = self.get_params()
         params.update(threshold_=self.threshold_, threshold_z_=self.threshold_z_,
                       fit_outlier_rate_=self.fit_outlier_rate_, tight_rank_=self.tight_rank_,
                       index=self._index_params, projection=None)
@@ -791,7 +789,7 @@ class OutlierScorer:
     def from_state(cls, params, arrays):
         from .preprocess import MixturePreprocessor, Preprocessor
 
-        obj = cls(**{k: params[k] for k in cls._PARAMS if k in params})  # older: no threshold_rows
+        obj = cls(**{k: params[k] for k in cls._param_names() if k in params})  # older: no threshold_rows
         obj.threshold_, obj.threshold_z_ = params["threshold_"], params["threshold_z_"]
         obj.fit_outlier_rate_ = params["fit_outlier_rate_"]
         obj.tight_rank_ = int(params["tight_rank_"])
