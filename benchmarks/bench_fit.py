@@ -30,8 +30,8 @@ def main():
     from distributed import Client, wait
     from sklearn.metrics import adjusted_rand_score
 
-    from vclust.cluster import local_cluster
-    from vclust.jobs import hold_reduced, hold_sets
+    from vclust.jobs.cluster import local_cluster
+    from vclust.jobs.fit import hold_reduced, hold_sets
     from vclust.numerics.kmeans import KMeans
     from vclust.numerics.preprocess import Preprocessor
     from vclust.storage.store import Store

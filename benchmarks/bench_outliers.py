@@ -25,8 +25,8 @@ def main():
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import NearestNeighbors
 
-    from vclust.cluster import local_cluster
-    from vclust.model import assign
+    from vclust.jobs.cluster import local_cluster
+    from vclust.model.bundle import assign
     from vclust.numerics.blocks import compact
     from vclust.numerics.kmeans import KMeans
     from vclust.numerics.outliers import OutlierScorer

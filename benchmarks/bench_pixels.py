@@ -41,7 +41,7 @@ def make_zip(rows: int) -> tuple[Path, list[str]]:
     ids = [f"veriwild/{1 + i % 174}/{i // 12:05d}/{i:06d}.jpg" for i in range(rows)]
     if path.exists():
         return path, ids
-    from vclust.synth_images import PAINT, SHAPES, render
+    from vclust.synth.images import PAINT, SHAPES, render
 
     rng = np.random.default_rng(0)
     pictures = []

@@ -132,8 +132,8 @@ def big_case(say):
     from common import ensure_case
     from distributed import Client, wait
 
-    from vclust.cluster import local_cluster
-    from vclust.model import assign
+    from vclust.jobs.cluster import local_cluster
+    from vclust.model.bundle import assign
     from vclust.numerics.blocks import compact
     from vclust.numerics.outliers import warm_up
 

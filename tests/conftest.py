@@ -21,7 +21,7 @@ def local_client():
     on 127.0.0.1."""
     from distributed import Client
 
-    from vclust.cluster import local_cluster
+    from vclust.jobs.cluster import local_cluster
 
     with local_cluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, memory_limit="3GB") as cluster:
@@ -50,7 +50,7 @@ def dask_processes(tmp_path_factory):
     try:
         from distributed import Client
 
-        from vclust.config import WORKER_EXPORT
+        from vclust.jobs.config import WORKER_EXPORT
 
         worker = [dask_cmd, "worker", addr, "--nthreads", "1", "--memory-limit", "2GB",
                   "--no-dashboard", "--local-directory", str(tmp)]

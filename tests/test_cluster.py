@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from vclust.cluster import WORKER_ENV, make_slurm_cluster, resolve, worker_environ
-from vclust.config import KINDS, load_cluster_config, parse_cluster_config
+from vclust.jobs.cluster import WORKER_ENV, make_slurm_cluster, resolve, worker_environ
+from vclust.jobs.config import KINDS, load_cluster_config, parse_cluster_config
 from vclust.errors import InputError
 from vclust.storage.store import Store
 
@@ -117,6 +117,6 @@ def test_local_workers_start_with_vclusts_malloc_settings(local_client):
 
 
 def test_readme_gives_the_worker_export_line_the_code_uses():
-    from vclust.config import WORKER_EXPORT
+    from vclust.jobs.config import WORKER_EXPORT
 
     assert WORKER_EXPORT in (REPO / "README.md").read_text()

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vclust import jobs, succession
-from vclust.compare import compare
-from vclust.labels import read_labels
+from vclust.jobs import steps as jobs
+from vclust.model import succession
+from vclust.jobs.compare import compare
+from vclust.storage.labels import read_labels
 from vclust.numerics.metrics import identity_consistency
-from vclust.params import CompareParams, FitParams, IngestParams
-from vclust.registry import Registry
+from vclust.jobs.params import CompareParams, FitParams, IngestParams
+from vclust.model.registry import Registry
 from vclust.report.content import identity_of
 from vclust.synth import generate_case
 
@@ -196,7 +197,7 @@ def test_mixture_weight_scales_the_sets_variance():
 
 
 def _model(centres, name="kmeans"):
-    from vclust.model import Model
+    from vclust.model.bundle import Model
     from vclust.numerics.algorithms import FittedClusterer
     from vclust.numerics.outliers import OutlierScorer
 
@@ -256,7 +257,7 @@ def test_every_kept_model_reproduces_its_labels_when_applied_afresh(compared, tm
     """compare writes each kept model's labels from the clusters and neighbours it already
     computed; the saved model, loaded and applied as the nightly job applies it (the store's
     rows reduced again, nothing held), must give the same labels."""
-    from vclust.model import Model
+    from vclust.model.bundle import Model
 
     reg = Registry(compared["registry"])
     for m in compared["summary"]["kept"]:
@@ -273,7 +274,7 @@ def test_every_kept_model_reproduces_its_labels_when_applied_afresh(compared, tm
 def test_gmm_fitted_on_the_workers_equals_fit_algorithm(compared):
     """compare fits gmm for every k at once on the workers; the kept model is the one
     ``fit_algorithm`` gives on the same rows."""
-    from vclust.model import Model
+    from vclust.model.bundle import Model
     from vclust.numerics.algorithms import fit_algorithm
     from vclust.storage.store import Store
 
@@ -335,7 +336,7 @@ def test_promote_renumbers_and_carries_names(compared, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr  # the carried names fit the promoted model
     # the successor model applies with its ids: labels on disk match the model's numbering
-    from vclust.model import Model
+    from vclust.model.bundle import Model
 
     m = Model.load(reg.path(new_id))
     assert m.info["succession"]["previous"] == kept[0]
@@ -347,7 +348,7 @@ def test_promote_renumbers_and_carries_names(compared, tmp_path):
 def test_compare_job_spec_covers_the_brief():
     from pathlib import Path
 
-    from vclust.runner import load_spec, plan
+    from vclust.jobs.runner import load_spec, plan
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "jobs" / "compare.yaml")
     c = spec.compare
@@ -363,7 +364,7 @@ def test_nightly_refit_continues_the_current_models_cluster_ids(case, tmp_path):
     model on the rows it labelled, before it is saved or labels anything."""
     from sklearn.metrics import adjusted_rand_score
 
-    from vclust.runner import _fit_and_register, parse_spec
+    from vclust.jobs.runner import _fit_and_register, parse_spec
 
     reg, labels = tmp_path / "registry", tmp_path / "labels"
     base = {"name": "t", "steps": ["fit"], "store": str(case["store"]), "registry": str(reg),
@@ -395,7 +396,7 @@ def test_compare_numbers_its_models_against_the_current_one(compared, tmp_path):
                            out=str(tmp_path / "cmp2"), map_method="pca", map_sample=300)
     summary = compare(compared["store"], params, compared["registry"], compared["labels"])
     (kept,) = summary["kept"]
-    from vclust.model import Model
+    from vclust.model.bundle import Model
 
     m = Model.load(reg.path(kept["model_id"]))
     assert m.info["succession"]["previous"] == current
@@ -411,3 +412,30 @@ def test_compare_numbers_its_models_against_the_current_one(compared, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["renumbered"] is False and reg.current() == kept["model_id"]
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_fit_and_compare_make_the_same_model(compared, tmp_path, spec):
+    """One fit core: the kmeans model `vclust compare` kept for a spec, and the model `vclust
+    fit` makes of the same spec, k and seed, label and score every row alike (the outlier
+    score of both on the scorer's own projection of the rows as given)."""
+    from vclust.model.bundle import Model
+
+    kept = next(m for m in compared["summary"]["kept"]
+                if m["descriptor"] == spec and m["algorithm"] == "kmeans")
+    fitted = jobs.fit(compared["store"], FitParams(descriptor=spec, k=kept["k"]))
+    jobs.save_model(fitted, tmp_path / "model")
+    fitted = Model.load(tmp_path / "model")
+    jobs.label(compared["store"], fitted, tmp_path / "labels", all_batches=True)
+    mine = read_labels(tmp_path / "labels", model=fitted.model_id).sort_values("row")
+    theirs = read_labels(compared["labels"], model=kept["model_id"]).sort_values("row")
+    compared_model = Model.load(Registry(compared["registry"]).path(kept["model_id"]))
+    assert compared_model.outliers.projection_ is not None  # scored on the rows as given
+    np.testing.assert_array_equal(mine["cluster"].to_numpy(), theirs["cluster"].to_numpy())
+    # float32 sums in another order (the compare run holds its rows in other blocks) may move
+    # a score in its last bits; not a row's flag
+    np.testing.assert_allclose(mine["outlier_score"], theirs["outlier_score"], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(mine["is_outlier"].to_numpy(), theirs["is_outlier"].to_numpy())
+    np.testing.assert_array_equal(mine["outlier_reason"].to_numpy(),
+                                  theirs["outlier_reason"].to_numpy())

@@ -115,7 +115,7 @@ def label_frame(start, n, cluster=0):
 
 SLOW_LABEL_RUN = r"""
 import sys, time
-from vclust import labels
+from vclust.storage import labels
 from tests.test_faults import label_frame
 out, batch, cluster = sys.argv[1], sys.argv[2], int(sys.argv[3])
 first = 0 if batch == "b1" else 1000
@@ -135,7 +135,7 @@ print("done", flush=True)
 def test_concurrent_label_runs_both_complete(tmp_path, second_batch):
     """A nightly run and a manual relabel write into one labels dir at once: the second's start
     used to clear the first's staging (FileNotFoundError, batch never written)."""
-    from vclust.labels import read_labels
+    from vclust.storage.labels import read_labels
 
     def start(batch, cluster):
         return subprocess.Popen([sys.executable, "-c", SLOW_LABEL_RUN, str(tmp_path), batch,
@@ -192,7 +192,7 @@ def _stray_cases(labels):
 @pytest.mark.parametrize("what", ["foreign", "copied", "copied_batch", "not_parquet"])
 def test_export_and_readers_refuse_stray_label_files(tmp_path, what):
     from vclust.errors import InputError
-    from vclust.labels import export_csv, read_labels, write_batch
+    from vclust.storage.labels import export_csv, read_labels, write_batch
 
     labels = tmp_path / "labels"
     write_batch(labels, "m1", "b1", [label_frame(0, 50), label_frame(50, 50)])
@@ -272,8 +272,8 @@ def small_case(root: Path, rows=600, dims=8, seed=0):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     """A store of 600 rows and a model fitted on it (in this process: no cluster needed)."""
-    from vclust import jobs
-    from vclust.params import FitParams
+    from vclust.jobs import steps as jobs
+    from vclust.jobs.params import FitParams
     from vclust.storage.ingest import ingest
 
     root = tmp_path_factory.mktemp("fitted")
@@ -478,7 +478,7 @@ def _start_dask(tmp: Path, n_workers: int):
     127.0.0.1. Returns (address, scheduler process, all processes)."""
     from distributed import Client
 
-    from vclust.config import WORKER_ENV_VAR, WORKER_PRE_SPAWN
+    from vclust.jobs.config import WORKER_ENV_VAR, WORKER_PRE_SPAWN
 
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
@@ -528,9 +528,9 @@ def _wait_for_workers(addr, n=2):
 def labelled_store(tmp_path_factory):
     """A store of 8,000 rows in 16 chunks, a model fitted on a sample of it, and the labels
     that model gives without any fault (computed in this process, no cluster)."""
-    from vclust import jobs
-    from vclust.labels import read_labels
-    from vclust.params import FitParams
+    from vclust.jobs import steps as jobs
+    from vclust.storage.labels import read_labels
+    from vclust.jobs.params import FitParams
     from vclust.storage.ingest import ingest
 
     root = tmp_path_factory.mktemp("labelled")
@@ -548,7 +548,7 @@ def test_small_label_runs_in_this_process_and_equals_the_cluster_run(labelled_st
     """With no cluster named, a batch this small is labelled in the command's own process
     (no LocalCluster to start); the labels equal the fault-free ones. Naming a cluster config
     still starts the cluster."""
-    from vclust.labels import read_labels
+    from vclust.storage.labels import read_labels
 
     root, ref = labelled_store
     cfg = tmp_path / "local.yaml"
@@ -569,7 +569,7 @@ def test_small_fit_runs_in_this_process_and_matches_the_cluster_fit(labelled_sto
     process; its model matches the one a LocalCluster fits (the same reference rows and
     index, centres equal to float rounding, the same labels). An existing --model is refused
     before any work, with exit 2 and one line."""
-    from vclust.model import Model
+    from vclust.model.bundle import Model
 
     root, _ = labelled_store
     cfg = tmp_path / "local.yaml"
@@ -610,7 +610,7 @@ def test_worker_killed_mid_label_gives_identical_labels(labelled_store, dask_wor
 
     from distributed import Client
 
-    from vclust.labels import read_labels
+    from vclust.storage.labels import read_labels
 
     root, ref = labelled_store
     addr = dask_workers
@@ -765,8 +765,8 @@ def test_worker_killed_mid_fit_gives_a_byte_identical_model(labelled_store, dask
 
     from distributed import Client
 
-    from vclust import jobs
-    from vclust.params import FitParams
+    from vclust.jobs import steps as jobs
+    from vclust.jobs.params import FitParams
 
     root, _ = labelled_store
     addr = dask_workers

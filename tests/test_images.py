@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from vclust.errors import InputError
-from vclust.images import ImageSource, montage, thumb_name, write_thumbnails
+from vclust.storage.images import ImageSource, montage, thumb_name, write_thumbnails
 
 ID = "veriwild/1/00001/000001.jpg"
 
@@ -208,7 +208,7 @@ def test_source_survives_pickling(case_zip):
 
 def test_zip64_archives_with_many_entries(tmp_path):
     """More than 65,535 entries: the zip64 end records, as in the 416k-image delivery."""
-    from vclust.synth_images import _StoredZip
+    from vclust.synth.images import _StoredZip
 
     def name(i):
         return f"veriwild/{i % 150}/{i // 8:05d}/{i:06d}.jpg"
@@ -339,7 +339,7 @@ def test_rear_views_show_red_tail_lights(synth_case):
 
 
 def test_body_types_have_distinct_silhouettes():
-    from vclust.synth_images import render
+    from vclust.synth.images import render
 
     def extent(body):  # width and height of what differs from the same scene left empty
         a = np.asarray(render(body, "front", "red", jitter=1)).astype(int)
@@ -355,7 +355,7 @@ def test_body_types_have_distinct_silhouettes():
 
 
 def test_an_unfinished_zip_is_not_left_behind(tmp_path):
-    from vclust.synth_images import CaseImageWriter
+    from vclust.synth.images import CaseImageWriter
 
     attrs = {"body_type": np.array(["bus", "sedan"]), "view": np.array(["front", "rear"]),
              "colour": np.array(["red", "blue"]), "vehicle_id": np.array([1, 2]),

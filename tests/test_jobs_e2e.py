@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from vclust import jobs
+from vclust.jobs import steps as jobs
 from vclust.errors import InputError
-from vclust.labels import read_labels
-from vclust.model import Model
-from vclust.params import FitParams
+from vclust.storage.labels import read_labels
+from vclust.model.bundle import Model
+from vclust.jobs.params import FitParams
 from vclust.storage.ingest import ingest
 from vclust.synth import generate_case, read_truth
 
@@ -247,7 +247,7 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
     imports neither pynndescent nor scikit-learn (python -X importtime lists every import):
     its KMeans (under 64 columns) and its estimators are vclust's, and its index is restored
     only when a query needs it."""
-    from vclust.model import Model
+    from vclust.model.bundle import Model
 
     store = tmp_path / "store"
     _ingest(store, case, "fit")

@@ -13,14 +13,14 @@ import pyarrow.dataset as ds
 import pytest
 
 from vclust.errors import InputError
-from vclust.labels import export_csv, list_partitions, read_labels, write_batch
+from vclust.storage.labels import export_csv, list_partitions, read_labels, write_batch
 from vclust.numerics.drift import (
     drift_report,
     population_stability_index,
     reference_profile,
     write_report,
 )
-from vclust.registry import Registry
+from vclust.model.registry import Registry
 
 
 def frame(start, n, cluster=0):
@@ -57,7 +57,7 @@ def test_rewriting_a_batch_leaves_one_copy(tmp_path):
 SLOW_WRITER = """
 import sys, time, numpy as np, pandas as pd
 sys.path.insert(0, {repo!r})
-from vclust import labels
+from vclust.storage import labels
 orig = labels._write_part
 def slow(frame, path):
     n = orig(frame, path)

@@ -1,5 +1,8 @@
-"""The package layout holds by itself: the numerics know nothing of the store, the jobs or the
-command line; the store knows nothing of the numerics or what is above it; no import cycle."""
+"""The package layout holds by itself: every package of vclust imports only the packages below it
+(the table ALLOWED), no module imports another module's private name, and there is no import
+cycle. From the bottom: errors; numerics, storage and synth (knowing nothing of each other);
+model (the bundle, the fit core, succession, the registry); report; jobs (the steps, params,
+runner, cluster configs); the command line."""
 
 import ast
 import json
@@ -11,11 +14,29 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "vclust"
 
-# what each layer may import from vclust, besides itself
+# what each package (or top-level module) may import from vclust, besides itself
 ALLOWED = {
+    "vclust.errors": set(),
     "vclust.numerics": {"vclust.errors"},
     "vclust.storage": {"vclust.errors"},
+    "vclust.synth": {"vclust.errors"},
+    "vclust.model": {"vclust.errors", "vclust.numerics", "vclust.storage"},
+    "vclust.report": {"vclust", "vclust.errors", "vclust.numerics", "vclust.storage",
+                      "vclust.model"},
+    "vclust.jobs": {"vclust", "vclust.errors", "vclust.numerics", "vclust.storage",
+                    "vclust.model", "vclust.report", "vclust.synth"},
+    "vclust.warmup": {"vclust.numerics"},
+    "vclust.cli": {"vclust", "vclust.errors", "vclust.jobs", "vclust.model", "vclust.report",
+                   "vclust.storage", "vclust.synth"},
+    "vclust.__main__": {"vclust.cli"},
+    "vclust": set(),
 }
+
+
+def _package(module: str) -> str:
+    """The entry of ALLOWED a module belongs to: its package below vclust, or itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
 
 
 def _module_name(path: Path) -> str:
@@ -41,9 +62,9 @@ def _imports(path: Path, name: str | None = None) -> set[str]:
                 mod = node.module or ""
             if mod.split(".")[0] != "vclust":
                 continue
-            for a in node.names:  # `from . import x` may name a module
-                sub = f"{mod}.{a.name}"
-                found.add(sub if (PKG.parent / sub.replace(".", "/")).with_suffix(".py").exists()
+            for a in node.names:  # `from . import x` may name a module or a package
+                sub = PKG.parent / f"{mod}.{a.name}".replace(".", "/")
+                found.add(f"{mod}.{a.name}" if sub.with_suffix(".py").exists() or sub.is_dir()
                           else mod)
     found.discard(name)
     return found
@@ -55,13 +76,36 @@ def _graph() -> dict[str, set[str]]:
 
 def test_layers_import_only_what_is_below_them():
     graph = _graph()
-    assert any(m.startswith("vclust.numerics.") for m in graph), "numerics package not found"
-    assert any(m.startswith("vclust.storage.") for m in graph), "storage package not found"
+    packages = {_package(m) for m in graph}
+    assert packages <= set(ALLOWED), f"packages without a row in ALLOWED: {packages - set(ALLOWED)}"
+    for pkg in ("vclust.numerics", "vclust.storage", "vclust.model", "vclust.jobs",
+                "vclust.report", "vclust.synth"):
+        assert any(m.startswith(pkg + ".") for m in graph), f"{pkg} package not found"
     for module, deps in graph.items():
-        for layer, allowed in ALLOWED.items():
-            if module == layer or module.startswith(layer + "."):
-                bad = {d for d in deps if not (d == layer or d.startswith(layer + "."))} - allowed
-                assert not bad, f"{module} imports {sorted(bad)}: {layer} must not"
+        layer = _package(module)
+        bad = {d for d in deps if _package(d) != layer and _package(d) not in ALLOWED[layer]}
+        assert not bad, f"{module} imports {sorted(bad)}: {layer} may import only {ALLOWED[layer]}"
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``from vclust.x import _name`` (relative or absolute) of a name private to another module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("vclust")):
+            found += [f"{path.name}:{node.lineno} {a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_name():
+    bad = [hit for p in PKG.rglob("*.py") for hit in _private_imports(p)]
+    assert not bad, f"private names imported across modules: {bad}"
+
+
+def test_the_private_import_check_sees_one(tmp_path):
+    src = tmp_path / "bad.py"
+    src.write_text("def f():\n    from .algorithms import _helper, public\n")
+    assert _private_imports(src) == ["bad.py:2 _helper"]
 
 
 def test_no_import_cycle():
@@ -90,20 +134,25 @@ def test_the_boundary_check_sees_a_violation(tmp_path):
     src.write_text("from ..storage.store import Store\n\ndef f():\n    from .. import jobs\n")
     found = _imports(src, "vclust.numerics.bad")  # as if it lived in vclust/numerics/
     assert {"vclust.storage.store", "vclust.jobs"} <= found
+    layer = _package("vclust.numerics.bad")
+    assert {d for d in found if _package(d) not in ALLOWED[layer] | {layer}} == \
+        {"vclust.storage.store", "vclust.jobs"}
 
 
 @pytest.mark.parametrize("module", ["vclust.numerics.kmeans", "vclust.numerics.outliers",
                                     "vclust.numerics.metrics", "vclust.numerics.algorithms",
                                     "vclust.numerics.preprocess", "vclust.numerics.maps",
                                     "vclust.numerics.pixels", "vclust.storage.ingest",
-                                    "vclust.storage.pixels"])
+                                    "vclust.storage.pixels", "vclust.storage.images",
+                                    "vclust.storage.labels", "vclust.model.bundle",
+                                    "vclust.model.core", "vclust.model.registry",
+                                    "vclust.synth"])
 def test_importing_a_lower_layer_loads_nothing_above_it(module):
     code = (f"import sys, json, {module}; "
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith('vclust'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     loaded = json.loads(out.stdout)
-    layer = ".".join(module.split(".")[:2])
-    above = [m for m in loaded if m not in ("vclust", "vclust.errors")
-             and not (m == layer or m.startswith(layer + "."))]
+    allowed = ALLOWED[_package(module)] | {_package(module), "vclust"}
+    above = [m for m in loaded if _package(m) not in allowed]
     assert not above, f"importing {module} loaded {above}"

@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
-from vclust import jobs
+from vclust.jobs import steps as jobs
 from vclust.errors import InputError
-from vclust.images import ImageSource
+from vclust.storage.images import ImageSource
 from vclust.numerics.pixels import (COLUMNS, PIXEL_REASONS, PROBLEMS, fit_thresholds,
                                     pixel_reasons)
-from vclust.params import IngestParams, LabelParams, PixelsParams
-from vclust.pixels import compute_pixels, read_stats, stats_for_ids
+from vclust.jobs.params import IngestParams, LabelParams, PixelsParams
+from vclust.jobs.pixels import compute_pixels, read_stats, stats_for_ids
 
 VCLUST = [sys.executable, "-m", "vclust"]
 
@@ -175,7 +175,7 @@ def test_pixels_stored_by_row_per_batch_on_the_cluster_and_rerun_changes_nothing
     for name in COLUMNS:
         np.testing.assert_array_equal(got[name][half:], want[name], err_msg=name)
     # the tasks ran on the workers
-    assert local_client.run(lambda: __import__("vclust.pixels").pixels._SOURCES and 1 or 0)
+    assert local_client.run(lambda: __import__("vclust.jobs.pixels").jobs.pixels._SOURCES and 1 or 0)
     before = _tree_digest(store)
     again = compute_pixels(store, path, all_batches=True, block_rows=7)
     assert [b["status"] for b in again["batches"]] == ["written", "unchanged"]
@@ -267,7 +267,7 @@ def _degrade_zip(src: Path, dst: Path, plant: dict) -> None:
 def synthetic(tmp_path_factory, local_client):
     """A 1,200-row synthetic case whose zip gets degraded copies of some of its pictures, ingested,
     measured, fitted and labelled; a second batch of near-copies of rows of the first."""
-    from vclust.params import FitParams
+    from vclust.jobs.params import FitParams
     from vclust.synth import generate_case
 
     root = tmp_path_factory.mktemp("synthpixels")
@@ -319,7 +319,7 @@ def synthetic(tmp_path_factory, local_client):
 
 
 def test_synthetic_zip_planted_degradations_get_their_reason_in_the_labels(synthetic, figure):
-    from vclust.labels import read_labels
+    from vclust.storage.labels import read_labels
 
     frame = read_labels(synthetic["labels"]).set_index("image_id")
     for image_id, (_, want) in synthetic["plant"].items():
@@ -345,7 +345,7 @@ def test_synthetic_zip_planted_degradations_get_their_reason_in_the_labels(synth
 
 
 def test_pixel_reasons_can_be_turned_off_and_bounds_fixed(synthetic, tmp_path):
-    from vclust.labels import read_labels
+    from vclust.storage.labels import read_labels
 
     labels = tmp_path / "labels"
     jobs.label(synthetic["store"], synthetic["model"], labels, batches=["b0"],
@@ -362,8 +362,8 @@ def test_pixel_reasons_can_be_turned_off_and_bounds_fixed(synthetic, tmp_path):
 
 
 def test_near_duplicates_group_each_copy_with_its_original(synthetic, figure):
-    from vclust.duplicates import near_duplicates, summary, tight_distance
-    from vclust.labels import read_labels
+    from vclust.report.duplicates import near_duplicates, summary, tight_distance
+    from vclust.storage.labels import read_labels
 
     frame = read_labels(synthetic["labels"])
     tight = tight_distance(synthetic["model"])
@@ -387,7 +387,7 @@ def test_near_duplicates_group_each_copy_with_its_original(synthetic, figure):
 
 
 def test_report_has_pixel_galleries_and_near_duplicates(synthetic, tmp_path):
-    from vclust.params import ReportParams
+    from vclust.jobs.params import ReportParams
     from vclust.report import write_report
 
     out = tmp_path / "report"
@@ -411,7 +411,7 @@ def test_report_has_pixel_galleries_and_near_duplicates(synthetic, tmp_path):
 def test_pixels_job_step_measures_the_batch_just_ingested(photo_zip, tmp_path, local_client):
     """A job spec ingest -> pixels, run twice on the test's LocalCluster: the second run
     changes nothing; the shipped nightly job measures its batch after ingest."""
-    from vclust.runner import load_spec, parse_spec, run_spec
+    from vclust.jobs.runner import load_spec, parse_spec, run_spec
 
     path, ids = photo_zip
     npy, csv = tmp_path / "night.npy", tmp_path / "night.csv"

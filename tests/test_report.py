@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vclust import jobs
+from vclust.jobs import steps as jobs
 from vclust.errors import InputError
-from vclust.labels import export_csv, read_labels, read_names
+from vclust.storage.labels import export_csv, read_labels, read_names
 from vclust.numerics.metrics import identity_consistency
-from vclust.params import FitParams, IngestParams, ReportParams
+from vclust.jobs.params import FitParams, IngestParams, ReportParams
 from vclust.synth import generate_case
 
 VCLUST = [sys.executable, "-m", "vclust"]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from vclust.errors import InputError
-from vclust.params import DemoParams
-from vclust.runner import demo_spec, load_spec, parse_spec, plan
+from vclust.jobs.params import DemoParams
+from vclust.jobs.runner import demo_spec, load_spec, parse_spec, plan
 
 REPO = Path(__file__).resolve().parents[1]
 VCLUST = [sys.executable, "-m", "vclust.cli"]

@@ -72,9 +72,9 @@ def test_commands_end_to_end_on_s3(case, s3_bucket, tmp_path):
     on the server, nothing of it on the local disk, and the labels are the model's."""
     import dask.array as da
 
-    from vclust.labels import read_labels
-    from vclust.model import Model
-    from vclust.registry import Registry
+    from vclust.storage.labels import read_labels
+    from vclust.model.bundle import Model
+    from vclust.model.registry import Registry
 
     store, reg, labels = f"{s3_bucket}/store", f"{s3_bucket}/reg", f"{s3_bucket}/labels"
     procs, threads = case["root"] / "procs.yaml", case["root"] / "threads.yaml"
@@ -132,8 +132,8 @@ def test_nightly_job_on_s3_and_idempotent(case, s3_bucket, tmp_path):
     with store, registry, labels and drift reports on S3; the same night again changes nothing
     and exits as the first did."""
     from PIL import Image
-    from vclust import jobs
-    from vclust.params import FitParams
+    from vclust.jobs import steps as jobs
+    from vclust.jobs.params import FitParams
     from vclust.storage.ingest import ingest
 
     store, reg, labels = f"{s3_bucket}/store", f"{s3_bucket}/reg", f"{s3_bucket}/labels"
@@ -311,7 +311,7 @@ def test_two_label_runs_of_one_batch_on_s3_leave_one_whole_partition(case, s3_bu
     whole, and the superseded run's files are removed."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from vclust.labels import read_labels, write_batch
+    from vclust.storage.labels import read_labels, write_batch
     from tests.test_faults import label_frame
 
     labels = f"{s3_bucket}/labels"

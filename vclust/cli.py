@@ -22,7 +22,7 @@ import traceback
 from . import __version__
 from .errors import (DISK_FULL, EXIT_ENVIRONMENT, EXIT_FAULT, EXIT_INPUT, NOT_WRITABLE,
                      EnvironmentFault, InputError)
-from .params import (CompareParams, DemoParams, ExportParams, FitParams, IngestParams,
+from .jobs.params import (CompareParams, DemoParams, ExportParams, FitParams, IngestParams,
                      LabelParams, PixelsParams, PromoteParams, ReportParams, SynthParams,
                      add_options, params_from_args)
 
@@ -72,7 +72,7 @@ def print_metrics(model, file=sys.stdout):
 
 
 def _connect(args, say, here=None):
-    from .cluster import connect
+    from .jobs.cluster import connect
 
     return connect(args.scheduler, args.cluster, announce=say,
                    timeout=getattr(args, "scheduler_timeout", None), here=here)
@@ -95,7 +95,7 @@ def cmd_synth(args, say):
 
 
 def cmd_ingest(args, say):
-    from . import jobs
+    from .jobs import steps as jobs
 
     p = params_from_args(IngestParams, args)
     jobs.check_sources(p)  # the cheap checks before starting a cluster
@@ -140,7 +140,7 @@ def _prefetch(*modules):
 
 
 def cmd_fit(args, say):
-    from . import jobs
+    from .jobs import steps as jobs
 
     # dask.array first: the rows, once read, are handed to the preprocessing as a dask array
     _prefetch("dask.array", "vclust.numerics.preprocess", "vclust.numerics.algorithms",
@@ -160,7 +160,7 @@ def cmd_fit(args, say):
 
 
 def cmd_label(args, say):
-    from . import jobs
+    from .jobs import steps as jobs
 
     p = params_from_args(LabelParams, args)
     jobs.check_labels_out(args.out)  # the cheap checks first, all before a cluster starts
@@ -172,7 +172,7 @@ def cmd_label(args, say):
 
 
 def cmd_pixels(args, say):
-    from . import jobs
+    from .jobs import steps as jobs
 
     p = params_from_args(PixelsParams, args)
     jobs.check_pixels(args.store, p)  # the cheap checks before starting a cluster
@@ -182,12 +182,12 @@ def cmd_pixels(args, say):
 
 
 def cmd_export(args, say):
-    from .labels import export_csv
+    from .storage.labels import export_csv
 
     p = params_from_args(ExportParams, args)
     model = args.model
     if model is None and args.registry:
-        from .registry import Registry
+        from .model.registry import Registry
 
         model = Registry(args.registry).current()
     n = export_csv(args.labels_dir, p.csv, model=model, names=p.names)
@@ -195,7 +195,7 @@ def cmd_export(args, say):
 
 
 def cmd_report(args, say):
-    from . import jobs
+    from .jobs import steps as jobs
     from .report import open_inputs, write_report
 
     p = params_from_args(ReportParams, args)
@@ -207,7 +207,7 @@ def cmd_report(args, say):
 
 
 def cmd_compare(args, say):
-    from .compare import check, compare
+    from .jobs.compare import check, compare
 
     p = params_from_args(CompareParams, args)
     check(args.store, p, args.registry, args.labels)  # the cheap checks before a cluster starts
@@ -222,7 +222,7 @@ def cmd_compare(args, say):
 
 
 def cmd_promote(args, say):
-    from .succession import promote
+    from .model.succession import promote
 
     p = params_from_args(PromoteParams, args)
     result = promote(args.registry, p.model_id, labels_dir=args.labels, names=p.names, say=say)
@@ -230,7 +230,7 @@ def cmd_promote(args, say):
 
 
 def cmd_run(args, say):
-    from .runner import run_job
+    from .jobs.runner import run_job
 
     return run_job(args.job, overrides=args.set, dry_run=args.dry_run,
                    scheduler=args.scheduler, cluster_file=args.cluster, say=say,
@@ -238,7 +238,7 @@ def cmd_run(args, say):
 
 
 def cmd_demo(args, say):
-    from .runner import run_demo
+    from .jobs.runner import run_demo
 
     p = params_from_args(DemoParams, args)
     return run_demo(p, scheduler=args.scheduler, cluster_file=args.cluster, say=say,
@@ -492,8 +492,8 @@ def main(argv=None) -> int:
     say = Reporter(args.quiet)
     try:
         if getattr(args, "cluster", None):  # its s3: key applies to the checks before connecting
-            from .cluster import apply_s3
-            from .config import load_cluster_config
+            from .jobs.cluster import apply_s3
+            from .jobs.config import load_cluster_config
 
             apply_s3(load_cluster_config(args.cluster))
         code = args.func(args, say)

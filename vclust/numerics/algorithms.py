@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ALGORITHMS
+from . import ALGORITHMS, FIT_SAMPLE
 from .blocks import is_dask, sample_rows
 from .kmeans import KMeans, assign
 
 
-#: float32 cells of the (rows, anchors) distance slice ``_nearest_anchor`` fills at a time
+#: float32 cells of the (rows, anchors) distance slice ``nearest_anchor`` fills at a time
 NEAREST_CELLS = 2**24
 
 
-def _nearest_anchor(block, anchors, anchor_labels):
+def nearest_anchor(block, anchors, anchor_labels):
     """Label of the nearest anchor row for each row (brute force in row slices).
 
     Each slice's ||a||^2 - 2 x.a^T goes into one reused buffer of NEAREST_CELLS cells (64 MB),
@@ -77,7 +77,7 @@ class FittedClusterer:
         if self.name == "gmm":
             return self._gmm_labels(x)
         if self.name in ("agglomerative", "hdbscan"):
-            return _nearest_anchor(x, self.arrays["anchors"], self.arrays["anchor_labels"])
+            return nearest_anchor(x, self.arrays["anchors"], self.arrays["anchor_labels"])
         return assign(x, self.cluster_centers_)[0]
 
     def _gmm_labels(self, x):
@@ -96,9 +96,9 @@ class FittedClusterer:
         threads."""
         x = np.asarray(block, dtype=np.float32)
         if len(x) > 2 * PREDICT_ROWS:
-            from .blocks import _run_local
+            from .blocks import run_local
 
-            parts = _run_local(self.predict_block, [x[a:a + PREDICT_ROWS]
+            parts = run_local(self.predict_block, [x[a:a + PREDICT_ROWS]
                                                     for a in range(0, len(x), PREDICT_ROWS)])
             return (np.concatenate([p[0] for p in parts]),
                     np.concatenate([p[1] for p in parts]))
@@ -116,7 +116,7 @@ class FittedClusterer:
         anchors = np.concatenate([self.arrays["anchors"], noise_anchors])
         is_noise = np.r_[np.zeros(len(self.arrays["anchors"]), np.int32),
                          np.ones(len(noise_anchors), np.int32)]
-        return _nearest_anchor(x, anchors, is_noise).astype(bool)
+        return nearest_anchor(x, anchors, is_noise).astype(bool)
 
     def noise(self, X):
         """``noise_block`` over a dask array (lazy) or a numpy array."""
@@ -150,7 +150,7 @@ def load_clusterer(params, arrays):
     return FittedClusterer.from_state(params, arrays)
 
 
-def _centres_of(x, labels, k):
+def centres_of(x, labels, k):
     return np.stack([x[labels == c].mean(axis=0) if (labels == c).any() else np.zeros(x.shape[1])
                      for c in range(k)])
 
@@ -194,7 +194,7 @@ def fit_gmm(sample, n_clusters, random_state=0):
     centres = m.means_
     if d < sample.shape[1]:
         labels = m.predict(sample[:, cols])
-        centres = _centres_of(sample, labels, n_clusters)
+        centres = centres_of(sample, labels, n_clusters)
         empty = np.bincount(labels, minlength=n_clusters) == 0
         centres[empty] = sample.mean(axis=0)
         centres[:, cols] = m.means_
@@ -202,7 +202,63 @@ def fit_gmm(sample, n_clusters, random_state=0):
     return FittedClusterer("gmm", centres, params, arrays)
 
 
-def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **kwargs):
+class AgglomerativeTree:
+    """Ward linkage with a 10-nearest-neighbour connectivity graph on a seeded sample of X
+    (the sample ``fit_algorithm`` draws), built once and cut at any k: a k-range builds one
+    tree (scikit-learn's ``memory`` keeps it between cuts). ``labels(X, clusterer)`` gives
+    every row of X its nearest sample row's label, the nearest sample row found once per X."""
+
+    def __init__(self, X, sample_size=FIT_SAMPLE, random_state=0, memory=None):
+        import tempfile
+
+        from sklearn.neighbors import kneighbors_graph
+
+        sample, _ = sample_rows(X, sample_size, random_state, stream=21)
+        self.sample = sample.astype(np.float64)
+        self.conn = kneighbors_graph(self.sample, n_neighbors=min(10, len(sample) - 1),
+                                     include_self=False)
+        self._tmp = None if memory is not None else tempfile.TemporaryDirectory(
+            prefix="vclust-ward-")
+        self.memory = memory if memory is not None else self._tmp.name
+        self.params = {"sample_size": int(len(sample)), "random_state": int(random_state)}
+        self._nearest = None
+
+    def cut(self, n_clusters) -> FittedClusterer:
+        from sklearn.cluster import AgglomerativeClustering
+
+        labels = AgglomerativeClustering(n_clusters, linkage="ward", connectivity=self.conn,
+                                         memory=self.memory, compute_full_tree=True
+                                         ).fit_predict(self.sample).astype(np.int32)
+        return FittedClusterer("agglomerative", centres_of(self.sample, labels, n_clusters),
+                               self.params, {"anchors": self.sample.astype(np.float32),
+                                             "anchor_labels": labels})
+
+    def labels(self, X, clusterer):
+        """Every row's label under ``clusterer`` (a cut of this tree): its nearest sample
+        row's, that row found once per X (dask, kept in worker memory, or numpy)."""
+        if self._nearest is None or self._nearest[0] is not X:
+            idx = np.arange(len(self.sample), dtype=np.int32)
+            anchors = self.sample.astype(np.float32)
+            if is_dask(X):
+                import dask
+
+                near = X.map_blocks(nearest_anchor, anchors, idx, dtype=np.int32, drop_axis=1,
+                                    chunks=(X.chunks[0],))
+                (near,) = dask.persist(near)
+            else:
+                near = nearest_anchor(X, anchors, idx)
+            self._nearest = (X, near)
+        near, table = self._nearest[1], clusterer.arrays["anchor_labels"]
+        if is_dask(near):
+            return near.map_blocks(_take, table, dtype=np.int32)
+        return table[near]
+
+
+def _take(idx, table):
+    return table[idx]
+
+
+def fit_algorithm(name, X, n_clusters, *, sample_size=FIT_SAMPLE, random_state=0, **kwargs):
     """Fit ``name`` (one of ALGORITHMS) with ``n_clusters`` on X (numpy or dask, reduced rows)."""
     if name not in ALGORITHMS:
         raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}; got {name!r}")
@@ -226,13 +282,7 @@ def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **
     if name == "gmm":
         return fit_gmm(sample, n_clusters, random_state)
     if name == "agglomerative":
-        from sklearn.cluster import AgglomerativeClustering
-        from sklearn.neighbors import kneighbors_graph
-
-        conn = kneighbors_graph(sample, n_neighbors=min(10, len(sample) - 1), include_self=False)
-        labels = AgglomerativeClustering(n_clusters, linkage="ward", connectivity=conn).fit_predict(sample)
-        return FittedClusterer(name, _centres_of(sample, labels, n_clusters), params,
-                               {"anchors": sample.astype(np.float32), "anchor_labels": labels.astype(np.int32)})
+        return AgglomerativeTree(X, sample_size, random_state).cut(n_clusters)
     # hdbscan
     from sklearn.cluster import HDBSCAN
 
@@ -244,7 +294,7 @@ def fit_algorithm(name, X, n_clusters, *, sample_size=20_000, random_state=0, **
                          f"(min_cluster_size {min_size}); try another algorithm or a larger k")
     k = int(labels.max()) + 1
     params.update(min_cluster_size=int(min_size), noise_share=float(1 - keep.mean()))
-    return FittedClusterer(name, _centres_of(sample, labels, k), params,
+    return FittedClusterer(name, centres_of(sample, labels, k), params,
                            {"anchors": sample[keep].astype(np.float32),
                             "anchor_labels": labels[keep].astype(np.int32),
                             "noise_anchors": sample[~keep].astype(np.float32)})

@@ -56,7 +56,7 @@ def map_blocks_reduce(func, X, *arrays, args=()):
         return list(dask.compute(*tasks))
     sizes = np.diff(offsets + [X.shape[0]])
     jobs = [(X[o:o + n], *(a[o:o + n] for a in arrays), int(o)) for o, n in zip(offsets, sizes)]
-    return _run_local(lambda j: func(*j, *args), jobs)
+    return run_local(lambda j: func(*j, *args), jobs)
 
 
 def map_blocks_state(func, X, states=None, args=()):
@@ -82,7 +82,7 @@ def map_blocks_state(func, X, states=None, args=()):
     sizes = np.diff(offsets + [X.shape[0]])
     states = list(states) if states is not None else [None] * len(sizes)
     jobs = [(X[o:o + n], s, int(o)) for o, n, s in zip(offsets, sizes, states)]
-    pairs = _run_local(lambda j: func(*j, *args), jobs)
+    pairs = run_local(lambda j: func(*j, *args), jobs)
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -135,7 +135,7 @@ def threads_get(dsk, keys, **kwargs):
         return dask.threaded.get(dsk, keys, **kwargs)
 
 
-def _run_local(fn, jobs) -> list:
+def run_local(fn, jobs) -> list:
     """``[fn(j) for j in jobs]`` for numpy blocks: inline for one block, else on one thread pool
     per process, as wide as the machine (numpy's kernels release the GIL), BLAS at one thread a
     block (``one_blas_thread``). A k-range on 20,000 rows makes a few hundred passes: a pool

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .blocks import _run_local, is_dask, map_blocks_reduce, row_uniform
+from .blocks import run_local, is_dask, map_blocks_reduce, row_uniform
 
 
 def _sums_block(block, labels, row0, k):
@@ -131,7 +131,7 @@ def _pairwise_distances(xs, step=64):
     def fill(a):
         out[a:a + step] = _distance_rows(x, sq, a, min(a + step, len(x)))
 
-    _run_local(fill, range(0, len(x), step))  # slices side by side on the process's threads
+    run_local(fill, range(0, len(x), step))  # slices side by side on the process's threads
     return out
 
 
@@ -177,7 +177,7 @@ def _silhouette_streamed(xs, ls, step=64) -> float:
         b = min(a + step, len(x))
         sums[a:b] = _distance_rows(x, sq, a, b).astype(np.float32) @ onehot
 
-    _run_local(fill, range(0, len(x), step))
+    run_local(fill, range(0, len(x), step))
     return _silhouette_from_sums(sums, lab)
 
 

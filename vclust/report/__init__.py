@@ -41,8 +41,8 @@ def open_inputs(model, params):
     """The cheap checks, before any cluster starts: the names file against the model's clusters,
     the image source (a zip that is not a zip, a missing folder), the output folder. Returns
     (names, image source or None)."""
-    from ..images import ImageSource
-    from ..labels import read_names
+    from ..storage.images import ImageSource
+    from ..storage.labels import read_names
 
     names = read_names(params.names, int(model.clusterer.n_clusters_)) if params.names else {}
     source = ImageSource(params.images) if params.images else None
@@ -82,8 +82,8 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     import pandas as pd
 
     from .. import __version__
-    from ..images import write_thumbnails
-    from ..labels import read_labels
+    from ..storage.images import write_thumbnails
+    from ..storage.labels import read_labels
     from ..numerics.maps import choose_method, embed_2d_3d
     from ..numerics.metrics import identity_consistency
     from ..storage.store import Store
@@ -125,15 +125,14 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         readings = content.truth_readings(frame, truth)
         for c in cards:
             c["reading"] = readings.get(c["id"], "")
-    from ..duplicates import near_duplicates, summary as dup_summary, tight_distance
-    from ..numerics.pixels import PIXEL_REASONS
-    from ..pixels import read_stats
-    from ..storage.pixels import batches_with_pixels
+    from .duplicates import near_duplicates, summary as dup_summary, tight_distance
+    from ..numerics.pixels import COLUMNS, PIXEL_REASONS
+    from ..storage.pixels import batches_with_pixels, read
 
     galleries = content.outlier_galleries(frame, params.outliers, exclude=PIXEL_REASONS)
     stats = None
     if batches_with_pixels(store):
-        stats = read_stats(store.path, 0, store.n_rows)
+        stats = read(store.path, 0, store.n_rows, COLUMNS)
     pixel_galleries = content.pixel_galleries(frame, stats, params.pixel_images)
     tight = tight_distance(model, params.duplicate_ratio)
     # outliers are left out: glare and empty frames are alike by nature (their own galleries

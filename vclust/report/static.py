@@ -46,7 +46,7 @@ def map_png(path: Path, xy: np.ndarray, clusters: np.ndarray, outlier: np.ndarra
 
 def clusters_md(out: Path, report: dict, source, thumbs_cache: dict) -> Path:
     """clusters.md with a montage per cluster (its 24 card images) under montages/."""
-    from ..images import montage
+    from ..storage.images import montage
 
     mdir = out / "montages"
     mdir.mkdir(exist_ok=True)

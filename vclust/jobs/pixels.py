@@ -25,8 +25,8 @@ import math
 
 import numpy as np
 
-from .errors import InputError
-from .numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, image_stats
+from ..errors import InputError
+from ..numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, image_stats
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ _SOURCES: dict = {}
 
 def _source(path):
     """This process's ImageSource for ``path``: each worker opens the zip once."""
-    from .images import ImageSource
+    from ..storage.images import ImageSource
 
     src = _SOURCES.get(str(path))
     if src is None:
@@ -81,7 +81,7 @@ def row_stats(status: str, data: bytes | None, size: int = ANALYSIS_SIZE) -> tup
 
 def stats_for_ids(source, ids, size: int = ANALYSIS_SIZE) -> dict:
     """``COLUMNS`` for a sequence of image ids read from ``source`` (an ImageSource)."""
-    rows = [row_stats(*source._fetch(i), size) for i in ids]
+    rows = [row_stats(*source.fetch(i), size) for i in ids]
     cols = list(zip(*rows)) if rows else [()] * len(COLUMNS)
     return {name: np.asarray(col, dtype=dtype) for (name, dtype), col in zip(COLUMNS.items(), cols)}
 
@@ -89,8 +89,8 @@ def stats_for_ids(source, ids, size: int = ANALYSIS_SIZE) -> dict:
 def _block_task(store_path: str, images: str, group: str, row0: int, a: int, b: int,
                 size: int) -> dict:
     """Stats of batch rows [a, b) (store rows row0 + a ...), written into the staging group."""
-    from .storage.pixels import open_column
-    from .storage.store import read_ids
+    from ..storage.pixels import open_column
+    from ..storage.store import read_ids
 
     ids = read_ids(store_path, row0 + a, row0 + b)
     cols = stats_for_ids(_source(images), ids, size)
@@ -112,9 +112,9 @@ def compute_pixels(store_path, images, *, batches=None, all_batches: bool = Fals
     """
     import dask
 
-    from .images import ImageSource
-    from .storage import pixels as P
-    from .storage.store import Store, store_lock
+    from ..storage.images import ImageSource
+    from ..storage import pixels as P
+    from ..storage.store import Store, store_lock
 
     ImageSource(images).close()  # a clear error for a bad source, before any work
     with store_lock(store_path):
@@ -161,6 +161,6 @@ def compute_pixels(store_path, images, *, batches=None, all_batches: bool = Fals
 def read_stats(store_path, start: int, stop: int) -> dict:
     """The committed statistics of store rows [start, stop) (``have`` marks rows that have
     them)."""
-    from .storage.pixels import read
+    from ..storage.pixels import read
 
     return read(store_path, start, stop, COLUMNS)

@@ -18,8 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .errors import InputError
-from .storage import fs as F
+from ..errors import InputError
+from ..storage import fs as F
 
 
 class Registry:
@@ -123,6 +123,40 @@ class Registry:
         if (p / "manifest.json").exists():
             return p
         return self.path(str(ref))
+
+
+def save_model(model, model_dir=None, registry=None, make_current: bool = True) -> tuple[Path, str]:
+    """Save to ``model_dir``, or register in ``registry`` (and make it current)."""
+    if (model_dir is None) == (registry is None):
+        raise InputError("pass exactly one of --model MODEL_DIR or --registry DIR")
+    if model_dir is not None:
+        path = model.save(F.as_path(str(model_dir)))
+        return path, model.model_id
+    reg = Registry(registry)
+    model_id = reg.new_model_id()
+    model.model_id = model_id
+    if reg.remote:  # no rename on an object store: saved in place, manifest last
+        target = reg.target(model_id)
+        model.save(target)
+        reg.register(target, model_id=model_id, make_current=make_current)
+        return reg.path(model_id), model_id
+    staged = reg.stage()
+    target = staged / "model"
+    model.save(target)
+    reg.register(target, model_id=model_id, make_current=make_current)
+    return reg.path(model_id), model_id
+
+
+def resolve_model(model=None, registry=None):
+    """Load a model from a dir, or from a registry (its ``current`` unless ``model`` names an id)."""
+    from .bundle import Model
+
+    if registry is not None:
+        reg = Registry(registry)
+        return Model.load(reg.resolve(model or "current"))
+    if model is None:
+        raise InputError("pass --model MODEL_DIR or --registry DIR")
+    return Model.load(model)
 
 
 def _mtime(obj) -> float:

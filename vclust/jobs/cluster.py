@@ -28,7 +28,7 @@ from .config import (
     SSHConfig,
     load_cluster_config,
 )
-from .errors import EnvironmentFault, InputError
+from ..errors import EnvironmentFault, InputError
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _s3_environ_class():
             def setup(self, worker):
                 os.environ.update(self.env)
 
-        S3Environ.__qualname__ = "S3Environ"  # pickled by reference: vclust.cluster.S3Environ
+        S3Environ.__qualname__ = "S3Environ"  # pickled by reference: vclust.jobs.cluster.S3Environ
         _S3_ENVIRON = S3Environ
     return _S3_ENVIRON
 
@@ -257,7 +257,7 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
     if here and cluster_file is None and cfg.kind == "local":  # nothing named (resolve)
         import dask
 
-        from .numerics.blocks import threads_get
+        from ..numerics.blocks import threads_get
 
         if announce:
             announce(f"dask: in this process (threads): {here}")

@@ -30,7 +30,7 @@ import copy
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 FAR = 1e4  # gap centres sit this far (times the largest centre coordinate + 1) from every row
 
@@ -43,7 +43,7 @@ def next_id_of(model) -> int:
 
 def previous_labels(labels_dir, model_id: str):
     """(rows int64, clusters int32) of a model's labels in ``labels_dir`` (None if none)."""
-    from .labels import read_labels
+    from ..storage.labels import read_labels
 
     try:
         f = read_labels(labels_dir, model=model_id, columns=["row", "cluster"])
@@ -56,7 +56,7 @@ def previous_labels(labels_dir, model_id: str):
 def match_to_previous(prev_rows, prev_clusters, new_rows, new_clusters, n_prev: int,
                       n_new: int, next_id: int) -> dict:
     """{new cluster: id} from the rows both labellings cover (``match_clusters``)."""
-    from .numerics.agreement import contingency, match_clusters
+    from ..numerics.agreement import contingency, match_clusters
 
     common, ia, ib = np.intersect1d(prev_rows, new_rows, assume_unique=True, return_indices=True)
     if not len(common):
@@ -69,7 +69,7 @@ def match_to_previous(prev_rows, prev_clusters, new_rows, new_clusters, n_prev: 
 def renumber(model, mapping: dict, previous: str | None = None, next_id: int | None = None):
     """A copy of ``model`` whose cluster ``c`` is now ``mapping[c]`` (see the module docstring).
     The copy has no path and no id: save it as a new model."""
-    from .numerics.algorithms import FittedClusterer
+    from ..numerics.algorithms import FittedClusterer
 
     old_n = int(model.clusterer.n_clusters_)
     new_of = np.array([int(mapping[c]) for c in range(old_n)], dtype=np.int64)
@@ -177,7 +177,7 @@ def carry_names(names_path, model, say=print) -> dict:
 
     import pandas as pd
 
-    from .labels import read_names
+    from ..storage.labels import read_names
 
     path = Path(names_path)
     named = read_names(path) if path.exists() else {}
@@ -214,10 +214,9 @@ def promote(registry, model_ref: str, labels_dir=None, names=None, say=print) ->
     promoted and its labels are left as they were. ``names``: the names CSV, rewritten to follow
     the ids (``carry_names``).
     """
-    from . import jobs
-    from .labels import list_partitions, read_labels, write_batch
-    from .model import Model
-    from .registry import Registry
+    from ..storage.labels import list_partitions, read_labels, write_batch
+    from .bundle import Model
+    from .registry import Registry, save_model
 
     reg = Registry(registry)
     path = reg.resolve(model_ref)
@@ -248,7 +247,7 @@ def promote(registry, model_ref: str, labels_dir=None, names=None, say=print) ->
                              f"{model.model_id} to match their clusters")
         new, mapping = renumber_against(model, prev_model, prev, mine[0], mine[1])
         new.info["succession"]["from_model"] = model.model_id
-        _, new_id = jobs.save_model(new, registry=registry, make_current=False)
+        _, new_id = save_model(new, registry=registry, make_current=False)
         lut = np.array([mapping[c] for c in range(len(mapping))], dtype=np.int32)
         for p in list_partitions(labels_dir):
             if p["model"] != model.model_id:

@@ -62,8 +62,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .storage import fs as F
+from ..errors import InputError
+from . import fs as F
 
 COLUMNS = ["image_id", "row", "cluster", "distance", "outlier_score", "is_outlier",
            "outlier_reason", "nearest_row", "nearest_distance"]

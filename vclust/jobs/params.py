@@ -29,12 +29,12 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import InputError
-from .numerics import ALGORITHMS, DEFAULT_MAD_Z, DEFAULT_PCA_VARIANCE
-from .numerics.drift import DEFAULT_THRESHOLDS
-from .numerics.pixels import ABSOLUTE as PIXEL_ABSOLUTE
-from .numerics.pixels import ANALYSIS_SIZE, DEFAULT_PIXEL_Z
-from .storage.store import COMPRESSIONS, DEFAULT_CHUNK_ROWS
+from ..errors import InputError
+from ..numerics import ALGORITHMS, FIT_SAMPLE, DEFAULT_MAD_Z, DEFAULT_PCA_VARIANCE
+from ..numerics.drift import DEFAULT_THRESHOLDS
+from ..numerics.pixels import ABSOLUTE as PIXEL_ABSOLUTE
+from ..numerics.pixels import ANALYSIS_SIZE, DEFAULT_PIXEL_Z
+from ..storage.store import COMPRESSIONS, DEFAULT_CHUNK_ROWS
 
 SCALINGS = ("l2", "standardize", "l2+standardize", "none")
 DEFAULT_K = 12
@@ -332,7 +332,7 @@ class CompareParams(Params):
                       " proposal.json and index.html", metavar="DIR")
     pca_variance: float = _same_as(FitParams, "pca_variance")
     scaling: Literal[SCALINGS] = _same_as(FitParams, "scaling")
-    fit_sample: int = option(20_000, "rows of the seeded sample that gmm, agglomerative, "
+    fit_sample: int = option(FIT_SAMPLE, "rows of the seeded sample that gmm, agglomerative, "
                              "hdbscan, minibatch and bisecting are fitted on (kmeans uses every "
                              "row)", ge=100, metavar="N")
     seed: int = seed_option()

@@ -42,13 +42,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .params import parse_spec
 
 RUNS_COLUMNS = ["model_id", "descriptor", "algorithm", "k", "calinski_harabasz",
                 "davies_bouldin", "silhouette", "identity_consistency", "outlier_share",
                 "seconds"]
-MAX_COMPONENTS = 256  # as jobs.fit
 AGREEMENT_COLUMNS = ["model_a", "model_b", "ari", "ami", "outlier_jaccard"]
 
 
@@ -59,7 +58,7 @@ def _quiet(_msg):
 def check(store_path, params, registry=None, labels_dir=None):
     """The cheap checks before any cluster starts (one InputError line each): every set of
     every spec in the store, the k-range within the rows, the output folders usable."""
-    from .storage.store import Store
+    from ..storage.store import Store
 
     if not Path(store_path).exists():
         raise InputError(f"{store_path}: no such store")
@@ -82,7 +81,7 @@ def check(store_path, params, registry=None, labels_dir=None):
 
 
 def _held_model_class():
-    from .model import Model
+    from ..model.bundle import Model
 
     class HeldModel(Model):
         """A Model whose ``reduce`` returns rows already reduced and held in worker memory
@@ -92,11 +91,17 @@ def _held_model_class():
         no descriptor from the store and assigns no row twice. Saved like any Model."""
 
         held = None
+        held_raw = None  # {set: its rows as given}, held, for the outlier score
         held_labels = None  # (clusters, distances) of every row, numpy, as computed
         _offset = 0
 
         def apply(self, sets, row_offset=0, *args, **kwargs):
             self._offset = int(row_offset)
+            if self.held_raw is not None:
+                first = next(iter(sets.values()))
+                a, b = self._offset, self._offset + first.shape[0]
+                sets = {d: self.held_raw[d][a:b].rechunk({0: first.chunks[0], 1: -1})
+                        for d in self.descriptors}
             return super().apply(sets, row_offset, *args, **kwargs)
 
         def reduce(self, sets):
@@ -159,12 +164,18 @@ def store_reads(log, n_rows: int) -> dict:
 
 
 def _reduce_sets(store, names, params, log, say):
-    """{name: (Preprocessor, reduced rows held)}: each set read once (see module docstring)."""
-    from .jobs import SCALINGS, hold_reduced, hold_sets
-    from .numerics.preprocess import Preprocessor
+    """({name: (Preprocessor, reduced rows held)}, {name: rows as given}): each set read once
+    (see module docstring). The rows as given, which every kept model's outlier score reads
+    (its own projection of them, as `vclust fit` scores), stay in worker memory while all the
+    sets fit there together; else they are read again from the store when scored."""
+    from .fit import SCALINGS, MAX_COMPONENTS, hold_reduced, hold_sets
+    from ..numerics.preprocess import Preprocessor
+
+    from ..numerics.blocks import memory_budget
 
     l2, standardize = SCALINGS[params.scaling]
-    out = {}
+    out, raw = {}, {}
+    keep_raw = sum(store.n_rows * store.dims[n] * 4 for n in names) <= memory_budget()
     for name in names:
         t0 = time.perf_counter()
         x = hold_sets({name: read_set(store, name, log)}, say)[name]
@@ -172,20 +183,21 @@ def _reduce_sets(store, names, params, log, say):
                            max_components=MAX_COMPONENTS,
                            random_state=params.seed).fit(x)
         z = hold_reduced(pre.transform(x), say)
-        del x  # the raw rows leave worker memory
+        raw[name] = x if keep_raw else read_set(store, name, log)
+        del x
         say(f"{name}: {pre.n_components_} components keep "
             f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance "
             f"({time.perf_counter() - t0:.1f} s)")
         out[name] = (pre, z)
-    return out
+    return out, raw
 
 
 def _space(spec, reduced, say):
     """(preprocess, held rows) of a spec: one set's own, or a mixture of reduced sets."""
     import dask.array as da
 
-    from .jobs import hold_reduced
-    from .numerics.preprocess import MixturePreprocessor
+    from .fit import hold_reduced
+    from ..numerics.preprocess import MixturePreprocessor
 
     weights = parse_spec(spec)
     if len(weights) == 1:
@@ -201,49 +213,12 @@ def _aligned(labels_np, z):
     return da.from_array(np.asarray(labels_np), chunks=(z.chunks[0],))
 
 
-class _Agglomerative:
-    """Ward + 10-NN connectivity on the sample, the tree built once and cut at every k; every
-    row takes its nearest sample row's label (one pass for all k). Same model as
-    ``fit_algorithm("agglomerative", ...)``."""
-
-    def __init__(self, z, sample_size, seed, tmp):
-        import dask
-        from sklearn.neighbors import kneighbors_graph
-
-        from .numerics.algorithms import _nearest_anchor
-        from .numerics.blocks import sample_rows
-
-        sample, _ = sample_rows(z, sample_size, seed, stream=21)
-        self.sample = sample.astype(np.float64)
-        self.conn = kneighbors_graph(self.sample, n_neighbors=min(10, len(sample) - 1),
-                                     include_self=False)
-        self.memory = str(tmp)
-        idx = np.arange(len(sample), dtype=np.int32)
-        near = z.map_blocks(_nearest_anchor, self.sample.astype(np.float32), idx,
-                            dtype=np.int32, drop_axis=1, chunks=(z.chunks[0],))
-        (self.nearest,) = dask.persist(near)
-        self.params = {"sample_size": int(len(sample)), "random_state": int(seed)}
-
-    def fit(self, k):
-        from sklearn.cluster import AgglomerativeClustering
-
-        from .numerics.algorithms import FittedClusterer, _centres_of
-
-        labels = AgglomerativeClustering(k, linkage="ward", connectivity=self.conn,
-                                         memory=self.memory, compute_full_tree=True
-                                         ).fit_predict(self.sample).astype(np.int32)
-        cl = FittedClusterer("agglomerative", _centres_of(self.sample, labels, k), self.params,
-                             {"anchors": self.sample.astype(np.float32),
-                              "anchor_labels": labels})
-        return cl, self.nearest.map_blocks(_take, labels, dtype=np.int32)
-
-
 def _fits_ahead(alg, X, params) -> dict:
     """{k: future of the fitted clusterer} for every k of a sample-fitted algorithm whose fits
     are independent of each other (gmm), submitted to the workers at once: they run side by side
     while this process scores the k before. The same sample and the same fit as
     ``fit_algorithm`` (a test checks). Empty without a distributed client, or for others."""
-    from .numerics.blocks import distributed_imported
+    from ..numerics.blocks import distributed_imported
 
     if alg != "gmm" or len(params.ks) < 2 or not distributed_imported():
         return {}
@@ -253,37 +228,12 @@ def _fits_ahead(alg, X, params) -> dict:
         client = get_client()
     except (ImportError, ValueError):
         return {}
-    from .numerics.algorithms import fit_gmm
-    from .numerics.blocks import sample_rows
+    from ..numerics.algorithms import fit_gmm
+    from ..numerics.blocks import sample_rows
 
     sample, _ = sample_rows(X, params.fit_sample, params.seed, stream=21)
     handle = client.scatter(np.asarray(sample, np.float64), broadcast=True)
     return {k: client.submit(fit_gmm, handle, k, params.seed, pure=False) for k in params.ks}
-
-
-def _assign(clusterer, z):
-    import dask
-
-    from .model import assign
-
-    return dask.persist(*assign(clusterer, z))
-
-
-def _take(idx, table):
-    return table[idx]
-
-
-def _dist_block(x, lab, centres):
-    x = np.asarray(x, np.float32)
-    d = x - centres[np.asarray(lab).ravel()]
-    return np.sqrt(np.einsum("ij,ij->i", d, d)).astype(np.float32)
-
-
-def _distances(clusterer, z, labels):
-    """Distance of every row to its cluster's centre, for given labels."""
-    labels = labels.rechunk((z.chunks[0],))[:, None]  # aligned with z's row blocks
-    return z.map_blocks(_dist_block, labels, clusterer.cluster_centers_, dtype=np.float32,
-                        drop_axis=1, chunks=(z.chunks[0],))
 
 
 # --------------------------------------------------------------------------- the run
@@ -291,22 +241,15 @@ def _distances(clusterer, z, labels):
 
 def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     """Run the comparison (module docstring); returns the summary (also ``summary.json``)."""
-    import tempfile
+    import threading
 
-    import dask
-    import dask.array as da
     import pandas as pd
 
-    from . import jobs
-    from .model import Model
-    from .numerics.agreement import adjusted_mutual_info, adjusted_rand, contingency
-    from .numerics.algorithms import fit_algorithm
-    from .numerics.blocks import threads_get
-    from .numerics.metrics import choose_k, evaluate_partition, identity_consistency
-    from .numerics.outliers import OutlierScorer
-    from .registry import Registry
-    from .report.content import identity_of
-    from . import succession
+    from ..model import succession
+    from ..model.bundle import Model
+    from ..model.registry import Registry
+    from ..numerics.outliers import warm_up
+    from ..report.content import identity_of
 
     t_start = time.perf_counter()
     store = check(store_path, params, registry, labels_dir)
@@ -314,193 +257,38 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     reg = Registry(registry)
     current = reg.current()
-    prev_model = prev = None
+    prev = None
     if current is not None:
-        prev_model = Model.load(reg.path(current))
-        prev = succession.previous_labels(labels_dir, current)
-        if prev is None:
+        prev = (Model.load(reg.path(current)), succession.previous_labels(labels_dir, current))
+        if prev[1] is None:
+            prev = None
             say(f"the current model {current} has no labels in {labels_dir}: the models kept "
                 "keep their own numbering (vclust promote renumbers later)")
-    ids = store.ids()
     # the image folders as integer codes, once: identity_consistency counts codes fast
-    groups = pd.factorize(identity_of(ids.astype(str)))[0] if params.identity == "parent" \
-        else None
+    groups = pd.factorize(identity_of(store.ids().astype(str)))[0] \
+        if params.identity == "parent" else None
     names = list(dict.fromkeys(n for spec in params.descriptors for n in parse_spec(spec)))
     say(f"compare: {store.n_rows:,} rows; sets {', '.join(names)}; specs "
         f"{', '.join(params.descriptors)}; algorithms {', '.join(params.algorithms)}; "
         f"k {params.k_range}")
-    import threading
-
-    from .numerics.outliers import warm_up
-
     # pynndescent compiles its kernels on a client thread while the workers reduce and cluster
     warming = threading.Thread(target=warm_up, name="vclust-pynndescent-warm-up", daemon=True)
     warming.start()
     log = out / "reads.log"
     log.unlink(missing_ok=True)
-    reduced = _reduce_sets(store, names, params, log, say)
+    reduced, raw_sets = _reduce_sets(store, names, params, log, say)
     spaces = {spec: _space(spec, reduced, say) for spec in params.descriptors}
-    HeldModel = _held_model_class()
-
     runs, kept = [], []
     for spec, (pre, z) in spaces.items():
-        agg = None
-        # the space's silhouette sample distances, computed once for all its partitions
-        silhouette_cache = {}
-        # small spaces are clustered in this process, as `vclust fit` does (jobs.in_process)
-        local = jobs.in_process(z)
-        if local is not None:
-            say(f"{spec}: clustering in this process ({local.nbytes / 1e6:.0f} MB of rows)")
-        for alg in params.algorithms:
-            table, fitted, rows = [], {}, []
-            ahead = _fits_ahead(alg, z if local is None else local, params)
-            for k in params.ks:
-                t0 = time.perf_counter()
-                if alg == "agglomerative":
-                    if agg is None:
-                        agg = _Agglomerative(z, params.fit_sample, params.seed,
-                                             tempfile.mkdtemp(prefix="vclust-ward-"))
-                    cl, lab = agg.fit(k)
-                    lab = lab.persist()
-                    (dist,) = dask.persist(_distances(cl, z, lab))
-                    lab_np = np.asarray(lab.compute())  # this partition's labels, here
-                elif local is None:
-                    cl = ahead.pop(k).result() if k in ahead else fit_algorithm(
-                        alg, z, k, sample_size=params.fit_sample, random_state=params.seed)
-                    lab, dist = _assign(cl, z)
-                    lab_np = np.asarray(lab.compute())
-                else:
-                    cl = ahead.pop(k).result() if k in ahead else fit_algorithm(
-                        alg, local, k, sample_size=params.fit_sample, random_state=params.seed)
-                    lab_np, dist_np = cl.predict_block(local)
-                    lab, dist = _aligned(lab_np, z), _aligned(dist_np, z)
-                m = evaluate_partition(z if local is None else local,
-                                       lab if local is None else lab_np,
-                                       n_clusters=cl.n_clusters_, random_state=params.seed,
-                                       cache=silhouette_cache)
-                ident = identity_consistency(lab_np, groups)["overall"] if groups is not None \
-                    else None
-                row = {"model_id": "", "descriptor": spec, "algorithm": alg,
-                       "k": int(cl.n_clusters_),
-                       **{key: m[key] for key in ("calinski_harabasz", "davies_bouldin",
-                                                  "silhouette")},
-                       "identity_consistency": ident, "outlier_share": None,
-                       "seconds": round(time.perf_counter() - t0, 3)}
-                table.append({**row, "within_ss": m["within_ss"]})
-                rows.append(row)
-                fitted.setdefault(row["k"], (cl, lab, dist, lab_np))
-                say(f"{spec} {alg} k={k}: CH {m['calinski_harabasz']:.1f}  DB "
-                    f"{m['davies_bouldin']:.3f}  silhouette {m['silhouette']:.3f}  "
-                    f"identity {ident if ident is None else round(ident, 3)}  "
-                    f"({row['seconds']:.1f} s)")
-            best = choose_k(table) if len(table) > 1 else table[0]["k"]
-            cl, lab, dist, lab_np = fitted[best]
-            del fitted
-            t0 = time.perf_counter()
-            warming.join()
-            dist_np = np.asarray(dist.compute())
-            del lab, dist
-            # the threshold from a sample of rows outside the reference, as `vclust fit` sets
-            # it: labelling scores every row next anyway
-            scorer = OutlierScorer(random_state=params.seed, threshold_rows="reference",
-                                   **params.outlier_options)
-            scorer.fit(z if local is None else local, lab_np, dist_np, cl.cluster_centers_)
-            at, flags = scorer.fit_rows_, scorer.fit_flags_  # the threshold's sample rows
-            if cl.name == "hdbscan":  # its noise rows count as outliers (model.with_noise)
-                flags = flags | np.asarray(cl.noise(z).compute())[at]
-            from .numerics.drift import reference_profile
-
-            info = {
-                "fit": {"store": str(store.path), "descriptors": list(parse_spec(spec)),
-                        "spec": spec, "algorithm": alg, "k": best, "k_tried": params.ks,
-                        "pca_variance": params.pca_variance, "scaling": params.scaling,
-                        "sample": None, "rows_fitted": store.n_rows, "seed": params.seed,
-                        "by": "vclust compare"},
-                "fingerprint": jobs.store_fingerprint(store),
-                "metrics": [{key: r[key] for key in ("k", "algorithm", "calinski_harabasz",
-                                                      "davies_bouldin", "silhouette",
-                                                      "within_ss")} for r in table],
-                "chosen_k": best,
-                "profile": reference_profile(lab_np, dist_np, flags, best),
-                "clusters": jobs.cluster_readings(lab_np, dist_np, flags, best, ids,
-                                                  flag_rows=at),
-            }
-            model = HeldModel(list(parse_spec(spec)), pre, cl, scorer, info)
-            if prev is not None:
-                model, mapping = succession.renumber_against(
-                    model, prev_model, prev, np.arange(store.n_rows), lab_np)
-                lut = np.array([mapping[c] for c in range(len(mapping))], np.int32)
-                lab_np = lut[lab_np]
-            else:
-                succession.identity_succession(model, current)
-            model.held_labels = (lab_np.astype(np.int32), dist_np.astype(np.float32))
-            _, model_id = jobs.save_model(model, registry=registry, make_current=False)
-            if local is None:
-                model.held = z
-                jobs.label(store_path, model, labels_dir, all_batches=True)
-            else:
-                # rows held here are labelled here, on this process's threads, by the scorer
-                # and index just fitted here: the outlier query of every row is the same for
-                # each algorithm of the spec (it depends on the rows, not the clusters), and
-                # this process keeps its answer (outliers.NEIGHBOUR_MEMO) for the next one
-                model.held = da.from_array(local, chunks=(z.chunks[0], -1))
-                with dask.config.set(scheduler=threads_get):
-                    jobs.label(store_path, model, labels_dir, all_batches=True)
-            model.held = model.held_labels = None
-            seconds = time.perf_counter() - t0
-            say(f"{spec} {alg}: kept k={best} as model {model_id} (labelled in {seconds:.1f} s)")
-            for r in rows:
-                if r["k"] == best:
-                    r["model_id"] = model_id
-                    r["seconds"] = round(r["seconds"] + seconds, 3)
-            kept.append({"model_id": model_id, "descriptor": spec, "algorithm": alg, "k": best,
-                         "labels": lab_np, "n": int(model.clusterer.n_clusters_)})
+        raw = {n: raw_sets[n] for n in parse_spec(spec)}
+        for m, rows in _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir,
+                                 current, prev, groups, warming, say):
+            kept.append(m)
             runs.extend(rows)
-
-    # outliers, as labelled (the labels on disk)
-    from .labels import read_labels
-
-    for m in kept:
-        f = read_labels(labels_dir, model=m["model_id"],
-                        columns=["row", "cluster", "is_outlier"]).sort_values("row")
-        m["flags"] = f["is_outlier"].to_numpy(bool)
-        assert np.array_equal(f["cluster"].to_numpy(), m["labels"]), "labels on disk differ"
-        for r in runs:
-            if r["model_id"] == m["model_id"]:
-                r["outlier_share"] = float(m["flags"].mean())
-
-    # agreement and contingency of every pair of kept models (all rows)
-    (out / "contingency").mkdir(exist_ok=True)
-    agreement = []
-    for i, a in enumerate(kept):
-        for b in kept[i + 1:]:
-            from .numerics.agreement import outlier_jaccard
-
-            t = contingency(a["labels"], b["labels"], a["n"], b["n"])
-            agreement.append({"model_a": a["model_id"], "model_b": b["model_id"],
-                              "ari": adjusted_rand(t), "ami": adjusted_mutual_info(t),
-                              "outlier_jaccard": outlier_jaccard(a["flags"], b["flags"])})
-            ct = pd.DataFrame(t[:-1, :-1], index=pd.Index(range(a["n"]), name=a["model_id"]),
-                              columns=[str(c) for c in range(b["n"])])
-            ct.to_csv(out / "contingency" / f"{a['model_id']}__{b['model_id']}.csv")
-
-    # every kept partition in every spec's reduced space
-    cross = []
-    for spec, (_, z) in spaces.items():
-        cache = {}  # the space's silhouette sample distances, once for every kept partition
-        for m in kept:
-            s = evaluate_partition(z, _aligned(m["labels"], z), n_clusters=m["n"],
-                                   silhouette_sample=2_000, random_state=params.seed,
-                                   cache=cache)
-            cross.append({"model_id": m["model_id"], "model_descriptor": m["descriptor"],
-                          "algorithm": m["algorithm"], "k": m["k"], "space": spec,
-                          "calinski_harabasz": s["calinski_harabasz"],
-                          "davies_bouldin": s["davies_bouldin"], "silhouette": s["silhouette"]})
-        say(f"cross metrics: every kept partition scored in {spec}'s space")
-
+    _outliers_as_labelled(kept, runs, labels_dir)
+    agree_f = _agreement(kept, out / "contingency")
+    cross_f = _cross_metrics(spaces, kept, params, say)
     runs_f = pd.DataFrame(runs, columns=RUNS_COLUMNS)
-    agree_f = pd.DataFrame(agreement, columns=AGREEMENT_COLUMNS)
-    cross_f = pd.DataFrame(cross)
     _write_csv(runs_f, out / "runs.csv")
     _write_csv(agree_f, out / "agreement.csv")
     _write_csv(cross_f, out / "cross_metrics.csv")
@@ -516,7 +304,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
         f"{k} {v:g}" for k, v in summary["store_reads"].items()))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     try:
-        from .report.compare_page import write_compare_page
+        from ..report.compare_page import write_compare_page
 
         write_compare_page(out, store, spaces, kept, runs_f, agree_f, cross_f, proposal, params,
                            say=say)
@@ -524,6 +312,149 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
         for m in kept:
             m.pop("labels", None), m.pop("flags", None)
     return summary
+
+
+def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, prev, groups,
+              warming, say):
+    """Every algorithm of one spec through the fit core (vclust.model.core, as `vclust fit`),
+    each kept model registered and labelling every row. Yields (kept entry, runs rows)."""
+    import dask
+    import dask.array as da
+
+    from ..model import succession
+    from ..model.core import build_model, fit_partition
+    from ..model.registry import save_model
+    from ..numerics.algorithms import AgglomerativeTree
+    from ..numerics.blocks import threads_get
+    from ..numerics.metrics import identity_consistency
+    from ..numerics.outliers import OutlierScorer
+    from . import steps as jobs
+    from .fit import IN_PROCESS_BYTES, in_process
+
+    HeldModel = _held_model_class()
+    names = list(parse_spec(spec))
+    raw_in = raw[names[0]] if len(names) == 1 else raw
+    # small spaces are clustered in this process, as `vclust fit` does (fit.in_process)
+    local = in_process(z)
+    if local is not None:
+        say(f"{spec}: clustering in this process ({local.nbytes / 1e6:.0f} MB of rows)")
+    cache, tree = {}, None  # the space's silhouette sample distances and Ward tree, once
+
+    def identity(labels):
+        return {"identity_consistency": None if groups is None
+                else identity_consistency(labels, groups)["overall"]}
+
+    for alg in params.algorithms:
+        if alg == "agglomerative" and tree is None:
+            tree = AgglomerativeTree(z if local is None else local, params.fit_sample,
+                                     params.seed)
+        part = fit_partition(z, alg, params.ks, local=local, sample_size=params.fit_sample,
+                             seed=params.seed, say=lambda m: say(f"{spec} {alg} {m}"),
+                             cache=cache,
+                             extra=identity, ahead=_fits_ahead(alg, z if local is None else local,
+                                                              params), tree=tree)
+        rows = [{"model_id": "", "descriptor": spec, "outlier_share": None,
+                 **{c: r[c] for c in RUNS_COLUMNS if c in r}} for r in part.table]
+        t0 = time.perf_counter()
+        warming.join()
+        scorer = OutlierScorer(random_state=params.seed, threshold_rows="reference",
+                               **params.outlier_options)
+        fit_info = {"store": str(store.path), "descriptors": names, "spec": spec,
+                    "k_tried": params.ks, "pca_variance": params.pca_variance,
+                    "scaling": params.scaling, "sample": None, "seed": params.seed,
+                    "by": "vclust compare"}
+        model, lab_np, dist_np = build_model(names, pre, part, scorer, z, raw_in, store=store,
+                                             fit_info=fit_info, model_class=HeldModel)
+        if prev is not None:
+            model, mapping = succession.renumber_against(
+                model, prev[0], prev[1], np.arange(store.n_rows), lab_np)
+            lab_np = np.array([mapping[c] for c in range(len(mapping))], np.int32)[lab_np]
+        else:
+            succession.identity_succession(model, current)
+        model.held_labels = (lab_np.astype(np.int32), dist_np.astype(np.float32))
+        _, model_id = save_model(model, registry=registry, make_current=False)
+        here = local is not None and sum(r.nbytes for r in raw.values()) <= IN_PROCESS_BYTES
+        if here:
+            # rows held here are labelled here, on this process's threads, by the scorer and
+            # index just fitted here: the outlier query of every row is the same for each
+            # algorithm of the spec (it depends on the rows, not the clusters), and this
+            # process keeps its answer (outliers.NEIGHBOUR_MEMO) for the next one
+            model.held = da.from_array(local, chunks=(z.chunks[0], -1))
+            model.held_raw = {n: da.from_array(np.asarray(v), chunks=(z.chunks[0], -1))
+                              for n, v in raw.items()}
+            with dask.config.set(scheduler=threads_get):
+                jobs.label(store.path, model, labels_dir, all_batches=True)
+        else:
+            model.held, model.held_raw = z, raw
+            jobs.label(store.path, model, labels_dir, all_batches=True)
+        model.held = model.held_raw = model.held_labels = None
+        seconds = time.perf_counter() - t0
+        say(f"{spec} {alg}: kept k={part.k} as model {model_id} (labelled in {seconds:.1f} s)")
+        for r in rows:
+            if r["k"] == part.k:
+                r["model_id"] = model_id
+                r["seconds"] = round(r["seconds"] + seconds, 3)
+        yield ({"model_id": model_id, "descriptor": spec, "algorithm": alg, "k": part.k,
+                "labels": lab_np, "n": int(model.clusterer.n_clusters_)}, rows)
+
+
+def _outliers_as_labelled(kept, runs, labels_dir):
+    """Each kept model's outlier flags as labelled (the labels on disk), into ``kept`` and
+    ``runs``' outlier_share."""
+    from ..storage.labels import read_labels
+
+    for m in kept:
+        f = read_labels(labels_dir, model=m["model_id"],
+                        columns=["row", "cluster", "is_outlier"]).sort_values("row")
+        m["flags"] = f["is_outlier"].to_numpy(bool)
+        if not np.array_equal(f["cluster"].to_numpy(), m["labels"]):
+            raise RuntimeError(f"labels of model {m['model_id']} on disk differ from its fit")
+        for r in runs:
+            if r["model_id"] == m["model_id"]:
+                r["outlier_share"] = float(m["flags"].mean())
+
+
+def _agreement(kept, folder: Path):
+    """Agreement of every pair of kept models (all rows), their contingency tables in
+    ``folder``."""
+    import pandas as pd
+
+    from ..numerics.agreement import (adjusted_mutual_info, adjusted_rand, contingency,
+                                      outlier_jaccard)
+
+    folder.mkdir(exist_ok=True)
+    agreement = []
+    for i, a in enumerate(kept):
+        for b in kept[i + 1:]:
+            t = contingency(a["labels"], b["labels"], a["n"], b["n"])
+            agreement.append({"model_a": a["model_id"], "model_b": b["model_id"],
+                              "ari": adjusted_rand(t), "ami": adjusted_mutual_info(t),
+                              "outlier_jaccard": outlier_jaccard(a["flags"], b["flags"])})
+            ct = pd.DataFrame(t[:-1, :-1], index=pd.Index(range(a["n"]), name=a["model_id"]),
+                              columns=[str(c) for c in range(b["n"])])
+            ct.to_csv(folder / f"{a['model_id']}__{b['model_id']}.csv")
+    return pd.DataFrame(agreement, columns=AGREEMENT_COLUMNS)
+
+
+def _cross_metrics(spaces, kept, params, say):
+    """Every kept partition scored in every spec's reduced space."""
+    import pandas as pd
+
+    from ..numerics.metrics import evaluate_partition
+
+    cross = []
+    for spec, (_, z) in spaces.items():
+        cache = {}  # the space's silhouette sample distances, once for every kept partition
+        for m in kept:
+            s = evaluate_partition(z, _aligned(m["labels"], z), n_clusters=m["n"],
+                                   silhouette_sample=2_000, random_state=params.seed,
+                                   cache=cache)
+            cross.append({"model_id": m["model_id"], "model_descriptor": m["descriptor"],
+                          "algorithm": m["algorithm"], "k": m["k"], "space": spec,
+                          "calinski_harabasz": s["calinski_harabasz"],
+                          "davies_bouldin": s["davies_bouldin"], "silhouette": s["silhouette"]})
+        say(f"cross metrics: every kept partition scored in {spec}'s space")
+    return pd.DataFrame(cross)
 
 
 def _write_csv(frame, path: Path):

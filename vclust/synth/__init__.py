@@ -236,7 +236,7 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
         raise ValueError(f"n_rows must be positive; got {n_rows}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"{out}: is a file; the case is written to a folder, pick a folder path")
     (out / "descriptors").mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
     next_report = chunk_rows
     pictures = None
     if images:
-        from .synth_images import CaseImageWriter
+        from .images import CaseImageWriter
 
         pictures = CaseImageWriter(out / "veriwild.zip", seed)
     try:

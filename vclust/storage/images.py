@@ -50,7 +50,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +444,8 @@ class ImageSource:
         p = self._folder_file(nid)
         return None if p is None else str(p)
 
-    def _fetch(self, image_id) -> tuple[str, bytes | None]:
+    def fetch(self, image_id) -> tuple[str, bytes | None]:
+        """(status, bytes or None) of one image: the status says why there are no bytes."""
         nid = normalise_id(image_id)
         if nid is None:
             return _MISSING, None
@@ -476,7 +477,7 @@ class ImageSource:
         bytes or None
             None when no entry matches, or the entry itself cannot be read (logged).
         """
-        return self._fetch(image_id)[1]
+        return self.fetch(image_id)[1]
 
     def thumbnail(self, image_id, size: Sequence[int] = THUMB_SIZE):
         """An image decoded at most ``size`` (aspect kept), or None if missing or undecodable.
@@ -525,7 +526,7 @@ def decode_thumbnail(data: bytes, size: Sequence[int] = THUMB_SIZE):
 
 
 def _thumbnail_status(source: ImageSource, image_id, size):
-    status, data = source._fetch(image_id)
+    status, data = source.fetch(image_id)
     if data is None:
         return status, None
     img = decode_thumbnail(data, size)

@@ -28,7 +28,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from .config import format_validation_error, load_yaml
-from .errors import EXIT_DRIFT, InputError
+from ..errors import EXIT_DRIFT, InputError
 from .params import (
     CompareParams,
     DemoParams,
@@ -156,19 +156,19 @@ def run_spec(spec: JobSpec, dry_run=False, scheduler=None, cluster_file=None, sa
 
 
 def _nightly_record(spec: JobSpec, batch: str) -> Path:
-    from .storage.fs import as_path
+    from ..storage.fs import as_path
 
     return as_path(spec.registry) / "nightly" / f"{batch}.json"
 
 
 def _run_steps(spec: JobSpec, say) -> int:
-    from . import jobs
+    from . import steps as jobs
 
     ingested, code = None, 0
     for step in spec.steps:
         say(f"step {step}")
         if step == "synth":
-            from .synth import generate_case
+            from ..synth import generate_case
 
             generate_case(spec.synth.out, n_rows=spec.synth.rows, seed=spec.synth.seed)
         elif step == "ingest":
@@ -189,14 +189,14 @@ def _run_steps(spec: JobSpec, say) -> int:
         elif step == "drift":
             code = _drift(spec, ingested, say)  # the steps after it still run
         elif step == "export":
-            from .labels import export_csv
-            from .registry import Registry
+            from ..storage.labels import export_csv
+            from ..model.registry import Registry
 
             n = export_csv(spec.labels, spec.export.csv, model=Registry(spec.registry).current(),
                            names=spec.export.names)
             say(f"export: {n} rows to {spec.export.csv}")
         elif step == "report":
-            from .report import write_report
+            from ..report import write_report
 
             model = jobs.resolve_model(registry=spec.registry)
             write_report(spec.store, model, spec.labels, spec.report, say=say)
@@ -209,7 +209,7 @@ def _run_steps(spec: JobSpec, say) -> int:
 
 
 def _fit_and_register(spec: JobSpec, say):
-    from . import jobs
+    from . import steps as jobs
 
     model = jobs.fit(spec.store, spec.fit, say=say)
     model = _continue_current(spec, model, say)
@@ -221,10 +221,11 @@ def _fit_and_register(spec: JobSpec, say):
 def _continue_current(spec: JobSpec, model, say):
     """The fitted model renumbered to continue the current model's clusters (vclust.succession),
     matched on the rows the current model labelled, before it is saved or labels anything."""
-    from . import jobs, succession
-    from .model import assign
-    from .registry import Registry
-    from .storage.store import Store
+    from . import steps as jobs
+    from ..model import succession
+    from ..model.bundle import assign
+    from ..model.registry import Registry
+    from ..storage.store import Store
 
     current = Registry(spec.registry).current()
     prev = succession.previous_labels(spec.labels, current) if current else None
@@ -241,7 +242,7 @@ def _continue_current(spec: JobSpec, model, say):
 
 
 def _label(spec: JobSpec, ingested, say):
-    from . import jobs
+    from . import steps as jobs
 
     model = jobs.resolve_model(registry=spec.registry)
     s = spec.label
@@ -253,9 +254,9 @@ def _label(spec: JobSpec, ingested, say):
 
 
 def _drift(spec: JobSpec, ingested, say) -> int:
-    from . import jobs
-    from .labels import read_labels
-    from .numerics.drift import drift_report, write_report
+    from . import steps as jobs
+    from ..storage.labels import read_labels
+    from ..numerics.drift import drift_report, write_report
 
     if ingested is None:
         raise InputError("the drift step compares the batch just ingested: list 'ingest' before it")
@@ -265,7 +266,7 @@ def _drift(spec: JobSpec, ingested, say) -> int:
     d = spec.drift
     report = drift_report(model.info["profile"], frame, d.thresholds)
     report.update({"batch": batch, "model": model.model_id})
-    from .storage.fs import as_path
+    from ..storage.fs import as_path
 
     out = as_path(d.report_dir) / f"model={model.model_id}" / f"batch={batch}"
     json_path, text_path = write_report(report, out)
@@ -278,7 +279,7 @@ def _drift(spec: JobSpec, ingested, say) -> int:
         jobs.label(spec.store, new, spec.labels, all_batches=True, say=say, params=spec.label)
         refit_id = new.model_id
     code = EXIT_DRIFT if alerts else 0
-    from .storage.fs import RemotePath
+    from ..storage.fs import RemotePath
 
     record = _nightly_record(spec, batch)
     record.parent.mkdir(parents=True, exist_ok=True)

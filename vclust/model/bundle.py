@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .storage import fs as F
+from ..errors import InputError
+from ..storage import fs as F
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +101,16 @@ def _check_shapes(path: Path, preprocess, clusterer, outliers, files_of: dict):
 
 def _load_part(part: str, params: dict, arrays: dict):
     if part == "preprocess":
-        from .numerics.preprocess import MixturePreprocessor, Preprocessor
+        from ..numerics.preprocess import MixturePreprocessor, Preprocessor
 
         cls = MixturePreprocessor if params.get("kind") == "mixture" else Preprocessor
         return cls.from_state(params["state"], arrays)
     if part == "clusterer":
-        from .numerics.algorithms import load_clusterer
+        from ..numerics.algorithms import load_clusterer
 
         return load_clusterer(params, arrays)
     if part == "outliers":
-        from .numerics.outliers import OutlierScorer
+        from ..numerics.outliers import OutlierScorer
 
         return OutlierScorer.from_state(params, arrays)
     raise AssertionError(part)
@@ -131,7 +131,7 @@ class Model:
     # ------------------------------------------------------------------ persistence
 
     def _part_states(self):
-        from .numerics.preprocess import MixturePreprocessor
+        from ..numerics.preprocess import MixturePreprocessor
 
         pre_params, pre_arrays = self.preprocess.to_state()
         kind = "mixture" if isinstance(self.preprocess, MixturePreprocessor) else "single"
@@ -270,7 +270,7 @@ def with_noise(noise, score, flag, reason=None):
     """HDBSCAN's noise rows flagged as outliers, as evidence: reason ``noise`` where the score
     did not flag the row itself (a row the score flagged keeps the score's reason).
     Works on numpy or dask arrays alike."""
-    from .numerics.outliers import NOISE
+    from ..numerics.outliers import NOISE
 
     if reason is not None:
         reason = (reason + (noise & ~flag) * NOISE).astype(np.int8)  # unflagged rows: reason 0

@@ -1,0 +1,274 @@
+"""``vclust fit``: the store's rows read (into this process or worker memory), the outlier
+reference prepared on a thread meanwhile, the rows reduced, then the fit core
+(vclust.model.core) makes the partition and the model. ``vclust compare`` reduces and fits
+through the same core (vclust.jobs.compare)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..numerics import FIT_SAMPLE
+
+
+def _quiet(_msg):
+    pass
+
+
+#: the reduced rows keep at most this many principal components per set
+MAX_COMPONENTS = 256
+
+
+def _client():
+    """The distributed client in use, or None (the command runs on this process's threads)."""
+    from ..numerics.blocks import distributed_imported
+
+    if not distributed_imported():
+        return None
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def hold_sets(sets: dict, say=_quiet) -> dict:
+    """The descriptor sets to fit on, read into worker memory when they fit (see
+    ``blocks.hold``): the preprocessing then reads the store once, not once per pass."""
+    from ..numerics.blocks import hold
+
+    held, ok = hold(list(sets.values()))
+    mb = sum(x.nbytes for x in sets.values()) / 1e6
+    if ok:
+        where = "worker memory" if _client() is not None else "memory"
+        say(f"read {mb:.0f} MB of descriptors into {where}")
+        return dict(zip(sets, held))
+    say(f"descriptors ({mb:.0f} MB) exceed a quarter of worker memory: each pass streams them")
+    return sets
+
+
+def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
+    """The descriptor sets read straight from Zarr into this process's memory, as dask arrays
+    in the blocks ``hold_sets`` gives them (``blocks.compact``), when the command runs in its
+    own process (dask's scheduler set to this process's threads, as ``cluster.connect`` does
+    with ``here``) and they fit its memory budget; else None. ``first``: a progress line said
+    before the read starts (when it does).
+
+    Zarr reads its chunks on its own I/O threads without dask: the read does not wait for
+    dask.array's import (with numba's, 0.5-0.9 s of a fit's start on this machine), which the
+    command's other threads do meanwhile; 416,314 x 512 rows read in 0.33 s against 0.49 s as a
+    dask graph (page cache warm)."""
+    import dask
+
+    from ..numerics.blocks import LOCAL_SCHEDULERS, compact_rows, memory_budget
+
+    # only where this process was chosen to run the graphs (cluster.connect(here=...)): a fit
+    # sent to a scheduler that has since gone must fail as such, not go on here
+    if dask.config.get("scheduler", None) not in LOCAL_SCHEDULERS:
+        return None
+    width = {d: int(store.array(d).shape[1]) for d in descriptors}
+    n = store.n_rows if rows is None else len(rows)
+    nbytes = n * sum(width.values()) * 4
+    if nbytes > memory_budget():
+        return None
+    if first:
+        say(first)
+    out = {}
+    for d in descriptors:
+        arr = store.array(d)
+        x = arr[0:n] if rows is None else arr.get_orthogonal_selection((rows, slice(None)))
+        out[d] = np.asarray(x, dtype=np.float32)
+    say(f"read {nbytes / 1e6:.0f} MB of descriptors into memory")
+    return {d: _blocks_of(x, compact_rows(x.shape[1]), f"rows-{d}-{id(x)}")
+            for d, x in out.items()}
+
+
+def _blocks_of(x: np.ndarray, step: int, name: str):
+    """A dask array whose blocks are views of ``x``'s rows (``step`` rows each). dask's
+    ``from_array`` copies every block of a numpy array (2.0 s for 416,314 x 512 rows here)."""
+    import dask.array as da
+
+    bounds = list(range(0, x.shape[0], step)) + [x.shape[0]]
+    graph = {(name, i, 0): x[a:b] for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))}
+    chunks = (tuple(b - a for a, b in zip(bounds[:-1], bounds[1:])), (x.shape[1],))
+    return da.Array(graph, name, chunks, dtype=x.dtype)
+
+
+def hold_reduced(z, say=_quiet):
+    """The reduced rows, kept in worker memory in balanced blocks when they fit: every later
+    pass (k-means iterations, metrics, outlier scores) reads memory in a few tasks."""
+    from ..numerics.blocks import balanced, hold
+
+    (held,), ok = hold([z], layout=balanced)
+    if ok:
+        say(f"keeping the reduced rows in memory ({z.nbytes / 1e6:.0f} MB in {held.numblocks[0]} blocks)")
+        return held
+    say(f"reduced rows ({z.nbytes / 1e6:.0f} MB) exceed a quarter of worker memory: streaming them")
+    return z
+
+
+# Reduced rows up to this size are clustered in the client process: KMeans, the metrics and
+# the k-range run on a numpy array with the process's BLAS threads, as a scikit-learn script
+# would, instead of as a few hundred small task graphs (20,000 rows: 1.2-4.5 s a k as graphs).
+# Larger ones are clustered on the workers, block by block. 1 GiB: the efficientnet-b7 space of
+# the 416k case (256 components, 426 MB) took 15-27 s a k as graphs, 4-15 s here.
+IN_PROCESS_BYTES = 2**30
+
+
+def in_process(z):
+    """The reduced rows as one numpy array when they are small enough to cluster here
+    (``IN_PROCESS_BYTES``), else None."""
+    if z.nbytes > IN_PROCESS_BYTES:
+        return None
+    return np.ascontiguousarray(z.compute(), dtype=np.float32)
+
+
+def _sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray | None:
+    if sample is None or sample >= n_rows:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_rows, size=sample, replace=False))
+
+
+SCALINGS = {"l2": (True, False), "standardize": (False, True),  # (l2, standardize)
+            "l2+standardize": (True, True), "none": (False, False)}
+
+
+def _quietly(fn):
+    """``fn()`` on a helper thread whose work the command repeats where it needs it: a failure
+    here is reported there, as one line, not as a thread's traceback."""
+    try:
+        fn()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _prepare_outliers(scorer, raw, n, rows):
+    """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
+    a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
+    projection, the clustering's products) oversubscribes the cores, and its waiting threads
+    then cost far more than the work. A k-range on 20,000 x 57 rows took 39 s beside a thread
+    running BLAS products, 0.85 s with that thread's BLAS at one thread, 0.6 s alone (the
+    demo's fit: 6 s for its k-range, 3 s before vclust's KMeans ran its own passes)."""
+    from ..numerics.blocks import one_blas_thread
+
+    with one_blas_thread():
+        return scorer.prepare(raw, n, rows)
+
+
+def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
+        sample_size: int = FIT_SAMPLE, say=_quiet):
+    """Fit preprocessing, clusters and outlier scoring on the store's rows.
+
+    ``params`` is a ``vclust.jobs.params.FitParams`` (validated there: ranges, k or k-range,
+    one threshold). Each k's labels and distances are computed once, kept in worker memory,
+    and used by the metrics; the chosen k's by the outlier fit, the readings and the profile
+    too (vclust.model.core). Returns the unsaved ``Model``; ``model.info["metrics"]`` holds one
+    row per k tried.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..model.core import build_model, check_rows, fit_partition
+    from ..numerics import indexcache
+    from ..numerics.annindex import enable_numba_cache
+    from ..numerics.outliers import OutlierScorer
+    from ..storage.store import Store
+
+    descriptors, ks, seed = params.descriptors, params.ks, params.seed
+    store = Store.open(store_path)
+    for d in descriptors:
+        store.array(d)  # clear error for an unknown set
+    check_rows(store, ks)
+    rows = _sample_rows(store.n_rows, params.sample, seed)
+    # the outlier scorer's reference (rows, projection, index, their neighbours) depends on the
+    # descriptor rows only: one thread prepares it while this one preprocesses and clusters
+    # (OutlierScorer.prepare; it imports pynndescent only when the index is not in the cache)
+    outlier_thread = ThreadPoolExecutor(1, thread_name_prefix="vclust-outlier-reference")
+    if indexcache.empty():
+        # it will build the index: pynndescent imports on a thread of its own while the
+        # outlier thread gathers and projects the reference rows (benchmarks/RESULTS.md)
+        import threading
+
+        threading.Thread(target=_quietly, args=(enable_numba_cache,),
+                         name="vclust-import-pynndescent", daemon=True).start()
+    scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
+    n = len(rows) if rows is not None else store.n_rows
+    fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"
+               + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
+    sets = read_here(store, descriptors, rows, say, first=fitting)
+    if sets is None:
+        sets = {}
+        for d in descriptors:
+            x = store.descriptors(d)
+            sets[d] = x[rows] if rows is not None else x
+        say(fitting)
+        sets = hold_sets(sets, say)
+    raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
+    prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows)
+    outlier_thread.shutdown(wait=False)
+    pre, z = reduce_sets(sets, descriptors, params, max_components, say)
+    z = hold_reduced(z, say)
+    local = in_process(z)
+    if local is not None:
+        say(f"clustering in this process: {local.nbytes / 1e6:.0f} MB of reduced rows "
+            f"(up to {IN_PROCESS_BYTES / 1e6:.0f} MB are clustered here, not as task graphs)")
+    # a k-range keeps the silhouette sample's distances for its every k; one k sums them as
+    # they are made (metrics.silhouette_sampled)
+    partition = fit_partition(z, params.algorithm, ks, local=local,
+                              sample_size=sample_size, seed=seed, say=say,
+                              cache={} if len(ks) > 1 else None)
+    del local
+    if not prepared.done():
+        say("outliers: waiting for the reference index")
+    prepared.result()  # its error, if any, is the fit's
+    fit_info = {"store": str(store.path), "descriptors": descriptors, "spec": params.descriptor,
+                "k_tried": ks, "pca_variance": params.pca_variance, "scaling": params.scaling,
+                "sample": params.sample, "seed": seed}
+    model, _, _ = build_model(descriptors, pre, partition, scorer, z, raw, store=store,
+                              fit_info=fit_info, rows=rows, say=say)
+    return model
+
+
+def reduce_sets(sets: dict, descriptors, params, max_components=MAX_COMPONENTS, say=_quiet):
+    """(fitted preprocessing, reduced rows) of the descriptor sets ``sets`` (dask arrays): one
+    set's ``Preprocessor``, or a ``MixturePreprocessor`` of several (``params.weights``)."""
+    from ..numerics.preprocess import MixturePreprocessor, Preprocessor
+
+    l2, standardize = SCALINGS[params.scaling]
+    kw = dict(l2=l2, standardize=standardize, pca_variance=params.pca_variance,
+              max_components=max_components, random_state=params.seed)
+    if len(descriptors) == 1:
+        pre = Preprocessor(**kw).fit(sets[descriptors[0]])
+        say(f"preprocessed: {pre.n_components_} components keep "
+            f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance")
+        return pre, pre.transform(sets[descriptors[0]])
+    pre = MixturePreprocessor({d: Preprocessor(**kw) for d in descriptors},
+                              params.weights).fit(sets)
+    z = pre.transform(sets)
+    say(f"preprocessed mixture: {z.shape[1]} columns from {len(descriptors)} sets")
+    return pre, z
+
+
+#: ``vclust fit`` with no cluster named runs in its own process up to this many bytes of
+#: descriptor rows (the rows read, summed over the sets)
+FIT_HERE_BYTES = 2**30
+
+
+def fit_here(store_path, params) -> str | None:
+    """Why ``vclust fit`` may run in this process (``cluster.connect(here=...)``), or None when
+    its rows are too large for that (``FIT_HERE_BYTES``) or the store is unknown."""
+    from ..storage.store import Store
+
+    try:
+        store = Store.open(store_path)
+        width = sum(int(store.array(d).shape[1]) for d in params.descriptors)
+    except Exception:  # noqa: BLE001 - the fit itself reports it, as one line
+        return None
+    rows = store.n_rows if params.sample is None else min(params.sample, store.n_rows)
+    size = rows * width * 4
+    if size > FIT_HERE_BYTES:
+        return None
+    return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are fitted here; "
+            f"a LocalCluster starts above {FIT_HERE_BYTES / 1e6:.0f} MB")
+
+

@@ -1,0 +1,194 @@
+"""The job steps (ingest, pixels, label; fit in vclust.jobs.fit) as sequences of library calls.
+
+Each step takes its options as one object of the parameter table (vclust.params), reports
+progress through ``say(text)`` and returns its result; the CLI and ``vclust run``
+(vclust.runner) both call these with the same object.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+# the steps in one namespace for the CLI and the runner (``jobs.fit``, ``jobs.save_model``, ...)
+from ..model.registry import resolve_model, save_model  # noqa: F401
+from .fit import fit, fit_here  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+
+def _quiet(_msg):
+    pass
+
+
+def check_sources(params) -> None:
+    """The cheap check, before a cluster starts: every source (and the ids file) exists."""
+    for src in params.sources + ([params.ids] if params.ids else []):
+        if not Path(src).exists():
+            raise InputError(f"{src}: no such file or folder")
+
+
+def check_labels_out(labels_dir) -> None:
+    """The cheap check, before a cluster starts: the labels path is a folder (or new)."""
+    from ..storage.fs import as_path
+
+    p = as_path(str(labels_dir))
+    if p.exists() and not p.is_dir():
+        raise InputError(f"--out {p}: is a file; labels are a folder (model=<id>/batch=<id>/), "
+                         "pick a folder path")
+
+
+def ingest(store_path, params, say=_quiet) -> dict:
+    """Ingest ``params.sources`` (an ``IngestParams``) into the store as one batch."""
+    from ..storage.ingest import ingest as ingest_sources
+
+    check_sources(params)
+    summary = ingest_sources(
+        store_path, params.sources, name=params.name, ids_csv=params.ids, batch=params.batch,
+        chunk_rows=params.chunk_rows, on_invalid=params.on_invalid,
+        trust_pickle=params.trust_pickle, compression=params.compression, progress=say)
+    if summary["status"] == "unchanged":
+        say(f"batch {summary['batch']} is already stored from the same sources: nothing changed")
+    else:
+        say(f"batch {summary['batch']}: {summary['rows']} rows stored "
+            f"({summary['dropped']} dropped) in {', '.join(summary['descriptors'])}")
+    return summary
+
+
+def check_pixels(store_path, params) -> None:
+    """The cheap checks of ``vclust pixels``: the store, its batches and the image source."""
+    from ..storage.images import ImageSource
+    from ..storage.store import Store
+
+    # the batches named exist (or --all), checked as the command will choose them
+    Store.open(store_path).choose_batches(params.batches, params.all)
+    ImageSource(params.images).close()
+
+
+def pixels(store_path, params, say=_quiet, batches=None) -> dict:
+    """Pixel statistics of the batches ``params`` (a ``PixelsParams``) names, or ``batches``
+    when it names none (vclust.pixels)."""
+    from .pixels import compute_pixels
+
+    chosen = params.batches or batches
+    return compute_pixels(store_path, params.images, batches=chosen,
+                          all_batches=params.all or chosen is None,
+                          size=params.analysis_size, block_rows=params.block_rows, say=say)
+
+
+def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, nn_row, nn_dist,
+                 pixel_bounds=None):
+    import pandas as pd
+
+    from ..numerics.outliers import REASONS
+    from ..storage.store import read_ids
+
+    n = len(labels)
+    ids = read_ids(store_path, row0, row0 + n)
+    why = np.asarray(REASONS, dtype=object)[reason.astype(np.int64)]
+    flag = flag.astype(bool)
+    if pixel_bounds is not None:  # the pixels' plain evidence flags a row whatever the descriptors say
+        from ..numerics.pixels import PIXEL_REASONS, pixel_reasons
+        from .pixels import read_stats
+
+        code = pixel_reasons(read_stats(store_path, row0, row0 + n), pixel_bounds)
+        hit = code > 0
+        flag = flag | hit
+        why = np.where(hit, np.asarray(("",) + PIXEL_REASONS, dtype=object)[code], why)
+    return pd.DataFrame({
+        "image_id": ids.astype(str), "row": np.arange(row0, row0 + n, dtype=np.int64),
+        "cluster": labels.astype(np.int32), "distance": dist.astype(np.float32),
+        "outlier_score": score.astype(np.float32), "is_outlier": flag,
+        "outlier_reason": why,
+        "nearest_row": nn_row.astype(np.int64), "nearest_distance": nn_dist.astype(np.float32),
+    })
+
+
+def pixel_bounds(store, params=None, say=_quiet) -> dict | None:
+    """The pixel reasons' bounds fitted on every row of the store with pixel statistics
+    (vclust.numerics.pixels.fit_thresholds), or None when no batch has them or ``params`` (a
+    ``LabelParams``) turns them off."""
+    from ..numerics.pixels import DEFAULT_PIXEL_Z, fit_thresholds
+    from .pixels import read_stats
+    from ..storage.pixels import batches_with_pixels
+
+    if (params is not None and params.no_pixels) or not batches_with_pixels(store):
+        return None
+    stats = read_stats(store.path, 0, store.n_rows)
+    have = stats.pop("have")
+    stats = {k: v[have] for k, v in stats.items()}
+    z = params.pixel_z if params is not None else DEFAULT_PIXEL_Z
+    bounds = fit_thresholds(stats, z, params.pixel_overrides if params is not None else None)
+    say(f"pixel reasons over {int(have.sum())} rows with pixel statistics: uniform at contrast "
+        f"<= {bounds['uniform']:.3g}, overexposed at share >= {bounds['overexposed']:.3g}, "
+        f"underexposed at brightness <= {bounds['underexposed']:.3g}, blurry at relative "
+        f"sharpness <= {bounds['blurry']:.3g}")
+    return bounds
+
+
+# A label run whose batches hold at most this many bytes of the model's descriptor rows runs in
+# the CLI's own process when no cluster is named: a LocalCluster's start, its workers' imports
+# and the outlier index sent to each cost more than the work (a 20,000-row osnet batch: 9.4 s
+# as a whole command with a LocalCluster; benchmarks/results/commands.md).
+LABEL_HERE_BYTES = 256 * 2**20
+
+
+def label_here(store_path, model, batches=None, all_batches=False) -> str | None:
+    """Why ``vclust label`` may run in this process (``cluster.connect(here=...)``), or None
+    when its batches are too large for that (``LABEL_HERE_BYTES``)."""
+    from ..storage.store import Store
+
+    store = Store.open(store_path)
+    chosen = store.choose_batches(batches, all_batches)
+    rows = sum(b - a for a, b in (store.batch_rows(c) for c in chosen))
+    width = sum(int(store.array(d).shape[1]) for d in model.descriptors)
+    size = rows * width * 4
+    if size > LABEL_HERE_BYTES:
+        return None
+    return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are labelled here; "
+            f"a LocalCluster starts above {LABEL_HERE_BYTES / 1e6:.0f} MB")
+
+
+def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = False,
+          skip_existing: bool = False, say=_quiet, params=None) -> dict:
+    """Label batches of the store with ``model`` into ``labels_dir`` (model=<id>/batch=<id>/).
+
+    Only the rows of the chosen batches are read: cost follows the batch, not the store. Rows
+    of batches with pixel statistics (``vclust pixels``) that give a pixel reason are flagged
+    with it (``params``, a ``LabelParams``, sets or turns off the bounds).
+    """
+    import dask
+
+    from ..storage.labels import list_partitions, write_batch
+    from ..storage.store import Store
+
+    check_labels_out(labels_dir)
+    store = Store.open(store_path)
+    bounds = pixel_bounds(store, params, say)
+    chosen = store.choose_batches(batches, all_batches)
+    done = set()
+    if skip_existing:
+        done = {(p["model"], p["batch"]) for p in list_partitions(labels_dir)}
+    written = []
+    for b in chosen:
+        if (model.model_id, b) in done:
+            say(f"batch {b} already labelled by model {model.model_id}: kept")
+            continue
+        start, stop = store.batch_rows(b)
+        say(f"labelling batch {b}: rows {start}..{stop - 1}")
+        sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
+        outs = model.apply(sets, row_offset=start, reasons=True, nearest=True)
+        offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
+        # the blocks as they are: optimised one array at a time (to_delayed's default, and
+        # dask.optimize alike) each of the five outlier arrays got its own copy of the shared
+        # scoring task, and a block was scored five times (tests/test_jobs_e2e.py counts)
+        parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks, pixel_bounds=bounds)
+                 for o, *blocks in zip(offsets, *(a.to_delayed(optimize_graph=False).ravel()
+                                                  for a in outs))]
+        write_batch(labels_dir, model.model_id, b, parts)
+        written.append({"batch": b, "rows": stop - start})
+        say(f"labelled batch {b}: {stop - start} rows")
+    return {"model": model.model_id, "labelled": written}
