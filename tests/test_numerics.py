@@ -24,7 +24,7 @@ from vclust.numerics.metrics import (
 )
 from vclust.numerics.preprocess import MixturePreprocessor, Preprocessor
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the repo
+DATA = Path(__file__).resolve().parent / "data"  # real embedding sets shipped with the tests (data/README.md)
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +337,7 @@ def test_gmm_on_wide_rows_models_the_columns_of_most_variance(figure):
 
 def test_real_descriptors_default_pipeline_ari(figure):
     xs, ys = [], []
-    files = sorted((SHARED / "real-descriptors").glob("*.npz"))
+    files = sorted((DATA / "real-descriptors").glob("*.npz"))
     assert len(files) == 15, "real descriptors not found"
     for i, f in enumerate(files):
         xs.append(np.load(f)["X"])

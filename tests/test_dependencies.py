@@ -1,0 +1,110 @@
+"""The installed libraries are the ones vclust was tested with: every requirement of
+pyproject.toml holds (its upper bounds are the newest versions the suite passed with), and the
+other libraries' private names that vclust relies on are there. These fail, never skip: an
+upgrade outside the range must be seen, not go quiet."""
+
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _requirements():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [Requirement(r) for r in project["dependencies"]]
+
+
+@pytest.mark.parametrize("req", _requirements(), ids=lambda r: r.name)
+def test_installed_version_within_pyproject_range(req):
+    version = metadata.version(req.name)
+    assert req.specifier.contains(version, prereleases=True), \
+        f"{req.name} {version} is outside {req.specifier} (pyproject.toml)"
+
+
+def test_environment_yml_holds_the_same_upper_bounds():
+    env = (ROOT / "environment.yml").read_text()
+    for req in _requirements():
+        uppers = [s for s in req.specifier if s.operator == "<"]
+        for s in uppers:
+            line = next((ln for ln in env.splitlines()
+                         if ln.strip().startswith(f"- {req.name}")), None)
+            assert line is not None and f"<{s.version}" in line, \
+                f"environment.yml must bound {req.name} <{s.version} as pyproject.toml does"
+
+
+def test_pynndescent_is_a_version_the_copied_driver_was_made_from():
+    import pynndescent
+
+    from vclust.numerics import nndescent
+    from vclust.numerics.annindex import enable_numba_cache
+
+    assert pynndescent.__version__ in nndescent.SUPPORTED
+    enable_numba_cache()
+    assert nndescent.install(), "the copied NN-descent driver did not install"
+
+
+def test_the_private_names_vclust_uses_exist():
+    """numba's Dispatcher cache hooks (annindex.enable_numba_cache), pynndescent's search
+    plan and heap type (annindex.release_gil), dask's getter (compare's read log)."""
+    import numba
+    import pynndescent.pynndescent_ as P
+    from dask.array.core import getter  # noqa: F401
+    from numba.core.caching import NullCache  # noqa: F401
+
+    from vclust.numerics.annindex import enable_numba_cache
+
+    enable_numba_cache()
+
+    @numba.njit(cache=False)
+    def f(x):
+        return x + 1
+
+    f(1)
+    assert hasattr(f, "_cache") and hasattr(f, "_set_uuid")
+    import numpy as np
+
+    idx = P.NNDescent(np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32),
+                      n_neighbors=5, random_state=0, compressed=False)
+    idx.prepare()
+    for name in ("_fast_plan", "_search_function", "_visited", "_input_dtype"):
+        assert hasattr(idx, name), f"pynndescent's NNDescent has no {name}"
+    from pynndescent import search as S
+
+    assert hasattr(S, "_HEAP_TYPE") and hasattr(S, "_array") and hasattr(S, "_search_dense_serial")
+
+
+def test_model_load_names_other_versions_and_refuses_another_pynndescent(tmp_path, caplog):
+    import json
+
+    import numpy as np
+
+    from vclust.errors import InputError
+    from vclust.model.versions import check_versions, library_versions
+
+    now = library_versions()
+    older = {**now, "numpy": "1.0.0"}
+    with caplog.at_level("WARNING"):
+        assert check_versions(older, tmp_path) == [f"numpy 1.0.0 -> {np.__version__}"]
+    assert "numpy 1.0.0" in caplog.text
+    with pytest.raises(InputError, match="fitted with pynndescent 0.5.13"):
+        check_versions({**now, "pynndescent": "0.5.13"}, tmp_path)
+    assert check_versions(now, tmp_path) == []
+    json.dumps(now)  # recorded in the manifest as JSON
+
+
+def test_the_pure_python_unpickler_vclust_scans_with_is_there(tmp_path):
+    """storage/pickles.py subclasses the standard library's pure-Python ``pickle._Unpickler``
+    and reads its ``_unframer``: a Python that changes them must fail here."""
+    import io
+    import pickle
+
+    class Probe(pickle._Unpickler):
+        pass
+
+    u = Probe(io.BytesIO(pickle.dumps([1, 2], protocol=5)))
+    assert u.load() == [1, 2]
+    assert hasattr(u, "_unframer") and isinstance(pickle._Unpickler.dispatch, dict)
