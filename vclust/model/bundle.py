@@ -16,18 +16,17 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from ..storage import fs as F
+from .versions import check_versions, library_versions
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +34,6 @@ FORMAT = "vclust-model"
 VERSION = 3  # 3: outlier score gated on kNN, its own projection, reasons (v2: centre term on log
 #   distances); an older model must be refitted
 PARTS = ("preprocess", "clusterer", "outliers")
-LIBRARIES = ("vclust", "numpy", "dask", "distributed", "zarr", "scikit-learn", "pynndescent",
-             "numba", "pyarrow", "pandas")
-
-
-def library_versions() -> dict:
-    out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def _to_jsonable(obj):
@@ -225,6 +212,7 @@ class Model:
                                  f"({' '.join(str(exc).split())[:160]}); the model is damaged: "
                                  "restore it from a copy or fit it again") from None
         _check_shapes(path, files_of=manifest["parts"], **parts)
+        check_versions(manifest.get("libraries"), path)
         info = {k: v for k, v in manifest.items()
                 if k not in ("parts", "descriptors", "format", "version", "model_id")}
         return cls(manifest["descriptors"], parts["preprocess"], parts["clusterer"],
