@@ -20,7 +20,6 @@ from vclust.numerics.metrics import (
     choose_k,
     davies_bouldin,
     evaluate_partition,
-    k_range_table,
 )
 from vclust.numerics.preprocess import MixturePreprocessor, Preprocessor
 
@@ -272,11 +271,19 @@ def test_sampled_silhouette_equals_sklearn_on_the_same_rows(blobs, as_dask):
         silhouette_score(x[pos], one[pos]), abs=1e-6)
 
 
-def test_k_range_table_and_choose_k(blobs):
-    x, _ = blobs
-    table = k_range_table(x, [3, 4, 5, 6, 7], random_state=0)
-    assert [r["k"] for r in table] == [3, 4, 5, 6, 7]
-    assert choose_k(table) == 5
+def test_fit_partition_over_a_k_range_chooses_the_blobs_k(blobs):
+    """The fit core (vclust.model.core) over a k-range, in this process and on dask rows: one
+    table row per k, the k of choose_k kept, the same partition either way."""
+    from vclust.model.core import fit_partition
+
+    x, y = blobs
+    z = da.from_array(x, chunks=(1000, -1))
+    here = fit_partition(z, "kmeans", [3, 4, 5, 6, 7], local=x, cache={})
+    there = fit_partition(z, "kmeans", [3, 4, 5, 6, 7], cache={})
+    assert [r["k"] for r in here.table] == [3, 4, 5, 6, 7]
+    assert choose_k(here.table) == here.k == there.k == 5
+    assert ari(y, here.labels) == 1.0
+    np.testing.assert_array_equal(here.labels, there.labels.compute())
     with pytest.raises(ValueError, match="number of labels is 1"):
         calinski_harabasz(x, np.zeros(len(x), int))
 

@@ -262,9 +262,9 @@ def _add_cluster_args(p):
 
 def _add_model_source(p):
     """The model a command reads: a folder, or an id (default: current) in a registry."""
-    p.add_argument("--model", metavar="MODEL_DIR|ID",
-                   help="model folder, or a model id in --registry (default: its current model)")
-    p.add_argument("--registry", metavar="DIR", help="model registry (a path or an s3:// URL)")
+    _path_option(p, "--model", "model folder, or a model id in --registry (default: its "
+                 "current model)", metavar="MODEL_DIR|ID")
+    _path_option(p, "--registry", "model registry (a path or an s3:// URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true",
                    help="print the traceback of every error, not only of internal faults")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _data_commands(sub)
+    _model_commands(sub)
+    _job_commands(sub)
+    return p
 
+
+def _path_option(p, flag, help, required=False, metavar=None):
+    """The options naming a place, each spelled once: --model, --registry, --labels."""
+    metavar = metavar or {"--model": "MODEL_DIR", "--registry": "DIR",
+                          "--labels": "LABELS_DIR"}[flag]
+    p.add_argument(flag, required=required, metavar=metavar, help=help)
+
+
+def _data_commands(sub):
+    """synth, ingest, info, pixels: the store and what is beside it."""
     s = sub.add_parser("synth", help="write a synthetic case laid out like the real delivery")
     add_options(s, SynthParams)
     s.set_defaults(func=cmd_synth)
@@ -301,6 +315,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_info)
 
+    s = sub.add_parser("pixels", help="per-image pixel statistics (readable, size, brightness, "
+                       "exposure, sharpness, colourfulness) of batches, from the zip or folder, "
+                       "stored beside the descriptors")
+    s.add_argument("store", metavar="STORE")
+    add_options(s, PixelsParams)
+    _add_cluster_args(s)
+    s.set_defaults(func=cmd_pixels)
+
+
+def _model_commands(sub):
+    """fit, label, export, report, compare, promote: models and what they make."""
     s = sub.add_parser("fit", help="fit preprocessing, clusters and outlier scoring on a store",
                        description="Fit preprocessing, clusters and outlier scoring on the "
                        "store's rows. With no --scheduler, --cluster or VCLUST_SCHEDULER, up to "
@@ -312,10 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "restores it instead of building it again, with the same result.")
     s.add_argument("store", metavar="STORE")
     where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--model", metavar="MODEL_DIR", help="write the model to this new folder")
-    where.add_argument("--registry", metavar="DIR",
-                       help="register the model in DIR/models/<id> and make it current (DIR: a "
-                            "path or an s3:// URL)")
+    _path_option(where, "--model", "write the model to this new folder")
+    _path_option(where, "--registry", "register the model in DIR/models/<id> and make it "
+                 "current (DIR: a path or an s3:// URL)")
     add_options(s, FitParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_fit)
@@ -333,20 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_args(s)
     s.set_defaults(func=cmd_label)
 
-    s = sub.add_parser("pixels", help="per-image pixel statistics (readable, size, brightness, "
-                       "exposure, sharpness, colourfulness) of batches, from the zip or folder, "
-                       "stored beside the descriptors")
-    s.add_argument("store", metavar="STORE")
-    add_options(s, PixelsParams)
-    _add_cluster_args(s)
-    s.set_defaults(func=cmd_pixels)
-
     s = sub.add_parser("export", help="CSV of one model's labels: path,cluster,is_outlier,"
                        "outlier_score,outlier_reason[,cluster_name]")
     s.add_argument("labels_dir", metavar="LABELS_DIR")
-    s.add_argument("--model", metavar="ID", help="model id (default: the only one, or the "
-                   "registry's current)")
-    s.add_argument("--registry", metavar="DIR", help="model registry, for its current model")
+    _path_option(s, "--model", "model id (default: the only one, or the registry's current)",
+                 metavar="ID")
+    _path_option(s, "--registry", "model registry, for its current model")
     add_options(s, ExportParams)
     s.set_defaults(func=cmd_export)
 
@@ -354,8 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                        " outlier galleries, a 2D/3D map; opens from disk")
     s.add_argument("store", metavar="STORE")
     _add_model_source(s)
-    s.add_argument("--labels", required=True, metavar="LABELS_DIR",
-                   help="the labels written by vclust label")
+    _path_option(s, "--labels", "the labels written by vclust label", required=True)
     add_options(s, ReportParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_report)
@@ -364,23 +379,26 @@ def build_parser() -> argparse.ArgumentParser:
                        " every k fitted on shared reduced rows, the best per spec and algorithm "
                        "registered (not current) and labelled, agreement tables and a page")
     s.add_argument("store", metavar="STORE")
-    s.add_argument("--registry", required=True, metavar="DIR",
-                   help="model registry: the kept models are registered, not made current")
-    s.add_argument("--labels", required=True, metavar="LABELS_DIR",
-                   help="labels dataset: every kept model labels every row (model=<id>/)")
+    _path_option(s, "--registry", "model registry: the kept models are registered, not made "
+                 "current", required=True)
+    _path_option(s, "--labels", "labels dataset: every kept model labels every row "
+                 "(model=<id>/)", required=True)
     add_options(s, CompareParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("promote", help="make a registered model current, its clusters numbered "
                        "to continue the current model's (names carried with --names)")
-    s.add_argument("--registry", required=True, metavar="DIR", help="model registry")
-    s.add_argument("--labels", metavar="LABELS_DIR",
-                   help="labels of both models, needed when the model was not numbered against "
-                        "the current model (vclust compare numbers its models so)")
+    _path_option(s, "--registry", "model registry", required=True)
+    _path_option(s, "--labels", "labels of both models, needed when the model was not numbered "
+                 "against the current model (vclust compare numbers its models so)")
     add_options(s, PromoteParams)
     s.set_defaults(func=cmd_promote)
 
+
+
+def _job_commands(sub):
+    """run, demo: several steps from a job spec."""
     s = sub.add_parser("run", help="run a job spec (jobs/*.yaml)")
     s.add_argument("job", metavar="JOB.yaml")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -395,7 +413,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(s, DemoParams)
     _add_cluster_args(s)
     s.set_defaults(func=cmd_demo)
-    return p
 
 
 def _setup_logging(verbose: bool, debug: bool = False):

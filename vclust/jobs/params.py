@@ -193,8 +193,7 @@ class FitParams(Params):
         """Every k to fit."""
         if self.k_range is None:
             return [self.k if self.k is not None else DEFAULT_K]
-        a, b = (int(x) for x in self.k_range.split(":"))
-        return list(range(a, b + 1))
+        return k_values(self.k_range)
 
     @property
     def outlier_options(self) -> dict:
@@ -311,6 +310,12 @@ class ReportParams(Params):
                                metavar="N")
 
 
+def k_values(k_range: str) -> list[int]:
+    """Every k of a validated ``A:B``."""
+    a, b = (int(x) for x in k_range.split(":"))
+    return list(range(a, b + 1))
+
+
 def _same_as(model: type[Params], name: str):
     """An option declared in another step, reused as it is declared there (one declaration)."""
     import copy
@@ -375,11 +380,7 @@ class CompareParams(Params):
     def algorithms(self) -> list[str]:
         return self.algorithm.split(",")
 
-    @property
-    def ks(self) -> list[int]:
-        a, b = (int(x) for x in self.k_range.split(":"))
-        return list(range(a, b + 1))
-
+    ks = property(lambda self: k_values(self.k_range), doc="Every k to fit.")
     outlier_options = FitParams.outlier_options
 
 

@@ -370,25 +370,6 @@ def adjusted_mutual_info(table, average_method: str = "arithmetic") -> float:
     return float(numerator / denominator)
 
 
-def agreement(labels_a, labels_b, n_a: int | None = None, n_b: int | None = None) -> dict:
-    """ARI, AMI and the contingency table of two labelings of the same rows (one pass).
-
-    Parameters
-    ----------
-    labels_a, labels_b : array_like of int, shape (n_samples,)
-        numpy or dask, as for ``contingency``; negative labels are one "noise" label.
-    n_a, n_b : int, optional
-        As for ``contingency``.
-
-    Returns
-    -------
-    dict
-        ``{"ari": float, "ami": float, "table": ndarray (n_a + 1, n_b + 1) int64}``.
-    """
-    table = contingency(labels_a, labels_b, n_a, n_b)
-    return {"ari": adjusted_rand(table), "ami": adjusted_mutual_info(table), "table": table}
-
-
 # ---------------------------------------------------------------------------------------------
 # outliers
 

@@ -252,20 +252,6 @@ def choose_k(table: list[dict]) -> int:
     return int(ks[order[0]])
 
 
-def k_range_table(X, ks, *, random_state=0, silhouette_sample=10_000, **kmeans_kwargs):
-    """Fit vclust's KMeans for each k and evaluate it: one row per k."""
-    from .kmeans import KMeans
-
-    table = []
-    for k in ks:
-        km = KMeans(k, random_state=random_state, **kmeans_kwargs).fit(X)
-        row = evaluate_partition(X, km.labels_, n_clusters=k, random_state=random_state,
-                                 silhouette_sample=silhouette_sample)
-        table.append({"k": k, **{m: row[m] for m in ("calinski_harabasz", "davies_bouldin",
-                                                      "silhouette", "within_ss")}})
-    return table
-
-
 def identity_consistency(labels, groups) -> dict:
     """How well clusters follow an identity (in VeRi-Wild, the vehicle: the folder of an image).
 

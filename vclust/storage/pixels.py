@@ -97,12 +97,6 @@ def open_column(group_path, name: str, mode: str = "r"):
     return F.open_array(F.as_path(group_path) / name, mode=mode)
 
 
-def chunk_rows(group_path) -> int:
-    group = F.open_group(F.as_path(group_path), mode="r")
-    first = next(iter(group.array_keys()))
-    return int(group[first].chunks[0])
-
-
 def commit(store: Store, batch_id: str, staging: Path, record: dict) -> None:
     """Move the staging group into place and write ``record`` into the batch's ledger entry."""
     target = store.path / DIR / batch_id
