@@ -1,6 +1,6 @@
 """vclust command line: parses, calls the library, turns known errors into exit code 2.
 
-Each command's step options come from the parameter table (vclust.params); what is declared
+Each command's step options come from the parameter table (vclust.jobs.params); what is declared
 here is only what is not a step option: the store, the model or registry a command reads or
 writes, and where to compute. Heavy modules are imported inside the commands.
 

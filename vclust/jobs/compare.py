@@ -15,7 +15,7 @@ One run over a store (``compare(store, CompareParams, registry, labels_dir)``):
 3. **Keep.** Per (spec, algorithm) the k of ``choose_k``; that partition gets its outlier
    scorer (its threshold from a sample of rows outside the reference, as `vclust fit` fits
    it: labelling scores every row next), is renumbered to continue the registry's current
-   model (vclust.succession), is registered (*not* made current) and labels every row under
+   model (vclust.model.succession), is registered (*not* made current) and labels every row under
    ``model=<id>/`` in the labels dir through ``jobs.label``, from the reduced rows already in
    memory. A spec whose rows are clustered in this process (``jobs.in_process``) is labelled
    here too, on this process's threads, with the scorer and index just fitted here: the

@@ -204,7 +204,7 @@ class FitParams(Params):
 
 
 class PixelsParams(Params):
-    """``vclust pixels``: per-row pixel statistics from the images (vclust.pixels)."""
+    """``vclust pixels``: per-row pixel statistics from the images (vclust.jobs.pixels)."""
 
     images: str = option(..., "the images, read in place: veriwild.zip or a folder (ids matched "
                          "as path suffixes)", metavar="ZIP_OR_DIR")
@@ -324,7 +324,7 @@ def _same_as(model: type[Params], name: str):
 
 
 class CompareParams(Params):
-    """``vclust compare``: every spec x algorithm x k on shared reduced rows (vclust.compare)."""
+    """``vclust compare``: every spec x algorithm x k on shared reduced rows (vclust.jobs.compare)."""
 
     descriptors: list[str] = option(..., "a descriptor set or mixture to compare (repeat the flag"
                                     " or give several); NAME[*W][+NAME[*W]...] as for fit",
@@ -386,7 +386,7 @@ class CompareParams(Params):
 
 class PromoteParams(Params):
     """``vclust promote``: make a registered model current, its clusters numbered to continue the
-    current model's (vclust.succession)."""
+    current model's (vclust.model.succession)."""
 
     model_id: str = option(..., "the model to make current", positional=True, metavar="MODEL_ID")
     names: Optional[str] = option(None, "the analysts' names CSV (cluster,name[,note]): rewritten "

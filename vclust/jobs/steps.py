@@ -1,8 +1,8 @@
 """The job steps (ingest, pixels, label; fit in vclust.jobs.fit) as sequences of library calls.
 
-Each step takes its options as one object of the parameter table (vclust.params), reports
+Each step takes its options as one object of the parameter table (vclust.jobs.params), reports
 progress through ``say(text)`` and returns its result; the CLI and ``vclust run``
-(vclust.runner) both call these with the same object.
+(vclust.jobs.runner) both call these with the same object.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def check_pixels(store_path, params) -> None:
 
 def pixels(store_path, params, say=_quiet, batches=None) -> dict:
     """Pixel statistics of the batches ``params`` (a ``PixelsParams``) names, or ``batches``
-    when it names none (vclust.pixels)."""
+    when it names none (vclust.jobs.pixels)."""
     from .pixels import compute_pixels
 
     chosen = params.batches or batches

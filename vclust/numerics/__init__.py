@@ -3,7 +3,7 @@ partition metrics, drift statistics and the block helpers they share.
 
 They work on numpy or dask arrays and know nothing of the store, the jobs or the command line
 (tests/test_layout.py holds that boundary). This module holds the library defaults that the
-parameter table (vclust.params) shows on the command line, so that reading them imports no
+parameter table (vclust.jobs.params) shows on the command line, so that reading them imports no
 heavy library.
 """
 

@@ -297,7 +297,7 @@ class MixturePreprocessor:
 
     def fitted(self):
         """Set the mixture's scales from preprocessors that are already fitted (each set fitted
-        once, shared by several mixtures: vclust.compare)."""
+        once, shared by several mixtures: vclust.jobs.compare)."""
         self.weights_ = {}
         for name, pre in self.preprocessors.items():
             kept = float(np.sum(pre.explained_variance_))

@@ -7,7 +7,7 @@
     OUT_DIR/images_paths.csv   header ``paths``, ``veriwild\\<camera>\\<vehicle>\\<image>.jpg``
     OUT_DIR/truth.csv          row, path, body_type, view, colour, vehicle_id, camera, outlier_kind
     OUT_DIR/veriwild.zip       one small JPEG per row drawn from its attributes, entries named
-                               like the ids with forward slashes (vclust.synth_images); none
+                               like the ids with forward slashes (vclust.synth.images); none
                                with ``images=False``
 
 Every image has latent attributes with imbalanced frequencies (body type, front/rear view,
