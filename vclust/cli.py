@@ -124,8 +124,9 @@ def cmd_info(args, say):
 
 def _prefetch(*modules):
     """Import ``modules`` on a daemon thread while the command opens its inputs: dask.array
-    takes 0.5 s to import (with numba, which it imports through pydata-sparse), and the
-    store's first reads wait on the disk, not on Python."""
+    is slow to import (with numba, which it imports through pydata-sparse), and the store's
+    first reads wait on the disk, not on Python (benchmarks/RESULTS.md, figures behind the
+    code)."""
     import importlib
     import threading
 
@@ -563,8 +564,8 @@ def run() -> None:
 
     What the interpreter would run at exit runs here (flushing the output, the atexit handlers:
     logging's, distributed's), then the process ends with ``os._exit``, skipping the teardown of
-    every module and object: after a fit of 416,314 rows that teardown took 0.6-0.7 s of the
-    command's wall time (measured 2026-11-24, the same fit with and without). Every command
+    every module and object, a noticeable part of a short command's wall time
+    (benchmarks/RESULTS.md, figures behind the code). Every command
     has finished its work, written and closed its files before ``main`` returns; the only
     threads left are idle pools and daemon threads."""
     import atexit

@@ -35,7 +35,7 @@ def warm(say=print) -> float:
     index_from_state(*index_to_state(index)).query(x[:100], k=11)
     # and the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
     # search kernels are compiled for the argument types those calls pass (a small index of
-    # its own above left a fit to compile 20 s of them)
+    # its own above left a fit to compile them again)
     from .numerics.kmeans import KMeans
     from .numerics.outliers import OutlierScorer
 

@@ -55,9 +55,8 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     before the read starts (when it does).
 
     Zarr reads its chunks on its own I/O threads without dask: the read does not wait for
-    dask.array's import (with numba's, 0.5-0.9 s of a fit's start on this machine), which the
-    command's other threads do meanwhile; 416,314 x 512 rows read in 0.33 s against 0.49 s as a
-    dask graph (page cache warm)."""
+    dask.array's import, which the command's other threads do meanwhile, and it is faster than
+    the same read as a dask graph (benchmarks/RESULTS.md, figures behind the code)."""
     import dask
 
     from ..numerics.blocks import LOCAL_SCHEDULERS, compact_rows, memory_budget
@@ -85,7 +84,7 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
 
 def _blocks_of(x: np.ndarray, step: int, name: str):
     """A dask array whose blocks are views of ``x``'s rows (``step`` rows each). dask's
-    ``from_array`` copies every block of a numpy array (2.0 s for 416,314 x 512 rows here)."""
+    ``from_array`` copies every block of a numpy array (benchmarks/RESULTS.md, figures behind the code)."""
     import dask.array as da
 
     bounds = list(range(0, x.shape[0], step)) + [x.shape[0]]
@@ -109,9 +108,9 @@ def hold_reduced(z, say=_quiet):
 
 # Reduced rows up to this size are clustered in the client process: KMeans, the metrics and
 # the k-range run on a numpy array with the process's BLAS threads, as a scikit-learn script
-# would, instead of as a few hundred small task graphs (20,000 rows: 1.2-4.5 s a k as graphs).
-# Larger ones are clustered on the workers, block by block. 1 GiB: the efficientnet-b7 space of
-# the 416k case (256 components, 426 MB) took 15-27 s a k as graphs, 4-15 s here.
+# would, instead of as a few hundred small task graphs. Larger ones are clustered on the
+# workers, block by block. 1 GiB holds the efficientnet-b7 space of the 416k case
+# (benchmarks/RESULTS.md, figures behind the code).
 IN_PROCESS_BYTES = 2**30
 
 
@@ -147,13 +146,12 @@ def _prepare_outliers(scorer, raw, n, rows):
     """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
     a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
     projection, the clustering's products) oversubscribes the cores, and its waiting threads
-    then cost far more than the work. A k-range on 20,000 x 57 rows took 39 s beside a thread
-    running BLAS products, 0.85 s with that thread's BLAS at one thread, 0.6 s alone (the
-    demo's fit: 6 s for its k-range, 3 s before vclust's KMeans ran its own passes)."""
+    then cost far more than the work (benchmarks/RESULTS.md, figures behind the code)."""
     from ..numerics.blocks import one_blas_thread
+    from ..storage import indexcache
 
     with one_blas_thread():
-        return scorer.prepare(raw, n, rows)
+        return scorer.prepare(raw, n, rows, cache=indexcache)
 
 
 def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
@@ -169,7 +167,7 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     from concurrent.futures import ThreadPoolExecutor
 
     from ..model.core import build_model, check_rows, fit_partition
-    from ..numerics import indexcache
+    from ..storage import indexcache
     from ..numerics.annindex import enable_numba_cache
     from ..numerics.outliers import OutlierScorer
     from ..storage.store import Store

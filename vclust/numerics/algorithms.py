@@ -38,11 +38,10 @@ def nearest_anchor(block, anchors, anchor_labels):
     """Label of the nearest anchor row for each row (brute force in row slices).
 
     Each slice's ||a||^2 - 2 x.a^T goes into one reused buffer of NEAREST_CELLS cells (64 MB),
-    written by the matrix product and shifted in place, then its argmin. On the compare grid's
-    20,000 anchors this took half the time of building the same values with two temporaries
-    per slice (100,000 rows of vdc_type's 39 columns: 1.9 s against 4.1 s; of
-    efficientnet-b7's 256: 6.4 s against 8.6 s), with the same labels: scaling by -2 is exact,
-    so every distance is bit for bit the one ||a||^2 - 2 x.a^T gives."""
+    written by the matrix product and shifted in place, then its argmin: faster than
+    building the same values with two temporaries per slice (benchmarks/RESULTS.md, figures behind the code), with the
+    same labels: scaling by -2 is exact, so every distance is bit for bit the one
+    ||a||^2 - 2 x.a^T gives."""
     x = np.asarray(block, dtype=np.float32)
     a = np.asarray(anchors, dtype=np.float32)
     m2 = np.ascontiguousarray((-2.0 * a).T)
@@ -171,14 +170,10 @@ def fit_gmm(sample, n_clusters, random_state=0):
     variance only (the leading components; of a mixture, each set's leading ones). A
     full covariance in d columns has d (d + 1) / 2 parameters, 32,896 at 256 (efficientnet-b7
     reduced to 0.95 of its variance), against 20,000 sample rows shared by up to 16
-    components: the fit is held up by its regularisation more than by the rows. Measured
-    (ARI against the known classes, k = their number, mean of 3 seeds): MVTec ResNet-18, 15
-    categories, at 118 columns 0.908, its leading 64 0.960, 32 0.933; ViT MVTec, 9 categories,
-    at 247 columns 0.891, 64 0.921, 32 0.901; the synthetic efficientnet-b7 at 256 columns
-    (body type, k 8/12/16, one seed) 0.418, 64 0.348, 32 0.452. 32 is the one that never lost;
-    narrower rows keep every column (ViT at 51 columns: 0.950 on all, 0.901 on 32). On the
-    efficientnet-b7 grid a fit and a prediction of every row took 17-23 s and 9-17 s at 256
-    columns, 1-5 s and 1 s at 32. The centres (for distances) are the components' means in
+    components: the fit is held up by its regularisation more than by the rows. Of 256, 64
+    and 32 columns, 32 is the one that never lost ARI against the known classes on the real
+    MVTec sets and the synthetic efficientnet-b7, and the fastest (benchmarks/RESULTS.md, figures behind the code);
+    narrower rows keep every column. The centres (for distances) are the components' means in
     the modelled columns and their members' means in the others."""
     from sklearn.mixture import GaussianMixture
 

@@ -100,8 +100,7 @@ def one_blas_thread():
 
     OpenBLAS's thread count is one setting for the whole process: blocks that each call a
     two-thread BLAS from two pool threads put four busy threads on two cores, and OpenBLAS's
-    waiting threads spin. The preprocessing pass over 416,314 x 512 rows in 51 blocks took
-    2.33 s so, 0.89 s with one BLAS thread a block (measured 2026-11-24). Counted: the
+    waiting threads spin (benchmarks/RESULTS.md, figures behind the code). Counted: the
     first caller limits, the last one out restores, so overlapping callers on other threads do
     not undo each other."""
     with _BLAS_LOCK:
@@ -158,7 +157,7 @@ LOCAL_SCHEDULERS = ("threads", "threading", "sync", "synchronous", "single-threa
 
 def distributed_imported() -> bool:
     """False when distributed was never imported in this process: no client can exist, and a
-    command run on this process's threads does not pay distributed's import (0.6-0.8 s)."""
+    command run on this process's threads does not pay distributed's import."""
     import sys
 
     return "distributed" in sys.modules

@@ -1,6 +1,7 @@
 """scikit-learn's estimator interface (``get_params``, ``set_params``, the repr) without its
-base classes: importing scikit-learn costs a `vclust fit` 1.1 s on this machine (it imports
-scipy.stats, pandas and pyarrow), and the default fit needs nothing else from it."""
+base classes: importing scikit-learn is a large part of a short `vclust fit` (it imports
+scipy.stats, pandas and pyarrow; benchmarks/RESULTS.md), and the default fit needs nothing else
+from it."""
 
 from __future__ import annotations
 

@@ -21,16 +21,13 @@ KMeans does with sample weights, CANDIDATE_INITS restarts): a hundred-odd rows, 
 import it.
 Rows given as one numpy array (clustered in this process, see ``jobs.in_process``) of
 SKLEARN_DIMS columns or more go through scikit-learn's Lloyd from the same initial centres,
-with the same tolerance rule: its chunked Cython passes took 0.15 s a pass on 416k x 256 rows
-where the block passes here took 0.23 s, 45 ms against 69 ms at 100 columns. From ELKAN_DIMS
-columns it runs scikit-learn's Elkan variant, the same iterations with distances skipped by
-the triangle inequality: on the 416k efficientnet-b7 rows (256 columns) 1.6x faster at k=6
-and 12, 1.15x at 16, the same inertia to float32 rounding; at 64 columns it lost as often as
-it won. Narrower rows (the osnet and vdc sets reduce to 14-60 columns) run the block passes
-here on this process's threads: as fast as scikit-learn's there (416k x 14: 0.05-0.19 s
-against 0.09-0.14 s; 416k x 32: 0.09-0.18 against 0.13-0.18 s), and a fit that needs no
-scikit-learn does not import it (1.1 s of a `vclust fit` with scipy.stats, pandas and pyarrow,
-which it imports).
+with the same tolerance rule: its chunked Cython passes are faster there than the block
+passes. From ELKAN_DIMS columns it runs scikit-learn's Elkan variant, the same iterations with
+distances skipped by the triangle inequality (faster on wide rows, the same inertia to float32
+rounding; at 64 columns it lost as often as it won). Narrower rows (the osnet and vdc sets
+reduce to 14-60 columns) run the block passes here on this process's threads: as fast as
+scikit-learn's there, and a fit that needs no scikit-learn does not import it (scikit-learn
+imports scipy.stats, pandas and pyarrow) (benchmarks/RESULTS.md, figures behind the code).
 ``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
 """
 
@@ -169,8 +166,7 @@ def _kmeans_parallel_block(block, state, row0, new, ell, seed, rnd):
 #: restarts of the candidates' weighted k-means (k-means|| init). On the 15 MVTec categories
 #: (docs/preprocessing.md, 20 seeds, one init) 10 restarts missed the optimum on 1 seed of 20
 #: with l2 + PCA 0.95, 9 with PCA 0.90 and 5 with the rows as given; 20 restarts on 0, 6 and 2
-#: (30: 0, 6, 1), for 13 ms instead of 7 on 151 candidates. More restarts only add draws: the
-#: first 10 are the same.
+#: (30: 0, 6, 1). More restarts only add draws: the first 10 are the same. Cost: RESULTS.md.
 CANDIDATE_INITS = 20
 
 #: columns from which numpy rows go through scikit-learn's Lloyd, and its Elkan iterations

@@ -152,8 +152,8 @@ def _tsne_perplexity(n_rows):
 
 
 def _tsne(X, n_components, random_state, affinities=None):
-    """openTSNE on one thread: on 2 cores two threads were no faster (10,000 aloi rows: 2D 53 s
-    vs 58 s, 3D 111 s vs 203 s) and gave other coordinates than one (docs/maps.md)."""
+    """openTSNE on one thread: on 2 cores two threads were no faster and gave other
+    coordinates than one (docs/maps.md)."""
     from openTSNE import TSNE
 
     tsne = TSNE(n_components=n_components, perplexity=_tsne_perplexity(len(X)),

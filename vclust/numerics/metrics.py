@@ -166,8 +166,8 @@ def _silhouette_from_distances(D, ls) -> float:
 
 def _silhouette_streamed(xs, ls, step=64) -> float:
     """The same silhouette without the m x m matrix: each slice of distance rows is summed by
-    cluster as it is made. One labelling of a sample of 10,000 rows: no 400 MB matrix to
-    allocate (on the 2-core benchmark machine fresh memory costs about 1 s a GB to touch)."""
+    cluster as it is made: no sample_size^2 matrix to allocate, whose fresh memory costs more
+    to touch than the sums (benchmarks/RESULTS.md, figures behind the code)."""
     lab, onehot = _onehot(ls)
     x = np.asarray(xs, dtype=np.float64)
     sq = np.einsum("ij,ij->i", x, x)
@@ -187,7 +187,7 @@ def silhouette_sampled(X, labels, sample_size=10_000, random_state=0, cache=None
     ``cache``: a dict kept across calls on the same X (a k-range): the sample's rows and their
     distance matrix (sample_size^2 float32: 400 MB for 10,000) are computed on the first call
     only, so each further labelling costs one product with its one-hot matrix instead of
-    sample_size^2 distances again (on 20,000 x 57 rows: 0.7 s a k before, 0.05 s after).
+    sample_size^2 distances again (benchmarks/RESULTS.md, figures behind the code).
     Without a cache (one labelling) the distances are summed slice by slice, never held."""
     n = X.shape[0]
     key = (X.shape, sample_size, random_state)
@@ -272,9 +272,8 @@ def identity_consistency(labels, groups) -> dict:
     ({cluster: float or None}), ``rows`` (rows counted) and ``groups`` (groups of >= 2 rows).
 
     Counted with numpy on integer codes: ``groups`` given as integers are taken as codes
-    (negative: no group), any other keys are factorised first. `vclust compare` factorises the
-    image folders once and scores each of its partitions in about 0.04 s on 416,314 rows (the
-    two pandas group-bys on object keys this replaced took 0.3-0.4 s).
+    (negative: no group), any other keys are factorised first: `vclust compare` factorises the
+    image folders once for all its partitions (benchmarks/RESULTS.md, figures behind the code).
     """
     import pandas as pd
 

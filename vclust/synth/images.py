@@ -456,9 +456,7 @@ class CaseImageWriter:
     = 5,120 inlier pictures, 2 x 1,280 glare and junk ones and 8 empty ones, about 3.3 kB each
     (under 26 MB), so memory stays bounded whatever the row count; the central directory adds
     about 75 bytes a row. Entries are stored, not compressed, with a fixed date.
-
-    Measured on this machine (2 cores, CPU time, descriptors excluded): 20,000 rows in 1.8 s
-    (4,025 distinct pictures, 66 MB zip), 416,314 rows in 8.4 s (6,935 distinct, 1.37 GB).
+    Its cost: benchmarks/RESULTS.md, figures behind the code.
     """
 
     def __init__(self, path, seed: int, *, size=IMAGE_SIZE, quality: int = JPEG_QUALITY):
