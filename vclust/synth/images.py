@@ -152,129 +152,158 @@ def _flare(i: int, w: int, h: int) -> np.ndarray:
     return out
 
 
+class _Vehicle:
+    """One vehicle drawn with ``PIL.ImageDraw`` in frame coordinates: positions in pixels of a
+    128x96 frame (``x0`` the face's left edge, ``ground`` the ground line's y, ``s`` the
+    vehicle's size), drawn on a canvas ``kx`` by ``ky`` times as large."""
+
+    def __init__(self, draw, spec, view, paint, x0, ground, s, kx, ky):
+        self.draw, self.spec, self.paint, self.s = draw, spec, paint, s
+        self.rear = view == "rear"
+        self.ground, self.kx, self.ky = ground, kx, ky
+        self.clr = spec["clear"]
+        self.fx0, self.fx1 = x0, x0 + spec["w"] * s
+        self.side_col = _shade(paint, 0.78)
+        self.edge = (92, 92, 98) if max(paint) < 60 else _shade(paint, 0.45)
+
+    def P(self, x, hgt):  # frame x, height above ground (in unscaled pixels) -> canvas point
+        return (x * self.kx, (self.ground - hgt * self.s) * self.ky)
+
+    def U(self, u):  # side position from the front -> frame x
+        return self.fx1 + (self.spec["length"] - u if self.rear else u) * self.s
+
+    def poly(self, pts, fill, outline=None):
+        self.draw.polygon([self.P(x, hh) for x, hh in pts], fill=fill, outline=outline)
+
+    def line(self, a, b, fill, width=_SS):
+        self.draw.line([self.P(*a), self.P(*b)], fill=fill, width=width)
+
+    def side(self):
+        """The shadow, a truck's box over its cab, the side with its windows and bed."""
+        spec, s, fx0, fx1, clr, U = self.spec, self.s, self.fx0, self.fx1, self.clr, self.U
+        self.draw.ellipse([self.P(fx0 - 3, 2.5), self.P(fx1 + spec["length"] * s + 4, -2.5)],
+                          fill=(40, 40, 42))
+        if "box" in spec and not self.rear:  # the box of a truck, seen above its cab
+            bw = spec["box"][2]
+            self.poly([(fx0 + 3 * s, 46), (fx1 + 6 * s, 46), (fx1 + 6 * s, bw), (fx0 + 3 * s, bw)],
+                      _shade(self.paint, 0.9), self.edge)
+        prof = [(U(u), hgt) for u, hgt in spec["profile"]]
+        self.poly([(U(0), clr)] + prof + [(U(spec["length"]), clr)], self.side_col, self.edge)
+        if "box" in spec:  # the cab's back shows against the box
+            u0 = spec["box"][0]
+            self.line((U(u0), clr + 2), (U(u0), spec["box"][2] - 1), self.edge)
+        for win in spec["windows"]:
+            self.poly([(U(u), hgt) for u, hgt in win], GLASS, _shade(GLASS, 0.6))
+        if "bed" in spec:  # the open bed: its inside seen over the near wall
+            b0, b1 = spec["bed"]
+            top = spec["profile"][-2][1]
+            self.poly([(U(b0), top), (U(b1), top), (U(b1) + 2 * s, top + 5),
+                       (U(b0) + 2 * s, top + 5)], (44, 44, 46), self.edge)
+            self.line((U(b0) + 2 * s, top + 5), (U(b1) + 2 * s, top + 5), self.side_col)
+
+    def side_detail(self, detail):
+        """The vehicle's own detail on its side: roof rack, stripe or skirt."""
+        spec, clr, U = self.spec, self.clr, self.U
+        body_top = max(hgt for _, hgt in spec["profile"])
+        if detail == 1:  # a roof rack
+            self.line((U(spec["length"] * 0.35), body_top + 2.5),
+                      (U(spec["length"] * 0.8), body_top + 2.5), (20, 20, 20), 2 * _SS)
+        elif detail == 2:  # a side stripe
+            stripe = (20, 20, 20) if sum(self.paint) > 360 else (235, 235, 235)
+            hs = clr + (spec["front"][0] - clr) * 0.75
+            self.line((U(2), hs), (U(spec["length"] - 2), hs), stripe, 2 * _SS)
+        elif detail == 3:  # a black skirt along the bottom
+            self.poly([(U(0), clr), (U(0), clr + 4), (U(spec["length"]), clr + 4),
+                       (U(spec["length"]), clr)], (24, 24, 24))
+
+    def wheels(self):
+        us, r = self.spec["wheels"]
+        s, P = self.s, self.P
+        for u in us:
+            cx, cy = self.U(u), r
+            self.draw.ellipse([P(cx - r * s, cy + r), P(cx + r * s, cy - r)], fill=TYRE)
+            self.draw.ellipse([P(cx - r * s * 0.45, cy + r * 0.45),
+                               P(cx + r * s * 0.45, cy - r * 0.45)], fill=HUB)
+
+    def face(self, detail):
+        """The front or the rear; returns (face_lo, lights_at): where the face's lower part
+        ends and the lights sit."""
+        spec, s, fx0, fx1, clr = self.spec, self.s, self.fx0, self.fx1, self.clr
+        lo, hi = spec["rear" if self.rear else "front"]
+        if "box" in spec and self.rear:  # a truck's box from behind: two doors, lights low
+            self.poly([(fx0, clr), (fx1 + 4 * s, clr), (fx1 + 4 * s, hi), (fx0, hi)],
+                      self.paint, self.edge)
+            mid = (fx0 + fx1 + 4 * s) / 2
+            self.line((mid, clr + 1), (mid, hi - 1), self.edge)
+            return hi, clr + 1.5
+        for tx in (fx0 + 1 * s, fx1 - 6 * s):  # tyres under the face
+            self.poly([(tx, 0), (tx + 5 * s, 0), (tx + 5 * s, clr + 3), (tx, clr + 3)], TYRE)
+        self.poly([(fx0, clr), (fx1, clr), (fx1, lo), (fx0, lo)], self.paint, self.edge)
+        if hi > lo:
+            self.upper_face(lo, hi)
+        if detail == 1:
+            self.line((fx0 + 4 * s, hi + 2.5), (fx1 - 4 * s, hi + 2.5), (20, 20, 20), 2 * _SS)
+        if detail == 3:
+            self.poly([(fx0, clr), (fx1, clr), (fx1, clr + 4), (fx0, clr + 4)], (24, 24, 24))
+        return lo, lo - 2 - min(6.0, (lo - clr) * 0.4)
+
+    def upper_face(self, lo, hi):
+        """The upper face: pillars, then the glass (a pickup's cab back over its bed)."""
+        spec, s, fx0, fx1, paint = self.spec, self.s, self.fx0, self.fx1, self.paint
+        inset = 3 * s if spec is not SHAPES["bus"] else 0.5 * s
+        if "bed" in spec and self.rear:
+            self.poly([(fx0 + 3 * s, lo), (fx1 - 3 * s, lo), (fx1 - 3 * s, lo + 4),
+                       (fx0 + 3 * s, lo + 4)], (44, 44, 46))
+            self.poly([(fx0 + 5 * s, lo + 4), (fx1 - 5 * s, lo + 4), (fx1 - 5 * s, hi),
+                       (fx0 + 5 * s, hi)], paint, self.edge)
+            self.poly([(fx0 + 10 * s, lo + 9), (fx1 - 10 * s, lo + 9), (fx1 - 10 * s, hi - 3),
+                       (fx0 + 10 * s, hi - 3)], GLASS)
+            return
+        self.poly([(fx0 + 0.5 * s, lo), (fx1 - 0.5 * s, lo), (fx1 - inset, hi),
+                   (fx0 + inset, hi)], paint, self.edge)
+        g = [(fx0 + 2.5 * s, lo + 1), (fx1 - 2.5 * s, lo + 1),
+             (fx1 - inset - 1.5 * s, hi - 2), (fx0 + inset + 1.5 * s, hi - 2)]
+        if self.rear and spec is SHAPES["bus"]:  # a bus's small rear window
+            g = [(fx0 + 4 * s, lo + 4), (fx1 - 4 * s, lo + 4), (fx1 - 4 * s, hi - 8),
+                 (fx0 + 4 * s, hi - 8)]
+        self.poly(g, GLASS)
+        gx = fx0 + (fx1 - fx0) * 0.3
+        self.line((gx, lo + 2), (gx + 4 * s, hi - 3), GLASS_GLINT, 2 * _SS)
+
+    def lights(self, face_lo, lights_at):
+        """Lights, grille and plate."""
+        spec, s, fx0, clr, P, draw = self.spec, self.s, self.fx0, self.clr, self.P, self.draw
+        fr = self.fx1 + (4 * s if "box" in spec and self.rear else 0)
+        lw = max(4.0, (fr - fx0) * 0.2)
+        lh = 4.0 if not self.rear else 4.5
+        px = (fx0 + fr) / 2
+        if not self.rear:
+            draw.rectangle([P(fx0 + lw + 2 * s, lights_at + lh - 0.5), P(fr - lw - 2 * s,
+                            lights_at - 0.5)], fill=(34, 34, 38))  # grille
+            for lx in (fx0 + 1.5 * s, fr - 1.5 * s - lw):
+                draw.ellipse([P(lx - 0.5, lights_at + lh + 0.5),
+                              P(lx + lw + 0.5, lights_at - 0.5)], fill=(70, 64, 40))
+                draw.ellipse([P(lx, lights_at + lh), P(lx + lw, lights_at)], fill=HEADLIGHT)
+                draw.ellipse([P(lx + lw * 0.3, lights_at + lh * 0.75),
+                              P(lx + lw * 0.7, lights_at + lh * 0.25)], fill=HEADLIGHT_CORE)
+        else:
+            for lx in (fx0 + 1.5 * s, fr - 1.5 * s - lw):
+                draw.rectangle([P(lx - 0.6, lights_at + lh + 0.6),
+                                P(lx + lw + 0.6, lights_at - 0.6)], fill=(48, 0, 0))
+                draw.rectangle([P(lx, lights_at + lh), P(lx + lw, lights_at)], fill=TAIL_LIGHT)
+        if face_lo - clr > 8:
+            draw.rectangle([P(px - 5 * s, clr + 5.5), P(px + 5 * s, clr + 2.5)],
+                           fill=(232, 232, 228))
+
+
 def _draw_vehicle(draw, spec: dict, view: str, paint, detail: int, x0: float, ground: float,
                   s: float, kx: float, ky: float):
-    """Draw one vehicle with ``PIL.ImageDraw``: positions in pixels of a 128x96 frame (``x0``
-    the face's left edge, ``ground`` the ground line's y, ``s`` the vehicle's size), drawn on a
-    canvas ``kx`` by ``ky`` times as large."""
-    rear = view == "rear"
-    W, L, clr = spec["w"] * s, spec["length"] * s, spec["clear"]
-    fx0, fx1 = x0, x0 + W
-    side_col = _shade(paint, 0.78)
-    edge = (92, 92, 98) if max(paint) < 60 else _shade(paint, 0.45)
-
-    def P(x, hgt):  # frame x, height above ground (in unscaled pixels) -> canvas point
-        return (x * kx, (ground - hgt * s) * ky)
-
-    def U(u):  # side position from the front -> frame x
-        return fx1 + (spec["length"] - u if rear else u) * s
-
-    def poly(pts, fill, outline=None):
-        draw.polygon([P(x, hh) for x, hh in pts], fill=fill, outline=outline)
-
-    # shadow
-    draw.ellipse([P(fx0 - 3, 2.5), P(fx1 + L + 4, -2.5)], fill=(40, 40, 42))
-    # the box of a truck, seen above its cab from the front
-    if "box" in spec and not rear:
-        bw = spec["box"][2]
-        poly([(fx0 + 3 * s, 46), (fx1 + 6 * s, 46), (fx1 + 6 * s, bw), (fx0 + 3 * s, bw)],
-             _shade(paint, 0.9), edge)
-    # the side
-    prof = [(U(u), hgt) for u, hgt in spec["profile"]]
-    poly([(U(0), clr)] + prof + [(U(spec["length"]), clr)], side_col, edge)
-    if "box" in spec:  # the cab's back shows against the box
-        u0 = spec["box"][0]
-        draw.line([P(U(u0), clr + 2), P(U(u0), spec["box"][2] - 1)], fill=edge, width=_SS)
-    for win in spec["windows"]:
-        poly([(U(u), hgt) for u, hgt in win], GLASS, _shade(GLASS, 0.6))
-    if "bed" in spec:  # the open bed: its inside seen over the near wall
-        b0, b1 = spec["bed"]
-        top = spec["profile"][-2][1]
-        poly([(U(b0), top), (U(b1), top), (U(b1) + 2 * s, top + 5), (U(b0) + 2 * s, top + 5)],
-             (44, 44, 46), edge)
-        draw.line([P(U(b0) + 2 * s, top + 5), P(U(b1) + 2 * s, top + 5)], fill=side_col,
-                  width=_SS)
-    # the vehicle's own detail
-    body_top = max(hgt for _, hgt in spec["profile"])
-    if detail == 1:  # a roof rack
-        draw.line([P(U(spec["length"] * 0.35), body_top + 2.5),
-                   P(U(spec["length"] * 0.8), body_top + 2.5)], fill=(20, 20, 20), width=2 * _SS)
-    elif detail == 2:  # a side stripe
-        stripe = (20, 20, 20) if sum(paint) > 360 else (235, 235, 235)
-        hs = clr + (spec["front"][0] - clr) * 0.75
-        draw.line([P(U(2), hs), P(U(spec["length"] - 2), hs)], fill=stripe, width=2 * _SS)
-    elif detail == 3:  # a black skirt along the bottom
-        poly([(U(0), clr), (U(0), clr + 4), (U(spec["length"]), clr + 4),
-              (U(spec["length"]), clr)], (24, 24, 24))
-    # wheels
-    us, r = spec["wheels"]
-    for u in us:
-        cx, cy = U(u), r
-        draw.ellipse([P(cx - r * s, cy + r), P(cx + r * s, cy - r)], fill=TYRE)
-        draw.ellipse([P(cx - r * s * 0.45, cy + r * 0.45), P(cx + r * s * 0.45, cy - r * 0.45)],
-                     fill=HUB)
-    # the face: front or rear
-    lo, hi = spec["rear" if rear else "front"]
-    if "box" in spec and rear:  # a truck's box from behind: two doors, lights low down
-        poly([(fx0, clr), (fx1 + 4 * s, clr), (fx1 + 4 * s, hi), (fx0, hi)], paint, edge)
-        mid = (fx0 + fx1 + 4 * s) / 2
-        draw.line([P(mid, clr + 1), P(mid, hi - 1)], fill=edge, width=_SS)
-        lights_at = clr + 1.5
-        face_lo = hi
-    else:
-        for tx in (fx0 + 1 * s, fx1 - 6 * s):  # tyres under the face
-            poly([(tx, 0), (tx + 5 * s, 0), (tx + 5 * s, clr + 3), (tx, clr + 3)], TYRE)
-        poly([(fx0, clr), (fx1, clr), (fx1, lo), (fx0, lo)], paint, edge)
-        face_lo = lo
-        lights_at = lo - 2 - min(6.0, (lo - clr) * 0.4)
-        if hi > lo:  # the upper face: pillars, then the glass
-            inset = 3 * s if spec is not SHAPES["bus"] else 0.5 * s
-            if "bed" in spec and rear:  # a pickup's cab back, over the bed
-                poly([(fx0 + 3 * s, lo), (fx1 - 3 * s, lo), (fx1 - 3 * s, lo + 4),
-                      (fx0 + 3 * s, lo + 4)], (44, 44, 46))
-                poly([(fx0 + 5 * s, lo + 4), (fx1 - 5 * s, lo + 4), (fx1 - 5 * s, hi),
-                      (fx0 + 5 * s, hi)], paint, edge)
-                poly([(fx0 + 10 * s, lo + 9), (fx1 - 10 * s, lo + 9), (fx1 - 10 * s, hi - 3),
-                      (fx0 + 10 * s, hi - 3)], GLASS)
-            else:
-                poly([(fx0 + 0.5 * s, lo), (fx1 - 0.5 * s, lo), (fx1 - inset, hi),
-                      (fx0 + inset, hi)], paint, edge)
-                g = [(fx0 + 2.5 * s, lo + 1), (fx1 - 2.5 * s, lo + 1),
-                     (fx1 - inset - 1.5 * s, hi - 2), (fx0 + inset + 1.5 * s, hi - 2)]
-                if rear and spec is SHAPES["bus"]:  # a bus's small rear window
-                    g = [(fx0 + 4 * s, lo + 4), (fx1 - 4 * s, lo + 4), (fx1 - 4 * s, hi - 8),
-                         (fx0 + 4 * s, hi - 8)]
-                poly(g, GLASS)
-                gx = fx0 + (fx1 - fx0) * 0.3
-                draw.line([P(gx, lo + 2), P(gx + 4 * s, hi - 3)], fill=GLASS_GLINT,
-                          width=2 * _SS)
-        if detail == 1:
-            draw.line([P(fx0 + 4 * s, hi + 2.5), P(fx1 - 4 * s, hi + 2.5)], fill=(20, 20, 20),
-                      width=2 * _SS)
-        if detail == 3:
-            poly([(fx0, clr), (fx1, clr), (fx1, clr + 4), (fx0, clr + 4)], (24, 24, 24))
-    # lights, grille and plate
-    fr = fx1 + (4 * s if "box" in spec and rear else 0)
-    lw = max(4.0, (fr - fx0) * 0.2)
-    lh = 4.0 if not rear else 4.5
-    plate = (232, 232, 228)
-    px = (fx0 + fr) / 2
-    if not rear:
-        draw.rectangle([P(fx0 + lw + 2 * s, lights_at + lh - 0.5), P(fr - lw - 2 * s,
-                        lights_at - 0.5)], fill=(34, 34, 38))  # grille
-        for lx in (fx0 + 1.5 * s, fr - 1.5 * s - lw):
-            draw.ellipse([P(lx - 0.5, lights_at + lh + 0.5), P(lx + lw + 0.5, lights_at - 0.5)],
-                         fill=(70, 64, 40))
-            draw.ellipse([P(lx, lights_at + lh), P(lx + lw, lights_at)], fill=HEADLIGHT)
-            draw.ellipse([P(lx + lw * 0.3, lights_at + lh * 0.75),
-                          P(lx + lw * 0.7, lights_at + lh * 0.25)], fill=HEADLIGHT_CORE)
-    else:
-        for lx in (fx0 + 1.5 * s, fr - 1.5 * s - lw):
-            draw.rectangle([P(lx - 0.6, lights_at + lh + 0.6), P(lx + lw + 0.6, lights_at - 0.6)],
-                           fill=(48, 0, 0))
-            draw.rectangle([P(lx, lights_at + lh), P(lx + lw, lights_at)], fill=TAIL_LIGHT)
-    if face_lo - clr > 8:
-        draw.rectangle([P(px - 5 * s, clr + 5.5), P(px + 5 * s, clr + 2.5)], fill=plate)
+    """Draw one vehicle (``_Vehicle``): side, its detail, wheels, face, lights."""
+    v = _Vehicle(draw, spec, view, paint, x0, ground, s, kx, ky)
+    v.side()
+    v.side_detail(detail)
+    v.wheels()
+    v.lights(*v.face(detail))
 
 
 N_SIZES = 3  # vehicle sizes: each picture's is its jitter modulo N_SIZES
