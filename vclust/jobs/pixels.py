@@ -1,7 +1,7 @@
 """``vclust pixels``: per-row pixel statistics of a store's batches, from the images in place.
 
 For each row of the chosen batches, its image (the row's id matched in the zip or folder as the
-report matches it, vclust.images) is read and decoded once, and the statistics of
+report matches it, vclust.storage.images) is read and decoded once, and the statistics of
 vclust.numerics.pixels are stored beside the descriptors (vclust.storage.pixels: one group per
 batch, committed in the batch's ledger entry last). The work is split in row blocks, one dask
 task each, run on the workers; each worker process opens the zip itself, once (the path travels
@@ -19,14 +19,13 @@ leftovers and completes the work.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 
 import numpy as np
 
 from ..errors import InputError
-from ..numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, image_stats
+from ..numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, STAT_COLUMNS, image_stats
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +46,12 @@ def _source(path):
 
 def decode(data: bytes, size: int = ANALYSIS_SIZE):
     """(width, height, RGB array at most about ``size`` on the longer side, its luma and the
-    luma's histogram), or raise
-    on a picture that cannot be decoded (truncated, corrupt, not an image)."""
-    from PIL import Image
+    luma's histogram), or raise on a picture that cannot be decoded (truncated, corrupt, not an
+    image) or is refused before decoding (vclust.storage.decode.open_image: too many pixels, or
+    more than its bytes can hold)."""
+    from ..storage.decode import open_image
 
-    with Image.open(io.BytesIO(data)) as im:
+    with open_image(data) as im:
         w, h = im.size
         longer = max(w, h)
         if longer >= 2 * size:
@@ -66,22 +66,38 @@ def decode(data: bytes, size: int = ANALYSIS_SIZE):
 
 def row_stats(status: str, data: bytes | None, size: int = ANALYSIS_SIZE) -> tuple:
     """One row of ``COLUMNS`` from an image's fetch status and bytes."""
-    nan = (float("nan"),) * 6
+    return _row_stats(status, data, size)[0]
+
+
+def _row_stats(status: str, data: bytes | None, size: int) -> tuple[tuple, str]:
+    """(one row of ``COLUMNS``, why the image is unreadable or undecodable, else "")."""
+    nan = (float("nan"),) * len(STAT_COLUMNS)
     if data is None:
         code = PROBLEMS.index("missing" if status == "missing" else "unreadable")
-        return (0, code, 0, 0) + nan
+        return (0, code, 0, 0) + nan, ""
     try:
         w, h, rgb, luma, hist = decode(data, size)
         stats = image_stats(rgb, luma, hist)
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on garbage
-        log.debug("pixels: undecodable image (%s: %s)", type(exc).__name__, exc)
-        return (0, PROBLEMS.index("undecodable"), 0, 0) + nan
-    return (1, 0, w, h) + stats
+        why = " ".join(str(exc).split())[:200] or type(exc).__name__
+        log.info("pixels: undecodable image (%s: %s)", type(exc).__name__, why)
+        return (0, PROBLEMS.index("undecodable"), 0, 0) + nan, why
+    return (1, 0, w, h) + stats, ""
 
 
-def stats_for_ids(source, ids, size: int = ANALYSIS_SIZE) -> dict:
-    """``COLUMNS`` for a sequence of image ids read from ``source`` (an ImageSource)."""
-    rows = [row_stats(*source.fetch(i), size) for i in ids]
+_EXAMPLES = 5  # unreadable or undecodable images a task names (with why) for the summary
+
+
+def stats_for_ids(source, ids, size: int = ANALYSIS_SIZE, bad: list | None = None) -> dict:
+    """``COLUMNS`` for a sequence of image ids read from ``source`` (an ImageSource); the
+    first unreadable or undecodable ones appended to ``bad`` as (id, why)."""
+    rows = []
+    for i in ids:
+        status, data, why = source.fetch_why(i)
+        row, why2 = _row_stats(status, data, size)
+        if bad is not None and len(bad) < _EXAMPLES and row[1] >= PROBLEMS.index("unreadable"):
+            bad.append((str(i), why or why2))
+        rows.append(row)
     cols = list(zip(*rows)) if rows else [()] * len(COLUMNS)
     return {name: np.asarray(col, dtype=dtype) for (name, dtype), col in zip(COLUMNS.items(), cols)}
 
@@ -93,11 +109,12 @@ def _block_task(store_path: str, images: str, group: str, row0: int, a: int, b: 
     from ..storage.store import read_ids
 
     ids = read_ids(store_path, row0 + a, row0 + b)
-    cols = stats_for_ids(_source(images), ids, size)
+    bad: list = []
+    cols = stats_for_ids(_source(images), ids, size, bad)
     for name, values in cols.items():
         open_column(group, name, mode="r+")[a:b] = values
     problem = cols["problem"]
-    return {"rows": b - a, "readable": int(cols["readable"].sum()),
+    return {"rows": b - a, "readable": int(cols["readable"].sum()), "examples": bad,
             **{p: int((problem == i).sum()) for i, p in enumerate(PROBLEMS) if p}}
 
 
@@ -154,8 +171,22 @@ def compute_pixels(store_path, images, *, batches=None, all_batches: bool = Fals
             say(f"pixels: batch {b}: {summary['readable']} readable, {summary['missing']} "
                 f"missing, {summary['unreadable']} unreadable, {summary['undecodable']} "
                 "undecodable")
+            _summarise_bad(b, parts, summary, n)
             out.append({"batch": b, "status": "written", **summary})
     return {"batches": out}
+
+
+def _summarise_bad(batch: str, parts, summary: dict, n: int) -> None:
+    """One warning line for a batch's unreadable and undecodable images (not one per image):
+    the count, the first and why, and where each is (its row's ``problem`` in the statistics;
+    each logged with -v when the tasks ran in this process)."""
+    count = summary["unreadable"] + summary["undecodable"]
+    first = next((e for p in parts for e in p["examples"]), None)
+    if not count or first is None:
+        return
+    log.warning("pixels: batch %s: %d of %d images unreadable or undecodable (the first, %s: "
+                "%s); each row's problem is stored with its statistics (each logged with -v)",
+                batch, count, n, first[0], first[1])
 
 
 def read_stats(store_path, start: int, stop: int) -> dict:

@@ -17,8 +17,8 @@ shortest name wins (then the first in sort order), so the answer does not depend
 the lookups. Ids with ``..`` components never match.
 
 Zip: opened once per process (a forked or unpickled copy of an ``ImageSource`` reopens the file),
-never unpacked. The central directory is parsed here rather than by ``zipfile.ZipFile``, which
-builds an object per entry: for 416,314 entries that is 3.3 s and ~270 MB, against 0.8 s of CPU
+never unpacked. The central directory is parsed (vclust.storage.zipdir) rather than by
+``zipfile.ZipFile``, which builds an object per entry: for 416,314 entries that is 3.3 s and ~270 MB, against 0.8 s of CPU
 and ~100 MB here (the directory's bytes plus a dict). Entries are indexed by their last two path
 components, so a lookup is one dict access and a suffix check (~5 us). Stored and deflated
 entries (all that image zips hold) are read directly and CRC checked; other methods go through
@@ -33,13 +33,21 @@ No images: ``source=None`` means "no images given" and yields no pictures:
 draws a grey placeholder for every None. Callers need no special case.
 
 Unreadable images (a corrupt or truncated JPEG, garbage bytes, a bad zip entry) never raise:
-they read as None and are counted as ``unreadable`` by ``write_thumbnails``.
+they read as None and are counted as ``unreadable`` by ``write_thumbnails``, which logs one
+warning line with the count and where each is listed (a CSV the caller names, or the INFO log
+lines, ``-v``, giving each one's reason).
+
+Bounds (hostile input): an entry is read only when both sizes in its header are at most
+``MAX_ENTRY_BYTES``, and it is inflated at most one byte past the size its header states (a
+header that understates it reads as unreadable, never inflated whole); a picture whose header
+claims more than ``MAX_PIXELS`` pixels is refused before it is decoded; a JPEG or PNG whose
+header claims more pixels than its bytes can hold (a few hundred bytes "of" 12000 x 12000) is
+refused (vclust.storage.decode.open_image).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import struct
@@ -51,14 +59,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import InputError
+# what callers import from here
+from .decode import (MAX_PIXELS, PLACEHOLDER_GREY, THUMB_SIZE, TILE_SIZE,  # noqa: F401
+                     ImageRefused, _decode_thumbnail, decode_thumbnail, montage, open_image,
+                     placeholder)
+from .zipdir import _CDIR, _CDIR_LENS, _central_directory, _inflate, _zip64_extra
 
 log = logging.getLogger(__name__)
 
-THUMB_SIZE = (128, 96)
-TILE_SIZE = (96, 72)
 JPEG_QUALITY = 80
-PLACEHOLDER_GREY = (168, 168, 168)
-_MAX_ENTRY = 256 << 20  # larger zip entries are not read as images
+MAX_ENTRY_BYTES = 256 << 20  # larger zip entries (either size in the header) are not read
 
 # outcome of one lookup
 _OK, _MISSING, _UNREADABLE = "ok", "missing", "unreadable"
@@ -115,70 +125,6 @@ def thumb_name(image_id, size: Sequence[int] = THUMB_SIZE) -> str:
     nid = normalise_id(image_id) or str(image_id)
     digest = hashlib.sha1(f"{nid}|{int(size[0])}x{int(size[1])}".encode()).hexdigest()
     return f"{digest[:20]}.jpg"
-
-
-# --------------------------------------------------------------------------- zip structure
-
-_CDIR = struct.Struct("<IHHHHHHIIIHHHHHII")  # a central directory file header (46 bytes)
-_CDIR_LENS = struct.Struct("<HHH")  # its name, extra and comment lengths, at byte 28
-
-
-def _central_directory(fp) -> tuple[bytes, int]:
-    """The central directory's bytes and the offset to add to its entries' header offsets
-    (non-zero when data was prepended to the zip, as in self-extracting archives).
-
-    Raises ValueError when the file is not a zip (no end of central directory record).
-    """
-    fp.seek(0, os.SEEK_END)
-    size = fp.tell()
-    tail_len = min(size, 22 + 65535 + 20)
-    fp.seek(size - tail_len)
-    tail = fp.read(tail_len)
-    at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + 22 > len(tail):
-        raise ValueError("no zip end record")
-    _, disk, _, _, _, cd_size, cd_offset, _ = struct.unpack_from("<IHHHHIIH", tail, at)
-    end_at = size - tail_len + at  # where the end record starts in the file
-    if at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":  # zip64: locator, then its record
-        # the zip64 record sits just before its locator (its stored offset is off by any
-        # prepended data, so it is not used)
-        z64_at = end_at - 20 - 56
-        fp.seek(z64_at)
-        rec = fp.read(56)
-        if len(rec) < 56 or rec[:4] != b"PK\x06\x06":
-            raise ValueError("bad zip64 end record")
-        _, _, _, _, disk, _, _, _, cd_size, cd_offset = struct.unpack_from(
-            "<IQHHIIQQQQ", rec)
-        end_at = z64_at
-    if disk != 0:
-        raise ValueError("multi-part zip archives are not supported")
-    cd_start = end_at - cd_size
-    if cd_start < 0:
-        raise ValueError("bad central directory size")
-    fp.seek(cd_start)
-    cd = fp.read(cd_size)
-    if len(cd) != cd_size:
-        raise ValueError("central directory cut short")
-    return cd, cd_start - cd_offset
-
-
-def _zip64_extra(extra: bytes, csize: int, usize: int, offset: int) -> tuple[int, int, int]:
-    """Sizes and header offset from a zip64 extra field (only the fields saturated at
-    0xFFFFFFFF are in it, in the order uncompressed size, compressed size, offset)."""
-    pos = 0
-    while pos + 4 <= len(extra):
-        tag, ln = struct.unpack_from("<HH", extra, pos)
-        if tag == 1:
-            vals = list(struct.unpack_from(f"<{ln // 8}Q", extra, pos + 4))
-            if usize == 0xFFFFFFFF and vals:
-                usize = vals.pop(0)
-            if csize == 0xFFFFFFFF and vals:
-                csize = vals.pop(0)
-            if offset == 0xFFFFFFFF and vals:
-                offset = vals.pop(0)
-            break
-        pos += 4 + ln
-    return csize, usize, offset
 
 
 # --------------------------------------------------------------------------- the source
@@ -344,13 +290,16 @@ class ImageSource:
         offset += self._base
         if flags & 0x1:
             raise ValueError("encrypted entry")
-        if csize > _MAX_ENTRY or usize > _MAX_ENTRY:
-            raise ValueError(f"entry of {max(csize, usize):,} bytes is too large for an image")
+        if csize > MAX_ENTRY_BYTES or usize > MAX_ENTRY_BYTES:
+            raise ValueError(f"its header gives {max(csize, usize):,} bytes, more than the "
+                             f"{MAX_ENTRY_BYTES:,} an image may have")
         if method not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             with self._lock:
                 if self._fallback is None or self._fallback[0] != os.getpid():
                     self._fallback = (os.getpid(), zipfile.ZipFile(self.path))
-                return self._fallback[1].read(self._raw_name(self._cd, at))
+                # zipfile stops at the header's size and checks the CRC there
+                with self._fallback[1].open(self._raw_name(self._cd, at)) as f:
+                    return f.read(usize + 1)
         with self._lock:
             fp = self._file()
             fp.seek(offset)
@@ -363,7 +312,7 @@ class ImageSource:
         if len(data) < csize:
             raise ValueError("entry cut short")
         if method == zipfile.ZIP_DEFLATED:
-            data = zlib.decompress(data, -15)
+            data = _inflate(data, usize)
         if len(data) != usize or zlib.crc32(data) != crc:
             raise ValueError("bad CRC or size")
         return data
@@ -446,23 +395,31 @@ class ImageSource:
 
     def fetch(self, image_id) -> tuple[str, bytes | None]:
         """(status, bytes or None) of one image: the status says why there are no bytes."""
+        return self.fetch_why(image_id)[:2]
+
+    def fetch_why(self, image_id) -> tuple[str, bytes | None, str]:
+        """(status, bytes or None, why an unreadable entry is unreadable, else "")."""
         nid = normalise_id(image_id)
         if nid is None:
-            return _MISSING, None
+            return _MISSING, None, ""
         try:
             if self.kind == "zip":
                 at = self._zip_entry(nid)
                 if at is None:
-                    return _MISSING, None
-                return _OK, self._zip_read(at)
+                    return _MISSING, None, ""
+                return _OK, self._zip_read(at), ""
             p = self._folder_file(nid)
             if p is None:
-                return _MISSING, None
-            return _OK, p.read_bytes()
+                return _MISSING, None, ""
+            if p.stat().st_size > MAX_ENTRY_BYTES:
+                raise ValueError(f"{p.stat().st_size:,} bytes, more than the "
+                                 f"{MAX_ENTRY_BYTES:,} an image may have")
+            return _OK, p.read_bytes(), ""
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
                 NotImplementedError, RuntimeError) as exc:  # bad CRC, cut short, encrypted
-            log.warning("images: cannot read %s from %s: %s", image_id, self.path, exc)
-            return _UNREADABLE, None
+            why = " ".join(str(exc).split())[:200] or type(exc).__name__
+            log.info("images: cannot read %s from %s: %s", image_id, self.path, why)
+            return _UNREADABLE, None, why
 
     def read(self, image_id) -> bytes | None:
         """The raw bytes of an image.
@@ -496,41 +453,41 @@ class ImageSource:
         return _thumbnail_status(self, image_id, size)[1]
 
 
-def decode_thumbnail(data: bytes, size: Sequence[int] = THUMB_SIZE):
-    """Decode image bytes to an RGB picture of at most ``size``, or None if undecodable.
-
-    JPEGs are decoded at a reduced scale (``Image.draft``: 1/2, 1/4 or 1/8, never below
-    ``size``), which is most of the cost saved on large images.
-
-    Parameters
-    ----------
-    data : bytes
-    size : (int, int)
-
-    Returns
-    -------
-    PIL.Image.Image or None
-    """
-    from PIL import Image
-
-    size = (int(size[0]), int(size[1]))
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", size)
-            out = im.convert("RGB")  # decodes: a truncated file raises here
-        out.thumbnail(size)
-        return out
-    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds on garbage; never propagate
-        log.debug("images: undecodable image (%s: %s)", type(exc).__name__, exc)
-        return None
-
-
 def _thumbnail_status(source: ImageSource, image_id, size):
-    status, data = source.fetch(image_id)
+    """(status, picture or None, why it is None)."""
+    status, data, why = source.fetch_why(image_id)
     if data is None:
-        return status, None
-    img = decode_thumbnail(data, size)
-    return (_OK, img) if img is not None else (_UNREADABLE, None)
+        return status, None, why
+    img, why = _decode_thumbnail(data, size)
+    if img is None:
+        log.info("images: cannot decode %s from %s: %s", image_id, source.path, why)
+        return _UNREADABLE, None, why
+    return _OK, img, ""
+
+
+def summarise_unreadable(what: str, bad: list, total: int, listed=None) -> None:
+    """One warning line for the unreadable images ``bad`` ([(id, why)]) of ``total``: the
+    count, the first one and why, and where the full list is (``listed``: a CSV written by the
+    caller; else the -v log lines)."""
+    if not bad:
+        return
+    first_id, first_why = bad[0]
+    where = f"each listed in {listed}" if listed else "each logged with -v"
+    log.warning("%s: %d of %d images unreadable (the first, %s: %s); %s", what, len(bad), total,
+                first_id, first_why, where)
+
+
+def write_unreadable(path, bad: list) -> None:
+    """The CSV (image_id,why) of unreadable images, written whole (temporary file, renamed)."""
+    import csv
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_id", "why"])
+        w.writerows(bad)
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- thumbnails on disk
@@ -538,7 +495,7 @@ def _thumbnail_status(source: ImageSource, image_id, size):
 
 def write_thumbnails(source: ImageSource | None, ids: Iterable, out_dir,
                      size: Sequence[int] = THUMB_SIZE, *, quality: int = JPEG_QUALITY,
-                     threads: int = 4) -> dict:
+                     threads: int = 4, unreadable_csv=None) -> dict:
     """Write one small JPEG per id into ``out_dir``, once: files already there are kept.
 
     Parameters
@@ -555,6 +512,8 @@ def write_thumbnails(source: ImageSource | None, ids: Iterable, out_dir,
         JPEG quality.
     threads : int
         Images decoded and encoded in parallel (Pillow releases the GIL).
+    unreadable_csv : str or path-like, optional
+        Where to list the unreadable images (image_id,why); the warning line names it.
 
     Returns
     -------
@@ -578,14 +537,15 @@ def write_thumbnails(source: ImageSource | None, ids: Iterable, out_dir,
         path = out / name
         if path.is_file() and path.stat().st_size > 0:
             return "existing", name
-        status, img = _thumbnail_status(source, image_id, size)
+        status, img, why = _thumbnail_status(source, image_id, size)
         if img is None:
-            return status, None
+            return status, (why if status == _UNREADABLE else None)
         tmp = out / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
         img.save(tmp, "JPEG", quality=quality)
         os.replace(tmp, path)  # a crash never leaves a half-written thumbnail behind
         return "written", name
 
+    bad: list = []
     workers = max(1, min(int(threads), len(ids)))
     if workers == 1:
         outcomes = map(one, ids)
@@ -594,66 +554,19 @@ def write_thumbnails(source: ImageSource | None, ids: Iterable, out_dir,
         outcomes = pool.map(one, ids)
     try:
         for image_id, (status, name) in zip(ids, outcomes):
+            if status == _UNREADABLE:
+                bad.append((image_id, name))
+                name = None
             result["thumbs"][image_id] = name
             result[status] += 1
     finally:
         if workers > 1:
             pool.shutdown()
+    result["unreadable_ids"] = bad
+    if bad and unreadable_csv is not None:
+        write_unreadable(unreadable_csv, bad)
+    summarise_unreadable(f"images of {source.path}", bad, len(ids),
+                         unreadable_csv if bad else None)
     log.info("images: %d thumbnails written, %d already there, %d missing, %d unreadable (%s)",
              result["written"], result["existing"], result["missing"], result["unreadable"], out)
     return result
-
-
-# --------------------------------------------------------------------------- montage
-
-
-def placeholder(size: Sequence[int] = TILE_SIZE):
-    """The grey tile that stands for a missing picture: grey with a faint diagonal cross."""
-    from PIL import Image, ImageDraw
-
-    w, h = int(size[0]), int(size[1])
-    tile = Image.new("RGB", (w, h), PLACEHOLDER_GREY)
-    d = ImageDraw.Draw(tile)
-    line = tuple(c - 24 for c in PLACEHOLDER_GREY)
-    d.line([(0, 0), (w - 1, h - 1)], fill=line)
-    d.line([(0, h - 1), (w - 1, 0)], fill=line)
-    return tile
-
-
-def montage(images_or_none: Sequence, cols: int, size: Sequence[int] = TILE_SIZE, *,
-            gap: int = 2, background=(255, 255, 255)):
-    """A grid picture of images, row by row, with a grey placeholder tile for each None.
-
-    Parameters
-    ----------
-    images_or_none : sequence of PIL.Image.Image or None
-    cols : int
-        Tiles per row (at least 1).
-    size : (int, int)
-        Tile width and height; each image is scaled to fit its tile (aspect kept, centred).
-    gap : int
-        Pixels of ``background`` between and around the tiles.
-    background : RGB tuple
-
-    Returns
-    -------
-    PIL.Image.Image
-        RGB, ``cols * (w + gap) + gap`` wide and ``rows * (h + gap) + gap`` high, with
-        ``rows = ceil(len(images) / cols)`` (at least one row).
-    """
-    from PIL import Image, ImageOps
-
-    cols = max(1, int(cols))
-    w, h = int(size[0]), int(size[1])
-    items = list(images_or_none)
-    rows = max(1, -(-len(items) // cols))
-    sheet = Image.new("RGB", (cols * (w + gap) + gap, rows * (h + gap) + gap), background)
-    empty = placeholder((w, h))
-    for i, img in enumerate(items):
-        x, y = gap + (i % cols) * (w + gap), gap + (i // cols) * (h + gap)
-        if img is None:
-            sheet.paste(empty, (x, y))
-            continue
-        fitted = ImageOps.contain(img.convert("RGB"), (w, h))
-        sheet.paste(fitted, (x + (w - fitted.width) // 2, y + (h - fitted.height) // 2))
-    return sheet
