@@ -14,12 +14,8 @@ import pytest
 
 from vclust.errors import InputError
 from vclust.storage.labels import export_csv, list_partitions, read_labels, write_batch
-from vclust.numerics.drift import (
-    drift_report,
-    population_stability_index,
-    reference_profile,
-    write_report,
-)
+from vclust.numerics.drift import drift_report, population_stability_index, reference_profile
+from vclust.report.drift import write_report
 from vclust.model.registry import Registry
 
 

@@ -218,18 +218,12 @@ def _fits_ahead(alg, X, params) -> dict:
     are independent of each other (gmm), submitted to the workers at once: they run side by side
     while this process scores the k before. The same sample and the same fit as
     ``fit_algorithm`` (a test checks). Empty without a distributed client, or for others."""
-    from ..numerics.blocks import distributed_imported
+    from ..numerics.blocks import distributed_client, sample_rows
 
-    if alg != "gmm" or len(params.ks) < 2 or not distributed_imported():
-        return {}
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
+    client = distributed_client() if alg == "gmm" and len(params.ks) > 1 else None
+    if client is None:
         return {}
     from ..numerics.algorithms import fit_gmm
-    from ..numerics.blocks import sample_rows
 
     sample, _ = sample_rows(X, params.fit_sample, params.seed, stream=21)
     handle = client.scatter(np.asarray(sample, np.float64), broadcast=True)
@@ -458,11 +452,9 @@ def _cross_metrics(spaces, kept, params, say):
 
 
 def _write_csv(frame, path: Path):
-    import os
+    from ..storage.atomic import replace_with
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    replace_with(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def propose(kept: list[dict], cross, agreement) -> dict:

@@ -18,29 +18,15 @@ def _quiet(_msg):
 MAX_COMPONENTS = 256
 
 
-def _client():
-    """The distributed client in use, or None (the command runs on this process's threads)."""
-    from ..numerics.blocks import distributed_imported
-
-    if not distributed_imported():
-        return None
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
 def hold_sets(sets: dict, say=_quiet) -> dict:
     """The descriptor sets to fit on, read into worker memory when they fit (see
     ``blocks.hold``): the preprocessing then reads the store once, not once per pass."""
-    from ..numerics.blocks import hold
+    from ..numerics.blocks import distributed_client, hold
 
     held, ok = hold(list(sets.values()))
     mb = sum(x.nbytes for x in sets.values()) / 1e6
     if ok:
-        where = "worker memory" if _client() is not None else "memory"
+        where = "worker memory" if distributed_client() is not None else "memory"
         say(f"read {mb:.0f} MB of descriptors into {where}")
         return dict(zip(sets, held))
     say(f"descriptors ({mb:.0f} MB) exceed a quarter of worker memory: each pass streams them")

@@ -219,7 +219,7 @@ def _fit_and_register(spec: JobSpec, say):
 
 
 def _continue_current(spec: JobSpec, model, say):
-    """The fitted model renumbered to continue the current model's clusters (vclust.succession),
+    """The fitted model renumbered to continue the current model's clusters (vclust.model.succession),
     matched on the rows the current model labelled, before it is saved or labels anything."""
     from . import steps as jobs
     from ..model import succession
@@ -256,7 +256,8 @@ def _label(spec: JobSpec, ingested, say):
 def _drift(spec: JobSpec, ingested, say) -> int:
     from . import steps as jobs
     from ..storage.labels import read_labels
-    from ..numerics.drift import drift_report, write_report
+    from ..numerics.drift import drift_report
+    from ..report.drift import write_report
 
     if ingested is None:
         raise InputError("the drift step compares the batch just ingested: list 'ingest' before it")

@@ -65,7 +65,7 @@ def fit_partition(z, algorithm, ks, *, local=None, sample_size=FIT_SAMPLE, seed=
     """
     import dask
 
-    from ..numerics.algorithms import AgglomerativeTree, fit_algorithm
+    from ..numerics.algorithms import AgglomerativeTree, distance_to_centre, fit_algorithm
     from ..numerics.metrics import choose_k, evaluate_partition
     from .bundle import assign
 
@@ -88,7 +88,7 @@ def fit_partition(z, algorithm, ks, *, local=None, sample_size=FIT_SAMPLE, seed=
                 labels = labels.persist()
                 (dist,) = dask.persist(_distances(cl, z, labels))
             else:
-                dist = _dist_block(local, labels, cl.cluster_centers_)
+                dist = distance_to_centre(local, labels, cl.cluster_centers_)
         elif local is None:  # one pass for labels and distances, kept on the workers
             labels, dist = dask.persist(*assign(cl, z))
         else:
@@ -111,15 +111,12 @@ def fit_partition(z, algorithm, ks, *, local=None, sample_size=FIT_SAMPLE, seed=
     return Partition(*fitted[best], table=table)
 
 
-def _dist_block(x, lab, centres):
-    d = np.asarray(x, np.float32) - centres[np.asarray(lab).ravel()]
-    return np.sqrt(np.einsum("ij,ij->i", d, d)).astype(np.float32)
-
-
 def _distances(clusterer, z, labels):
     """Distance of every row of the dask array ``z`` to its cluster's centre, for given labels."""
     labels = labels.rechunk((z.chunks[0],))[:, None]  # aligned with z's row blocks
-    return z.map_blocks(_dist_block, labels, clusterer.cluster_centers_, dtype=np.float32,
+    from ..numerics.algorithms import distance_to_centre
+
+    return z.map_blocks(distance_to_centre, labels, clusterer.cluster_centers_, dtype=np.float32,
                         drop_axis=1, chunks=(z.chunks[0],))
 
 

@@ -58,6 +58,12 @@ def nearest_anchor(block, anchors, anchor_labels):
     return out
 
 
+def distance_to_centre(x, labels, centres) -> np.ndarray:
+    """Each row's distance (float32) to the centre of its cluster ``labels``."""
+    d = np.asarray(x, np.float32) - centres[np.asarray(labels).ravel()]
+    return np.sqrt(np.einsum("ij,ij->i", d, d)).astype(np.float32)
+
+
 #: rows per block when one large numpy array is predicted on this process's threads
 PREDICT_ROWS = 32_768
 
@@ -102,8 +108,7 @@ class FittedClusterer:
             return (np.concatenate([p[0] for p in parts]),
                     np.concatenate([p[1] for p in parts]))
         labels = self._labels_block(x)
-        diff = x - self.cluster_centers_[labels]
-        return labels, np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
+        return labels, distance_to_centre(x, labels, self.cluster_centers_)
 
     def noise_block(self, block):
         """Whether each row of a numpy block is HDBSCAN noise: its nearest sample row is one

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import numpy as np
 
 DEFAULT_THRESHOLDS = {"psi": 0.2, "outlier_rate_ratio": 2.0, "mean_distance_ratio": 1.5}
@@ -64,30 +60,3 @@ def drift_report(profile: dict, batch, thresholds: dict | None = None) -> dict:
         "clusters": [{"cluster": c, "reference_share": profile["cluster_shares"][c],
                       "batch_share": float(shares[c])} for c in range(k)],
     }
-
-
-def write_report(report: dict, out_dir) -> tuple[Path, Path]:
-    """drift.json and drift.txt (verdict first, then a table), each written atomically."""
-    # a local path, or an object-store path (vclust.storage.fs.RemotePath: no __fspath__, no
-    # rename; each file is one PUT, so a reader sees the old object or the new one)
-    out = out_dir if hasattr(out_dir, "write_text") else Path(out_dir)
-    remote = not hasattr(out, "__fspath__")
-    out.mkdir(parents=True, exist_ok=True)
-    verdict = ("DRIFT: " + ", ".join(f"{a} {report[a]:.3f} > {report['thresholds'][a]}"
-                                     for a in report["alerts"])) if report["alerts"] else "no drift"
-    lines = [verdict, "",
-             f"rows {report['rows']}   psi {report['psi']:.4f}   outlier rate "
-             f"{report['outlier_rate']:.2%} (fit {report['reference_outlier_rate']:.2%})   "
-             f"mean distance {report['mean_distance']:.4g} (fit {report['reference_mean_distance']:.4g})",
-             "", "cluster  fit share  batch share"]
-    lines += [f"{c['cluster']:7d}  {c['reference_share']:9.3f}  {c['batch_share']:11.3f}"
-              for c in report["clusters"]]
-    paths = out / "drift.json", out / "drift.txt"
-    for path, text in zip(paths, (json.dumps(report, indent=2), "\n".join(lines) + "\n")):
-        if remote:
-            path.write_text(text)
-            continue
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return paths
