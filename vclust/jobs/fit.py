@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numerics import FIT_SAMPLE
+from ..numerics import DEFAULT_MAX_COMPONENTS, FIT_SAMPLE
 
 
 def _quiet(_msg):
@@ -15,7 +15,7 @@ def _quiet(_msg):
 
 
 #: the reduced rows keep at most this many principal components per set
-MAX_COMPONENTS = 256
+MAX_COMPONENTS = DEFAULT_MAX_COMPONENTS
 
 
 def hold_sets(sets: dict, say=_quiet) -> dict:

@@ -34,6 +34,8 @@ from ..numerics import ALGORITHMS, FIT_SAMPLE, DEFAULT_MAD_Z, DEFAULT_PCA_VARIAN
 from ..numerics.drift import DEFAULT_THRESHOLDS
 from ..numerics.pixels import ABSOLUTE as PIXEL_ABSOLUTE
 from ..numerics.pixels import ANALYSIS_SIZE, DEFAULT_PIXEL_Z
+from ..report.duplicates import DEFAULT_RATIO as DUPLICATE_RATIO
+from ..storage.pixels import BLOCK_ROWS as PIXEL_BLOCK_ROWS
 from ..storage.store import COMPRESSIONS, DEFAULT_CHUNK_ROWS
 
 SCALINGS = ("l2", "standardize", "l2+standardize", "none")
@@ -215,7 +217,7 @@ class PixelsParams(Params):
     analysis_size: int = option(ANALYSIS_SIZE, "JPEGs more than twice this on their longer side "
                                 "are decoded reduced (draft mode), never below it", ge=32,
                                 metavar="PX")
-    block_rows: int = option(2048, "rows per task (each task reads and decodes its rows' images "
+    block_rows: int = option(PIXEL_BLOCK_ROWS, "rows per task (each task reads and decodes its rows' images "
                              "on a worker)", ge=1, metavar="N")
 
     @model_validator(mode="after")
@@ -302,7 +304,7 @@ class ReportParams(Params):
         "VeRi-Wild the vehicle), or none")
     truth: Optional[str] = option(None, "truth.csv of a synthetic case, to read the clusters "
                                   "against", metavar="CSV")
-    duplicate_ratio: float = option(0.1, "near-duplicates: rows whose nearest reference row lies "
+    duplicate_ratio: float = option(DUPLICATE_RATIO, "near-duplicates: rows whose nearest reference row lies "
                                     "within RATIO times the model's typical neighbour distance "
                                     "(README: near-duplicates)", gt=0, metavar="RATIO")
     pixel_images: int = option(24, "images shown per pixel gallery (broken, bright, dark, "
@@ -347,6 +349,7 @@ class CompareParams(Params):
     map_sample: int = option(5_000, "rows drawn on the page's maps (the same rows for every "
                              "model)", ge=10, metavar="N")
     map_method: Literal["auto", "umap", "tsne", "pca"] = _same_as(ReportParams, "map_method")
+    images: Optional[str] = _same_as(ReportParams, "images")  # the page's cell images
 
     @model_validator(mode="before")
     @classmethod

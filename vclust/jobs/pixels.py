@@ -26,10 +26,10 @@ import numpy as np
 
 from ..errors import InputError
 from ..numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, STAT_COLUMNS, image_stats
+from ..storage.pixels import BLOCK_ROWS
 
 log = logging.getLogger(__name__)
 
-BLOCK_ROWS = 2048  # rows per task (and per stored chunk)
 _SOURCES: dict = {}
 
 

@@ -10,5 +10,7 @@ heavy library.
 #: rows of the seeded sample the sample-fitted algorithms (all but kmeans) are fitted on
 FIT_SAMPLE = 20_000
 ALGORITHMS = ("kmeans", "minibatch", "gmm", "bisecting", "agglomerative", "hdbscan")
+#: the reduced rows (and the outlier scorer's projection) keep at most this many components
+DEFAULT_MAX_COMPONENTS = 256
 DEFAULT_PCA_VARIANCE = 0.95  # chosen on real CNN descriptors: docs/preprocessing.md
 DEFAULT_MAD_Z = 3.5  # is_outlier: combined z above median + DEFAULT_MAD_Z MADs of the fit rows'

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import DEFAULT_PCA_VARIANCE
+from . import DEFAULT_MAX_COMPONENTS, DEFAULT_PCA_VARIANCE
 from .blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, scratch
 from .estimator import Estimator
 
@@ -129,7 +129,7 @@ class Preprocessor(Estimator):
     """
 
     def __init__(self, *, l2=True, standardize=False, pca_variance=DEFAULT_PCA_VARIANCE, n_components=None,
-                 max_components=256, svd_method="auto", random_state=0):
+                 max_components=DEFAULT_MAX_COMPONENTS, svd_method="auto", random_state=0):
         self.l2 = l2
         self.standardize = standardize
         self.pca_variance = pca_variance

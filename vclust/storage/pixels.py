@@ -37,6 +37,7 @@ from . import fs as F
 from .store import Store
 
 DIR = "pixels"
+BLOCK_ROWS = 2048  # rows per `vclust pixels` task and per stored chunk
 
 
 def pixel_entry(store: Store, batch_id: str) -> dict | None:
@@ -76,6 +77,7 @@ def begin(store: Store, batch_id: str, columns: dict[str, str], chunk: int | Non
     start, stop = store.batch_rows(batch_id)
     n = stop - start
     if isinstance(store.path, F.RemotePath):  # no rename: written in place, committed by the ledger
+        _parent_group(store.path / DIR)
         staging = store.path / DIR / batch_id
         if pixel_entry(store, batch_id):
             raise InputError(f"{store.path}: batch '{batch_id}' already has pixel statistics")
@@ -87,7 +89,7 @@ def begin(store: Store, batch_id: str, columns: dict[str, str], chunk: int | Non
     chunk = max(1, min(chunk or store.chunk_rows, n))
     for name, dtype in columns.items():
         group.create_array(name, shape=(n,), chunks=(chunk,), dtype=dtype, fill_value=0,
-                           compressors=None)
+                           compressors=None, dimension_names=("row",))
     group.attrs.update({"batch": batch_id, "start": start, "stop": stop})
     return staging
 
@@ -95,6 +97,13 @@ def begin(store: Store, batch_id: str, columns: dict[str, str], chunk: int | Non
 def open_column(group_path, name: str, mode: str = "r"):
     """One column of a (staging or committed) batch group, opened by path from a task."""
     return F.open_array(F.as_path(group_path) / name, mode=mode)
+
+
+def _parent_group(path) -> None:
+    """``STORE/pixels`` as a Zarr group (its own zarr.json), so Zarr lists it and its batches
+    without warnings; made once."""
+    if not (path / "zarr.json").exists():
+        F.open_group(path, mode="a")
 
 
 def commit(store: Store, batch_id: str, staging: Path, record: dict) -> None:
@@ -105,7 +114,7 @@ def commit(store: Store, batch_id: str, staging: Path, record: dict) -> None:
         store.annotate_batch(batch_id, "pixels", {
             **record, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         return
-    target.parent.mkdir(exist_ok=True)
+    _parent_group(target.parent)
     if target.exists():  # uncommitted leftovers (a committed batch is never rewritten)
         if pixel_entry(store, batch_id):
             raise InputError(f"{store.path}: batch '{batch_id}' already has pixel statistics")
