@@ -3,6 +3,10 @@
 ``current`` holds one model id and is replaced atomically (written to a temporary file, fsynced,
 then ``os.replace``d), so a reader sees the old id or the new one, never a partial file.
 
+``lock`` holds ``ROOT/registry.lock`` (vclust.storage.store.store_lock: an flock locally, a
+conditional PUT on an object store) for a change made of several steps (``vclust promote``);
+``promote.json`` is the journal of a promote in progress (vclust.model.succession.recover).
+
 On an object store (``s3://``; vclust.storage.fs) nothing is renamed: a model is written
 straight to ``models/<id>/`` (a fresh id, random suffix), its ``manifest.json`` last (the
 commit record: ``list`` and ``path`` see only models with one, so a model whose save was
@@ -12,6 +16,8 @@ whole by one PUT, so a reader sees the old id or the new one.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
 import time
@@ -83,6 +89,71 @@ class Registry:
             self.set_current(model_id)
         return model_id
 
+    @contextlib.contextmanager
+    def lock(self, wait: float = 60.0):
+        """Hold the registry's lock; wait up to ``wait`` seconds for another holder, then
+        refuse with one line (exit 2)."""
+        from ..errors import StoreLockedError
+        from ..storage.store import store_lock
+
+        if not self.remote and not self.root.is_dir():
+            raise InputError(f"{self.root}: no such registry")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                with store_lock(self.root / "registry"):
+                    yield
+                return
+            except StoreLockedError as exc:
+                if time.monotonic() >= deadline:
+                    raise InputError(f"{self.root}: another promote holds the registry "
+                                     f"(waited {wait:g} s): {exc}") from None
+                time.sleep(0.2)
+
+    def manifest(self, model_id: str) -> dict:
+        """A registered model's manifest (JSON), read without loading the model."""
+        try:
+            return json.loads((self.path(model_id) / "manifest.json").read_text())
+        except ValueError:
+            return {}
+
+    def remove(self, model_id: str) -> None:
+        """Remove a model that is not current (a promote's successor being undone)."""
+        if model_id == self.current():
+            raise InputError(f"{self.root}: model {model_id} is current; not removed")
+        F.rmtree(self.models_dir / model_id)
+
+    @property
+    def _journal(self):
+        return self.root / "promote.json"
+
+    def write_journal(self, record: dict) -> None:
+        """The journal of a change in progress, written whole (renamed into place; one PUT)."""
+        self._write_whole(self._journal, json.dumps(record))
+
+    def read_journal(self) -> dict | None:
+        try:
+            return json.loads(self._journal.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            raise InputError(f"{self._journal}: unreadable; it is the journal of a promote that "
+                             "was stopped: remove it and check `current`") from None
+
+    def clear_journal(self) -> None:
+        self._journal.unlink(missing_ok=True)
+
+    def _write_whole(self, path, text: str) -> None:
+        if self.remote:
+            path.write_text(text)  # one PUT: old object or new
+            return
+        tmp = self.root / f".{path.name}.{uuid.uuid4().hex}"
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
     def list(self) -> list[str]:
         if not self.models_dir.is_dir():
             return []
@@ -102,15 +173,7 @@ class Registry:
 
     def set_current(self, model_id: str):
         self.path(model_id)
-        if self.remote:
-            (self.root / "current").write_text(model_id + "\n")  # one PUT: old id or new
-            return
-        tmp = self.root / f".current.{uuid.uuid4().hex}"
-        with open(tmp, "w") as f:
-            f.write(model_id + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / "current")
+        self._write_whole(self.root / "current", model_id + "\n")
 
     def resolve(self, ref) -> Path:
         """A model dir from an id, "current", or a path to a model dir."""
@@ -125,15 +188,17 @@ class Registry:
         return self.path(str(ref))
 
 
-def save_model(model, model_dir=None, registry=None, make_current: bool = True) -> tuple[Path, str]:
-    """Save to ``model_dir``, or register in ``registry`` (and make it current)."""
+def save_model(model, model_dir=None, registry=None, make_current: bool = True,
+               model_id: str | None = None) -> tuple[Path, str]:
+    """Save to ``model_dir``, or register in ``registry`` (and make it current) under
+    ``model_id`` (default a new one)."""
     if (model_dir is None) == (registry is None):
         raise InputError("pass exactly one of --model MODEL_DIR or --registry DIR")
     if model_dir is not None:
         path = model.save(F.as_path(str(model_dir)))
         return path, model.model_id
     reg = Registry(registry)
-    model_id = reg.new_model_id()
+    model_id = model_id or reg.new_model_id()
     model.model_id = model_id
     if reg.remote:  # no rename on an object store: saved in place, manifest last
         target = reg.target(model_id)

@@ -166,103 +166,265 @@ def renumber_against(model, previous_model, prev, new_rows, new_clusters):
 # --------------------------------------------------------------------------- names
 
 
-def carry_names(names_path, model, say=print) -> dict:
-    """Rewrite the analysts' names CSV for ``model`` (renumbered): names of ids the model has
-    stay, retired ids are dropped (listed in the return value and said); the new ids, to be
-    named, are said. Written to a temporary file, renamed into place; the old file is kept as
-    ``NAMES.csv.bak``."""
-    import os
-    import shutil
-    from pathlib import Path
-
-    import pandas as pd
-
-    from ..storage.labels import read_names
-
-    path = Path(names_path)
-    named = read_names(path) if path.exists() else {}
+def names_for(named: dict, model, labelled=None) -> tuple[list, dict, list]:
+    """(rows of the names CSV for ``model``, {dropped id: name}, ids to name). ``named``:
+    {id: (name, note)} in the previous numbering; ``labelled``: the ids that label rows (only
+    those are listed to name; None: every id the model has)."""
     info = model.info.get("succession") or {}
     ids = sorted({int(v) for v in (info.get("mapping") or {}).values()}
                  or range(int(model.clusterer.n_clusters_)))
     dropped = {k: v[0] for k, v in named.items() if k not in ids}
     rows = [{"cluster": i, "name": named[i][0], "note": named[i][1]} for i in ids if i in named]
+    new = [i for i in ids if i not in named and (labelled is None or i in labelled)]
+    return rows, dropped, new
+
+
+def _names_text(rows: list) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=["cluster", "name", "note"]).to_csv(index=False)
+
+
+def carry_names(names_path, model, say=print, labelled=None) -> dict:
+    """Rewrite the analysts' names CSV for ``model`` (renumbered): names of ids the model has
+    stay, retired ids are dropped (listed in the return value and said); the new ids that label
+    rows (``labelled``; None: all), to be named, are said. Written to a temporary file, renamed
+    into place; the old file is kept as ``NAMES.csv.bak``. A file already right is left alone
+    (its ``.bak`` too)."""
+    from pathlib import Path
+
+    from ..storage.labels import read_names
+
+    path = Path(names_path)
+    named = read_names(path) if path.exists() else {}
+    rows, dropped, new = names_for(named, model, labelled)
+    text = _names_text(rows)
+    if not (path.exists() and path.read_text(encoding="utf-8") == text):
+        staged = stage_names(path, text)
+        swap_names(path, staged)
+    _say_names(path, dropped, new, say)
+    return {"kept": [r["cluster"] for r in rows], "dropped": sorted(dropped), "new": new}
+
+
+def stage_names(path, text: str):
+    """``text`` written beside the names file, fsynced; returns its path (``swap_names``)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    staged = path.with_name(f".{path.name}.promote")
+    with open(staged, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return staged
+
+
+def swap_names(path, staged) -> None:
+    """The staged names into place, the old file kept as ``.bak`` (copied, so the names file is
+    never absent)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
     if path.exists():
         shutil.copyfile(path, path.with_name(path.name + ".bak"))
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows, columns=["cluster", "name", "note"]).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    new = [i for i in ids if i not in named]
+    os.replace(staged, path)
+
+
+def _say_names(path, dropped: dict, new: list, say) -> None:
     if dropped:
         say(f"names: retired clusters dropped from {path}: "
             + ", ".join(f"{k} ({v})" for k, v in sorted(dropped.items())))
     if new:
         say(f"names: new clusters to name in {path}: {', '.join(map(str, new))}")
-    return {"kept": [i for i in ids if i in named], "dropped": sorted(dropped), "new": new}
 
 
 # --------------------------------------------------------------------------- promote
 
+PROMOTE_WAIT = 60.0  # seconds a promote waits for another one holding the registry's lock
 
-def promote(registry, model_ref: str, labels_dir=None, names=None, say=print) -> dict:
-    """Make a registered model current (``vclust promote``).
 
-    If the model was renumbered against the model that is current now (``vclust compare`` does
-    it), or there is no current model, the registry's pointer is switched and nothing else
-    changes. Otherwise its clusters are matched to the current model's on the rows both label
-    in ``labels_dir``, and a successor model (new id) is registered with the renumbered arrays
-    and its labels rewritten under it (cluster ids mapped) before it becomes current; the model
-    promoted and its labels are left as they were. ``names``: the names CSV, rewritten to follow
-    the ids (``carry_names``).
+def promote(registry, model_ref: str, labels_dir=None, names=None, say=print,
+            wait: float | None = None) -> dict:
+    """Make a registered model current (``vclust promote``), as one transaction.
+
+    Every input is checked first (the model, the labels when they are needed, the names file),
+    then, under the registry's lock (a second promote waits up to ``wait`` seconds, default
+    ``PROMOTE_WAIT``, then is refused with exit 2), the state is read again and switched:
+
+    - the model is current, or the current model is its successor: nothing changes (the names
+      file is brought to the current model's ids if it is not);
+    - the model was renumbered against the current model (``vclust compare`` does it), or there
+      is no current model: ``current`` is switched;
+    - otherwise a successor model (a new id, vclust.model.succession.renumber) is registered and
+      labelled, then made current; the model promoted and its labels are left as they were.
+
+    The names (``names``) follow the ids: staged beside the file before the switch, swapped in
+    after it. A journal (``ROOT/promote.json``) is written before the first change and removed
+    after the last: a promote killed in between is rolled back by the next one (successor and
+    its labels removed) when ``current`` had not switched yet, and completed (the names swapped
+    in) when it had. So a killed promote leaves the old state or the new one.
     """
-    from ..storage.labels import list_partitions, read_labels, write_batch
+    from ..storage.labels import read_names
     from .bundle import Model
-    from .registry import Registry, save_model
+    from .registry import Registry
 
     reg = Registry(registry)
-    path = reg.resolve(model_ref)
-    model = Model.load(path)
-    current = reg.current()
+    model = Model.load(reg.resolve(model_ref))
+    if names is not None:
+        read_names(names)  # a bad file is refused before anything changes (and read again
+        # under the lock: another promote may have rewritten it meanwhile)
+    with reg.lock(PROMOTE_WAIT if wait is None else wait):
+        recover(reg, say=say)
+        result = _promote_locked(reg, model, reg.current(), labels_dir, names, say)
+    say(f"promote: current model of {reg.root} is {result['model']}")
+    return result
+
+
+def _promote_locked(reg, model, current, labels_dir, names, say) -> dict:
+    """The promote under the lock: every check, then the journal, then the changes."""
+    from ..storage.labels import read_names
+
     succ = model.info.get("succession") or {}
-    if current == model.model_id:
-        raise InputError(f"model {model.model_id} is already current in {reg.root}")
+    if current is not None and (current == model.model_id
+                                or _is_successor(reg, current, model.model_id)):
+        say(f"promote: {model.model_id} is already current in {reg.root}"
+            + ("" if current == model.model_id else f" (as its successor {current})")
+            + ": nothing changed")
+        result = {"model": current, "promoted": model.model_id, "previous": None,
+                  "renumbered": False, "unchanged": True}
+        if names:
+            cur = _load(reg, current)
+            result["names"] = carry_names(names, cur, say=say,
+                                          labelled=_labelled(cur, labels_dir))
+        return result
     if current is None or succ.get("previous") == current:
         if "succession" not in model.info:
             say(f"promote: no current model; {model.model_id} keeps its numbering")
         else:
             say(f"promote: {model.model_id} was renumbered against {current} when it was "
                 "fitted: its ids already continue the current model's")
-        reg.set_current(model.model_id)
-        result = {"model": model.model_id, "previous": current, "renumbered": False,
-                  "mapping": succ.get("mapping")}
+        target, mapping, labelled = model, succ.get("mapping"), _labelled(model, labels_dir)
+        journal = {"model": model.model_id, "previous": current, "successor": None}
     else:
         if labels_dir is None:
             raise InputError(f"model {model.model_id} was not numbered against the current model "
                              f"{current}: pass --labels LABELS_DIR to match its clusters on the "
                              "rows both label")
-        prev_model = Model.load(reg.resolve(current))
         prev = previous_labels(labels_dir, current)
         mine = previous_labels(labels_dir, model.model_id)
         if prev is None or mine is None:
             raise InputError(f"{labels_dir}: needs labels of both {current} and "
                              f"{model.model_id} to match their clusters")
-        new, mapping = renumber_against(model, prev_model, prev, mine[0], mine[1])
+        new, mapping = renumber_against(model, _load(reg, current), prev, mine[0], mine[1])
         new.info["succession"]["from_model"] = model.model_id
-        _, new_id = save_model(new, registry=registry, make_current=False)
-        lut = np.array([mapping[c] for c in range(len(mapping))], dtype=np.int32)
-        for p in list_partitions(labels_dir):
-            if p["model"] != model.model_id:
-                continue
-            f = read_labels(labels_dir, model=model.model_id, batches=[p["batch"]])
-            f = f.drop(columns=["model", "batch"])
-            f["cluster"] = lut[f["cluster"].to_numpy()]
-            write_batch(labels_dir, new_id, p["batch"], [f])
-        reg.set_current(new_id)
-        say(f"promote: {model.model_id} renumbered to continue {current} as {new_id} "
-            f"(mapping {mapping}); labels rewritten under model={new_id}")
-        model = Model.load(reg.path(new_id))
-        result = {"model": new_id, "promoted": model_ref, "previous": current,
-                  "renumbered": True, "mapping": {str(k): v for k, v in mapping.items()}}
+        new.model_id = reg.new_model_id()
+        target, labelled = new, None
+        journal = {"model": model.model_id, "previous": current, "successor": new.model_id,
+                   "labels": str(labels_dir)}
+    staged = None
     if names:
-        result["names"] = carry_names(names, model, say=say)
-    say(f"promote: current model of {reg.root} is {result['model']}")
+        named = read_names(names)
+        rows, dropped, new_ids = names_for(named, target, labelled)
+        journal["names"] = str(names)
+        staged = str(stage_names(names, _names_text(rows)))
+        journal["names_staged"] = staged
+    reg.write_journal(journal)
+    if journal["successor"]:
+        labelled = _register_successor(reg, model, target, mapping, labels_dir)
+        if names:  # the ids to name are the ones the successor's labels carry
+            rows, dropped, new_ids = names_for(read_names(names), target, labelled)
+    reg.set_current(target.model_id)
+    if names:
+        swap_names(names, staged)
+        _say_names(names, dropped, new_ids, say)
+    reg.clear_journal()
+    result = {"model": target.model_id, "previous": current,
+              "renumbered": bool(journal["successor"]),
+              "mapping": {str(k): v for k, v in mapping.items()} if mapping else None}
+    if journal["successor"]:
+        result["promoted"] = model.model_id
+        say(f"promote: {model.model_id} renumbered to continue {current} as "
+            f"{target.model_id} (mapping {mapping}); labels rewritten under "
+            f"model={target.model_id}")
+    if names:
+        result["names"] = {"kept": [r["cluster"] for r in rows], "dropped": sorted(dropped),
+                           "new": new_ids}
     return result
+
+
+def _register_successor(reg, model, new, mapping: dict, labels_dir) -> set:
+    """Save the renumbered ``new`` (not current) and write its labels (the promoted model's,
+    cluster ids mapped); returns the ids that label rows."""
+    from ..storage.labels import list_partitions, read_labels, write_batch
+    from .registry import save_model
+
+    save_model(new, registry=reg.root, make_current=False, model_id=new.model_id)
+    lut = np.array([mapping[c] for c in range(len(mapping))], dtype=np.int32)
+    labelled: set = set()
+    for p in list_partitions(labels_dir):
+        if p["model"] != model.model_id:
+            continue
+        f = read_labels(labels_dir, model=model.model_id, batches=[p["batch"]])
+        f = f.drop(columns=["model", "batch"])
+        f["cluster"] = lut[f["cluster"].to_numpy()]
+        labelled.update(np.unique(f["cluster"].to_numpy()).tolist())
+        write_batch(labels_dir, new.model_id, p["batch"], [f])
+    return labelled
+
+
+def recover(reg, say=print) -> None:
+    """Finish or undo a promote that was killed (its journal is still there); call under the
+    registry's lock. ``current`` already the successor (or the model): the names swapped in;
+    otherwise the successor, its labels and the staged names removed."""
+    import os
+
+    from ..storage import fs as F
+
+    journal = reg.read_journal()
+    if journal is None:
+        return
+    target = journal.get("successor") or journal["model"]
+    staged = journal.get("names_staged")
+    if reg.current() == target:
+        if staged and os.path.exists(staged):
+            swap_names(journal["names"], staged)
+        say(f"promote: completed the promote of {journal['model']} that was stopped after "
+            f"{target} became current")
+    else:
+        if staged and os.path.exists(staged):
+            os.unlink(staged)
+        succ = journal.get("successor")
+        if succ:
+            labels = F.as_path(journal["labels"])
+            F.rmtree(labels / f"model={succ}")
+            F.rmtree(labels / "_commits" / f"model={succ}")
+            reg.remove(succ)
+        say(f"promote: undid the promote of {journal['model']} that was stopped before "
+            f"{target} became current ({journal.get('previous')} stays current)")
+    reg.clear_journal()
+
+
+def _load(reg, model_id: str):
+    from .bundle import Model
+
+    return Model.load(reg.path(model_id))
+
+
+def _is_successor(reg, current: str, model_id: str) -> bool:
+    """The current model is ``model_id``'s successor (a promote of it made it)."""
+    return (reg.manifest(current).get("succession") or {}).get("from_model") == model_id
+
+
+def _labelled(model, labels_dir) -> set | None:
+    """The ids that label rows: from ``model``'s labels in ``labels_dir`` when there are any,
+    else from the sizes its fit recorded; None when neither is known."""
+    got = previous_labels(labels_dir, model.model_id) if labels_dir is not None else None
+    if got is not None:
+        return set(np.unique(got[1]).tolist())
+    clusters = model.info.get("clusters")
+    if clusters:
+        return {int(c["cluster"]) for c in clusters if c.get("size")}
+    return None
