@@ -5,29 +5,51 @@ longer side when the decoder can reduce it):
 
     brightness      mean luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), 0..255
     contrast        standard deviation of the luma: the spread of brightness
-    overexposed     share of pixels with luma >= 245 (blown-out highlights, glare)
+    overexposed     share of pixels with luma >= 245 (white, blown-out highlights)
     underexposed    share of pixels with luma <= 20 (crushed shadows)
     sharpness       variance of the 4-neighbour Laplacian of the luma (edge energy)
     colourfulness   Hasler and Suesstrunk's M: sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mean_rg^2 +
                     mean_yb^2), rg = R - G, yb = (R + G) / 2 - B; 0 for a grey picture (over a
                     quarter of the pixels: every other one of every other line)
+    clipped         share of the colour values (R, G and B of every pixel) at 250 or more:
+                    highlights clipped in any channel, a brightened red as well as a white
+    highlight       the 99th percentile of the luma: how bright the brightest 1% of the picture
+                    is (a darkened photograph has no bright part left; a dark scene with a lamp,
+                    a star or a window in it does)
+    structure       standard deviation of the means of the luma's 8 x 8 blocks: the contrast of
+                    the picture's shapes, without its grain and JPEG noise
+    edges           mean squared luma gradient (dx^2 + dy^2) of the picture reduced 4 x 4 by
+                    block means, per pixel of the full picture (divided by 16): edge content at
+                    a coarse scale, which a blur of a few pixels leaves
+    detail          log((G0 - 1/3) / edges), G0 the mean squared gradient of the full picture
+                    less 1/3, the part the luma's rounding to whole levels adds: fine edge
+                    content against the picture's own coarse edge content. A uniformly smooth
+                    ramp gives 0, a step edge about log 4, noise more; a blur of radius r wipes
+                    out the fine content while the coarse content stays, so it falls with r
 
-Reasons (``PIXEL_REASONS``, first that applies; ``pixel_reasons``), each a robust bound over the
-readable rows (median and 1.4826 MAD, as the outlier score's threshold) held together with an
-absolute bound, so that a batch of good pictures flags nothing and a batch of bad ones cannot
-move its own bound past what is plainly bad:
+Reasons (``PIXEL_REASONS``, first that applies; ``pixel_reasons``); each compares a statistic that
+does not depend on how bright the picture is (except under/overexposure, which are about that)
+with an absolute bound (``ABSOLUTE``):
 
     unreadable      the image is missing, cannot be read or cannot be decoded
-    overexposed     overexposed share >= max(0.4, median + z MAD): glare, a blown-out frame
-                    (before uniform: glare crushes the contrast too)
-    uniform         contrast <= min(6, exp(median - z MAD) of log contrast): a flat, empty or
-                    dead frame
-    underexposed    brightness <= min(40, exp(median - z MAD) of log brightness)
-    blurry          relative sharpness log(sharpness / contrast^2) <= min(-2, median - z MAD):
-                    edge energy against the picture's own contrast, so a darkened or low-contrast
-                    picture is not called blurry for being dim
+    overexposed     clipped >= 0.3: three tenths of the colour values blown out
+    uniform         structure / (brightness + 10) <= 0.01: the picture's shapes vary by less than
+                    1% of its brightness (a flat, empty, dead or capped frame); relative, so a
+                    darkened photograph, whose shapes are as strong for its brightness as before,
+                    is not uniform
+    underexposed    highlight <= 32: even the brightest 1% of the picture is darker than luma 32
+    blurry          detail <= 0.5 and edges >= 0.03: fine edges weaker than a sharp picture's for
+                    its own coarse edges (a smooth wall or sky is not blurry: its coarse edges
+                    are as weak as its fine ones); edges below 0.03 (almost no shape at all)
+                    are not judged
 
-Every bound can be fixed by the caller instead (``fit_thresholds(..., overrides)``).
+A collection may sit past a bound as a whole (night frames, micrographs): when a bound would flag
+more than ``GUARD_SHARE`` of the readable rows, it moves to the collection's own median -/+ z MAD
+(the robust spread, 1.4826 MAD), so it flags only the collection's own extremes. Every bound can
+be fixed by the caller instead (``fit_thresholds(..., overrides)``).
+
+Statistics stored before ``clipped``, ``highlight``, ``structure``, ``edges`` and ``detail``
+existed read as NaN: a row without them gets no reason from them.
 """
 
 from __future__ import annotations
@@ -37,23 +59,63 @@ import numpy as np
 ANALYSIS_SIZE = 256  # longer side the decoder may reduce a picture to (never below it)
 BRIGHT_LUMA = 245
 DARK_LUMA = 20
+CLIP_VALUE = 255
+QUANTISATION_ENERGY = 1.0 / 3.0  # dx^2 + dy^2 of luma rounded to whole levels: 2 x 2 / 12
 
 #: per-row columns stored by ``vclust pixels``, and their dtypes
 COLUMNS = {"readable": "uint8", "problem": "int8", "width": "int32", "height": "int32",
            "brightness": "float32", "contrast": "float32", "overexposed": "float32",
-           "underexposed": "float32", "sharpness": "float32", "colourfulness": "float32"}
+           "underexposed": "float32", "sharpness": "float32", "colourfulness": "float32",
+           "clipped": "float32", "highlight": "float32", "structure": "float32",
+           "edges": "float32", "detail": "float32"}
 STAT_COLUMNS = ("brightness", "contrast", "overexposed", "underexposed", "sharpness",
-                "colourfulness")
+                "colourfulness", "clipped", "highlight", "structure", "edges", "detail")
 #: ``problem`` codes: why a row is not readable (0: it is)
 PROBLEMS = ("", "missing", "unreadable", "undecodable")
 
 #: pixel reasons, in order of precedence (a row gets the first that applies)
 PIXEL_REASONS = ("unreadable", "overexposed", "uniform", "underexposed", "blurry")
-#: the absolute side of each bound (see the module docstring)
-ABSOLUTE = {"uniform": 6.0, "overexposed": 0.4, "underexposed": 40.0, "blurry": -2.0}
+#: the bound of each reason (see the module docstring), in the units of its statistic
+ABSOLUTE = {"overexposed": 0.12, "uniform": 0.01, "underexposed": 44.0, "blurry": 0.5}
+#: a side is "at least" (the reason fires at or above the bound) or "at most"
+AT_LEAST = {"overexposed": True, "uniform": False, "underexposed": False, "blurry": False}
+UNIFORM_DAMPING = 2.0  # luma added to the brightness in structure / brightness (a black frame)
+BLUR_MIN_EDGES = 0.1  # edges below this: no shapes to judge the sharpness of
+GUARD_SHARE = 0.5  # a bound flagging more than this share of a collection is fitted to it
 DEFAULT_PIXEL_Z = 4.0
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _halve(y: np.ndarray) -> np.ndarray:
+    """Means of the 2 x 2 blocks of ``y`` (an odd last row or column dropped)."""
+    h, w = y.shape[0] // 2 * 2, y.shape[1] // 2 * 2
+    y = y[:h, :w]
+    return (y[0::2, 0::2] + y[1::2, 0::2] + y[0::2, 1::2] + y[1::2, 1::2]) * 0.25
+
+
+def _gradient_energy(y: np.ndarray) -> float:
+    """Mean of dx^2 plus mean of dy^2 (nearest-neighbour differences)."""
+    if y.shape[0] < 2 or y.shape[1] < 2:
+        return float("nan")
+    dx = np.diff(y, axis=1)
+    dy = np.diff(y, axis=0)
+    return float(np.mean(dx * dx) + np.mean(dy * dy))
+
+
+def shape_stats(luma: np.ndarray) -> tuple[float, float, float]:
+    """(structure, edges, detail) of a luma picture (see the module docstring); NaN for the parts
+    a picture too small to reduce (under 16 pixels on a side) has none of."""
+    y0 = np.asarray(luma, dtype=np.float32)
+    if y0.shape[0] < 16 or y0.shape[1] < 16:
+        return float(y0.std()) if y0.size else float("nan"), float("nan"), float("nan")
+    y2 = _halve(_halve(y0))
+    y3 = _halve(y2)
+    structure = float(y3.std())
+    edges = _gradient_energy(y2) / 16.0
+    fine = _gradient_energy(y0) - QUANTISATION_ENERGY
+    detail = float(np.log(max(fine, 1e-3) / max(edges, 1e-6)))
+    return structure, edges, detail
 
 
 def image_stats(rgb: np.ndarray, luma: np.ndarray | None = None,
@@ -75,6 +137,7 @@ def image_stats(rgb: np.ndarray, luma: np.ndarray | None = None,
     contrast = float(np.sqrt(max(0.0, float(hist @ (levels * levels)) / n - brightness ** 2)))
     over = float(hist[BRIGHT_LUMA:].sum()) / n
     under = float(hist[:DARK_LUMA + 1].sum()) / n
+    highlight = float(np.searchsorted(np.cumsum(hist), 0.99 * n))
     if luma.shape[0] > 2 and luma.shape[1] > 2:
         y = luma.astype(np.int16)
         lap = (4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:])
@@ -87,14 +150,35 @@ def image_stats(rgb: np.ndarray, luma: np.ndarray | None = None,
     yb2 = (r + g - 2 * b).astype(np.float32)  # twice yb
     colourfulness = float(np.sqrt(rg.var() + yb2.var() / 4)
                           + 0.3 * np.hypot(rg.mean(), yb2.mean() / 2))
-    return brightness, contrast, over, under, sharpness, colourfulness
+    clipped = float(np.count_nonzero(rgb >= CLIP_VALUE)) / max(rgb.size, 1)
+    structure, edges, detail = shape_stats(luma)
+    return (brightness, contrast, over, under, sharpness, colourfulness, clipped, highlight,
+            structure, edges, detail)
 
 
 def relative_sharpness(sharpness, contrast) -> np.ndarray:
-    """log(sharpness / contrast^2): edge energy against the picture's own contrast."""
+    """log(sharpness / contrast^2): Laplacian energy against the picture's contrast (the blur
+    measure of statistics stored before ``detail``; kept for the report of such stores)."""
     s = np.asarray(sharpness, dtype=np.float64)
     c = np.asarray(contrast, dtype=np.float64)
     return np.log(np.maximum(s, 1e-6)) - np.log(np.maximum(c * c, 1e-6))
+
+
+def reason_values(stats: dict) -> dict:
+    """{reason: the per-row value its bound applies to} (see the module docstring)."""
+    def col(name):
+        n = len(np.asarray(stats["readable"]))
+        return np.asarray(stats.get(name, np.full(n, np.nan)), dtype=np.float64)
+
+    detail = col("detail")
+    edges = col("edges")
+    return {
+        "overexposed": col("clipped"),
+        "uniform": col("structure") / (col("brightness") + UNIFORM_DAMPING),
+        "underexposed": col("highlight"),
+        # too few shapes to judge: not blurry (NaN compares false)
+        "blurry": np.where(edges >= BLUR_MIN_EDGES, detail, np.nan),
+    }
 
 
 def _robust(v) -> tuple[float, float]:
@@ -106,30 +190,34 @@ def _robust(v) -> tuple[float, float]:
     return med, float(np.median(np.abs(v - med))) * 1.4826
 
 
+def _fires(values, reason: str, bound: float) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return values >= bound if AT_LEAST[reason] else values <= bound
+
+
 def fit_thresholds(stats: dict, z: float = DEFAULT_PIXEL_Z, overrides: dict | None = None) -> dict:
-    """The bound of each reason (see the module docstring) from the stats of the readable rows
-    (``stats``: columns of ``COLUMNS``, arrays over the same rows); ``overrides`` {reason: value}
-    fixes a bound instead. Returns {reason: bound} for "uniform" (contrast at most),
-    "overexposed" (share at least), "underexposed" (brightness at most), "blurry" (relative
-    sharpness at most), with the median and MAD each was fitted from."""
+    """The bound of each reason from the stats of the readable rows (``stats``: columns of
+    ``COLUMNS``, arrays over the same rows; see the module docstring): ``ABSOLUTE``, unless it
+    would flag more than ``GUARD_SHARE`` of them, then the rows' median -/+ ``z`` MAD where that
+    is further out. ``overrides`` {reason: value} fixes a bound instead. Returns {reason: bound}
+    for "overexposed" (clipped share at least), "uniform" (structure / (brightness + 10) at
+    most), "underexposed" (highlight at most), "blurry" (detail at most), with the median, MAD
+    and share flagged by the absolute bound of each under "fitted" and which bounds moved under
+    "guarded"."""
     ok = np.asarray(stats["readable"]).astype(bool)
-    out: dict = {"z": float(z), "rows": int(ok.sum()), "fitted": {}}
-    med, mad = _robust(np.log(np.maximum(np.asarray(stats["contrast"])[ok], 1e-3)))
-    out["fitted"]["uniform"] = (med, mad)
-    out["uniform"] = min(ABSOLUTE["uniform"], float(np.exp(med - z * mad))) if ok.any() \
-        else ABSOLUTE["uniform"]
-    med, mad = _robust(np.asarray(stats["overexposed"])[ok])
-    out["fitted"]["overexposed"] = (med, mad)
-    out["overexposed"] = max(ABSOLUTE["overexposed"], med + z * mad) if ok.any() \
-        else ABSOLUTE["overexposed"]
-    med, mad = _robust(np.log(np.maximum(np.asarray(stats["brightness"])[ok], 1e-3)))
-    out["fitted"]["underexposed"] = (med, mad)
-    out["underexposed"] = min(ABSOLUTE["underexposed"], float(np.exp(med - z * mad))) \
-        if ok.any() else ABSOLUTE["underexposed"]
-    rel = relative_sharpness(np.asarray(stats["sharpness"])[ok], np.asarray(stats["contrast"])[ok])
-    med, mad = _robust(rel)
-    out["fitted"]["blurry"] = (med, mad)
-    out["blurry"] = min(ABSOLUTE["blurry"], med - z * mad) if ok.any() else ABSOLUTE["blurry"]
+    out: dict = {"z": float(z), "rows": int(ok.sum()), "fitted": {}, "guarded": []}
+    values = reason_values(stats)
+    for reason, absolute in ABSOLUTE.items():
+        v = values[reason][ok]
+        med, mad = _robust(v)
+        share = float(_fires(v, reason, absolute).mean()) if len(v) else 0.0
+        out["fitted"][reason] = (med, mad, share)
+        bound = absolute
+        if share > GUARD_SHARE and np.isfinite(med):
+            fitted = med + z * mad if AT_LEAST[reason] else med - z * mad
+            bound = max(absolute, fitted) if AT_LEAST[reason] else min(absolute, fitted)
+            out["guarded"].append(reason)
+        out[reason] = float(bound)
     for reason, value in (overrides or {}).items():
         if reason not in ABSOLUTE:
             raise ValueError(f"no pixel threshold '{reason}'; they are {', '.join(ABSOLUTE)}")
@@ -140,20 +228,14 @@ def fit_thresholds(stats: dict, z: float = DEFAULT_PIXEL_Z, overrides: dict | No
 
 def pixel_reasons(stats: dict, thresholds: dict) -> np.ndarray:
     """Per row: 0 when no pixel reason applies, else 1 + the index in ``PIXEL_REASONS`` of the
-    first that does. ``stats`` columns of rows without stats (``readable`` absent: NaN elsewhere)
-    give 0."""
+    first that does. Rows without stats (``have`` False, NaN elsewhere) give 0."""
     readable = np.asarray(stats["readable"])
     n = len(readable)
     have = np.asarray(stats.get("have", np.ones(n, bool)), dtype=bool)
-    contrast = np.asarray(stats["contrast"], dtype=np.float64)
-    tests = [
-        have & (readable == 0),
-        have & (readable == 1) & (np.asarray(stats["overexposed"]) >= thresholds["overexposed"]),
-        have & (readable == 1) & (contrast <= thresholds["uniform"]),
-        have & (readable == 1) & (np.asarray(stats["brightness"]) <= thresholds["underexposed"]),
-        have & (readable == 1) & (relative_sharpness(stats["sharpness"], contrast)
-                                  <= thresholds["blurry"]),
-    ]
+    values = reason_values(stats)
+    good = have & (readable == 1)
+    tests = [have & (readable == 0)]
+    tests += [good & _fires(values[r], r, thresholds[r]) for r in PIXEL_REASONS[1:]]
     out = np.zeros(n, np.int8)
     for code in range(len(tests), 0, -1):  # the first reason wins: assign it last
         out[tests[code - 1]] = code
