@@ -98,9 +98,11 @@ def test_export_csv(tmp_path):
     write_batch(tmp_path / "l", "m1", "b1", [frame(0, 50)])
     n = export_csv(tmp_path / "l", tmp_path / "out.csv")
     got = pd.read_csv(tmp_path / "out.csv")
-    assert n == 100 and list(got.columns) == ["path", "cluster", "is_outlier", "outlier_score",
-                                            "outlier_reason"]
+    assert n == 100 and list(got.columns) == ["path", "image_id", "model", "cluster",
+                                            "is_outlier", "outlier_score", "outlier_reason"]
     assert got["path"].is_unique and got["path"].iloc[0].endswith("000000.jpg")
+    # labels without the delivered spelling (frames written before it): path is the id
+    assert (got["path"] == got["image_id"]).all() and set(got["model"]) == {"m1"}
     write_batch(tmp_path / "l", "m2", "b1", [frame(0, 50)])
     with pytest.raises(InputError, match="several models"):
         export_csv(tmp_path / "l", tmp_path / "out2.csv")

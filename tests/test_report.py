@@ -1,5 +1,9 @@
 """The analysts' report end to end: a synthetic case with its images, fitted and labelled on a
-real LocalCluster; the report written, read as JSON, and opened in headless Chromium."""
+real LocalCluster; the report written, read as JSON, and opened in headless Chromium, driven
+over the DevTools protocol (tests/cdp.py): points selected on the map, an image enlarged with its
+nearest rows, a cluster named and names.csv downloaded. A kept model whose ids have gaps (as
+`vclust compare` keeps them) reported without empty cards; the CSV joined to the delivery's
+images_paths.csv as it is; the store opened with xarray."""
 
 import json
 import re
@@ -17,10 +21,11 @@ from vclust.jobs import steps as jobs
 from vclust.errors import InputError
 from vclust.storage.labels import export_csv, read_labels, read_names
 from vclust.numerics.metrics import identity_consistency
-from vclust.jobs.params import FitParams, IngestParams, ReportParams
+from vclust.jobs.params import FitParams, IngestParams, PixelsParams, ReportParams
 from vclust.synth import generate_case
 
 VCLUST = [sys.executable, "-m", "vclust"]
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))  # tests/cdp.py
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +119,7 @@ def test_report_json_matches_the_page(report):
     assert on_disk == json.loads(json.dumps(data))
     page = _parse((out / "index.html").read_text())
     assert sorted(page.cards) == [c["id"] for c in data["clusters"]] == list(range(6))
+    assert data["model"]["k"] == 6
     for c in data["clusters"]:
         for group in ("nearest", "random", "border"):
             assert page.cards[c["id"]][group] == [i["id"] for i in c["groups"][group]], group
@@ -133,18 +139,42 @@ def test_report_json_matches_the_page(report):
     assert len(list((out / "montages").glob("*.png"))) == 6
 
 
+def _check_nearest_and_badges(data, frame):
+    """Each card's nearest images: the unflagged rows nearest its centre; every image of the
+    page carries its row's outlier reason (the badge)."""
+    why = dict(zip(frame["image_id"], np.where(frame["is_outlier"], frame["outlier_reason"], "")))
+    flagged_ids = set(frame.loc[frame["is_outlier"], "image_id"])
+    for c in data["clusters"]:
+        clean = frame[(frame["cluster"] == c["id"]) & ~frame["is_outlier"]]
+        shown = [i["distance"] for i in c["groups"]["nearest"]]
+        np.testing.assert_allclose(shown, clean["distance"].sort_values().iloc[:8].to_numpy(),
+                                   atol=1e-3)
+        assert not flagged_ids & {i["id"] for i in c["groups"]["nearest"]}
+        for group in ("random", "border"):
+            for i in c["groups"][group]:
+                assert i["outlier"] == why[i["id"]], (group, i)
+
+
 def test_report_nearest_images_are_nearest_and_outliers_worst_first(report, fitted):
     frame = read_labels(fitted["labels"], model=fitted["model"].model_id)
     data = report["data"]
-    for c in data["clusters"]:
-        d = frame.loc[frame["cluster"] == c["id"], "distance"].sort_values()
-        shown = [i["distance"] for i in c["groups"]["nearest"]]
-        np.testing.assert_allclose(shown, d.iloc[:8].to_numpy(), atol=1e-3)
-    for g in data["outliers"]["galleries"]:
-        scores = [i["score"] for i in g["shown"]]
-        assert scores == sorted(scores, reverse=True)
+    _check_nearest_and_badges(data, frame)
+    # the demo's clusters drew flagged rows among their "nearest": this case does too, so the
+    # check above has something to leave out
+    near_all = {i for c in data["clusters"] for i in frame[frame["cluster"] == c["id"]]
+                .nsmallest(8, "distance")["image_id"]}
+    assert near_all & set(frame.loc[frame["is_outlier"], "image_id"])
     flagged = frame[frame["is_outlier"]]
     assert data["outliers"]["count"] == len(flagged)
+    shown = [i for g in data["outliers"]["galleries"] for i in g["shown"]]
+    for g in data["outliers"]["galleries"]:
+        zs = [i["z"] for i in g["shown"]]
+        assert zs == sorted(zs, reverse=True)
+    # scores that rank: the stored scores of the shown rows round to 1.000 for many, their z not
+    scores = [round(i["score"], 3) for i in shown]
+    zs = [i["z"] for i in shown]
+    assert scores.count(1.0) > 10 and len(set(zs)) > 0.9 * len(zs), (scores, zs)
+    assert min(zs) >= data["outliers"]["threshold_z"] - 1e-6
 
 
 def test_report_opens_in_headless_chromium(report, tmp_path):
@@ -158,6 +188,68 @@ def test_report_opens_in_headless_chromium(report, tmp_path):
     assert int(body["data-images-loaded"]) == total and body["data-images-failed"] == "0", body
     assert int(body["data-map-points"]) == data["map"]["points"], body
     assert int(body["data-map-points3d"]) == data["map"]["points"], body
+
+
+def test_report_acted_on_in_the_browser(report, tmp_path):
+    """Lasso on the map -> a gallery of the selected points' images; click a card's image ->
+    enlarged with its nearest rows; a name typed on a card -> names.csv downloaded that
+    --names reads; no script error. Screenshots kept in tmp_path (looked at by hand)."""
+    from cdp import Browser
+
+    out, data = report["out"], report["data"]
+    with Browser(tmp_path) as b:
+        b.open(out / "index.html")
+        assert b.eval("document.body.dataset.errors") == "0", b.eval("document.body.dataset.errorText")
+        # a box-shaped lasso over the middle of the 2D map
+        r = b.rect("#map2d")
+        cx, cy, h = r["x"] + r["w"] / 2, r["y"] + r["h"] / 2, min(r["w"], r["h"]) / 3
+        b.drag([(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h),
+                (cx - h, cy - h + 4)])
+        n_sel = int(b.wait_for("document.body.dataset.selected"))
+        assert n_sel > 0
+        shown = b.eval("Array.from(document.querySelectorAll('#selection figure.t'))"
+                       ".map(f => f.dataset.id)")
+        assert 0 < len(shown) <= min(60, n_sel)
+        # every image shown is a selected map point with a thumbnail that loaded
+        ids = set(b.eval("window.VCLUST_MAP.id"))
+        assert set(shown) <= ids
+        b.wait_for("Array.from(document.querySelectorAll('#selection img'))"
+                   ".every(i => i.complete && i.naturalWidth > 0)")
+        b.screenshot(tmp_path / "selection.png")
+        # a card's first "nearest" image, enlarged: its nearest rows, their images loaded
+        first = data["clusters"][0]["groups"]["nearest"][0]["id"]
+        b.click_on(f'#cluster-{data["clusters"][0]["id"]} [data-group="nearest"] figure.t')
+        assert b.wait_for("document.body.dataset.lightbox") == first
+        near = b.eval("Array.from(document.querySelectorAll('#lightbox .lb-near figure.t'))"
+                      ".map(f => f.dataset.id)")
+        assert len(near) == 6 and first not in near
+        assert b.wait_for("Array.from(document.querySelectorAll('#lightbox img'))"
+                          ".every(i => i.complete && i.naturalWidth > 0)")
+        b.screenshot(tmp_path / "enlarged.png")
+        b.eval("document.querySelector('#lightbox .lb-close').click()")
+        # name cluster 0 on its card, download names.csv
+        b.click_on('input.c-name[data-cluster="0"]')
+        for ch in "white, suvs":
+            b.call("Input.insertText", text=ch)
+        b.click_on('input.c-note[data-cluster="0"]')
+        b.call("Input.insertText", text='front "view"')
+        assert b.eval("document.querySelector('td.t-name[data-cluster=\"0\"]').textContent") \
+            == "white, suvs"
+        b.click_on("#names-download")
+        csv = b.downloads / "names.csv"
+        b.wait_for("true") and _wait_file(csv)
+        assert b.eval("document.body.dataset.errors") == "0", b.eval("document.body.dataset.errorText")
+        assert not b.errors, b.errors
+    assert read_names(csv, 6) == {0: ("white, suvs", 'front "view"')}
+
+
+def _wait_file(path, timeout=30):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and path.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert path.exists(), f"{path} was not downloaded"
 
 
 def test_clusters_read_from_the_synthetic_images(report):
@@ -225,8 +317,8 @@ def test_outlier_reason_written_exported_and_read_without_vclust(fitted, tmp_pat
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     cols, reasons, names_line, n_parquet = res.stdout.strip().splitlines()
-    assert cols == str(["path", "cluster", "is_outlier", "outlier_score", "outlier_reason",
-                        "cluster_name"])
+    assert cols == str(["path", "image_id", "model", "cluster", "is_outlier", "outlier_score",
+                        "outlier_reason", "cluster_name"])
     n_reason, n_out = map(int, reasons.split())
     assert n_reason == n_out == len(flagged)
     assert names_line == str(["first"]) + " " + str(["fourth"]) + " " + str([""])
@@ -263,3 +355,85 @@ def test_synthetic_zip_holds_every_row(fitted):
     with zipfile.ZipFile(fitted["zip"]) as z:
         names = set(z.namelist())
     assert all(i.replace("\\", "/") in names for i in ids)
+
+
+# --------------------------------------------------------------------------- joins and readers
+
+
+def test_csv_joins_the_delivery_as_it_is(fitted, tmp_path):
+    """images_paths.csv spells paths with backslashes (as VeRi-Wild's does): a plain merge of the
+    export on it matches every row; image_id is the store's id, model the model's id."""
+    delivery = pd.read_csv(fitted["root"] / "case" / "images_paths.csv", dtype=str)
+    assert delivery["paths"].str.contains("\\", regex=False).all()
+    csv = tmp_path / "labels.csv"
+    assert export_csv(fitted["labels"], csv) == 3000
+    f = pd.read_csv(csv, dtype={"path": str}, keep_default_na=False)
+    joined = delivery.merge(f, left_on="paths", right_on="path", how="inner")
+    assert len(joined) == len(delivery) == 3000
+    assert (joined["image_id"] == joined["paths"].str.replace("\\", "/", regex=False)).all()
+    assert set(f["model"]) == {fitted["model"].model_id}
+
+
+def test_store_opens_in_xarray_and_zarr_lists_it_without_warnings(fitted, tmp_path):
+    """Dimension names on every array, every folder a group (pixels/ too, after vclust pixels),
+    read by xarray and zarr alone in a fresh interpreter with warnings as errors."""
+    import shutil as sh
+
+    store = tmp_path / "store"
+    sh.copytree(fitted["store"], store)
+    jobs.pixels(store, PixelsParams(images=fitted["zip"], all=True))
+    code = (
+        "import sys, warnings\n"
+        "warnings.simplefilter('error')\n"
+        "import zarr, xarray as xr\n"
+        f"p = {str(store)!r}\n"
+        "g = zarr.open_group(p, mode='r')\n"
+        "groups = sorted(k for k, v in g.members(max_depth=None) if isinstance(v, zarr.Group))\n"
+        "print(groups)\n"
+        "root = xr.open_zarr(p, consolidated=False)\n"
+        "print(sorted(root.data_vars), dict(root.sizes))\n"
+        "d = xr.open_zarr(p, group='descriptors', consolidated=False)\n"
+        "print(sorted(d.data_vars), int(d['vdc_color'].shape[0]))\n"
+        "px = xr.open_zarr(p, group='pixels/b0', consolidated=False)\n"
+        "print(len(px.data_vars) > 0, int(px.sizes['row']))\n"
+        "assert not any(m.startswith('vclust') for m in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    groups, root, desc, px = res.stdout.strip().splitlines()
+    assert groups == str(["descriptors", "pixels", "pixels/b0"])
+    assert root == str(["batch", "delivered_ids", "ids"]) + " " + str({"row": 3000})
+    assert desc.startswith(str(["efficientnet-b7", "osnet", "vdc_color", "vdc_type"])) \
+        and desc.endswith(" 3000")
+    assert px == "True 3000"
+
+
+def test_report_of_a_model_with_gaps_in_its_ids(fitted, tmp_path):
+    """A model renumbered as `vclust compare` keeps one (ids 0, 2, ..., 10 of 11): the report
+    shows its 6 clusters, k = 6, no empty card, and no flagged row among the nearest images."""
+    from vclust.model import succession
+    from vclust.model.registry import save_model
+    from vclust.report import write_report
+
+    registry = tmp_path / "registry"
+    gapped = succession.renumber(fitted["model"], {c: 2 * c for c in range(6)})
+    _, model_id = save_model(gapped, registry=registry, make_current=True)
+    model = jobs.resolve_model(registry=registry)
+    assert model.model_id == model_id and int(model.clusterer.n_clusters_) == 11
+    labels = tmp_path / "labels"
+    said = []
+    jobs.label(fitted["store"], model, labels, all_batches=True, say=said.append)
+    # progress within the batch: rows done and their share, the last line all of them
+    steps = [x for x in said if x.startswith("labelling batch b0: ") and " of " in x]
+    assert steps and steps[-1].startswith("labelling batch b0: 3,000 of 3,000 rows (100%)"), said
+    params = ReportParams(out=str(tmp_path / "r"), images=fitted["zip"], sample=1000, seed=0,
+                          hover_images=50, map_method="pca")
+    data = write_report(fitted["store"], model, labels, params)
+    assert [c["id"] for c in data["clusters"]] == [0, 2, 4, 6, 8, 10]
+    assert data["model"]["k"] == 6 and data["model"]["model_k"] == 11
+    assert all(c["size"] > 0 for c in data["clusters"])
+    assert all(b["other_cluster"] in {0, 2, 4, 6, 8, 10}
+               for c in data["clusters"] for b in c["groups"]["border"])
+    _check_nearest_and_badges(data, read_labels(labels, model=model_id))
+    page = _parse((tmp_path / "r" / "index.html").read_text())
+    assert sorted(page.cards) == [0, 2, 4, 6, 8, 10]
+    assert "k = 6" in (tmp_path / "r" / "index.html").read_text()

@@ -84,10 +84,11 @@ def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, 
     import pandas as pd
 
     from ..numerics.outliers import REASONS
-    from ..storage.store import read_ids
+    from ..storage.store import read_delivered_ids, read_ids
 
     n = len(labels)
     ids = read_ids(store_path, row0, row0 + n)
+    delivered = read_delivered_ids(store_path, row0, row0 + n)  # what the CSV export writes
     why = np.asarray(REASONS, dtype=object)[reason.astype(np.int64)]
     flag = flag.astype(bool)
     if pixel_bounds is not None:  # the pixels' plain evidence flags a row whatever the descriptors say
@@ -104,6 +105,7 @@ def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, 
         "outlier_score": score.astype(np.float32), "is_outlier": flag,
         "outlier_reason": why,
         "nearest_row": nn_row.astype(np.int64), "nearest_distance": nn_dist.astype(np.float32),
+        "path": delivered.astype(str),
     })
 
 
@@ -163,6 +165,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
     import dask
 
     from ..storage.labels import list_partitions, write_batch
+    from . import progress
     from ..storage.store import Store
 
     check_labels_out(labels_dir)
@@ -188,7 +191,9 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
         parts = [dask.delayed(_label_frame)(str(store.path), int(o), *blocks, pixel_bounds=bounds)
                  for o, *blocks in zip(offsets, *(a.to_delayed(optimize_graph=False).ravel()
                                                   for a in outs))]
-        write_batch(labels_dir, model.model_id, b, parts)
+        write_batch(labels_dir, model.model_id, b, parts,  # progress lines within the batch
+                    compute=lambda writes, b=b, n=stop - start: progress.compute(
+                        writes, say, f"labelling batch {b}", n, rows_of=int))
         written.append({"batch": b, "rows": stop - start})
         say(f"labelled batch {b}: {stop - start} rows")
     return {"model": model.model_id, "labelled": written}

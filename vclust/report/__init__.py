@@ -6,7 +6,7 @@
                       cluster with its images, a gallery per outlier reason, the pixel
                       galleries (broken, bright, dark, blurry, uniform) and the near-duplicate
                       groups
-    near_duplicates.csv  group,row,image_id of every near-duplicate group (vclust.duplicates)
+    near_duplicates.csv  group,row,image_id of every near-duplicate group (vclust.report.duplicates)
     data.js           the same content for the page's script, and the map's points
     report.json       the same content for programs (no map coordinates)
     assets/           plotly.min.js (from the plotly package), report.js, report.css
@@ -15,7 +15,7 @@
                       readers without a browser
 
 What each part shows is computed in ``content``; the page in ``page``; the static pictures in
-``static``. Images are read in place from a zip or a folder (vclust.images); without one the
+``static``. Images are read in place from a zip or a folder (vclust.storage.images); without one the
 report has no pictures of images and says so.
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from . import content
+from . import content, evidence
 
 THUMB_SIZE = (128, 96)
 
@@ -73,6 +73,63 @@ def worker_submit():
     return submit
 
 
+def _with_z(frame, model, store, say):
+    """``frame`` with ``z``, the combined z of each row's outlier score: from the stored score
+    where it has the digits, asked of the outlier index where the float32 score rounded to 1."""
+    z = content.z_of_score(frame["outlier_score"].to_numpy())
+    lost = np.flatnonzero(~np.isfinite(z) | (z > 14.0))  # 1 - score below about 1e-5
+    if len(lost):
+        rows = frame["row"].to_numpy()[lost]
+        exact = evidence.row_evidence(model, store, frame, rows, exact_z_rows=rows)["z"]
+        z[lost] = [exact[int(r)] for r in rows]
+        say(f"report: the combined z of {len(lost):,} rows whose score rounds to 1, asked of "
+            "the outlier index")
+    return frame.assign(z=z)
+
+
+def _map_data(xy, xyz, s_frame, s_z, thumbs) -> dict:
+    """The map's points for the page's script (coordinates, cluster, outlier flag and reason,
+    z, id, thumbnail)."""
+    s_ids = s_frame["image_id"].to_numpy().astype(str)
+    thumb_names = sorted(set(thumbs.values()))
+    thumb_index = {n: i for i, n in enumerate(thumb_names)}
+    reasons = (s_frame["outlier_reason"].fillna("").to_numpy().astype(str)
+               if "outlier_reason" in s_frame else None)
+    return {
+        "x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
+        "x3": np.round(xyz[:, 0], 4).tolist(), "y3": np.round(xyz[:, 1], 4).tolist(),
+        "z3": np.round(xyz[:, 2], 4).tolist(),
+        "cluster": s_frame["cluster"].to_numpy().astype(int).tolist(),
+        "outlier": s_frame["is_outlier"].to_numpy().astype(int).tolist(),
+        "score": np.round(s_frame["outlier_score"].to_numpy().astype(float), 4).tolist(),
+        "z": np.round(np.asarray(s_z, dtype=float), 2).tolist(),
+        "id": s_ids.tolist(),
+        "reason": reasons.tolist() if reasons is not None else None,
+        "thumbs": ["thumbs/" + n for n in thumb_names],
+        "thumb": [thumb_index.get(thumbs.get(i), -1) for i in s_ids],
+    }
+
+
+def _image_rows(frame, near, thumbs, wanted) -> dict:
+    """Per image the page has (shown, a neighbour, or a map thumbnail): ``[cluster, outlier
+    reason or "", z, thumbnail file or "", [[neighbour id, distance], ...]]`` (neighbours for
+    the shown images only), for the enlarged view."""
+    rows = frame["row"].to_numpy()
+    ids = frame["image_id"].to_numpy().astype(str)
+    keep = np.flatnonzero(np.isin(ids, np.asarray(sorted(wanted), dtype=str)))
+    why = content._reason_of(frame)
+    out = {ids[i]: [int(frame["cluster"].iat[i]), str(why[i]), round(float(frame["z"].iat[i]), 2),
+                    thumbs.get(ids[i], ""), []] for i in keep}
+    pos = np.searchsorted(rows, near["rows"])
+    for p, nn, dd in zip(pos, near["neighbours"], near["distances"]):
+        at = np.searchsorted(rows, nn)
+        ok = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == nn)
+        out.setdefault(ids[p], [int(frame["cluster"].iat[p]), str(why[p]),
+                                round(float(frame["z"].iat[p]), 2), thumbs.get(ids[p], ""), []])
+        out[ids[p]][4] = [[ids[a], round(float(d), 4)] for a, d, o in zip(at, dd, ok) if o]
+    return out
+
+
 def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None) -> dict:
     """Write the report of ``model`` (its labels in ``labels_dir``) to ``params.out``.
 
@@ -109,15 +166,16 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     s_labels = s_frame["cluster"].to_numpy()
     say(f"report: {len(sample):,} map rows read and reduced")
 
+    present = content.present_clusters(frame)
     borders = content.border_rows(z, s_labels, model.clusterer.cluster_centers_,
-                                  content.IMAGES_PER_GROUP)
+                                  content.IMAGES_PER_GROUP, present)
     consistency = None
     groups = content.identity_of(frame["image_id"].to_numpy(), params.identity)
     if groups is not None:
         consistency = identity_consistency(frame["cluster"].to_numpy(), groups)
         if consistency["overall"] is None:
             consistency = None  # ids carry no identity (no folder holds two images)
-    cards = content.cluster_cards(frame, n_clusters, params.seed, borders, sample, names,
+    cards = content.cluster_cards(frame, present, params.seed, borders, sample, names,
                                   consistency)
     if params.truth and Path(params.truth).exists():
         truth = pd.read_csv(params.truth, dtype={"path": str}, keep_default_na=False)
@@ -125,6 +183,7 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         readings = content.truth_readings(frame, truth)
         for c in cards:
             c["reading"] = readings.get(c["id"], "")
+    frame = _with_z(frame, model, store, say)
     from .duplicates import near_duplicates, summary as dup_summary, tight_distance
     from ..numerics.pixels import COLUMNS, PIXEL_REASONS
     from ..storage.pixels import batches_with_pixels, read
@@ -148,19 +207,30 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
 
     t_map = time.perf_counter()
     method = choose_method(params.map_method, len(z))
-    xy, xyz = embed_2d_3d(z, method=method, random_state=params.seed, submit=worker_submit())
+    from ..jobs.progress import Heartbeat
+
+    # a layout is one call with no parts to count: the time so far while it runs
+    with Heartbeat(say, f"report: {method} map of {len(z):,} rows (2D and 3D) running"):
+        xy, xyz = embed_2d_3d(z, method=method, random_state=params.seed,
+                              submit=worker_submit())
     map_seconds = time.perf_counter() - t_map
     say(f"report: {method} map of {len(z):,} rows in {map_seconds:.1f} s")
 
-    # images: every card and gallery image, then a seeded share of the map's points for hover
-    shown = [i["id"] for c in cards for g in c["groups"].values() for i in g]
-    shown += [i["id"] for g in galleries for i in g["shown"]]
-    shown += [i["id"] for g in pixel_galleries for i in g["shown"]]
-    shown += [i["id"] for g in dups["shown"] for i in g["rows"]]
+    # images: every card and gallery image, their nearest rows (shown when one is enlarged),
+    # then a seeded share of the map's points for hover and selection
+    shown_items = [i for c in cards for g in c["groups"].values() for i in g]
+    shown_items += [i for g in galleries for i in g["shown"]]
+    shown_items += [i for g in pixel_galleries for i in g["shown"]]
+    shown_items += [i for g in dups["shown"] for i in g["rows"]]
+    shown = [i["id"] for i in shown_items]
+    near = evidence.row_evidence(model, store, frame, [i["row"] for i in shown_items])
+    ids_of = dict(zip(frame["row"].to_numpy().tolist(), frame["image_id"].to_numpy()))
+    near_ids = [str(ids_of.get(int(r), "")) for r in near["neighbours"].ravel()]
+    say(f"report: the {len(near['rows']):,} shown rows' nearest rows from the outlier index")
     s_ids = s_frame["image_id"].to_numpy().astype(str)
     rng = np.random.default_rng([params.seed, 2])
     hover_extra = s_ids[rng.permutation(len(s_ids))[:params.hover_images]]
-    wanted = list(dict.fromkeys(shown + list(hover_extra)))
+    wanted = list(dict.fromkeys(shown + [i for i in near_ids if i] + list(hover_extra)))
     thumbs, img_counts = {}, {"missing": 0, "unreadable": 0, "thumbnails": 0}
     if source is not None:
         result = write_thumbnails(source, wanted, out / "thumbs", size=THUMB_SIZE)
@@ -172,12 +242,14 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
 
     flags = frame["is_outlier"].to_numpy()
     info = model.info
+    scorer = model.outliers
     report = {
-        "format": "vclust-report", "version": 1, "vclust": __version__,
+        "format": "vclust-report", "version": 2, "vclust": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"id": model.model_id, "descriptors": list(model.descriptors),
-                  "algorithm": info.get("fit", {}).get("algorithm", ""), "k": n_clusters,
-                  "chosen_k": info.get("chosen_k"), "metrics": info.get("metrics", [])},
+                  "algorithm": info.get("fit", {}).get("algorithm", ""), "k": len(cards),
+                  "model_k": n_clusters, "chosen_k": info.get("chosen_k"),
+                  "metrics": info.get("metrics", [])},
         "rows": int(len(frame)),
         "identity": None if consistency is None else {
             "level": params.identity, "overall": round(consistency["overall"], 4),
@@ -185,30 +257,18 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         "images": {"source": str(params.images) if params.images else None, **img_counts},
         "clusters": cards,
         "outliers": {"count": int(flags.sum()), "share": round(float(flags.mean()), 6),
+                     "threshold_z": round(float(getattr(scorer, "threshold_z_", np.nan)), 3),
                      "galleries": galleries},
         "pixels": {"rows_with_stats": int(stats["have"][frame["row"].to_numpy()].sum())
-                   if stats is not None else 0, "galleries": pixel_galleries},
+                   if stats is not None else 0, "galleries": pixel_galleries,
+                   "reasons": list(PIXEL_REASONS)},
         "near_duplicates": dups,
         "map": {"method": method, "points": int(len(z)), "sample": params.sample,
                 "seed": params.seed, "seconds": round(map_seconds, 2),
                 "hover_images": int(sum(1 for i in s_ids if i in thumbs))},
     }
-    thumb_names = sorted(set(thumbs.values()))
-    thumb_index = {n: i for i, n in enumerate(thumb_names)}
-    reasons = (s_frame["outlier_reason"].fillna("").to_numpy().astype(str)
-               if "outlier_reason" in s_frame else None)
-    map_data = {
-        "x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
-        "x3": np.round(xyz[:, 0], 4).tolist(), "y3": np.round(xyz[:, 1], 4).tolist(),
-        "z3": np.round(xyz[:, 2], 4).tolist(),
-        "cluster": s_labels.astype(int).tolist(),
-        "outlier": s_frame["is_outlier"].to_numpy().astype(int).tolist(),
-        "score": np.round(s_frame["outlier_score"].to_numpy().astype(float), 4).tolist(),
-        "id": s_ids.tolist(),
-        "reason": reasons.tolist() if reasons is not None else None,
-        "thumbs": ["thumbs/" + n for n in thumb_names],
-        "thumb": [thumb_index.get(thumbs.get(i), -1) for i in s_ids],
-    }
+    map_data = _map_data(xy, xyz, s_frame, frame["z"].to_numpy()[pos], thumbs)
+    map_data["rows"] = _image_rows(frame, near, thumbs, set(wanted))
     write_page(out, report, map_data, thumbs)
     (out / "report.json").write_text(json.dumps(report, indent=1))
     map_png(out / "map.png", xy, s_labels, s_frame["is_outlier"].to_numpy(),

@@ -21,6 +21,8 @@ import numpy as np
 
 from .page import ASSETS, PALETTE, copy_assets
 
+CELL_IMAGES = 2_000  # sample rows with a thumbnail for the cells' images
+
 
 def _e(v) -> str:
     return html.escape(str(v), quote=True)
@@ -51,6 +53,57 @@ def _runs_table(runs, proposal) -> str:
     return (f'<table id="runs"><caption>Every (spec, algorithm, k) fitted; the k kept per '
             f'(spec, algorithm) carries its model id</caption><tr>{head}</tr>'
             + "".join(rows) + "</table>")
+
+
+def _contingency(path) -> dict:
+    """A contingency CSV (rows model a's clusters, columns b's) without its empty rows and
+    columns (a model kept by compare is numbered against another: its ids can have gaps)."""
+    import pandas as pd
+
+    t = pd.read_csv(path, index_col=0)
+    t = t.loc[t.sum(axis=1) > 0, t.sum(axis=0) > 0]
+    return {"rows": [int(i) for i in t.index], "cols": [int(str(c)) for c in t.columns],
+            "z": t.to_numpy().astype(int).tolist()}
+
+
+def _cell_thumbs(out: Path, ids, params, say) -> list:
+    """Thumbnails of a seeded share of the maps' sample (up to CELL_IMAGES rows), for the images
+    of a contingency cell; per sample row its thumbnail path or ""."""
+    images = getattr(params, "images", None)
+    if not images:
+        return []
+    from ..storage.images import ImageSource, write_thumbnails
+    from . import THUMB_SIZE
+
+    rng = np.random.default_rng([params.seed, 8])
+    pick = ids[np.sort(rng.permutation(len(ids))[:CELL_IMAGES])]
+    with ImageSource(images) as source:
+        res = write_thumbnails(source, list(pick), out / "thumbs", size=THUMB_SIZE)
+    got = {k: v for k, v in res["thumbs"].items() if v}
+    say(f"compare page: {len(got):,} thumbnails of the maps' sample for the cells' images")
+    return ["thumbs/" + got[i] if i in got else "" for i in ids]
+
+
+def _ranks_table(kept, proposal) -> str:
+    """The proposal's ranks of every kept model, best first."""
+    scores = proposal.get("scores") or {}
+    if not scores:
+        return ""
+    info = {m["model_id"]: m for m in kept}
+    rows = []
+    for mid, sc in sorted(scores.items(), key=lambda kv: (kv[1].get("mean_rank", 0), kv[0])):
+        m = info.get(mid, {})
+        cls = ' class="chosen"' if mid == proposal.get("model_id") else ""
+        rows.append(f'<tr{cls} data-model="{_e(mid)}"><td>{_e(mid)}</td>'
+                    f'<td class="l">{_e(m.get("descriptor", ""))}</td>'
+                    f'<td class="l">{_e(m.get("algorithm", ""))}</td><td>{_e(m.get("k", ""))}</td>'
+                    f'<td>{_fmt(sc.get("mean_rank"))}</td><td>{_fmt(sc.get("ch_rank"))}</td>'
+                    f'<td>{_fmt(sc.get("db_rank"))}</td><td>{_fmt(sc.get("mean_ari"))}</td></tr>')
+    return ('<table id="ranks" class="ranks"><caption>The proposal\'s ranks (lower is better; '
+            'the proposed model highlighted)</caption><tr><th>model</th><th class="l">spec</th>'
+            '<th class="l">algorithm</th><th>k</th><th>mean of the three ranks</th>'
+            '<th>CH mean rank across spaces</th><th>DB mean rank across spaces</th>'
+            '<th>mean ARI with the others</th></tr>' + "".join(rows) + "</table>")
 
 
 class _Done:
@@ -97,11 +150,8 @@ def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, a
         i, j = pos[r["model_a"]], pos[r["model_b"]]
         ari[i, j] = ari[j, i] = r["ari"]
         ami[i, j] = ami[j, i] = r["ami"]
-    tables = {}
-    for f in sorted((out / "contingency").glob("*.csv")):
-        import pandas as pd
-
-        tables[f.stem] = pd.read_csv(f, index_col=0).to_numpy().tolist()
+    tables = {f.stem: _contingency(f) for f in sorted((out / "contingency").glob("*.csv"))}
+    thumbs = _cell_thumbs(out, ids, params, say)
     data = {
         "models": [{"id": m["model_id"], "descriptor": m["descriptor"],
                     "algorithm": m["algorithm"], "k": m["k"], "n": m["n"],
@@ -110,7 +160,8 @@ def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, a
                    for m in kept],
         "ari": np.round(ari, 4).tolist(), "ami": np.round(ami, 4).tolist(),
         "contingency": tables, "maps": maps, "ids": ids.tolist(), "palette": PALETTE,
-        "proposal": proposal.get("model_id"),
+        "proposal": proposal.get("model_id"), "thumbs": thumbs,
+        "images": bool(getattr(params, "images", None)),
     }
     (out / "data.js").write_text("window.VCLUST_COMPARE = "
                                  + json.dumps(data, separators=(",", ":")) + ";\n")
@@ -130,7 +181,8 @@ models</a><a href="#runs-section">Runs</a></nav></header>
 <main>
 <section id="proposal"><h2>Proposal</h2><p>{_e(proposal.get("why", ""))}</p>
 <p class="hint">Rule: {_e(proposal.get("rule", ""))}. Make it current with
-<code>vclust promote --registry REGISTRY {_e(proposal.get("model_id", ""))}</code>.</p></section>
+<code>vclust promote --registry REGISTRY {_e(proposal.get("model_id", ""))}</code>.</p>
+{_ranks_table(kept, proposal)}</section>
 <section id="agreement"><h2>Agreement</h2>
 <p class="hint">Adjusted Rand index of every pair of kept models over all rows (1: the same
 partition; about 0: unrelated). agreement.csv also has AMI and the Jaccard index of their outlier
@@ -138,10 +190,13 @@ sets.</p><div id="heatmap"></div></section>
 <section id="pair"><h2>Two models</h2>
 <p><label>A <select id="model-a">{opts}</select></label>
 <label>B <select id="model-b">{opts}</select></label></p>
-<p class="hint">Contingency: rows are A's clusters, columns B's; a cell counts the images in
-both. The maps show the same {len(sample):,} sampled images, each model in the embedding of the
+<p class="hint">Contingency: rows are A's clusters, columns B's (only clusters that label
+rows); a cell counts the images in both. <b>Click a cell</b> to see sample images of it (from the
+maps' sample{'' if getattr(params, "images", None) else '; this run was given no --images, so
+ids only'}). The maps show the same {len(sample):,} sampled images, each model in the embedding of the
 space it was fitted in, coloured by its clusters (outliers as x).</p>
 <div id="contingency" class="map"></div>
+<div id="cells"><p class="hint">Click a contingency cell to see its images.</p></div>
 <div class="maps"><div><div id="map-a" class="map"></div></div>
 <div><div id="map-b" class="map"></div></div></div></section>
 <section id="runs-section"><h2>Runs</h2>{_runs_table(runs, proposal)}</section>

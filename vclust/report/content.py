@@ -1,17 +1,19 @@
 """What the report shows, as one JSON-able dict (report.json), computed from the labels, the
 model and a seeded sample of the store's rows.
 
-Per cluster (a card): size, share, outlier share, mean distance to its centre, identity
-consistency, an analyst's name, and three groups of images:
+Only clusters that label rows get a card (a model kept by `vclust compare` is numbered
+against another model, so its ids can have gaps); each card: size, share, outlier share, mean
+distance to its centre, identity consistency, an analyst's name, and three groups of images:
 
-    nearest   the rows nearest its centre over all rows: what the cluster *is*
-    random    a seeded draw of its rows: what it *holds*
+    nearest   the rows not flagged as outliers nearest its centre: what the cluster *is*
+    random    a seeded draw of its rows: what it *holds* (flagged rows badged)
     border    rows of the map sample almost as near to another centre as to their own
               (smallest relative margin (d2 - d1) / (d1 + d2)): what it is confused with, and
-              with which cluster
+              with which cluster (flagged rows badged)
 
-Outliers: a gallery per reason (``outlier_reason``), worst first, the shown rows shared out
-evenly between the reasons. The map: a seeded sample of rows with every outlier in it (up to the
+Outliers: a gallery per reason (``outlier_reason``), worst first by the combined z of the
+outlier score (``z``, which keeps ranking where the stored score rounds to 1.000), the shown
+rows shared out evenly between the reasons. The map: a seeded sample of rows with every outlier in it (up to the
 sample size), embedded in 2D and 3D (vclust.numerics.maps).
 """
 
@@ -50,12 +52,18 @@ def map_sample(frame, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([out, rng.choice(rest, size=take, replace=False)]))
 
 
-def border_rows(z, labels, centers, n_per_cluster: int) -> dict[int, list[tuple[int, int, float]]]:
+def border_rows(z, labels, centers, n_per_cluster: int,
+                present=None) -> dict[int, list[tuple[int, int, float]]]:
     """Per cluster, the sample positions nearest another centre: (position, other cluster,
-    relative margin), smallest margin first."""
+    relative margin), smallest margin first. ``present``: the clusters that label rows (the
+    other centre is one of them; default every centre)."""
     z = np.asarray(z, dtype=np.float32)
     c = np.asarray(centers, dtype=np.float32)
     d = np.sqrt(np.maximum((z * z).sum(1)[:, None] - 2 * z @ c.T + (c * c).sum(1)[None, :], 0))
+    if present is not None:
+        gone = np.setdiff1d(np.arange(len(c)), np.asarray(list(present), dtype=np.int64))
+        d[:, gone] = np.inf
+    d = np.nan_to_num(d, nan=np.inf)
     own = d[np.arange(len(z)), labels]
     d_other = d.copy()
     d_other[np.arange(len(z)), labels] = np.inf
@@ -70,19 +78,33 @@ def border_rows(z, labels, centers, n_per_cluster: int) -> dict[int, list[tuple[
     return out
 
 
+def z_of_score(score) -> np.ndarray:
+    """The combined z behind a stored outlier score (``score = 1 / (1 + exp(-(z - 3)))``,
+    vclust.numerics.outliers); inf where the float32 score rounded to 1 (z above about 20)."""
+    s = np.asarray(score, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return 3.0 + np.log(s) - np.log1p(-np.minimum(s, 1.0))
+
+
+def _reason_of(frame) -> np.ndarray:
+    if "outlier_reason" not in frame:
+        return np.where(frame["is_outlier"].to_numpy(bool), "outlier", "").astype(object)
+    r = frame["outlier_reason"].fillna("").to_numpy().astype(object)
+    flagged = frame["is_outlier"].to_numpy(bool)
+    return np.where(flagged & (r == ""), "outlier", np.where(flagged, r, "")).astype(object)
+
+
 def outlier_galleries(frame, total: int, exclude=()) -> list[dict]:
-    """Per reason, the flagged rows worst first; ``total`` rows shown, shared out evenly
-    (round robin) between the reasons; reasons in ``exclude`` (the pixel reasons, shown in
-    their own galleries) left out."""
+    """Per reason, the flagged rows worst first (by ``z`` when the frame has it, else by the
+    score); ``total`` rows shown, shared out evenly (round robin) between the reasons; reasons
+    in ``exclude`` (the pixel reasons, shown in their own galleries) left out."""
     flagged = frame[frame["is_outlier"]]
     if exclude and "outlier_reason" in flagged:
         flagged = flagged[~flagged["outlier_reason"].isin(list(exclude))]
-    if "outlier_reason" in flagged:
-        reasons = flagged["outlier_reason"].fillna("").replace("", "outlier")
-    else:
-        reasons = np.full(len(flagged), "outlier", dtype=object)
-    flagged = flagged.assign(reason=np.asarray(reasons))
-    groups = {r: g.sort_values(["outlier_score", "row"], ascending=[False, True])
+    flagged = flagged.assign(reason=_reason_of(flagged))
+    if "z" not in flagged:
+        flagged = flagged.assign(z=z_of_score(flagged["outlier_score"].to_numpy()))
+    groups = {r: g.sort_values(["z", "outlier_score", "row"], ascending=[False, False, True])
               for r, g in flagged.groupby("reason")}
     take = {r: 0 for r in groups}
     left = total
@@ -96,45 +118,59 @@ def outlier_galleries(frame, total: int, exclude=()) -> list[dict]:
         shown = g.head(take[r])
         out.append({"reason": r, "count": int(len(g)),
                     "shown": [{"id": str(i), "row": int(row), "cluster": int(c),
-                               "score": round(float(s), 4)}
-                              for i, row, c, s in zip(shown["image_id"], shown["row"],
-                                                      shown["cluster"], shown["outlier_score"])]})
+                               "score": round(float(s), 4), "z": round(float(zz), 2),
+                               "outlier": r}
+                              for i, row, c, s, zz in zip(shown["image_id"], shown["row"],
+                                                          shown["cluster"],
+                                                          shown["outlier_score"], shown["z"])]})
     return out
 
 
-def cluster_cards(frame, n_clusters: int, seed: int, borders: dict, sample_rows: np.ndarray,
+def present_clusters(frame) -> list[int]:
+    """The clusters that label at least one row, in order (a kept model's ids have gaps)."""
+    return sorted(int(c) for c in np.unique(frame["cluster"].to_numpy()) if c >= 0)
+
+
+def cluster_cards(frame, clusters, seed: int, borders: dict, sample_rows: np.ndarray,
                   names: dict, consistency: dict | None) -> list[dict]:
-    """One card per cluster (see the module docstring)."""
+    """One card per cluster of ``clusters`` (see the module docstring); every image carries
+    ``outlier``: its reason when flagged, else ""."""
     n = len(frame)
     ids = frame["image_id"].to_numpy()
     rows = frame["row"].to_numpy()
     labels = frame["cluster"].to_numpy()
     dist = frame["distance"].to_numpy()
-    flags = frame["is_outlier"].to_numpy()
+    flags = frame["is_outlier"].to_numpy(bool)
+    why = _reason_of(frame)
     row_pos = {int(r): i for i, r in enumerate(rows)}
     cards = []
-    for k in range(n_clusters):
+
+    def item(i, **extra):
+        return {"id": str(ids[i]), "row": int(rows[i]), **extra, "outlier": str(why[i])}
+
+    for k in clusters:
         idx = np.flatnonzero(labels == k)
-        near = idx[np.argsort(dist[idx], kind="stable")[:IMAGES_PER_GROUP]]
+        if not len(idx):
+            continue
+        clean = idx[~flags[idx]]
+        near = clean[np.argsort(dist[clean], kind="stable")[:IMAGES_PER_GROUP]]
         rand = _seeded_pick(idx, IMAGES_PER_GROUP, seed, 100 + k)
-        border = []
-        for pos, other, margin in borders.get(k, []):
-            i = row_pos[int(sample_rows[pos])]
-            border.append({"id": str(ids[i]), "row": int(rows[i]), "other_cluster": other,
-                           "margin": round(margin, 4)})
+        border = [item(row_pos[int(sample_rows[pos])], other_cluster=other,
+                       margin=round(margin, 4))
+                  for pos, other, margin in borders.get(k, [])]
         name, note = names.get(k, ("", ""))
         per = (consistency or {}).get("per_cluster", {})
         cards.append({
-            "id": k, "name": name, "note": note, "size": int(len(idx)),
+            "id": int(k), "name": name, "note": note, "size": int(len(idx)),
             "share": round(len(idx) / n, 6) if n else 0.0,
-            "outlier_share": round(float(flags[idx].mean()), 6) if len(idx) else 0.0,
-            "mean_distance": round(float(dist[idx].mean()), 6) if len(idx) else None,
+            "outlier_share": round(float(flags[idx].mean()), 6),
+            "outliers": int(flags[idx].sum()),
+            "mean_distance": round(float(dist[idx].mean()), 6),
             "identity_consistency": (round(per[k], 4) if per.get(k) is not None else None)
             if consistency else None,
             "groups": {
-                "nearest": [{"id": str(ids[i]), "row": int(rows[i]),
-                             "distance": round(float(dist[i]), 4)} for i in near],
-                "random": [{"id": str(ids[i]), "row": int(rows[i])} for i in rand],
+                "nearest": [item(i, distance=round(float(dist[i]), 4)) for i in near],
+                "random": [item(i) for i in rand],
                 "border": border,
             },
         })
@@ -199,7 +235,7 @@ def pixel_galleries(frame, stats: dict | None, per_gallery: int) -> list[dict]:
         out.append({"reason": reason, "title": title, "count": int(len(idx)),
                     "share": round(len(idx) / len(frame), 6) if len(frame) else 0.0,
                     "shown": [{"id": str(ids[i]), "row": int(rows[i]),
-                               "caption": caption[j] if caption else ""}
+                               "caption": caption[j] if caption else "", "outlier": reason}
                               for j, i in enumerate(shown)]})
     return out
 

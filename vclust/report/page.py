@@ -59,18 +59,24 @@ def _pct(v) -> str:
 
 
 def _thumb(item: dict, thumbs: dict, caption: str = "") -> str:
+    """One image: its thumbnail (click to enlarge it with its nearest rows), an outlier badge
+    when the row is flagged, a caption in full."""
     name = thumbs.get(item["id"])
-    title = _e(item["id"] + (f" — {caption}" if caption else ""))
+    why = item.get("outlier") or ""
+    title = _e(item["id"] + (f" — {caption}" if caption else "")
+               + (f" — outlier: {why}" if why else ""))
     if name:
         img = f'<img class="thumb" src="thumbs/{_e(name)}" alt="{_e(item["id"])}" title="{title}">'
     else:
         img = f'<div class="ph" title="{title}">no image</div>'
+    badge = f'<span class="badge" title="flagged: {_e(why)}">{_e(why)}</span>' if why else ""
     cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
-    return f'<figure class="t" data-id="{_e(item["id"])}">{img}{cap}</figure>'
+    cls = "t out" if why else "t"
+    return (f'<figure class="{cls}" data-id="{_e(item["id"])}" tabindex="0">{img}{badge}{cap}'
+            "</figure>")
 
 
 def _card(c: dict, thumbs: dict) -> str:
-    name = f' · {_e(c["name"])}' if c.get("name") else ""
     stats = (f'{c["size"]:,} images ({_pct(c["share"])}) · outliers {_pct(c["outlier_share"])} · '
              f'mean distance {_fmt(c["mean_distance"], 3)}')
     if c.get("identity_consistency") is not None:
@@ -78,17 +84,19 @@ def _card(c: dict, thumbs: dict) -> str:
     parts = [f'<article class="card" id="cluster-{c["id"]}" data-cluster="{c["id"]}" '
              f'style="border-left-color:{colour(c["id"])}">',
              f'<div class="head"><h3><span class="swatch" style="background:{colour(c["id"])}">'
-             f'</span>Cluster {c["id"]}{name}</h3><div class="stats">{stats}</div></div>']
-    if c.get("note"):
-        parts.append(f'<p class="note">{_e(c["note"])}</p>')
+             f'</span>Cluster {c["id"]}</h3><div class="stats">{stats}</div></div>',
+             f'<div class="naming"><label>name <input class="c-name" data-cluster="{c["id"]}" '
+             f'value="{_e(c.get("name") or "")}" placeholder="what this cluster is"></label>'
+             f'<label>note <input class="c-note" data-cluster="{c["id"]}" '
+             f'value="{_e(c.get("note") or "")}" placeholder="why, what to check"></label></div>']
     if c.get("reading"):
         parts.append(f'<p class="reading">Known attributes: {_e(c["reading"])}</p>')
     g = c["groups"]
-    parts.append('<div class="row-label">nearest its centre — what the cluster is</div>'
-                 '<div class="strip" data-group="nearest">'
+    parts.append('<div class="row-label">nearest its centre, outliers left out — what the '
+                 'cluster is</div><div class="strip" data-group="nearest">'
                  + "".join(_thumb(i, thumbs) for i in g["nearest"]) + "</div>")
-    parts.append('<div class="row-label">a seeded random draw — what it holds</div>'
-                 '<div class="strip" data-group="random">'
+    parts.append('<div class="row-label">a seeded random draw — what it holds (outliers '
+                 'badged)</div><div class="strip" data-group="random">'
                  + "".join(_thumb(i, thumbs) for i in g["random"]) + "</div>")
     parts.append('<div class="row-label">its border — almost as near another centre '
                  '(→ that cluster)</div><div class="strip" data-group="border">'
@@ -117,7 +125,8 @@ def _cluster_table(clusters: list[dict]) -> str:
         rows.append(
             f'<tr><td class="l"><a href="#cluster-{c["id"]}"><span class="swatch" '
             f'style="background:{colour(c["id"])}"></span>{c["id"]}</a></td>'
-            f'<td class="l">{_e(c.get("name") or "")}</td><td>{c["size"]:,}</td>'
+            f'<td class="l t-name" data-cluster="{c["id"]}">{_e(c.get("name") or "")}</td>'
+            f'<td>{c["size"]:,}</td>'
             f'<td>{_pct(c["share"])}</td><td>{_pct(c["outlier_share"])}</td>'
             f'<td>{_fmt(c.get("identity_consistency"), 2)}</td>'
             f'<td class="l">{_e(c.get("reading") or "")}</td></tr>')
@@ -132,7 +141,7 @@ def _galleries(galleries: list[dict], thumbs: dict) -> str:
         out.append(f'<div class="gallery" data-reason="{_e(g["reason"])}"><h3>{_e(g["reason"])}'
                    f' — {g["count"]:,} flagged, the {len(g["shown"])} worst shown</h3>'
                    '<div class="strip">'
-                   + "".join(_thumb(i, thumbs, f'{i["score"]:.3f} · c{i["cluster"]}')
+                   + "".join(_thumb(i, thumbs, f'z {i["z"]:.1f} · c{i["cluster"]}')
                              for i in g["shown"]) + "</div></div>")
     return "\n".join(out) or "<p>No outliers flagged.</p>"
 
@@ -170,6 +179,30 @@ def _duplicates(d: dict | None, thumbs: dict) -> str:
     return "\n".join(out)
 
 
+def _map_section(report: dict) -> str:
+    mp = report.get("map")
+    if not mp:
+        return '<p class="hint">No map.</p>'
+    return (
+        f'<p class="hint">{_e(mp["method"].upper())} of a seeded sample of {mp["points"]:,} of '
+        f'{report["rows"]:,} images (every outlier included up to the sample size), in '
+        f'{mp["seconds"]:.1f} s. The legend counts the points of this sample, outliers apart '
+        '(their own entry, hidden until clicked): the table above counts every image. Click a '
+        'legend entry to hide or show a cluster, double-click to isolate it; hover a point for '
+        f'its image (thumbnails for {mp["hover_images"]:,} of the points). <b>Lasso or box-select '
+        'points</b> on the 2D map (the lasso is the default drag; pan and zoom in the toolbar) to '
+        'see their images beside it; click any image to enlarge it with its nearest rows.</p>'
+        '<div class="filters"><label>cluster <select id="f-cluster"></select></label>'
+        '<label>outlier reason <select id="f-reason"></select></label>'
+        '<label>pixel reason <select id="f-pixel"></select></label>'
+        '<span id="f-count" class="hint"></span></div>'
+        '<div class="maps"><div><div id="map2d" class="map"></div></div>'
+        '<div class="side"><div id="selection"><p class="hint">Select points on the 2D map '
+        '(lasso or box) to see their images here.</p></div>'
+        '<details><summary>3D map</summary><div id="map3d" class="map"></div></details>'
+        '</div></div>')
+
+
 def write_page(out: Path, report: dict, map_data: dict | None, thumbs: dict) -> Path:
     """Write index.html, data.js and the assets into ``out``."""
     copy_assets(out)
@@ -179,51 +212,50 @@ def write_page(out: Path, report: dict, map_data: dict | None, thumbs: dict) -> 
         "window.VCLUST_MAP = " + json.dumps(map_data, separators=(",", ":")) + ";\n")
     m = report["model"]
     ident = report.get("identity")
+    k_note = (f' (ids up to {m["model_k"] - 1}: the model was numbered against another)'
+              if m.get("model_k") and m["model_k"] != m["k"] else "")
     lede = (f'{report["rows"]:,} images · descriptor sets {_e("+".join(m["descriptors"]))} · '
-            f'{_e(m["algorithm"])}, k = {m["k"]} · {report["outliers"]["count"]:,} outliers '
-            f'({_pct(report["outliers"]["share"])})')
+            f'{_e(m["algorithm"])}, k = {m["k"]}{k_note} · {report["outliers"]["count"]:,} '
+            f'outliers ({_pct(report["outliers"]["share"])})')
     if ident and ident.get("overall") is not None:
         lede += f' · identity consistency {ident["overall"]:.2f}'
     img = report["images"]
     img_line = ("no image source given (--images): no pictures" if not img["source"] else
                 f'{img["thumbnails"]:,} thumbnails from {_e(img["source"])}; '
                 f'{img["missing"]} missing and {img["unreadable"]} unreadable shown as placeholders')
-    mp = report.get("map")
-    map_section = (
-        f'<p class="hint">{_e(mp["method"].upper())} of a seeded sample of {mp["points"]:,} of '
-        f'{report["rows"]:,} images (every outlier included up to the sample size), in '
-        f'{mp["seconds"]:.1f} s. Click a legend entry to hide or show a cluster, double-click '
-        'to isolate it; drag to pan or rotate, scroll to zoom; hover a point for its image '
-        f'(thumbnails for {mp["hover_images"]:,} of the points).</p>'
-        '<div class="maps"><div><div id="map2d" class="map"></div></div>'
-        '<div><div id="map3d" class="map"></div></div></div>'
-        if mp else '<p class="hint">No map.</p>')
+    thr = report["outliers"].get("threshold_z")
+    thr_text = f" (flagged at z &ge; {thr:.2f})" if thr == thr and thr is not None else ""
     html_text = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>vclust report — model {_e(m["id"])}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="assets/report.css"></head>
-<body data-ready="0">
+<body data-ready="0" data-model="{_e(m["id"])}">
 <header><h1>Clusters of model {_e(m["id"])}</h1><p class="lede">{lede}</p>
 <nav><a href="#overview">Overview</a><a href="#map">Map</a><a href="#clusters">Clusters</a>
 <a href="#outliers">Outliers</a><a href="#pixels">Pixels</a>
 <a href="#duplicates">Near-duplicates</a></nav></header>
 <main>
 <section id="overview"><h2>Overview</h2>
-<p class="hint">Name the clusters after reading their images: a CSV <code>cluster,name,note</code>
-passed as <code>--names</code> puts the names here and in <code>vclust export --names</code>.</p>
+<p class="hint">Name the clusters on their cards below (kept in this browser); <b>download
+names.csv</b> (<code>cluster,name,note</code>) and pass it as <code>--names</code> to
+<code>vclust report</code> and <code>vclust export</code>.
+<button id="names-download" type="button">download names.csv</button>
+<span id="names-state"></span></p>
 <div class="tables">{_metrics_table(m)}{_cluster_table(report["clusters"])}</div></section>
-<section id="map"><h2>Map</h2>{map_section}</section>
+<section id="map"><h2>Map</h2>{_map_section(report)}</section>
 <section id="clusters"><h2>Clusters</h2>
-<p class="hint">Each card: the images nearest the centre, a seeded random draw, and the border
-(images almost as near another centre, with that cluster's number). Identity consistency: the
-share of a vehicle's other images (same folder) in the same cluster.</p>
+<p class="hint">Each card: the images nearest the centre (rows flagged as outliers left out), a
+seeded random draw, and the border (images almost as near another centre, with that cluster's
+number). A red badge marks a flagged row and its reason. Identity consistency: the share of a
+vehicle's other images (same folder) in the same cluster. Click an image to enlarge it.</p>
 <div class="cards">
 {"".join(_card(c, thumbs) for c in report["clusters"])}
 </div></section>
 <section id="outliers"><h2>Outliers</h2>
 <p class="hint">A gallery per reason (the term of the outlier score that fired), worst first,
-with the score and the cluster.</p>
+captioned with the combined z of the score{thr_text} and the cluster; z keeps ranking where the
+score (0..1) rounds to 1.000.</p>
 {_galleries(report["outliers"]["galleries"], thumbs)}
 </section>
 <section id="pixels"><h2>Pixels: broken, bright, dark, blurry, uniform</h2>
@@ -236,6 +268,10 @@ with the score and the cluster.</p>
 <footer>vclust {_e(report["vclust"])} · {_e(report["created"])} · {img_line} ·
 the same content for programs: <a href="report.json">report.json</a></footer>
 <div id="hover-card" hidden><div class="h-img"></div><div class="h-text"></div></div>
+<div id="lightbox" hidden><div class="lb-box"><button type="button" class="lb-close"
+title="close (Esc)">×</button><div class="lb-main"></div><div class="lb-text"></div>
+<div class="lb-near-label">nearest rows in the outlier index (most similar first)</div>
+<div class="lb-near strip"></div></div></div>
 <script src="assets/plotly.min.js"></script>
 <script src="data.js"></script>
 <script src="assets/report.js"></script>

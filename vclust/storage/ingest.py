@@ -156,7 +156,8 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
         say(f"validating {len(sources)} source(s)")
         checks = [validate_source(s) for s in sources]
         n_rows = _common_rows(checks)
-        ids = _resolve_ids(ids, sources, n_rows, batch)
+        delivered = _resolve_ids(ids, sources, n_rows, batch)
+        ids = S.normalise_ids(delivered)  # the store's ids; the spelling delivered kept beside
         if store is not None:
             if compression is not None and compression != store.compression:
                 raise InputError(f"{store_path}: stored with compression '{store.compression}'; "
@@ -167,6 +168,7 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
                 return _same_batch_or_refuse(store, entry, checks)
         keep = _keep_mask(checks, n_rows, on_invalid)
         kept_ids = ids[keep] if keep is not None else ids
+        kept_delivered = delivered[keep] if keep is not None else delivered
         _check_ids_unique(kept_ids, store)
 
         if store is None:
@@ -182,7 +184,7 @@ def ingest(store_path, source_paths, *, name: str | None = None, ids_csv=None,
             for a, b in _aligned_ranges(start, start + n_keep, store.chunk_rows, 4 * store.dims[s.name])
         ]
         dask.compute(*tasks)
-        store.write_index_columns(start, kept_ids, batch)
+        store.write_index_columns(start, kept_ids, batch, delivered=kept_delivered)
         entry = {
             "id": batch, "start": start, "stop": start + n_keep,
             "sources": [{k: v for k, v in c.items() if k != "bad_rows"} for c in checks],

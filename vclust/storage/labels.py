@@ -5,7 +5,9 @@ float32, is_outlier bool, outlier_reason string (the term of the outlier score t
 row, or the pixel reason that did (vclust.numerics.pixels), "" when not flagged; labels written
 before it read as null), nearest_row int64 and nearest_distance float32 (the row's nearest
 reference row of the outlier index other than itself, and its distance: the near-duplicate
-evidence, vclust.duplicates; null in labels written before them). The partition values live in the directory names only (hive style), so
+evidence, vclust.report.duplicates; null in labels written before them), path string (the id
+as delivered, backslashes kept: what the CSV export writes; null in labels written before it).
+The partition values live in the directory names only (hive style), so
 pandas, dask.dataframe and pyarrow read the dataset without vclust.
 
 Writing a batch (``write_batch``): every part is written as its own file into
@@ -66,12 +68,15 @@ from ..errors import InputError
 from . import fs as F
 
 COLUMNS = ["image_id", "row", "cluster", "distance", "outlier_score", "is_outlier",
-           "outlier_reason", "nearest_row", "nearest_distance"]
+           "outlier_reason", "nearest_row", "nearest_distance", "path"]
 DTYPES = {"image_id": "string", "row": "int64", "cluster": "int32", "distance": "float32",
           "outlier_score": "float32", "is_outlier": "bool", "outlier_reason": "string",
-          "nearest_row": "int64", "nearest_distance": "float32"}
-OPTIONAL = ("outlier_reason", "nearest_row", "nearest_distance")  # null in older labels
-CSV_COLUMNS = ["path", "cluster", "is_outlier", "outlier_score", "outlier_reason"]
+          "nearest_row": "int64", "nearest_distance": "float32", "path": "string"}
+OPTIONAL = ("outlier_reason", "nearest_row", "nearest_distance", "path")  # null in older labels
+#: the export: ``path`` as delivered (the delivery's own spelling, backslashes kept; the store's
+#: id where labels predate it), the store's ``image_id`` (forward slashes), the ``model``
+CSV_COLUMNS = ["path", "image_id", "model", "cluster", "is_outlier", "outlier_score",
+               "outlier_reason"]
 
 
 def label_schema():
@@ -80,7 +85,8 @@ def label_schema():
     return pa.schema([("image_id", pa.string()), ("row", pa.int64()), ("cluster", pa.int32()),
                       ("distance", pa.float32()), ("outlier_score", pa.float32()),
                       ("is_outlier", pa.bool_()), ("outlier_reason", pa.string()),
-                      ("nearest_row", pa.int64()), ("nearest_distance", pa.float32())])
+                      ("nearest_row", pa.int64()), ("nearest_distance", pa.float32()),
+                      ("path", pa.string())])
 
 
 def read_names(path, n_clusters: int | None = None) -> dict[int, tuple[str, str]]:
@@ -139,7 +145,7 @@ def _write_part(frame, path: str) -> int:
     validate_frame(frame)
     if "outlier_reason" not in frame:
         frame = frame.assign(outlier_reason="")
-    for c in ("nearest_row", "nearest_distance"):
+    for c in ("nearest_row", "nearest_distance", "path"):
         if c not in frame:
             frame = frame.assign(**{c: None})
     table = pa.Table.from_pandas(frame[COLUMNS], schema=label_schema(), preserve_index=False)
@@ -372,10 +378,12 @@ def _recover_for_reading(labels_dir: Path):
         recover(labels_dir)
 
 
-def write_batch(labels_dir, model_id: str, batch_id: str, parts) -> int:
+def write_batch(labels_dir, model_id: str, batch_id: str, parts, compute=None) -> int:
     """Write one batch's labels atomically (see the module docstring). Returns the row count.
 
-    ``parts``: pandas DataFrames, or dask delayed objects each producing one DataFrame.
+    ``parts``: pandas DataFrames, or dask delayed objects each producing one DataFrame;
+    ``compute``: what computes the delayed part writes (each gives its row count), default
+    ``dask.compute`` (the labelling step passes one that says its progress).
     """
     import dask
     from dask.delayed import Delayed
@@ -403,7 +411,9 @@ def write_batch(labels_dir, model_id: str, batch_id: str, parts) -> int:
                 writes.append(dask.delayed(_write_part)(part, path))
             else:
                 writes.append(_write_part(part, path))
-        rows = sum(dask.compute(*writes))
+        lazy = all(isinstance(w, Delayed) for w in writes)
+        rows = sum(compute(writes) if compute is not None and lazy and writes
+                   else dask.compute(*writes))
         target = partition_path(labels_dir, model_id, batch_id)
         with dir_lock(labels_dir):
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -488,8 +498,9 @@ def check_files(parts: list[dict]) -> list[tuple[dict, list[Path]]]:
                                  "vclust's labels: remove it") from None
             got = {field.name: field.type for field in schema}
             expected = {field.name: field.type for field in want}
-            if "outlier_reason" not in got:
-                expected.pop("outlier_reason")
+            for optional in ("outlier_reason", "path"):  # labels written before them
+                if optional not in got:
+                    expected.pop(optional)
             if got != expected:
                 raise InputError(
                     f"{f}: columns {', '.join(f'{k}:{v}' for k, v in got.items())} are not the "
@@ -561,7 +572,8 @@ def _pick_model(labels_dir, model):
 
 
 def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
-    """``path,cluster,is_outlier,outlier_score,outlier_reason`` (and ``cluster_name`` when
+    """``path,image_id,model,cluster,is_outlier,outlier_score,outlier_reason`` (``path`` as
+    delivered, so a plain join on the delivery's own CSV matches; ``cluster_name`` when
     ``names``, a CSV ``cluster,name[,note]``, is given), one row per image ordered by row,
     written partition by partition to a temporary file renamed into place. Every part file is
     checked first (``check_files``). Returns the row count."""
@@ -605,8 +617,9 @@ def _export_csv(labels_dir, csv_path, model, names) -> int:
                 cols = CSV_COLUMNS + (["cluster_name"] if named is not None else [])
                 fh.write(",".join(cols) + "\n")
                 for _, _, files in sorted(frames, key=lambda x: (x[0], x[1])):
-                    f = _read_files(files).to_pandas()
-                    f = f.sort_values("row").rename(columns={"image_id": "path"})
+                    f = _read_files(files).to_pandas().sort_values("row")
+                    f["path"] = f["path"].fillna(f["image_id"])
+                    f["model"] = model
                     f["outlier_reason"] = f["outlier_reason"].fillna("")
                     if named is not None:
                         f["cluster_name"] = f["cluster"].map(

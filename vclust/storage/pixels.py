@@ -128,7 +128,8 @@ def commit(store: Store, batch_id: str, staging: Path, record: dict) -> None:
 
 def read(store_path, start: int, stop: int, columns: dict[str, str]) -> dict:
     """Committed pixel statistics of store rows [start, stop): {column: array} plus ``have``
-    (bool: the row's batch has statistics). Rows without them read 0 (NaN for float columns).
+    (bool: the row's batch has statistics). Rows without them, and the rows of a batch measured
+    before a column existed, read 0 (NaN for float columns) in it.
     Reads only the batches the range touches; callable from a worker task by the path alone."""
     store = Store.open(store_path)
     n = stop - start
@@ -145,7 +146,10 @@ def read(store_path, start: int, stop: int, columns: dict[str, str]) -> dict:
         dtype = np.dtype(dtype)
         col = np.full(n, np.nan if dtype.kind == "f" else 0, dtype=dtype)
         for batch_id, sa, sb, da_, db in pieces:
-            arr = F.open_array(store.path / DIR / batch_id / name, mode="r")
+            try:
+                arr = F.open_array(store.path / DIR / batch_id / name, mode="r")
+            except FileNotFoundError:  # a column added after the batch was measured: NaN / 0
+                continue
             col[da_:db] = arr[sa:sb]
         out[name] = col
     for _, _, _, da_, db in pieces:

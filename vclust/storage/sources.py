@@ -37,6 +37,12 @@ def normalise_ids(values) -> np.ndarray:
     return np.array([str(v).replace("\\", "/") for v in values], dtype=object)
 
 
+def delivered_ids(values) -> np.ndarray:
+    """Ids as python strings spelled as delivered (backslashes kept): the store keeps them
+    beside the normalised ids (``normalise_ids``), so exports join the delivery as it is."""
+    return np.array([str(v) for v in values], dtype=object)
+
+
 @dataclass
 class Source:
     """One descriptor set read from one file."""
@@ -164,18 +170,18 @@ def _coerce_object(obj, path: Path):
         frame = obj
         id_cols = [c for c in frame.columns if str(c).lower() in ID_COLUMNS]
         if id_cols:
-            ids = normalise_ids(frame[id_cols[0]])
+            ids = delivered_ids(frame[id_cols[0]])
             frame = frame.drop(columns=id_cols[0])
         elif not isinstance(frame.index, pd.RangeIndex):
-            ids = normalise_ids(frame.index)
+            ids = delivered_ids(frame.index)
         if frame.shape[1] == 1 and frame.dtypes.iloc[0] == object:
             return _stack_rows(list(frame.iloc[:, 0]), path), ids
         return _numeric_frame(frame, path), ids
     if isinstance(obj, pd.Series):
-        ids = None if isinstance(obj.index, pd.RangeIndex) else normalise_ids(obj.index)
+        ids = None if isinstance(obj.index, pd.RangeIndex) else delivered_ids(obj.index)
         return _stack_rows(list(obj), path), ids
     if isinstance(obj, dict):
-        return _stack_rows(list(obj.values()), path), normalise_ids(obj.keys())
+        return _stack_rows(list(obj.values()), path), delivered_ids(obj.keys())
     if isinstance(obj, (list, tuple)):
         return _stack_rows(list(obj), path), None
     raise InputError(
@@ -248,7 +254,7 @@ def _open_npz(path: Path, name: str) -> Source:
         ids = None
         for k in ("ids", "paths", "image_id"):
             if k in keys and k != key:
-                ids = normalise_ids(z[k])
+                ids = delivered_ids(z[k])
     return Source(path, name, array.shape[0] if array.ndim else 0, ids, _array=array)
 
 
@@ -259,7 +265,7 @@ def _open_parquet(path: Path, name: str) -> Source:
     ids = None
     id_cols = [c for c in pf.schema_arrow.names if c.lower() in ID_COLUMNS]
     if id_cols:
-        ids = normalise_ids(pf.read(columns=[id_cols[0]]).column(0).to_pylist())
+        ids = delivered_ids(pf.read(columns=[id_cols[0]]).column(0).to_pylist())
     return Source(path, name, pf.metadata.num_rows, ids, _kind="parquet")
 
 
@@ -270,7 +276,7 @@ def _read_csv_ids_if_any(path: Path):
     id_cols = [c for c in head.columns if str(c).lower() in ID_COLUMNS]
     if not id_cols:
         return None
-    return normalise_ids(pd.read_csv(path, usecols=[id_cols[0]], dtype=str).iloc[:, 0])
+    return delivered_ids(pd.read_csv(path, usecols=[id_cols[0]], dtype=str).iloc[:, 0])
 
 
 # --------------------------------------------------------------------------- streaming
@@ -347,7 +353,7 @@ def read_ids_csv(path) -> np.ndarray:
         raise InputError(
             f"{path}: expected a column named one of {', '.join(ID_COLUMNS)}; got {list(frame.columns)}"
         )
-    return normalise_ids(frame[cols[0] if cols else frame.columns[0]])
+    return delivered_ids(frame[cols[0] if cols else frame.columns[0]])
 
 
 def is_case_folder(path) -> bool:

@@ -4,9 +4,17 @@ Layout::
 
     STORE/zarr.json              group attributes: format, version, chunk_rows, dims, ledger
     STORE/ids                    (n_rows,) string, forward slashes
+    STORE/delivered_ids          (n_rows,) string, each id spelled as delivered (backslashes
+                                 kept: what an export writes, so it joins the delivery's CSV);
+                                 stores made before it have none (``delivered_ids`` reads ids)
     STORE/batch                  (n_rows,) string, the batch each row came in
     STORE/descriptors/<NAME>     (n_rows, dims) float32, chunked by rows
     STORE/pixels/<batch>/...     per-row pixel statistics of a measured batch (storage.pixels)
+
+Every array names its dimensions (Zarr v3 ``dimension_names``: ``row``, and ``<NAME>_dim`` for
+a descriptor set's columns) and every folder is a Zarr group, so the store opens without vclust:
+``xarray.open_zarr(STORE)`` gives ids, delivered_ids and batch, ``group="descriptors"`` the
+descriptor sets, ``group="pixels/<batch>"`` a batch's pixel statistics.
     STORE.lock                   beside the store while a writer holds it (on an object store:
                                  STORE.lock/<generation>, see ``store_lock``)
 
@@ -48,6 +56,7 @@ DEFAULT_CHUNK_ROWS = 8192
 
 
 COMPRESSIONS = ("none", "lz4", "zstd")
+DELIVERED = "delivered_ids"
 
 
 def check_compression(compression: str):
@@ -273,6 +282,14 @@ def read_ids(store_path, start: int, stop: int) -> np.ndarray:
     return np.asarray(arr[start:stop], dtype=object)
 
 
+def read_delivered_ids(store_path, start: int, stop: int) -> np.ndarray:
+    """Ids of rows [start, stop) spelled as delivered (the ids where the store predates that
+    array), read from a worker task by the store's path alone."""
+    path = F.as_path(store_path)
+    name = DELIVERED if (path / DELIVERED / "zarr.json").exists() else "ids"
+    return np.asarray(F.open_array(path / name, mode="r")[start:stop], dtype=object)
+
+
 class Store:
     """A descriptor store. Open with ``Store.open(path)`` (read) or inside ``store_lock`` with
     ``Store.open(path, mode="a")`` (append; rolls back an unfinished append)."""
@@ -315,12 +332,14 @@ class Store:
         if path.exists() and any(path.iterdir()):
             raise InputError(f"{path}: exists and is not an empty folder; pick a new store path")
         group = F.open_group(path, mode="w")
-        group.create_array("ids", shape=(0,), chunks=(chunk_rows,), dtype=str)
-        group.create_array("batch", shape=(0,), chunks=(chunk_rows,), dtype=str)
+        for name in ("ids", DELIVERED, "batch"):
+            group.create_array(name, shape=(0,), chunks=(chunk_rows,), dtype=str,
+                               dimension_names=("row",))
+        group.create_group("descriptors")
         for name, d in dims.items():
             group.create_array(
                 f"descriptors/{name}", shape=(0, d), chunks=(chunk_rows, d), dtype="float32",
-                compressors=_codec(compression),
+                compressors=_codec(compression), dimension_names=("row", f"{name}_dim"),
             )
         group.attrs.update(
             {"format": FORMAT, "version": VERSION, "chunk_rows": int(chunk_rows),
@@ -412,8 +431,13 @@ class Store:
         entry = self.batch_entry(batch_id)
         return int(entry["start"]), int(entry["stop"])
 
+    def _has_delivered(self) -> bool:
+        return DELIVERED in set(self._group.array_keys())
+
     def _arrays(self):
         yield self._group["ids"]
+        if self._has_delivered():
+            yield self._group[DELIVERED]
         yield self._group["batch"]
         for name in self.names:
             yield self._group[f"descriptors/{name}"]
@@ -437,6 +461,12 @@ class Store:
     def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_rows if stop is None else stop
         return np.asarray(self._group["ids"][start:stop], dtype=object)
+
+    def delivered_ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The ids as delivered (backslashes kept); the ids where the store predates them."""
+        stop = self.n_rows if stop is None else stop
+        name = DELIVERED if self._has_delivered() else "ids"
+        return np.asarray(self._group[name][start:stop], dtype=object)
 
     def batches(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_rows if stop is None else stop
@@ -471,12 +501,18 @@ class Store:
             arr.resize((start + n_rows,) + arr.shape[1:])
         return start
 
-    def write_index_columns(self, start: int, ids: np.ndarray, batch_id: str):
+    def write_index_columns(self, start: int, ids: np.ndarray, batch_id: str, delivered=None):
+        """The ids (normalised), their spelling as delivered (default: the ids) and the batch
+        of rows [start, start + len(ids))."""
         n = len(ids)
         step = self.chunk_rows * 8
+        has_delivered = self._has_delivered()
         for a in range(0, n, step):
             b = min(n, a + step)
             self._group["ids"][start + a : start + b] = np.asarray(ids[a:b], dtype=str)
+            if has_delivered:
+                self._group[DELIVERED][start + a : start + b] = np.asarray(
+                    (ids if delivered is None else delivered)[a:b], dtype=str)
             self._group["batch"][start + a : start + b] = np.asarray([batch_id] * (b - a), dtype=str)
 
     def annotate_batch(self, batch_id: str, key: str, value) -> None:

@@ -29,33 +29,81 @@
     { responsive: true });
   }
 
+  // a contingency: {rows: A's cluster ids, cols: B's, z: counts}, empty rows/columns left out
   function table(a, b) {
-    var key = models[a].id + "__" + models[b].id;
-    var t = D.contingency[key];
+    var t = D.contingency[models[a].id + "__" + models[b].id];
     if (t) return t;
     var u = D.contingency[models[b].id + "__" + models[a].id];
     if (!u) return null;
-    return u[0].map(function (_, j) { return u.map(function (row) { return row[j]; }); });
+    return { rows: u.cols, cols: u.rows,
+             z: u.cols.map(function (_, j) { return u.z.map(function (row) { return row[j]; }); }) };
+  }
+  function selfTable(a) {
+    var ids = {}, m = models[a];
+    m.labels.forEach(function (c) { if (c >= 0) ids[c] = 1; });
+    var ks = Object.keys(ids).map(Number).sort(function (p, q) { return p - q; });
+    // the map sample's counts (the CSVs hold pairs of different models only)
+    var z = ks.map(function (r) { return ks.map(function (c) {
+      return r === c ? m.labels.filter(function (x) { return x === r; }).length : 0; }); });
+    return { rows: ks, cols: ks, z: z, sample: true };
   }
 
+  var current = { a: 0, b: 1 };
   function contingency(a, b) {
-    var t;
-    if (a === b) {
-      var n = models[a].n;
-      t = [];
-      for (var i = 0; i < n; i++) { t.push([]); for (var j = 0; j < n; j++) t[i].push(0); }
-      models[a].labels.forEach(function (c) { if (c >= 0) t[c][c] += 1; });
-    } else {
-      t = table(a, b);
-    }
+    var t = a === b ? selfTable(a) : table(a, b);
+    current = { a: a, b: b, t: t };
+    var big = t.rows.length * t.cols.length <= 900;  // numbers in the cells while they fit
     return Plotly.react("contingency", [{
-      type: "heatmap", z: t, colorscale: "Blues",
-      x: t[0].map(function (_, j) { return "B " + j; }), y: t.map(function (_, i) { return "A " + i; }),
-      hovertemplate: "A cluster %{y} · B cluster %{x}: %{z} images<extra></extra>"
+      type: "heatmap", z: t.z, colorscale: "Blues",
+      x: t.cols.map(function (c) { return "B " + c; }), y: t.rows.map(function (r) { return "A " + r; }),
+      texttemplate: big ? "%{z}" : "", textfont: { size: 10 },
+      hovertemplate: "A cluster %{y} · B cluster %{x}: %{z} images<br>click for its images<extra></extra>"
     }], { margin: { l: 60, b: 60, t: 50 }, height: 560,  // its box (.map) is 560 px
-          title: { text: names[a] + " (rows) × " + names[b] + " (columns)", font: { size: 12 },
+          yaxis: { autorange: "reversed", type: "category" }, xaxis: { type: "category" },
+          title: { text: names[a] + " (rows) × " + names[b] + " (columns)" +
+                         (t.sample ? " · the map sample" : ""), font: { size: 12 },
                    x: 0, xanchor: "left", xref: "paper", y: 1, yanchor: "bottom", yref: "paper",
-                   pad: { b: 26 } } });  // above the plot, left: clear of Plotly's toolbar
+                   pad: { b: 26 } } }).then(function (gd) {  // above the plot, left: clear of Plotly's toolbar
+      if (!gd.dataset.clicks) {
+        gd.dataset.clicks = "1";
+        gd.on("plotly_click", function (ev) {
+          var p = ev.points && ev.points[0];
+          if (p) showCell(+String(p.y).slice(2), +String(p.x).slice(2));
+        });
+      }
+      return gd;
+    });
+  }
+
+  function esc(s) {
+    return String(s).replace(/[&<>"']/g, function (c) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c];
+    });
+  }
+  var CELL = 36;  // images shown per cell
+  function showCell(ca, cb) {
+    var A = models[current.a], B = models[current.b], thumbs = D.thumbs || [];
+    var rows = [], withThumb = [];
+    A.labels.forEach(function (c, i) { if (c === ca && B.labels[i] === cb) rows.push(i); });
+    rows.forEach(function (i) { if (thumbs[i]) withThumb.push(i); });
+    var ri = current.t.rows.indexOf(ca), cj = current.t.cols.indexOf(cb);
+    var total = ri >= 0 && cj >= 0 ? current.t.z[ri][cj] : rows.length;
+    var list = (D.images ? withThumb : rows).slice(0, CELL);
+    var box = document.getElementById("cells");
+    box.innerHTML = "<h3>A cluster " + ca + " × B cluster " + cb + ": " + total + " images</h3>" +
+      '<p class="hint">' + rows.length + " of them in the maps' sample" +
+      (D.images ? ", " + withThumb.length + " with a thumbnail; " + list.length + " shown" : "; ids shown (no --images)") +
+      ". A: " + esc(names[current.a]) + " · B: " + esc(names[current.b]) + "</p>" +
+      '<div class="strip">' + list.map(function (i) {
+        var id = D.ids[i], out = A.outlier[i] || B.outlier[i];
+        var img = thumbs[i] ? '<img class="thumb-cell" src="' + esc(thumbs[i]) + '" alt="' + esc(id) + '" title="' + esc(id) + '">'
+          : '<div class="ph" title="' + esc(id) + '">' + esc(id.split("/").pop()) + "</div>";
+        return '<figure class="t' + (out ? " out" : "") + '" data-id="' + esc(id) + '">' + img +
+          (out ? '<span class="badge">outlier</span>' : "") + "</figure>";
+      }).join("") + "</div>";
+    body.dataset.cell = ca + "," + cb;
+    body.dataset.cellImages = list.length;
+    body.dataset.cellTotal = total;
   }
 
   var points = 0;
