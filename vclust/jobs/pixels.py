@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import InputError
 from ..numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, STAT_COLUMNS, image_stats
 from ..storage.pixels import BLOCK_ROWS
+from . import progress
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,10 @@ def compute_pixels(store_path, images, *, batches=None, all_batches: bool = Fals
                                                            str(group), start, a,
                                                            min(n, a + block_rows), size)
                      for a in range(0, n, block_rows)]
-            try:
-                parts = dask.compute(*tasks)
+            try:  # progress lines: rows measured, time left (vclust.jobs.progress)
+                parts = progress.compute(tasks, say, f"pixels: batch {b}", n,
+                                         rows=[min(n, a + block_rows) - a
+                                               for a in range(0, n, block_rows)])
             except BaseException:
                 P.clean(store)  # the staging group; the store itself was never touched
                 raise

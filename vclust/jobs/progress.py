@@ -1,0 +1,131 @@
+"""Progress within a long phase, as lines on stderr (through the command's ``say``): rows done,
+their share, the time so far and the time left at the rate so far, one line every few seconds
+and one at the end::
+
+    pixels: batch initial: 96,000 of 416,314 rows (23%) in 11 s, about 37 s left
+
+``compute(tasks, ...)`` is ``dask.compute(*tasks)`` with those lines. Where a Dask client is
+connected (a LocalCluster, SLURM, SSH or a scheduler) the tasks run as its futures and a row
+counts when its task's future completes (Dask's own progress on the cluster: the scheduler
+tells the client as each finishes); in this process (the threads scheduler) the scheduler's
+task callbacks count them. A phase that is one call with no parts (a UMAP layout) gets
+``Heartbeat``: the time so far every few seconds, and the time left when an estimate is given.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+EVERY = 5.0  # seconds between progress lines
+
+
+def _client():
+    import sys
+
+    if "distributed" not in sys.modules:  # never imported: no client can exist
+        return None
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return None
+    return client
+
+
+class Progress:
+    """Counts rows done and says a line every ``every`` seconds (and when all are done)."""
+
+    def __init__(self, say, what: str, total: int, every: float = EVERY):
+        self.say, self.what, self.total, self.every = say, what, int(total), every
+        self.done = 0
+        self.t0 = self.last = time.perf_counter()
+        self._lock = threading.Lock()
+
+    def line(self) -> str:
+        el = time.perf_counter() - self.t0
+        share = self.done / self.total if self.total else 1.0
+        left = el * (1 - share) / share if share > 0 else float("nan")
+        tail = "" if self.done >= self.total else (
+            f", about {left:.0f} s left" if left == left else "")
+        return (f"{self.what}: {self.done:,} of {self.total:,} rows ({share:.0%}) in {el:.0f} s"
+                + tail)
+
+    def add(self, rows: int) -> None:
+        with self._lock:
+            self.done += int(rows)
+            now = time.perf_counter()
+            if now - self.last >= self.every or self.done >= self.total:
+                self.last = now
+                self.say(self.line())
+
+
+def compute(tasks, say, what: str, total: int, rows=None, rows_of=None,
+            every: float = EVERY) -> tuple:
+    """``dask.compute(*tasks)``, saying progress lines over ``total`` rows: a task's rows are
+    ``rows[i]``, or ``rows_of(its result)``; ``what`` begins each line."""
+    import dask
+
+    tasks = list(tasks)
+    if (rows is None) == (rows_of is None):
+        raise ValueError("compute needs one of rows and rows_of")
+    prog = Progress(say, what, total, every)
+
+    def count(i, result):
+        prog.add(rows[i] if rows is not None else rows_of(result))
+
+    client = _client()
+    if client is not None:
+        from distributed import as_completed
+
+        futures = client.compute(tasks)
+        pos = {f.key: i for i, f in enumerate(futures)}
+        for f in as_completed(futures):
+            if f.status != "finished":
+                break  # gather raises its error
+            count(pos[f.key], f.result() if rows_of is not None else None)
+        return tuple(client.gather(futures))
+    from dask.callbacks import Callback
+
+    at = {t.key: i for i, t in enumerate(tasks)}
+
+    class _Count(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if key in at:
+                count(at[key], result)
+
+    with _Count():
+        return tuple(dask.compute(*tasks))
+
+
+class Heartbeat:
+    """``with Heartbeat(say, "report: umap map of 50,000 rows", expected=40):`` says the time so
+    far every ``every`` seconds while the block runs (with ``expected`` seconds, the time left
+    at that estimate)."""
+
+    def __init__(self, say, what: str, expected: float | None = None, every: float = 10.0):
+        self.say, self.what, self.expected, self.every = say, what, expected, every
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _run(self):
+        t0 = time.perf_counter()
+        while not self._stop.wait(self.every):
+            el = time.perf_counter() - t0
+            if self.expected:
+                share = min(0.99, el / self.expected)
+                left = max(0.0, self.expected - el)
+                self.say(f"{self.what}: {el:.0f} s so far, about {share:.0%} by the estimate, "
+                         f"about {left:.0f} s left")
+            else:
+                self.say(f"{self.what}: {el:.0f} s so far")
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True, name="vclust-heartbeat")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
