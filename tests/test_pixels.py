@@ -342,6 +342,19 @@ def test_synthetic_zip_planted_degradations_get_their_reason_in_the_labels(synth
     # b1 has no pixel statistics: its rows keep the descriptors' reasons only
     b1 = frame[frame["batch"] == "b1"]
     assert not b1["outlier_reason"].isin(PIXEL_REASONS).any()
+    # a pixel reason is never hidden by a descriptor reason: every row one fires on carries it,
+    # descriptor outliers (the glare frames, the planted frames) included
+    from vclust.storage.store import Store
+
+    bounds = jobs.pixel_bounds(Store.open(synthetic["store"]))
+    stats = read_stats(synthetic["store"], 0, len(frame))
+    code = pixel_reasons(stats, bounds)
+    by_row = frame.reset_index().set_index("row").sort_index()
+    fired = np.flatnonzero(code)
+    assert len(fired) >= 6 + glare.sum()
+    want = np.asarray(PIXEL_REASONS, dtype=object)[code[fired] - 1]
+    assert (by_row["outlier_reason"].to_numpy()[fired] == want).all()
+    assert by_row["is_outlier"].to_numpy()[fired].all()
 
 
 def test_pixel_reasons_can_be_turned_off_and_bounds_fixed(synthetic, tmp_path):

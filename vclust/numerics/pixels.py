@@ -11,8 +11,9 @@ longer side when the decoder can reduce it):
     colourfulness   Hasler and Suesstrunk's M: sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mean_rg^2 +
                     mean_yb^2), rg = R - G, yb = (R + G) / 2 - B; 0 for a grey picture (over a
                     quarter of the pixels: every other one of every other line)
-    clipped         share of the colour values (R, G and B of every pixel) at 250 or more:
-                    highlights clipped in any channel, a brightened red as well as a white
+    clipped         share of the colour values (R, G and B of every pixel) at 255, the top of
+                    the scale: highlights clipped in any channel, a brightened red as well as a
+                    white (a bright sky at 245-254 is not clipped)
     highlight       the 99th percentile of the luma: how bright the brightest 1% of the picture
                     is (a darkened photograph has no bright part left; a dark scene with a lamp,
                     a star or a window in it does)
@@ -27,29 +28,34 @@ longer side when the decoder can reduce it):
                     ramp gives 0, a step edge about log 4, noise more; a blur of radius r wipes
                     out the fine content while the coarse content stays, so it falls with r
 
-Reasons (``PIXEL_REASONS``, first that applies; ``pixel_reasons``); each compares a statistic that
-does not depend on how bright the picture is (except under/overexposure, which are about that)
-with an absolute bound (``ABSOLUTE``):
+Reasons (``PIXEL_REASONS``, first that applies; ``pixel_reasons``); each compares a statistic with
+an absolute bound (``ABSOLUTE``); flatness and blur are measured against the picture's own
+brightness and edges, so a dim picture is neither flat nor blurry for being dim:
 
     unreadable      the image is missing, cannot be read or cannot be decoded
-    overexposed     clipped >= 0.3: three tenths of the colour values blown out
-    uniform         structure / (brightness + 10) <= 0.01: the picture's shapes vary by less than
+    overexposed     clipped >= 0.12: an eighth of the colour values at the top of the scale
+    uniform         structure / (brightness + 2) <= 0.01: the picture's shapes vary by less than
                     1% of its brightness (a flat, empty, dead or capped frame); relative, so a
                     darkened photograph, whose shapes are as strong for its brightness as before,
                     is not uniform
-    underexposed    highlight <= 32: even the brightest 1% of the picture is darker than luma 32
-    blurry          detail <= 0.5 and edges >= 0.03: fine edges weaker than a sharp picture's for
-                    its own coarse edges (a smooth wall or sky is not blurry: its coarse edges
-                    are as weak as its fine ones); edges below 0.03 (almost no shape at all)
-                    are not judged
+    underexposed    highlight <= 44: even the brightest 1% of the picture is darker than luma
+                    44 (about a sixth of full scale)
+    blurry          detail <= 0.5 where edges >= 0.1: fine edges weaker than a sharp picture's
+                    for its own coarse edges; a picture with almost no shapes (edges below 0.1:
+                    a clear sky, a bare wall) is not judged, a blur cannot be told from it
 
-A collection may sit past a bound as a whole (night frames, micrographs): when a bound would flag
-more than ``GUARD_SHARE`` of the readable rows, it moves to the collection's own median -/+ z MAD
-(the robust spread, 1.4826 MAD), so it flags only the collection's own extremes. Every bound can
-be fixed by the caller instead (``fit_thresholds(..., overrides)``).
+The bounds were chosen on half of the real photographs of tests/pixel_cases.py and checked on the
+other half (benchmarks/RESULTS.md, "Pixel reasons"). A collection may sit past a bound as a whole
+(night frames, micrographs): when a bound would flag more than ``GUARD_SHARE`` of the readable
+rows, it moves to the collection's own median -/+ z MAD (the robust spread, 1.4826 MAD; of the
+log for uniform and underexposed, which scale with the light), so it flags only the collection's
+own extremes. Every bound can be fixed by the caller instead
+(``fit_thresholds(..., overrides)``).
 
-Statistics stored before ``clipped``, ``highlight``, ``structure``, ``edges`` and ``detail``
-existed read as NaN: a row without them gets no reason from them.
+Rows measured before ``clipped``, ``highlight``, ``structure``, ``edges`` and ``detail`` existed
+(they read as NaN) keep the reasons of the statistics they have, with the absolute bounds of then
+(``LEGACY``; uniform only above the underexposed bound), except blurry; `vclust pixels` on a
+new store measures them all.
 """
 
 from __future__ import annotations
@@ -82,6 +88,7 @@ AT_LEAST = {"overexposed": True, "uniform": False, "underexposed": False, "blurr
 UNIFORM_DAMPING = 2.0  # luma added to the brightness in structure / brightness (a black frame)
 BLUR_MIN_EDGES = 0.1  # edges below this: no shapes to judge the sharpness of
 GUARD_SHARE = 0.5  # a bound flagging more than this share of a collection is fitted to it
+LOG_SCALE = ("uniform", "underexposed")  # fitted on the log of their statistic
 DEFAULT_PIXEL_Z = 4.0
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -164,21 +171,45 @@ def relative_sharpness(sharpness, contrast) -> np.ndarray:
     return np.log(np.maximum(s, 1e-6)) - np.log(np.maximum(c * c, 1e-6))
 
 
+#: rows measured before ``clipped`` ... ``detail`` existed: the statistic and absolute bound of
+#: each reason then (overexposed share, contrast, brightness); none for blur: that measure,
+#: log(sharpness / contrast^2), called sharp photographs blurry without a bound fitted beside it
+LEGACY = {"overexposed": 0.4, "uniform": 6.0, "underexposed": 40.0}
+
+
 def reason_values(stats: dict) -> dict:
     """{reason: the per-row value its bound applies to} (see the module docstring)."""
+    n = len(np.asarray(stats["readable"]))
+
     def col(name):
-        n = len(np.asarray(stats["readable"]))
         return np.asarray(stats.get(name, np.full(n, np.nan)), dtype=np.float64)
 
-    detail = col("detail")
     edges = col("edges")
     return {
         "overexposed": col("clipped"),
         "uniform": col("structure") / (col("brightness") + UNIFORM_DAMPING),
         "underexposed": col("highlight"),
         # too few shapes to judge: not blurry (NaN compares false)
-        "blurry": np.where(edges >= BLUR_MIN_EDGES, detail, np.nan),
+        "blurry": np.where(edges >= BLUR_MIN_EDGES, col("detail"), np.nan),
     }
+
+
+def _legacy_fires(stats: dict) -> dict:
+    """{reason: rows measured before the current statistics whose old statistic passes its old
+    bound (``LEGACY``)}: such rows keep the reasons they had."""
+    n = len(np.asarray(stats["readable"]))
+
+    def col(name):
+        return np.asarray(stats.get(name, np.full(n, np.nan)), dtype=np.float64)
+
+    old = ~np.isfinite(col("detail")) & ~np.isfinite(col("highlight")) & np.isfinite(col("contrast"))
+    with np.errstate(invalid="ignore"):
+        return {"overexposed": old & (col("overexposed") >= LEGACY["overexposed"]),
+                # a dark picture is underexposed, not flat: its spread is small for being dim
+                "uniform": old & (col("contrast") <= LEGACY["uniform"])
+                & (col("brightness") > LEGACY["underexposed"]),
+                "underexposed": old & (col("brightness") <= LEGACY["underexposed"]),
+                "blurry": np.zeros(n, bool)}
 
 
 def _robust(v) -> tuple[float, float]:
@@ -209,12 +240,14 @@ def fit_thresholds(stats: dict, z: float = DEFAULT_PIXEL_Z, overrides: dict | No
     values = reason_values(stats)
     for reason, absolute in ABSOLUTE.items():
         v = values[reason][ok]
-        med, mad = _robust(v)
         share = float(_fires(v, reason, absolute).mean()) if len(v) else 0.0
+        log = reason in LOG_SCALE  # a ratio to brightness, a luma: spread on a log scale
+        med, mad = _robust(np.log(np.maximum(v, 1e-3)) if log else v)
         out["fitted"][reason] = (med, mad, share)
         bound = absolute
         if share > GUARD_SHARE and np.isfinite(med):
             fitted = med + z * mad if AT_LEAST[reason] else med - z * mad
+            fitted = float(np.exp(fitted)) if log else fitted
             bound = max(absolute, fitted) if AT_LEAST[reason] else min(absolute, fitted)
             out["guarded"].append(reason)
         out[reason] = float(bound)
@@ -233,9 +266,10 @@ def pixel_reasons(stats: dict, thresholds: dict) -> np.ndarray:
     n = len(readable)
     have = np.asarray(stats.get("have", np.ones(n, bool)), dtype=bool)
     values = reason_values(stats)
+    legacy = _legacy_fires(stats)
     good = have & (readable == 1)
     tests = [have & (readable == 0)]
-    tests += [good & _fires(values[r], r, thresholds[r]) for r in PIXEL_REASONS[1:]]
+    tests += [good & (_fires(values[r], r, thresholds[r]) | legacy[r]) for r in PIXEL_REASONS[1:]]
     out = np.zeros(n, np.int8)
     for code in range(len(tests), 0, -1):  # the first reason wins: assign it last
         out[tests[code - 1]] = code
