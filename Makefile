@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vclust-installed
 
-.PHONY: install browser demo test bench clean
+.PHONY: install browser services demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,13 +26,27 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium fonts-dejavu-core >/dev/null \
 	  || echo "could not install chromium: the browser test will fail and say so"; }
 
+# A one-node SLURM (slurmctld, slurmd, munge, sacct) and an SSH server (Debian's packages) for
+# tests/test_slurm.py and tests/test_ssh.py; the tests' fixtures (tests/clusters.py) configure,
+# start and stop them on 127.0.0.1. Installed when missing, as root or through sudo; no service
+# is started here. Where the install fails those tests fail and say what is missing.
+services:
+	@missing=; \
+	for cmd in slurmctld:slurmctld slurmd:slurmd sacct:slurm-client munged:munge sshd:openssh-server ssh-keygen:openssh-client; do \
+	  command -v $${cmd%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${cmd%%:*} ] || missing="$$missing $${cmd##*:}"; done; \
+	[ -z "$$missing" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "installing Debian's$$missing for the SLURM and SSH tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends$$missing >/dev/null \
+	  || echo "could not install$$missing: the SLURM and SSH tests will fail and say so"; }
+
 install: $(STAMP) browser
 
 demo: $(STAMP)
 	$(VENV)/bin/vclust demo --out demo-out
 
 # pytest exits 5 when no test ran: make treats any non-zero exit as failure.
-test: $(STAMP) browser
+test: $(STAMP) browser services
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

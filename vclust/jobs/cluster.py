@@ -8,7 +8,10 @@ batches).
 How long to wait for a scheduler at an address: ``--scheduler-timeout``, then the config key
 ``timeout`` (kind: scheduler), then $VCLUST_SCHEDULER_TIMEOUT, then 5 seconds. An address vclust
 cannot parse (an unknown scheme such as ``nonsense://``) is bad input (exit 2); a scheduler that
-does not answer in time is an environment fault (exit 4).
+does not answer in time is an environment fault (exit 4). SLURM and SSH clusters that start no
+worker within their config's ``start_timeout`` are one too, as are SSH hosts that refuse the
+connection; a local path a worker of another machine or directory cannot see is bad input
+(``check_worker_paths``). tests/test_slurm.py and tests/test_ssh.py run both kinds for real.
 """
 
 from __future__ import annotations
@@ -156,6 +159,136 @@ def make_slurm_cluster(cfg: SlurmConfig):
     return SLURMCluster(**slurm_cluster_kwargs(cfg))
 
 
+def slurm_job_ids(cluster) -> list[str]:
+    """The SLURM job ids of a dask-jobqueue cluster's submitted jobs (in submission order)."""
+    ids = [getattr(job, "job_id", None) for job in getattr(cluster, "workers", {}).values()]
+    return sorted((str(i) for i in ids if i), key=lambda i: (len(i), i))
+
+
+def _slurm_states(ids: list[str]) -> str:
+    """'job 12 PENDING (PartitionDown), ...' from squeue, or '' when squeue cannot say."""
+    import subprocess
+
+    if not ids:
+        return ""
+    try:
+        out = subprocess.run(["squeue", "--noheader", "--format=%i %T %R", "--jobs", ",".join(ids)],
+                             capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return ", ".join(f"job {' '.join(line.split())}" for line in out.splitlines() if line.strip())
+
+
+def _ssh_cluster(cfg: SSHConfig):
+    """distributed's SSHCluster. It learns the scheduler's and each worker's address from the
+    lines they log at start-up, and they inherit this process's dask config, where the CLI has
+    quietened distributed's logging (cli._setup_logging): those two loggers stay at INFO, or the
+    start-up would wait for a line that never comes. The same inherited config gives the remote
+    workers vclust's malloc settings (``worker_environ``)."""
+    import dask
+    from distributed import SSHCluster
+
+    levels = dask.config.get("logging", default={}) or {}
+    levels = dict(levels) if isinstance(levels, dict) else {}
+    levels.update({"distributed.scheduler": "info", "distributed.worker": "info"})
+    try:
+        with dask.config.set({"logging": levels,
+                              "distributed.nanny.pre-spawn-environ": worker_environ()}):
+            return SSHCluster(cfg.hosts, connect_options=cfg.connect_options,
+                              worker_options=cfg.worker_options,
+                              scheduler_options=cfg.scheduler_options,
+                              remote_python=cfg.remote_python)
+    except (OSError, TimeoutError, ImportError) as exc:
+        raise EnvironmentFault(_ssh_failure(cfg, exc), kept="nothing was changed") from None
+    except Exception as exc:  # noqa: BLE001 - asyncssh's refusals and a process that died
+        if type(exc).__module__.startswith("asyncssh") or "failed to start" in str(exc):
+            raise EnvironmentFault(_ssh_failure(cfg, exc), kept="nothing was changed") from None
+        raise
+
+
+def _ssh_failure(cfg: SSHConfig, exc: BaseException) -> str:
+    if isinstance(exc, ImportError):  # asyncssh is an extra
+        return "ssh clusters need asyncssh: pip install 'vclust[ssh]'"
+    return (f"cannot start the Dask processes over SSH on {', '.join(cfg.hosts)} "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); check the hosts, "
+            "connect_options (user, key, port) and that vclust's python is at remote_python there")
+
+
+def _wait_for_first_worker(cfg, cluster, client) -> None:
+    """Return when a worker has joined, or close the cluster (cancelling queued SLURM jobs) and
+    raise EnvironmentFault after the config's ``start_timeout``."""
+    try:
+        client.wait_for_workers(1, timeout=cfg.start_timeout)
+        return
+    except (TimeoutError, OSError):
+        pass
+    states = _slurm_states(slurm_job_ids(cluster)) if cfg.kind == "slurm" else ""
+    client.close()
+    cluster.close()
+    where = f"{cfg.kind} cluster" + (f" ({states})" if states else "")
+    raise EnvironmentFault(
+        f"no Dask worker joined the {where} within {cfg.start_timeout:g} s; check the queue "
+        "or the hosts (the worker logs: README, Clusters), or wait longer with the config's "
+        "start_timeout", kept="nothing was changed; the submitted jobs were cancelled"
+        if cfg.kind == "slurm" else "nothing was changed") from None
+
+
+def _announce_where(cfg, cluster, client) -> str:
+    """'slurm jobs 12, 13, 2 worker(s) (tcp://...)' for the CLI's dask line."""
+    workers = sorted(client.scheduler_info().get("workers", {}))
+    where = cfg.kind if cfg.kind != "scheduler" else cfg.address
+    if cfg.kind == "slurm":
+        where += f" jobs {', '.join(slurm_job_ids(cluster)) or '-'}"
+    text = f"{where}, {len(workers)} worker(s)"
+    if cfg.kind != "local" and workers:
+        text += f" ({', '.join(workers[:8])}{', ...' if len(workers) > 8 else ''})"
+    return text
+
+
+def _path_view(probes: list[str]) -> dict:
+    """On a worker: its host, working directory, and whether (and as what) it sees each path."""
+    import socket
+
+    return {"host": socket.gethostname(), "cwd": os.getcwd(),
+            "seen": {p: (os.path.exists(p), os.path.realpath(p)) for p in probes}}
+
+
+def check_worker_paths(client, paths: dict) -> None:
+    """Exit 2 (InputError) before the work when a worker cannot see a local path of this run:
+    a relative path where the workers run in another directory, or a path missing on a
+    worker's file system. ``paths``: {what: path or None}, e.g. {"store": ..., "--out": ...};
+    a path that does not exist yet (a new labels folder) is checked through its nearest
+    existing parent; s3:// URLs are not checked here (every process opens them alike)."""
+    from pathlib import Path
+
+    from ..storage.fs import is_url
+
+    probes = {}
+    for what, path in paths.items():
+        if path is None or is_url(str(path)):
+            continue
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        probes[what] = (str(path), str(probe), os.path.realpath(probe))
+    if not probes:
+        return
+    seen = client.run(_path_view, sorted({p[1] for p in probes.values()}))
+    for worker, view in sorted(seen.items()):
+        for what, (path, probe, here) in probes.items():
+            exists, there = view["seen"][probe]
+            if not os.path.isabs(path) and there != here:
+                raise InputError(
+                    f"{what} {path!r}: a relative path, and worker {worker} runs in {view['cwd']} "
+                    f"on {view['host']}, not in {os.getcwd()}; give an absolute path (or an "
+                    "s3:// URL) that every worker sees")
+            if not exists:
+                raise InputError(
+                    f"{what} {path!r}: not found by worker {worker} on {view['host']}; put it "
+                    "where every worker sees it (a shared file system at the same path) or on "
+                    "s3://")
+
+
 def _start(cfg: ClusterConfig):
     """(cluster or None, client)."""
     from distributed import Client
@@ -182,13 +315,14 @@ def _start(cfg: ClusterConfig):
     elif isinstance(cfg, SlurmConfig):
         cluster = make_slurm_cluster(cfg)
         cluster.scale(jobs=cfg.n_jobs)
+        client = Client(cluster)
+        _wait_for_first_worker(cfg, cluster, client)
+        return cluster, client
     elif isinstance(cfg, SSHConfig):
-        from distributed import SSHCluster
-
-        cluster = SSHCluster(cfg.hosts, connect_options=cfg.connect_options,
-                             worker_options=cfg.worker_options,
-                             scheduler_options=cfg.scheduler_options,
-                             remote_python=cfg.remote_python)
+        cluster = _ssh_cluster(cfg)
+        client = Client(cluster)
+        _wait_for_first_worker(cfg, cluster, client)
+        return cluster, client
     elif isinstance(cfg, KubernetesConfig):
         try:
             from dask_kubernetes.operator import KubeCluster
@@ -243,14 +377,17 @@ def __getattr__(name):  # PEP 562: ``cluster.S3Environ`` without importing distr
 
 @contextmanager
 def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
-            timeout: float | None = None, here: str | None = None):
+            timeout: float | None = None, here: str | None = None, paths: dict | None = None):
     """Yield a ``distributed.Client``; close what was started on exit.
 
     ``announce(text)`` is called with the dashboard address (the CLI prints it). ``timeout``:
     seconds to wait for a scheduler at an address (see the module docstring). ``here``: when
     neither a scheduler nor a cluster file is named (nor $VCLUST_SCHEDULER), run in this
     process on dask's thread pool instead of starting a LocalCluster, and yield None; the text
-    says why (announced).
+    says why (announced). ``paths``: the local paths the workers read or write ({what: path}),
+    checked on the workers of any cluster but a LocalCluster (``check_worker_paths``, exit 2).
+    SLURM and SSH clusters wait for their first worker up to the config's ``start_timeout``
+    (then exit 4).
     """
     cfg = resolve(scheduler, cluster_file, timeout)
     s3_env = apply_s3(cfg)
@@ -271,13 +408,14 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
         if s3_env and cfg.kind != "local":  # workers started elsewhere: set it there too
             client.register_plugin(_s3_environ_class()(s3_env), name="vclust-s3-environ")
         n = len(client.scheduler_info().get("workers", {}))
-        where = cfg.kind if cfg.kind != "scheduler" else cfg.address
         if announce:
             link = client.dashboard_link if client.dashboard_link else "no dashboard"
-            announce(f"dask: {where}, {n} worker(s), dashboard {link}")
+            announce(f"dask: {_announce_where(cfg, cluster, client)}, dashboard {link}")
             hint = worker_env_hint(client) if n and cfg.kind != "local" else None
             if hint:
                 announce(hint)
+        if paths and cfg.kind != "local" and n:
+            check_worker_paths(client, paths)
         yield client
     finally:
         client.close()

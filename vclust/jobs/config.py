@@ -77,6 +77,8 @@ class SSHConfig(_Strict):
     worker_options: dict = Field(default_factory=lambda: {"nthreads": 2, "memory_limit": "auto"})
     scheduler_options: dict = Field(default_factory=lambda: {"port": 8786, "dashboard_address": ":8787"})
     remote_python: Optional[str] = None  # python on the hosts; None: the same path as here
+    # seconds to wait, once the processes are started, for the first worker (then exit 4)
+    start_timeout: float = Field(120.0, gt=0)
 
 
 class SlurmConfig(_Strict):
@@ -95,6 +97,9 @@ class SlurmConfig(_Strict):
     job_extra_directives: list[str] = Field(default_factory=list)  # extra #SBATCH lines
     # shell lines before the worker; the default gives it vclust's malloc settings
     job_script_prologue: list[str] = Field(default_factory=lambda: [WORKER_EXPORT])
+    # seconds to wait for the first worker job to start and join (a queue that never starts
+    # one, e.g. a partition that is down: its jobs are cancelled and the command exits 4)
+    start_timeout: float = Field(1800.0, gt=0)
 
 
 class KubernetesConfig(_Strict):
