@@ -71,11 +71,11 @@ def print_metrics(model, file=sys.stdout):
                 file=file)
 
 
-def _connect(args, say, here=None):
+def _connect(args, say, here=None, paths=None):
     from .jobs.cluster import connect
 
     return connect(args.scheduler, args.cluster, announce=say,
-                   timeout=getattr(args, "scheduler_timeout", None), here=here)
+                   timeout=getattr(args, "scheduler_timeout", None), here=here, paths=paths)
 
 
 # --------------------------------------------------------------------------- commands
@@ -153,7 +153,7 @@ def cmd_fit(args, say):
         if as_path(str(args.model)).exists():
             raise InputError(f"{args.model}: exists; models are never overwritten, pick a new "
                              "--model path")
-    with _connect(args, say, here=jobs.fit_here(args.store, p)):
+    with _connect(args, say, here=jobs.fit_here(args.store, p), paths={"store": args.store}):
         model = jobs.fit(args.store, p, say=say)
     path, model_id = jobs.save_model(model, args.model, args.registry)
     print_metrics(model)
@@ -166,7 +166,8 @@ def cmd_label(args, say):
     p = params_from_args(LabelParams, args)
     jobs.check_labels_out(args.out)  # the cheap checks first, all before a cluster starts
     model = jobs.resolve_model(args.model, args.registry)
-    with _connect(args, say, here=jobs.label_here(args.store, model, p.batches, p.all)):
+    with _connect(args, say, here=jobs.label_here(args.store, model, p.batches, p.all),
+                  paths={"store": args.store, "--out": args.out}):
         summary = jobs.label(args.store, model, args.out, batches=p.batches,
                              all_batches=p.all, say=say, params=p)
     print(json.dumps(summary))
