@@ -45,7 +45,7 @@ def photograph_files() -> dict[str, Path]:
     return dict(sorted(files.items()))
 
 
-PHOTOGRAPHS = tuple(sorted(set(Path(f).stem for f in SKIMAGE) | {"china", "flower", "grace_hopper"}))
+PHOTOGRAPHS = tuple(sorted({Path(f).stem for f in SKIMAGE} | {"china", "flower", "grace_hopper"}))
 TUNE = PHOTOGRAPHS[0::2]
 CHECK = PHOTOGRAPHS[1::2]
 
@@ -187,7 +187,8 @@ def photo_cases(names, n_intact: int = 30, n_degraded: int = 12):
                 kind = "darkened" if f < 1 else "brightened"
                 out.append((kind, f, name, jpeg(ImageEnhance.Brightness(c).enhance(f)), i))
             for r in BLUR:
-                out.append(("blurred", float(r), name, jpeg(c.filter(ImageFilter.GaussianBlur(r))), i))
+                blurred = c.filter(ImageFilter.GaussianBlur(r))
+                out.append(("blurred", float(r), name, jpeg(blurred), i))
             for q in QUALITY:
                 out.append(("jpeg", float(q), name, jpeg(c, q), i))
             for sd in NOISE:

@@ -232,20 +232,21 @@ class LabelParams(Params):
                                           "just ingested, else all)", flag="--batch",
                                           metavar="ID")
     all: bool = option(False, "label every batch")
-    pixel_z: float = option(DEFAULT_PIXEL_Z, "pixel reasons: bounds at median -/+ Z MAD of the "
-                            "stored pixel statistics (README: pixel evidence)", gt=0, metavar="Z")
+    pixel_z: float = option(DEFAULT_PIXEL_Z, "pixel reasons: a bound that would flag most of "
+                            "the measured rows moves to their median -/+ Z MAD (README: pixel "
+                            "evidence)", gt=0, metavar="Z")
     uniform_contrast: Optional[float] = option(
-        None, "pixel reason uniform: brightness spread at most this (default: fitted, at most "
-        f"{PIXEL_ABSOLUTE['uniform']:g})", ge=0, metavar="SD")
+        None, "pixel reason uniform: contrast of the 8x8-block means over (brightness + 2) at "
+        f"most this (default {PIXEL_ABSOLUTE['uniform']:g})", ge=0, metavar="RATIO")
     overexposed_share: Optional[float] = option(
-        None, "pixel reason overexposed: share of pixels at luma >= 245 at least this (default: "
-        f"fitted, at least {PIXEL_ABSOLUTE['overexposed']:g})", gt=0, le=1, metavar="SHARE")
+        None, "pixel reason overexposed: share of colour values at 255 at least this (default "
+        f"{PIXEL_ABSOLUTE['overexposed']:g})", gt=0, le=1, metavar="SHARE")
     underexposed_brightness: Optional[float] = option(
-        None, "pixel reason underexposed: mean brightness at most this (default: fitted, at "
-        f"most {PIXEL_ABSOLUTE['underexposed']:g})", ge=0, le=255, metavar="LUMA")
+        None, "pixel reason underexposed: the 99th percentile of the luma at most this "
+        f"(default {PIXEL_ABSOLUTE['underexposed']:g})", ge=0, le=255, metavar="LUMA")
     blurry_sharpness: Optional[float] = option(
-        None, "pixel reason blurry: log(sharpness / contrast^2) at most this (default: fitted, at"
-        f" most {PIXEL_ABSOLUTE['blurry']:g})", metavar="LOG")
+        None, "pixel reason blurry: log of fine over coarse edge energy at most this (default "
+        f"{PIXEL_ABSOLUTE['blurry']:g})", metavar="LOG")
     no_pixels: bool = option(False, "leave the pixel statistics out of the outlier output")
 
     @model_validator(mode="after")

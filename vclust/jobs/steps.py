@@ -124,10 +124,11 @@ def pixel_bounds(store, params=None, say=_quiet) -> dict | None:
     stats = {k: v[have] for k, v in stats.items()}
     z = params.pixel_z if params is not None else DEFAULT_PIXEL_Z
     bounds = fit_thresholds(stats, z, params.pixel_overrides if params is not None else None)
-    say(f"pixel reasons over {int(have.sum())} rows with pixel statistics: uniform at contrast "
-        f"<= {bounds['uniform']:.3g}, overexposed at share >= {bounds['overexposed']:.3g}, "
-        f"underexposed at brightness <= {bounds['underexposed']:.3g}, blurry at relative "
-        f"sharpness <= {bounds['blurry']:.3g}")
+    say(f"pixel reasons over {int(have.sum())} rows with pixel statistics: overexposed at "
+        f"clipped share >= {bounds['overexposed']:.3g}, uniform at relative structure <= "
+        f"{bounds['uniform']:.3g}, underexposed at highlight <= {bounds['underexposed']:.3g}, "
+        f"blurry at detail <= {bounds['blurry']:.3g}"
+        + (f" (fitted to these rows: {', '.join(bounds['guarded'])})" if bounds["guarded"] else ""))
     return bounds
 
 

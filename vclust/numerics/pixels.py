@@ -202,7 +202,8 @@ def _legacy_fires(stats: dict) -> dict:
     def col(name):
         return np.asarray(stats.get(name, np.full(n, np.nan)), dtype=np.float64)
 
-    old = ~np.isfinite(col("detail")) & ~np.isfinite(col("highlight")) & np.isfinite(col("contrast"))
+    old = (~np.isfinite(col("detail")) & ~np.isfinite(col("highlight"))
+           & np.isfinite(col("contrast")))
     with np.errstate(invalid="ignore"):
         return {"overexposed": old & (col("overexposed") >= LEGACY["overexposed"]),
                 # a dark picture is underexposed, not flat: its spread is small for being dim

@@ -194,18 +194,19 @@ def truth_readings(frame, truth, attrs=("body_type", "view", "colour")) -> dict[
 
 
 #: the pixel galleries: (reason, title, the statistic that orders it, worst first descending?)
+#: (the statistic is the one the reason's bound applies to, vclust.numerics.pixels.reason_values)
 PIXEL_GALLERIES = (("unreadable", "broken", None, False),
-                   ("overexposed", "bright", "overexposed", True),
-                   ("underexposed", "dark", "brightness", False),
-                   ("blurry", "blurry", "relative_sharpness", False),
-                   ("uniform", "uniform", "contrast", False))
+                   ("overexposed", "bright", "clipped", True),
+                   ("underexposed", "dark", "highlight", False),
+                   ("blurry", "blurry", "detail", False),
+                   ("uniform", "uniform", "relative structure", False))
 
 
 def pixel_galleries(frame, stats: dict | None, per_gallery: int) -> list[dict]:
     """The rows flagged by a pixel reason, a gallery per reason (broken, bright, dark, blurry,
     uniform), worst first by the statistic behind the reason; ``stats`` the store's pixel
     statistics by row (None: ordered by row)."""
-    from ..numerics.pixels import PROBLEMS, relative_sharpness
+    from ..numerics.pixels import PROBLEMS, reason_values
 
     out = []
     if "outlier_reason" not in frame:
@@ -218,10 +219,8 @@ def pixel_galleries(frame, stats: dict | None, per_gallery: int) -> list[dict]:
         caption = None
         if stats is not None and len(idx):
             r = rows[idx]
-            if stat == "relative_sharpness":
-                value = relative_sharpness(stats["sharpness"][r], stats["contrast"][r])
-            elif stat is not None:
-                value = np.asarray(stats[stat][r], dtype=np.float64)
+            if stat is not None:
+                value = reason_values({k: np.asarray(v)[r] for k, v in stats.items()})[reason]
             else:
                 value = np.zeros(len(idx))
             order = np.lexsort((r, -value if descending else value))
