@@ -167,6 +167,8 @@ def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, a
                                  + json.dumps(data, separators=(",", ":")) + ";\n")
     opts = "".join(f'<option value="{i}">{_e(m["model_id"])} · {_e(m["descriptor"])} · '
                    f'{_e(m["algorithm"])} · k={m["k"]}</option>' for i, m in enumerate(kept))
+    img_note = "" if getattr(params, "images", None) else \
+        "; this run was given no --images, so ids only"
     html_text = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>vclust compare — {len(kept)} models</title>
@@ -192,8 +194,7 @@ sets.</p><div id="heatmap"></div></section>
 <label>B <select id="model-b">{opts}</select></label></p>
 <p class="hint">Contingency: rows are A's clusters, columns B's (only clusters that label
 rows); a cell counts the images in both. <b>Click a cell</b> to see sample images of it (from the
-maps' sample{'' if getattr(params, "images", None) else '; this run was given no --images, so
-ids only'}). The maps show the same {len(sample):,} sampled images, each model in the embedding of the
+maps' sample{img_note}). The maps show the same {len(sample):,} sampled images, each model in the embedding of the
 space it was fitted in, coloured by its clusters (outliers as x).</p>
 <div id="contingency" class="map"></div>
 <div id="cells"><p class="hint">Click a contingency cell to see its images.</p></div>

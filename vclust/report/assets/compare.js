@@ -57,7 +57,8 @@
       type: "heatmap", z: t.z, colorscale: "Blues",
       x: t.cols.map(function (c) { return "B " + c; }), y: t.rows.map(function (r) { return "A " + r; }),
       texttemplate: big ? "%{z}" : "", textfont: { size: 10 },
-      hovertemplate: "A cluster %{y} · B cluster %{x}: %{z} images<br>click for its images<extra></extra>"
+      reversescale: true,  // few images light, many dark
+      hovertemplate: "%{y} · %{x}: %{z} images<br>click for its images<extra></extra>"
     }], { margin: { l: 60, b: 60, t: 50 }, height: 560,  // its box (.map) is 560 px
           yaxis: { autorange: "reversed", type: "category" }, xaxis: { type: "category" },
           title: { text: names[a] + " (rows) × " + names[b] + " (columns)" +
