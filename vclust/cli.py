@@ -198,13 +198,15 @@ def cmd_export(args, say):
 
 def cmd_report(args, say):
     from .jobs import steps as jobs
-    from .report import open_inputs, write_report
+    from .jobs.staged import check_out, write_report_whole
+    from .report import open_inputs
 
     p = params_from_args(ReportParams, args)
     model = jobs.resolve_model(args.model, args.registry)
     inputs = open_inputs(model, p)  # the cheap checks before starting a cluster
-    with _connect(args, say):
-        write_report(args.store, model, args.labels, p, say=say, inputs=inputs)
+    check_out(p.out)
+    with _connect(args, say):  # written beside --out, then swapped in whole
+        write_report_whole(args.store, model, args.labels, p, say=say, inputs=inputs)
     print(f"{p.out}/index.html")
 
 

@@ -161,51 +161,107 @@ def _nightly_record(spec: JobSpec, batch: str) -> Path:
     return as_path(spec.registry) / "nightly" / f"{batch}.json"
 
 
+def _read_record(record) -> dict | None:
+    """The night's record, or None. A record of an older vclust (no ``steps_done``) was
+    written when its night was over: every step counts as done."""
+    try:
+        done = json.loads(record.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # cut short by a kill (never: it is written whole): the night runs again
+    done.setdefault("steps_done", None)
+    return done
+
+
+def _write_record(record, data: dict) -> None:
+    """The night's record, written whole (renamed into place; one PUT on an object store)."""
+    from ..storage.fs import RemotePath
+
+    text = json.dumps({**data, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    record.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(record, RemotePath):
+        record.write_text(text)
+        return
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, record)
+
+
 def _run_steps(spec: JobSpec, say) -> int:
+    """Run the spec's steps. Once a batch is ingested, each step that completes is recorded in
+    the night's record (``REGISTRY/nightly/<batch>.json``); a run of a batch already ingested
+    skips the steps its record lists and resumes at the first one not done (a night killed in
+    its report step makes its report when run again), and says "nothing to do" when all are."""
+    ingested, code, record, night = None, 0, None, None
+    for step in spec.steps:
+        if night is not None and night["steps_done"] is not None and step in night["steps_done"]:
+            say(f"step {step}: done by an earlier run of batch {ingested['batch']}")
+            continue
+        say(f"step {step}")
+        if step == "ingest":
+            ingested = _step(spec, step, None, say)
+            record = _nightly_record(spec, ingested["batch"])
+            done = _read_record(record) if ingested["status"] == "unchanged" else None
+            if done is not None and (done["steps_done"] is None
+                                     or set(spec.steps) <= set(done["steps_done"])):
+                say(f"batch {ingested['batch']} was already processed on {done['when']} "
+                    f"(model {done.get('model')}): nothing to do")
+                return int(done.get("exit_code", 0))
+            night = done or {"batch": ingested["batch"], "steps_done": [], "exit_code": 0}
+            code = int(night.get("exit_code", 0))
+        else:
+            got = _step(spec, step, ingested, say)
+            if step == "drift":
+                code, detail = got  # the steps after it still run
+                if night is not None:
+                    night.update(detail)
+        if night is not None:
+            night["steps_done"] = sorted(set(night["steps_done"]) | {step},
+                                         key=spec.steps.index)
+            night["exit_code"] = code
+            _write_record(record, night)
+    return code
+
+
+def _step(spec: JobSpec, step: str, ingested, say):
+    """One step of a spec; the ingest summary for ``ingest``, (exit code, what to record) for
+    ``drift``."""
     from . import steps as jobs
 
-    ingested, code = None, 0
-    for step in spec.steps:
-        say(f"step {step}")
-        if step == "synth":
-            from ..synth import generate_case
+    if step == "synth":
+        from ..synth import generate_case
 
-            generate_case(spec.synth.out, n_rows=spec.synth.rows, seed=spec.synth.seed)
-        elif step == "ingest":
-            ingested = jobs.ingest(spec.store, spec.ingest, say=say)
-            record = _nightly_record(spec, ingested["batch"])
-            if "drift" in spec.steps and ingested["status"] == "unchanged" and record.exists():
-                done = json.loads(record.read_text())
-                say(f"batch {ingested['batch']} was already processed on {done['when']} "
-                    f"(model {done['model']}): nothing to do")
-                return int(done["exit_code"])
-        elif step == "pixels":
-            jobs.pixels(spec.store, spec.pixels, say=say,
-                        batches=[ingested["batch"]] if ingested else None)
-        elif step == "fit":
-            _fit_and_register(spec, say)
-        elif step == "label":
-            _label(spec, ingested, say)
-        elif step == "drift":
-            code = _drift(spec, ingested, say)  # the steps after it still run
-        elif step == "export":
-            from ..storage.labels import export_csv
-            from ..model.registry import Registry
+        generate_case(spec.synth.out, n_rows=spec.synth.rows, seed=spec.synth.seed)
+    elif step == "ingest":
+        return jobs.ingest(spec.store, spec.ingest, say=say)
+    elif step == "pixels":
+        jobs.pixels(spec.store, spec.pixels, say=say,
+                    batches=[ingested["batch"]] if ingested else None)
+    elif step == "fit":
+        _fit_and_register(spec, say)
+    elif step == "label":
+        _label(spec, ingested, say)
+    elif step == "drift":
+        return _drift(spec, ingested, say)
+    elif step == "export":
+        from ..storage.labels import export_csv
+        from ..model.registry import Registry
 
-            n = export_csv(spec.labels, spec.export.csv, model=Registry(spec.registry).current(),
-                           names=spec.export.names)
-            say(f"export: {n} rows to {spec.export.csv}")
-        elif step == "report":
-            from ..report import write_report
+        n = export_csv(spec.labels, spec.export.csv, model=Registry(spec.registry).current(),
+                       names=spec.export.names)
+        say(f"export: {n} rows to {spec.export.csv}")
+    elif step == "report":
+        from .staged import write_report_whole
 
-            model = jobs.resolve_model(registry=spec.registry)
-            write_report(spec.store, model, spec.labels, spec.report, say=say)
-        elif step == "compare":
-            from .compare import compare
+        model = jobs.resolve_model(registry=spec.registry)
+        write_report_whole(spec.store, model, spec.labels, spec.report, say=say)
+    elif step == "compare":
+        from .compare import compare
 
-            summary = compare(spec.store, spec.compare, spec.registry, spec.labels, say=say)
-            say(f"compare: proposed {summary['proposal'].get('why', '')}")
-    return code
+        summary = compare(spec.store, spec.compare, spec.registry, spec.labels, say=say)
+        say(f"compare: proposed {summary['proposal'].get('why', '')}")
+    return None
 
 
 def _fit_and_register(spec: JobSpec, say):
@@ -253,7 +309,7 @@ def _label(spec: JobSpec, ingested, say):
         jobs.label(spec.store, model, spec.labels, batches=batches, say=say, params=s)
 
 
-def _drift(spec: JobSpec, ingested, say) -> int:
+def _drift(spec: JobSpec, ingested, say) -> tuple[int, dict]:
     from . import steps as jobs
     from ..storage.labels import read_labels
     from ..numerics.drift import drift_report
@@ -280,20 +336,8 @@ def _drift(spec: JobSpec, ingested, say) -> int:
         jobs.label(spec.store, new, spec.labels, all_batches=True, say=say, params=spec.label)
         refit_id = new.model_id
     code = EXIT_DRIFT if alerts else 0
-    from ..storage.fs import RemotePath
-
-    record = _nightly_record(spec, batch)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps({"batch": batch, "model": model.model_id, "alerts": alerts,
-                       "refit_model": refit_id, "exit_code": code, "report": str(json_path),
-                       "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    if isinstance(record, RemotePath):
-        record.write_text(text)  # one PUT: the record is there whole or not at all
-        return code
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, record)
-    return code
+    return code, {"model": model.model_id, "alerts": alerts, "refit_model": refit_id,
+                  "report": str(json_path)}
 
 
 # --------------------------------------------------------------------------- demo
