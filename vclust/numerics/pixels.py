@@ -101,26 +101,35 @@ def _halve(y: np.ndarray) -> np.ndarray:
     return (y[0::2, 0::2] + y[1::2, 0::2] + y[0::2, 1::2] + y[1::2, 1::2]) * 0.25
 
 
+def _quarter(luma: np.ndarray) -> np.ndarray:
+    """Means of the 4 x 4 blocks of a uint8 picture (the rest of its last rows and columns
+    dropped), float32: the sums taken in uint16 (at most 16 x 255), exact."""
+    h, w = luma.shape[0] // 4 * 4, luma.shape[1] // 4 * 4
+    a = luma[:h, :w].astype(np.uint16)
+    a = a[0::4] + a[1::4] + a[2::4] + a[3::4]
+    a = a[:, 0::4] + a[:, 1::4] + a[:, 2::4] + a[:, 3::4]
+    return a.astype(np.float32) * np.float32(1 / 16)
+
+
 def _gradient_energy(y: np.ndarray) -> float:
-    """Mean of dx^2 plus mean of dy^2 (nearest-neighbour differences)."""
+    """Mean of dx^2 plus mean of dy^2 (nearest-neighbour differences) of a float32 picture."""
     if y.shape[0] < 2 or y.shape[1] < 2:
         return float("nan")
-    dx = np.diff(y, axis=1)
-    dy = np.diff(y, axis=0)
-    return float(np.mean(dx * dx) + np.mean(dy * dy))
+    dx = y[:, 1:] - y[:, :-1]
+    dy = y[1:] - y[:-1]
+    return float(np.vdot(dx, dx)) / dx.size + float(np.vdot(dy, dy)) / dy.size
 
 
 def shape_stats(luma: np.ndarray) -> tuple[float, float, float]:
-    """(structure, edges, detail) of a luma picture (see the module docstring); NaN for the parts
-    a picture too small to reduce (under 16 pixels on a side) has none of."""
-    y0 = np.asarray(luma, dtype=np.float32)
-    if y0.shape[0] < 16 or y0.shape[1] < 16:
-        return float(y0.std()) if y0.size else float("nan"), float("nan"), float("nan")
-    y2 = _halve(_halve(y0))
-    y3 = _halve(y2)
-    structure = float(y3.std())
+    """(structure, edges, detail) of a uint8 luma picture (see the module docstring); NaN for
+    the parts a picture too small to reduce (under 16 pixels on a side) has none of."""
+    luma = np.asarray(luma, dtype=np.uint8)
+    if luma.shape[0] < 16 or luma.shape[1] < 16:
+        return float(luma.std()) if luma.size else float("nan"), float("nan"), float("nan")
+    y2 = _quarter(luma)
+    structure = float(_halve(y2).std())
     edges = _gradient_energy(y2) / 16.0
-    fine = _gradient_energy(y0) - QUANTISATION_ENERGY
+    fine = _gradient_energy(luma.astype(np.float32)) - QUANTISATION_ENERGY
     detail = float(np.log(max(fine, 1e-3) / max(edges, 1e-6)))
     return structure, edges, detail
 
