@@ -28,6 +28,8 @@ ALLOWED = {
     "vclust.warmup": {"vclust.numerics"},
     "vclust.cli": {"vclust", "vclust.errors", "vclust.jobs", "vclust.model", "vclust.report",
                    "vclust.storage", "vclust.synth"},
+    "vclust.api": {"vclust", "vclust.errors", "vclust.jobs", "vclust.model", "vclust.report",
+                   "vclust.storage", "vclust.synth"},
     "vclust.__main__": {"vclust.cli"},
     "vclust": set(),
 }
