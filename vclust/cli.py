@@ -153,6 +153,10 @@ def cmd_fit(args, say):
         if as_path(str(args.model)).exists():
             raise InputError(f"{args.model}: exists; models are never overwritten, pick a new "
                              "--model path")
+    else:  # the registry usable, before the work too
+        from .model.registry import check_registry
+
+        check_registry(args.registry)
     with _connect(args, say, here=jobs.fit_here(args.store, p), paths={"store": args.store}):
         model = jobs.fit(args.store, p, say=say)
     path, model_id = jobs.save_model(model, args.model, args.registry)

@@ -58,9 +58,10 @@ def _quiet(_msg):
 def check(store_path, params, registry=None, labels_dir=None):
     """The cheap checks before any cluster starts (one InputError line each): every set of
     every spec in the store, the k-range within the rows, the output folders usable."""
+    from ..storage import fs as F
     from ..storage.store import Store
 
-    if not Path(store_path).exists():
+    if not F.as_path(str(store_path)).exists():  # a local path or an s3:// URL
         raise InputError(f"{store_path}: no such store")
     store = Store.open(store_path)
     for spec in params.descriptors:
@@ -72,7 +73,8 @@ def check(store_path, params, registry=None, labels_dir=None):
         raise InputError(f"--k-range {params.k_range}: {store.n_rows} rows are too few for "
                          f"k={max(params.ks)} (at most {store.n_rows // 2})")
     for what, p in (("--out", params.out), ("--registry", registry), ("--labels", labels_dir)):
-        if p is not None and Path(p).exists() and not Path(p).is_dir():
+        p = None if p is None else F.as_path(str(p))
+        if p is not None and not isinstance(p, F.RemotePath) and p.exists() and not p.is_dir():
             raise InputError(f"{what} {p}: is a file; expected a folder")
     return store
 

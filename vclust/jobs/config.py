@@ -146,14 +146,81 @@ def parse_cluster_config(data: dict, where: str = "cluster config") -> ClusterCo
         raise InputError(format_validation_error(exc, where)) from None
 
 
+MAX_YAML_DEPTH = 64  # nested collections in a job spec or cluster config
+MAX_YAML_NODES = 100_000  # values once every alias is expanded (a spec has a few hundred)
+
+
+class _YAMLLimit(Exception):
+    pass
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document nested deeper than ``MAX_YAML_DEPTH`` while
+    composing it (before Python's recursion limit), and one whose aliases expand to more than
+    ``MAX_YAML_NODES`` values (an alias bomb: 1.2 KB that expand to billions) before it is
+    constructed: every later walk of the data (``--set``, ``$VARS``, validation) would expand
+    them."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise _YAMLLimit(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values under ``node`` with every alias expanded (each node counted once per place it
+    appears), memoised by node: linear in the document, however large the expansion."""
+    got = memo.get(id(node))
+    if got is not None:
+        return got
+    memo[id(node)] = 1  # a cycle (an alias inside its own anchor) counts once
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
+
+
+def safe_yaml(text: str):
+    """``yaml.safe_load`` within the limits of ``_LimitedLoader``; raises yaml.YAMLError, or
+    _YAMLLimit with the limit crossed."""
+    loader = _LimitedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_YAML_NODES:
+            raise _YAMLLimit(f"its aliases expand to {size:,} values, more than "
+                             f"{MAX_YAML_NODES:,}")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path) -> dict:
+    """A YAML file (job spec or cluster config) within the limits of ``safe_yaml``: bad YAML,
+    a binary file, or a document too deep or too large once its aliases are expanded is one
+    line (InputError)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml(path.read_text()) or {}
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file (binary content); expected YAML") from None
+    except _YAMLLimit as exc:
+        raise InputError(f"{path}: refused: {exc}; a job spec or cluster config is a few "
+                         "levels of keys") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return data

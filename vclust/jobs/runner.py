@@ -27,7 +27,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from .config import format_validation_error, load_yaml
+from .config import _YAMLLimit, format_validation_error, load_yaml, safe_yaml
 from ..errors import EXIT_DRIFT, InputError
 from .params import (
     CompareParams,
@@ -106,7 +106,12 @@ def parse_spec(data: dict, where: str, overrides=()) -> JobSpec:
         if "=" not in item:
             raise InputError(f"--set expects KEY=VALUE; got '{item}'")
         key, value = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = safe_yaml(value)
+        except (yaml.YAMLError, _YAMLLimit) as exc:
+            raise InputError(f"--set {key.strip()}: the value is not valid YAML "
+                             f"({str(exc).splitlines()[0]})") from None
+        _set_path(data, key.strip(), parsed)
     try:
         return JobSpec.model_validate(_expand(data))
     except ValidationError as exc:
@@ -266,7 +271,9 @@ def _step(spec: JobSpec, step: str, ingested, say):
 
 def _fit_and_register(spec: JobSpec, say):
     from . import steps as jobs
+    from ..model.registry import check_registry
 
+    check_registry(spec.registry)  # before the work
     model = jobs.fit(spec.store, spec.fit, say=say)
     model = _continue_current(spec, model, say)
     path, model_id = jobs.save_model(model, registry=spec.registry)

@@ -103,6 +103,65 @@ def _load_part(part: str, params: dict, arrays: dict):
     raise AssertionError(part)
 
 
+def _manifest_schema():
+    """The pydantic schema of manifest.json: what ``Model.load`` relies on, typed (other keys,
+    the fit's record, are kept as they are)."""
+    from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+    class Part(BaseModel):
+        params: dict
+        arrays: dict[StrictStr, StrictStr]
+
+    class Manifest(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        format: StrictStr
+        version: StrictInt
+        model_id: StrictStr | None = None
+        descriptors: list[StrictStr] = Field(min_length=1)
+        parts: dict[str, Part]
+
+    return Manifest
+
+
+def read_manifest(path) -> dict:
+    """A model dir's manifest.json, checked against its schema (``_manifest_schema``): a
+    manifest that is not JSON, not an object, of another format or version, or whose keys
+    have the wrong type (``"version": "1"``, no ``descriptors``, a part missing) is refused
+    with one line (InputError), never a traceback."""
+    from pydantic import ValidationError
+
+    mf = path / "manifest.json"
+    if not mf.is_file():
+        raise InputError(f"{path}: not a vclust model dir (no manifest.json)")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{mf}: unreadable manifest ({' '.join(str(exc).split())[:120]})") \
+            from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{mf}: not a vclust model manifest (a JSON {type(manifest).__name__}, "
+                         "expected an object)")
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{path}: not a vclust model (format={manifest.get('format')!r})")
+    try:
+        _manifest_schema().model_validate(manifest)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise InputError(f"{mf}: key '{key}': {err['msg']} (got {err.get('input')!r:.80}); the "
+                         "model is damaged: restore it from a copy or fit it again") from None
+    missing = [p for p in PARTS if p not in manifest["parts"]]
+    if missing:
+        raise InputError(f"{mf}: lists no part '{missing[0]}'; the model is damaged: restore "
+                         "it from a copy or fit it again")
+    if manifest["version"] > VERSION:
+        raise InputError(f"{path}: model version {manifest['version']} is newer than this vclust")
+    if manifest["version"] < VERSION:
+        raise InputError(f"{path}: model version {manifest['version']} predates this vclust "
+                         f"(version {VERSION}); fit it again with vclust fit")
+    return manifest
+
+
 @dataclass
 class Model:
     """A fitted model: descriptor sets, the three parts, and what the fit learned about its data."""
@@ -181,29 +240,13 @@ class Model:
 
     @classmethod
     def load(cls, path) -> "Model":
+        """The model in ``path``; its manifest checked first (``read_manifest``)."""
         path = F.as_path(str(path))
-        mf = path / "manifest.json"
-        if not mf.is_file():
-            raise InputError(f"{path}: not a vclust model dir (no manifest.json)")
-        try:
-            manifest = json.loads(mf.read_text())
-        except ValueError as exc:
-            raise InputError(f"{mf}: unreadable manifest ({exc})") from None
-        if manifest.get("format") != FORMAT:
-            raise InputError(f"{path}: not a vclust model (format={manifest.get('format')!r})")
-        if manifest.get("version", 0) > VERSION:
-            raise InputError(f"{path}: model version {manifest['version']} is newer than this vclust")
-        if manifest.get("version", 0) < VERSION:
-            raise InputError(f"{path}: model version {manifest.get('version')} predates this vclust "
-                             f"(version {VERSION}); fit it again with vclust fit")
+        manifest = read_manifest(path)
         parts = {}
         for part in PARTS:
-            try:
-                spec = manifest["parts"][part]
-                files = dict(spec["arrays"])
-            except (KeyError, TypeError):
-                raise InputError(f"{mf}: lists no part '{part}'; the model is damaged: restore "
-                                 "it from a copy or fit it again") from None
+            spec = manifest["parts"][part]
+            files = dict(spec["arrays"])
             arrays = {k: _load_array(path, f) for k, f in files.items()}
             try:
                 parts[part] = _load_part(part, spec["params"], arrays)

@@ -188,6 +188,21 @@ class Registry:
         return self.path(str(ref))
 
 
+def check_registry(root) -> None:
+    """The cheap check before a fit that registers its model: ``root`` is a folder (or new),
+    on an object store its bucket reachable (vclust.storage.fs.as_path checks it)."""
+    path = F.as_path(str(root))
+    if not isinstance(path, F.RemotePath) and path.exists() and not path.is_dir():
+        raise InputError(f"--registry {root}: is a file; a registry is a folder "
+                         "(models/<id>/, current): pick a folder path")
+    for part in ("models", "current"):
+        sub = path / part
+        if not isinstance(path, F.RemotePath) and sub.exists() and \
+                sub.is_dir() != (part == "models"):
+            raise InputError(f"--registry {root}: its '{part}' is a "
+                             f"{'folder' if sub.is_dir() else 'file'}; not a vclust registry")
+
+
 def save_model(model, model_dir=None, registry=None, make_current: bool = True,
                model_id: str | None = None) -> tuple[Path, str]:
     """Save to ``model_dir``, or register in ``registry`` (and make it current) under

@@ -18,17 +18,18 @@ variables, open the same store):
     AWS_DEFAULT_REGION or AWS_REGION
 
 A cluster config's ``s3:`` key (vclust.config.S3Config) sets the endpoint and region for the
-run and for its workers (vclust.cluster exports them).
+run and for its workers (vclust.jobs.cluster exports them).
 
-The first use of a bucket in a process checks it (one HEAD request): a missing bucket is bad
-input (exit 2), refused credentials or an unreachable endpoint are the environment (exit 4),
-each one line (docs/faults.md).
+The first use of a bucket in a process checks it (one HEAD request): a bucket name S3 would
+refuse or a missing bucket is bad input (exit 2); no credentials (named), refused credentials
+or an unreachable endpoint are the environment (exit 4); each one line (docs/faults.md).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
 
 from ..errors import EnvironmentFault, InputError
@@ -84,29 +85,61 @@ def _where() -> str:
 
 
 def check_bucket(bucket: str) -> None:
-    """One HEAD of the bucket per process: a missing bucket is exit 2, refused credentials or an
-    unreachable endpoint exit 4, each one line."""
+    """One HEAD of the bucket per process: a name S3 refuses or a missing bucket is exit 2; no
+    credentials, refused credentials or an unreachable endpoint exit 4; each one line."""
     key = (bucket, endpoint())
     if key in _CHECKED:
         return
+    check_bucket_name(bucket)
     fs = filesystem()
     try:
         fs.call_s3("head_bucket", Bucket=bucket)
     except FileNotFoundError:
         raise InputError(f"s3://{bucket}: no such bucket at {_where()}; create it or fix the "
                          "URL (and AWS_ENDPOINT_URL)") from None
-    except PermissionError as exc:
+    except Exception as exc:  # noqa: BLE001 - sorted by cause below
+        _bucket_fault(bucket, exc)
+    _CHECKED.add(key)
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def check_bucket_name(bucket: str) -> None:
+    """S3's rules for a bucket name (3-63 lowercase letters, digits, dots and hyphens, a
+    letter or digit at each end, not an IP address): one line (exit 2) before any request."""
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket or re.fullmatch(r"[\d.]+", bucket):
+        raise InputError(f"s3://{bucket}: not a valid bucket name (3-63 lowercase letters, "
+                         "digits, dots and hyphens, beginning and ending with a letter or "
+                         "digit); fix the URL")
+
+
+def _bucket_fault(bucket: str, exc: Exception) -> None:
+    """Raise the one line for a failed HEAD of ``bucket``, by its real cause: no credentials
+    anywhere (named), a request refused (credentials), a name the client refuses (exit 2),
+    else the endpoint cannot be reached."""
+    name = type(exc).__name__
+    text = _short(exc)
+    if name in ("NoCredentialsError", "PartialCredentialsError") or \
+            "Unable to locate credentials" in text:
+        raise EnvironmentFault(
+            f"s3://{bucket}: no credentials for {_where()} ({text}); set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / ~/.aws/credentials)",
+            kept="nothing was read or written") from None
+    if name in ("ParamValidationError", "InvalidBucketName") or "InvalidBucketName" in text:
+        raise InputError(f"s3://{bucket}: refused by the S3 client ({text}); fix the "
+                         "URL") from None
+    if isinstance(exc, PermissionError):
         raise EnvironmentFault(
             f"s3://{bucket}: access refused by {_where()} ({_short(exc)}); check "
             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)",
             kept="nothing was read or written") from None
-    except Exception as exc:  # noqa: BLE001 - connection refused, DNS, TLS: all the environment
-        if isinstance(exc, (InputError, EnvironmentFault)):
-            raise
-        raise EnvironmentFault(
-            f"cannot reach {_where()} for s3://{bucket} ({type(exc).__name__}: {_short(exc)}); "
-            "check AWS_ENDPOINT_URL and the network", kept="nothing was read or written") from None
-    _CHECKED.add(key)
+    if isinstance(exc, (InputError, EnvironmentFault)):
+        raise exc
+    # connection refused, DNS, TLS: the environment
+    raise EnvironmentFault(
+        f"cannot reach {_where()} for s3://{bucket} ({name}: {text}); check AWS_ENDPOINT_URL "
+        "and the network", kept="nothing was read or written") from None
 
 
 def _short(exc) -> str:

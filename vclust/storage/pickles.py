@@ -9,7 +9,10 @@ Two readers, tried in order:
    pickle ingests with bounded memory and no code from the file is ever run.
 2. ``restricted_load``: anything else (a DataFrame, a list of vectors, a dict id -> vector) is
    loaded in full by an unpickler that admits only an allow-list of numpy / pandas / pyarrow
-   data constructors. A pickle whose reduce would call ``os.system`` or similar is refused.
+   data constructors. A pickle whose reduce would call ``os.system`` or similar is refused,
+   and so is a call of an allowed constructor that would allocate more than the file could
+   hold data for (``bytearray(10**11)``, an ``ndarray`` of a huge shape, a frame over a
+   billion-row index with no data).
 
 Pickles of protocol 0-2 (Python 2 era, or ``protocol=2`` for compatibility) cannot hold bytes
 directly: they store each byte string as ``_codecs.encode(text, 'latin1')``. That one call is
@@ -100,18 +103,106 @@ def _latin1_bytes(obj, encoding="utf-8", errors="strict"):
     return obj.encode("latin1")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+MIN_ALLOCATION = 64 << 20  # what a pickle may ask a constructor to allocate, at the least
+ALLOCATION_PER_BYTE = 16  # and per byte of the pickle (its data is in the file)
+
+
+def _index_len(obj) -> int:
+    try:
+        import pandas as pd
+
+        return len(obj) if isinstance(obj, (pd.Index, range)) else 0
+    except TypeError:
+        return 0
+
+
+def _claimed_bytes(fn, args, kwargs) -> int:
+    """Bytes a call of an allowed constructor would allocate from nothing, by its arguments
+    alone (the data a pickle carries is bounded by its file): ``bytearray(n)``,
+    ``numpy.ndarray(shape, dtype)``, a DataFrame or Series over a long index with no data."""
+    values = list(args) + list(kwargs.values())
+    if fn is bytearray and values and isinstance(values[0], int):
+        return int(values[0])
+    if fn is np.ndarray and values:
+        shape = values[0] if isinstance(values[0], (tuple, list)) else (values[0],)
+        try:
+            dtype = np.dtype(values[1]) if len(values) > 1 and values[1] is not None else \
+                np.dtype(float)
+            return int(np.prod([int(d) for d in shape], dtype=object)) * dtype.itemsize
+        except (TypeError, ValueError):
+            return 0
+    longest = max((_index_len(v) for v in values), default=0)
+    width = max((len(v) for v in values if isinstance(v, (list, tuple)) and v), default=1)
+    return longest * max(1, width) * 8
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # pure Python: its REDUCE can be checked
+    """Admits only ``SAFE_GLOBALS``; every call the pickle makes (REDUCE, NEWOBJ) is checked
+    first for what it would allocate from nothing (``_claimed_bytes``)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, f, limit: int):
+        super().__init__(f)
+        self._limit = limit
+
     def find_class(self, module, name):
+        if self.proto < 3 and self.fix_imports:  # Python 2 names, as the C unpickler maps them
+            import _compat_pickle
+
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
         if (module, name) == ("_codecs", "encode"):
             return _latin1_bytes
         if _is_safe(module, name):
             return super().find_class(module, name)
         raise _refusal(f"'{module}.{name}'")
 
+    def _check(self, fn, args, kwargs):
+        claimed = _claimed_bytes(fn, args, kwargs)
+        if claimed > self._limit:
+            what = getattr(fn, "__qualname__", None) or type(fn).__name__
+            raise InputError(
+                f"refused to unpickle a call of '{what}' that would allocate {claimed:,} bytes "
+                f"from a pickle of this size (at most {self._limit:,}); save the descriptors as "
+                ".npy or Parquet")
+
+    def _load_reduce(self):
+        args = self.stack.pop()
+        fn = self.stack[-1]
+        self._check(fn, args, {})
+        self.stack[-1] = fn(*args)
+
+    def _load_newobj(self):
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self._check(cls, args, {})
+        self.append(cls.__new__(cls, *args))
+
+    def _load_newobj_ex(self):
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self._check(cls, args, kwargs)
+        self.append(cls.__new__(cls, *args, **kwargs))
+
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.NEWOBJ[0]] = _load_newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _load_newobj_ex
+
 
 def restricted_load(f) -> object:
-    """Load a pickle admitting only numpy / pandas / pyarrow data constructors."""
-    return _RestrictedUnpickler(f).load()
+    """Load a pickle admitting only numpy / pandas / pyarrow data constructors, each refusing
+    a call that would allocate more than ``ALLOCATION_PER_BYTE`` times the pickle's size
+    (``MIN_ALLOCATION`` at the least) from nothing: ``bytearray(10**11)`` is one line, not a
+    MemoryError."""
+    start = f.tell()
+    f.seek(0, io.SEEK_END)
+    size = f.tell() - start
+    f.seek(start)
+    return _RestrictedUnpickler(f, max(MIN_ALLOCATION, ALLOCATION_PER_BYTE * size)).load()
 
 
 # --------------------------------------------------------------------------- fast path
@@ -140,6 +231,15 @@ class _Spec:
         if not (isinstance(state, tuple) and len(state) == 5):
             raise _NotPlainArray
         _, self.shape, self.dtype, self.fortran, self.data = state
+
+
+class _NdarrayStandIn:
+    """``numpy.ndarray`` while scanning: numpy's reduce passes it to ``_reconstruct``; a pickle
+    that calls it (``ndarray(shape, dtype)`` allocates) is not a plain array, and the
+    restricted load then checks the call."""
+
+    def __new__(cls, *args, **kwargs):
+        raise _NotPlainArray
 
 
 def _fake_reconstruct(cls, shape, typecode):
@@ -187,7 +287,9 @@ class _ScanUnpickler(pickle._Unpickler):  # the pure-Python unpickler: its opcod
             return _fake_reconstruct
         if (module, name) in _NUMPY_FROMBUFFER:
             return _fake_frombuffer
-        if (module, name) in {("numpy", "ndarray"), ("numpy", "dtype")} or (
+        if (module, name) == ("numpy", "ndarray"):
+            return _NdarrayStandIn  # only passed to _reconstruct; called, it is no plain array
+        if (module, name) == ("numpy", "dtype") or (
             module == "numpy.dtypes" and name.endswith("DType")
         ):
             return super().find_class(module, name)
