@@ -12,7 +12,7 @@ Commands (osnet, 512 dims, from the synthetic case):
 Cold: the first run after an install. The install step (`make install`) runs
 `python -m vclust.warmup`, which fills numba's disk cache; so cold here is a fresh
 NUMBA_CACHE_DIR filled by that same warm-up, an empty outlier index cache (VCLUST_CACHE_DIR,
-vclust/numerics/indexcache.py), and the OS page cache dropped (when this process may: root)
+vclust/storage/indexcache.py), and the OS page cache dropped (when this process may: root)
 before each cold run, of vclust and of the peer alike. Warm: three more runs; the median is
 reported. A warm fit finds the reference index its cold run cached (a user's second fit of the
 same rows: another k, another algorithm); "index cache off" is the warm fit that builds it every

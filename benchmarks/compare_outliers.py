@@ -89,8 +89,7 @@ def vclust_score(x, z, k, raw=True, reasons=False):
     own = sc.projection_.transform(x) if raw else None
     _, term = sc.z_block(z, labels, dist, np.arange(len(z)), own, with_term=True)
     sc.terms_given_ = np.bincount(term, minlength=len(REASONS))
-    tight = sc._raw_components(z if own is None else own, z, np.arange(len(z)))[2]
-    sc.tight_z_ = -(tight - sc.tight_norm_[0]) / sc.tight_norm_[1]
+    sc.tight_z_ = sc._tight_lift(sc._components(z if own is None else own, z, np.arange(len(z))))
     sc.centre_z_ = ((np.log(np.maximum(dist, 1e-12)) - np.log(sc.cluster_median_[labels]))
                     / sc.cluster_log_mad_[labels])
     return (*out, sc)
@@ -135,7 +134,7 @@ def big_case(say):
     from vclust.jobs.cluster import local_cluster
     from vclust.model.bundle import assign
     from vclust.numerics.blocks import compact
-    from vclust.numerics.outliers import warm_up
+    from vclust.numerics.refindex import warm_up
 
     case = ensure_case(ROWS)
     kinds = pd.read_csv(case / "truth.csv", keep_default_na=False)["outlier_kind"].to_numpy()

@@ -1,0 +1,98 @@
+"""The outlier scorer's rows: the seeded reference and threshold rows gathered from dask or numpy
+arrays (or a dict of them, a mixture) in one pass, the rows as given cut into the clustering
+rows' blocks, and the scorer's own projection of them fitted the same way for every caller."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .blocks import is_dask, one_blas_thread
+
+
+def raw_parts(raw, chunks):
+    """``raw`` cut into the row blocks ``chunks`` (numpy slices or delayed blocks; a dict per
+    block for a mixture): the scoring rows are computed from them inside each task, so no
+    dask collection of them is computed twice."""
+    if raw is None:
+        return [None] * len(chunks)
+    offsets = np.cumsum((0,) + tuple(chunks[:-1]))
+
+    def cut(a):
+        if is_dask(a):
+            return list(a.rechunk({0: tuple(chunks), 1: -1}).to_delayed().ravel())
+        return [a[o:o + c] for o, c in zip(offsets, chunks)]
+
+    if isinstance(raw, dict):
+        parts = {k: cut(v) for k, v in raw.items()}
+        return [{k: parts[k][i] for k in raw} for i in range(len(chunks))]
+    return cut(raw)
+
+
+def gather(a, parts):
+    """The rows of ``a`` (a dask or numpy array, or a dict of them: a mixture) at each
+    position array of ``parts``, in row order: one task per block of ``a`` as it is chunked
+    (no rechunk: the rows as given sit in the store's chunks, the clustering rows in their
+    own), each part's rows copied once."""
+    import dask
+
+    arrays = a if isinstance(a, dict) else {"_": a}
+
+    def pick(x):
+        if not is_dask(x):
+            return [tuple(np.asarray(x[p]) for p in parts)]
+        bounds = np.cumsum((0,) + tuple(x.chunks[0]))
+        return [dask.delayed(_pick_task)(block, [p[(p >= bounds[i]) & (p < bounds[i + 1])]
+                                                 - bounds[i] for p in parts])
+                for i, block in enumerate(x.rechunk({1: -1}).to_delayed().ravel())]
+
+    done = dask.compute({k: pick(v) for k, v in arrays.items()})[0]
+    done = {k: [np.concatenate([b[j] for b in v]) for j in range(len(parts))]
+            for k, v in done.items()}
+    if isinstance(a, dict):
+        return [{k: v[j] for k, v in done.items()} for j in range(len(parts))]
+    return done["_"]
+
+
+def same_rows(X, raw):
+    for a in (raw.values() if isinstance(raw, dict) else [raw]):
+        if a.shape[0] != X.shape[0]:
+            raise ValueError(f"raw has {a.shape[0]} rows; X has {X.shape[0]}")
+
+
+def _pick_task(block, locals_):
+    """The rows of a block at each of the position arrays ``locals_`` (a tuple of arrays)."""
+    block = np.asarray(block)
+    return tuple(block[p] for p in locals_)
+
+
+def projection(raw, pca_variance, max_components, random_state):
+    """The scorer's own rows: the descriptor rows as given, centred and projected (no L2); a
+    dict of sets is a mixture (each set reduced, weighted to equal total variance)."""
+    from .preprocess import MixturePreprocessor, Preprocessor
+
+    kw = dict(l2=False, standardize=False, pca_variance=pca_variance,
+              max_components=max_components, random_state=random_state)
+    if isinstance(raw, dict):
+        return MixturePreprocessor({name: Preprocessor(**kw) for name in raw}).fit(raw)
+    return Preprocessor(**kw).fit(raw)
+
+
+_PROJECTION_THREAD = []
+
+
+def fixed_context(fn, *args):
+    """``fn(*args)`` on this module's own thread with BLAS at one thread: a single-threaded BLAS
+    sums in an order that depends on where it is called from (OpenBLAS's small buffers live on
+    the calling thread's stack), so the projection, and with it the reference, the index and
+    every score, would differ in their last bits between `vclust fit` (which prepares on a
+    thread) and a fit on the main thread. Here it is computed the same way for every caller."""
+    if not _PROJECTION_THREAD:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _PROJECTION_THREAD.append(ThreadPoolExecutor(1, thread_name_prefix="vclust-projection"))
+
+    def run():
+        with one_blas_thread():
+            return fn(*args)
+
+    return _PROJECTION_THREAD[0].submit(run).result()
