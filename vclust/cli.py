@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -72,7 +73,13 @@ def print_metrics(model, file=sys.stdout):
 
 
 def _connect(args, say, here=None, paths=None):
+    from . import imports
     from .jobs.cluster import connect
+
+    if here is None or args.scheduler or args.cluster or os.environ.get("VCLUST_SCHEDULER"):
+        # a cluster: distributed enters dask's modules from other places than dask.array does,
+        # so not beside the import thread
+        imports.wait()
 
     return connect(args.scheduler, args.cluster, announce=say,
                    timeout=getattr(args, "scheduler_timeout", None), here=here, paths=paths)
@@ -123,28 +130,22 @@ def cmd_info(args, say):
 
 
 def _prefetch(*modules):
-    """Import ``modules`` on a daemon thread while the command opens its inputs: dask.array
+    """Import ``modules`` in the background while the command opens its inputs: dask.array
     is slow to import (with numba, which it imports through pydata-sparse), and the store's
     first reads wait on the disk, not on Python (benchmarks/RESULTS.md, figures behind the
-    code)."""
-    import importlib
-    import threading
+    code). On vclust's one import thread (vclust.imports: two threads importing at once can
+    see a module half made)."""
+    from . import imports
 
-    def run():
-        for name in modules:
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the command imports it again and reports it
-                return
-
-    threading.Thread(target=run, name="vclust-prefetch", daemon=True).start()
+    imports.background(*modules)
 
 
 def cmd_fit(args, say):
     from .jobs import steps as jobs
 
-    # dask.array first: the rows, once read, are handed to the preprocessing as a dask array
-    _prefetch("dask.array", "vclust.numerics.preprocess", "vclust.numerics.algorithms",
+    # zarr first (the store's read needs it first), then dask.array: the rows, once read, are
+    # handed to the preprocessing as a dask array
+    _prefetch("zarr", "dask.array", "vclust.numerics.preprocess", "vclust.numerics.algorithms",
               "vclust.numerics.metrics", "vclust.numerics.drift")
     p = params_from_args(FitParams, args)
     if args.model is not None:  # a model is never overwritten: say so before the work

@@ -133,9 +133,11 @@ def _prepare_outliers(scorer, raw, n, rows):
     a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
     projection, the clustering's products) oversubscribes the cores, and its waiting threads
     then cost far more than the work (benchmarks/RESULTS.md, figures behind the code)."""
+    from .. import imports
     from ..numerics.blocks import one_blas_thread
     from ..storage import indexcache
 
+    imports.wait()  # pynndescent (and scikit-learn) imported on the import thread, not here
     with one_blas_thread():
         return scorer.prepare(raw, n, rows, cache=indexcache)
 
@@ -152,6 +154,7 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from .. import imports
     from ..model.core import build_model, check_rows, fit_partition
     from ..storage import indexcache
     from ..numerics.annindex import enable_numba_cache
@@ -169,12 +172,9 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     # (OutlierScorer.prepare; it imports pynndescent only when the index is not in the cache)
     outlier_thread = ThreadPoolExecutor(1, thread_name_prefix="vclust-outlier-reference")
     if indexcache.empty():
-        # it will build the index: pynndescent imports on a thread of its own while the
-        # outlier thread gathers and projects the reference rows (benchmarks/RESULTS.md)
-        import threading
-
-        threading.Thread(target=_quietly, args=(enable_numba_cache,),
-                         name="vclust-import-pynndescent", daemon=True).start()
+        # it will build the index: pynndescent imports on vclust's import thread (after what
+        # the command queued there) while this thread reads the rows (benchmarks/RESULTS.md)
+        imports.background(enable_numba_cache)
     scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
     n = len(rows) if rows is not None else store.n_rows
     fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"
@@ -190,6 +190,9 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows)
     outlier_thread.shutdown(wait=False)
+    # nothing imports in the background from here on: the preprocessing and the clustering
+    # may import scikit-learn, which pynndescent's import enters from another module
+    imports.wait()
     pre, z = reduce_sets(sets, descriptors, params, max_components, say)
     z = hold_reduced(z, say)
     local = in_process(z)

@@ -1,0 +1,89 @@
+"""The start-up import race (issue 28): `vclust fit` once ended with exit 1 and "ImportError:
+cannot import name '_MetadataRequester' from partially initialized module
+'sklearn.utils._metadata_requests'": scikit-learn was imported on a helper thread (through
+pynndescent) while another thread imported modules that import it. Imports that can meet half
+made must not run on two threads at once (vclust.imports: one import thread, and the other
+threads wait for it).
+
+The stress: real in-process `vclust fit` runs (GMM, so the fit itself imports scikit-learn; the
+outlier index cache off, so pynndescent is imported too), each a fresh interpreter whose thread
+switch interval is shortened to 1 us (threads interleave thousands of times more often), every
+import recorded by the thread that made it. No two threads may be inside one of the packages
+that were raced for at the same time."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from .test_faults import ENV, REPO, fitted  # noqa: F401
+
+RACED = ("sklearn", "pynndescent", "numba", "scipy", "llvmlite")
+
+RECORD = r"""
+import importlib._bootstrap as bootstrap, json, sys, threading, time
+sys.setswitchinterval(1e-6)
+real = bootstrap._find_and_load
+spans = []
+RACED = %r
+def find_and_load(name, import_):
+    top = name.partition(".")[0]
+    t0 = time.perf_counter()
+    try:
+        return real(name, import_)
+    finally:
+        if top in RACED:  # every module of a raced package, nested or not
+            spans.append((threading.current_thread().name, top, name, t0, time.perf_counter()))
+bootstrap._find_and_load = find_and_load
+from vclust.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "spans": spans}))
+""" % (RACED,)
+
+
+def overlaps(spans) -> list:
+    """Pairs of imports into one raced package by two threads at once (a module of it imported
+    on one thread while another thread is importing a module of it)."""
+    out = []
+    for i, (ta, pa, na, a0, a1) in enumerate(spans):
+        for tb, pb, nb, b0, b1 in spans[i + 1:]:
+            if ta != tb and pa == pb and a0 < b1 and b0 < a1:
+                out.append(((ta, na), (tb, nb)))
+    return out
+
+
+@pytest.mark.parametrize("run", range(6))
+def test_no_two_threads_import_one_package_at_once_during_a_fit(fitted, tmp_path, run):  # noqa: F811
+    out = subprocess.run(
+        [sys.executable, "-c", RECORD, "-q", "fit", str(fitted / "store"), "--model",
+         str(tmp_path / "model"), "--descriptor", "osnet", "--k", "4", "--algorithm", "gmm",
+         "--seed", str(run)],
+        capture_output=True, text=True, env={**ENV, "VCLUST_CACHE_DIR": "off"}, cwd=REPO,
+        timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "partially initialized" not in out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["code"] == 0
+    threads = {s[0] for s in got["spans"]}
+    assert "vclust-imports" in threads  # the background imports ran, on their one thread
+    assert {"sklearn", "pynndescent"} <= {s[1] for s in got["spans"]}
+    assert overlaps(got["spans"]) == []
+
+
+def test_background_imports_run_in_order_on_one_thread():
+    from vclust import imports
+
+    seen = []
+
+    def mark(i):
+        return lambda: seen.append((i, threading.current_thread().name))
+
+    imports.background(*[mark(i) for i in range(20)])
+    imports.wait()
+    assert [i for i, _ in seen] == list(range(20))
+    assert {name for _, name in seen} == {imports.THREAD_NAME}
+    imports.background("json", "vclust.no_such_module")  # a failure stays quiet
+    imports.wait_for("vclust.no_such_module")
+    imports.wait()
