@@ -15,6 +15,9 @@ from vclust import api
 from vclust.errors import InputError
 from vclust.synth import generate_case
 
+# a minute or more on 2 cores: the commands and the API each fit, label and compare once
+pytestmark = pytest.mark.slow
+
 VCLUST = [sys.executable, "-m", "vclust", "-q"]
 DESCRIPTOR = "vdc_type+vdc_color"
 SPECS = ["vdc_color", "vdc_type+vdc_color"]
@@ -50,7 +53,7 @@ def case(tmp_path_factory, local_client):
          "--names", names)
     _run("report", store, "--registry", cli["registry"], "--labels", cli["labels"],
          "--out", cli["report"], "--images", summary["images"], "--names", names,
-         "--sample", 600, "--map-method", "pca", "--hover-images", 0, "--outliers", 12, *on)
+         "--sample", 600, "--map-method", "pca", "--hover-images", 0, "--outliers", 12, "--pixel-images", 0, *on)
     _run("compare", store, "--descriptor", *SPECS, "--k-range", "3:4",
          "--registry", cli["cregistry"], "--labels", cli["clabels"], "--out", cli["compare"],
          "--map-method", "pca", "--map-sample", 300, *on)

@@ -74,6 +74,7 @@ def executed(tmp_path_factory):
     return {"nb": nb, "work": work, "out": work / "analysis-out"}
 
 
+@pytest.mark.slow
 def test_notebook_walks_the_brief(executed):
     out = executed["out"]
     # promoted: the proposal is the registry's current model, and the CSV holds its rows, named
@@ -106,6 +107,7 @@ def _chromium(args, tmp_path, timeout=240):
     return res.stdout
 
 
+@pytest.mark.slow
 def test_inline_card_renders_in_headless_chromium(executed, tmp_path):
     from nbconvert import HTMLExporter
 

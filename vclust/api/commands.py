@@ -234,7 +234,7 @@ def promote(registry, model_id: str, *, labels_dir=None, names=None) -> dict:
     from ..model.succession import promote as promote_model
 
     p = options_of(P.PromoteParams, model_id=str(model_id),
-                names=None if names is None else str(names))
+                   names=None if names is None else str(names))
     return promote_model(str(registry), p.model_id,
                          labels_dir=None if labels_dir is None else str(labels_dir),
                          names=p.names, say=say)

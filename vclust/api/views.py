@@ -52,7 +52,20 @@ class Gallery:
 
 class ModelView:
     """A model and its labels, as the report reads them: the cluster table, each cluster's card,
-    the outlier galleries and the map (made by :func:`view`)."""
+    the outlier galleries and the map (made by :func:`view`).
+
+    Attributes
+    ----------
+    model : vclust.model.bundle.Model
+    frame : pandas.DataFrame
+        The model's labels, one row per image in row order (:func:`labels`).
+    sample : numpy.ndarray
+        The store rows of the map sample (every outlier in it, up to ``sample``).
+    z : numpy.ndarray
+        The sample's rows reduced as the model reduces them.
+    cards : list of dict
+        The cards as the report's ``report.json`` holds them.
+    """
 
     def __init__(self, store, labels_dir, *, registry=None, model=None, images=None,
                  names=None, sample: int = 50_000, seed: int = 0, identity: str = "parent"):
@@ -61,8 +74,8 @@ class ModelView:
         from ..storage.store import Store
 
         p = options_of(P.ReportParams, out=".", images=None if images is None else str(images),
-                    names=None if names is None else str(names), sample=sample, seed=seed,
-                    identity=identity)
+                       names=None if names is None else str(names), sample=sample, seed=seed,
+                       identity=identity)
         self.model = load_model(registry, model)
         self.params = p
         self.store = Store.open(str(store))
@@ -82,7 +95,6 @@ class ModelView:
                                       content.IMAGES_PER_GROUP, present)
         self.cards = content.cluster_cards(frame, present, p.seed, borders, self.sample,
                                            self.names, consistency(frame, p.identity))
-        self._xy = None
 
     @property
     def model_id(self) -> str:
