@@ -453,12 +453,14 @@ KEPT = {
     "label": "batches labelled before the fault are kept whole; the batch in progress was not "
              "written",
     "export": "the CSV was not written",
-    "report": "the store, model and labels are unchanged",
+    "report": "the store, model and labels are unchanged, and so is the report already in --out "
+              "(a report is swapped in whole)",
     "compare": "models registered before the fault are kept (none made current); labels are "
                "kept whole",
-    "promote": "the registry's current model is unchanged (it switches last); a successor's "
-               "labels written before the fault are kept whole",
-    "run": "steps finished before the fault are kept; the step in progress wrote nothing",
+    "promote": "the registry's current model is unchanged (it switches last), or the new one; "
+               "the next promote undoes or completes this one (REGISTRY/promote.json)",
+    "run": "steps finished before the fault are kept and recorded; the next run of the same "
+           "batch resumes at the step in progress",
     "demo": "steps finished before the fault are kept; the step in progress wrote nothing",
     "synth": "the case folder may be incomplete: remove it",
 }
