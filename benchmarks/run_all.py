@@ -10,7 +10,7 @@ ORDER = ["bench_commands", "bench_ingest", "bench_fit", "bench_outliers", "bench
          "bench_fit_memory", "bench_report", "bench_compare", "bench_pixels", "bench_case"]
 # sections written by their own scripts (compare_outliers.py) or measured by hand, collected as
 # they are
-STATIC = ["compare_outliers", "kernels"]
+STATIC = ["compare_outliers", "outlier_matrix", "kernels"]
 
 
 def main():
