@@ -41,10 +41,18 @@ class Browser:
         self.errors: list[str] = []
 
     def __enter__(self):
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__(None, None, None)  # no browser left behind
+            raise
+
+    def _start(self):
         import websocket
 
         self.profile.mkdir(parents=True, exist_ok=True)
         self.downloads.mkdir(parents=True, exist_ok=True)
+        (self.profile / "DevToolsActivePort").unlink(missing_ok=True)  # a profile used before
         self.proc = subprocess.Popen(
             [chromium_exe(), *FLAGS, f"--user-data-dir={self.profile}",
              f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],

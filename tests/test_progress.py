@@ -8,6 +8,7 @@ import dask
 import pytest
 
 from vclust.jobs import progress
+from vclust.report.heartbeat import Heartbeat
 
 LINE = re.compile(r"^work: ([\d,]+) of 1,000 rows \((\d+)%\) in \d+ s(, about \d+ s left)?$")
 
@@ -59,6 +60,6 @@ def test_progress_error_is_raised_not_hidden(local_client):
 
 def test_heartbeat_says_the_time_so_far():
     lines = []
-    with progress.Heartbeat(lines.append, "layout", every=0.05):
+    with Heartbeat(lines.append, "layout", every=0.05):
         time.sleep(0.3)
     assert lines and all(re.match(r"^layout: \d+ s so far$", x) for x in lines)

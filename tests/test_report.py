@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from vclust.jobs import steps as jobs
+from vclust.report import evidence
 from vclust.errors import InputError
 from vclust.storage.labels import export_csv, read_labels, read_names
 from vclust.numerics.metrics import identity_consistency
@@ -187,7 +188,7 @@ def test_report_opens_in_headless_chromium(report, tmp_path):
     assert total > 0
     assert int(body["data-images-loaded"]) == total and body["data-images-failed"] == "0", body
     assert int(body["data-map-points"]) == data["map"]["points"], body
-    assert int(body["data-map-points3d"]) == data["map"]["points"], body
+    assert body["data-map-points3d"] == "0", body  # drawn when its <details> is opened
 
 
 def test_report_acted_on_in_the_browser(report, tmp_path):
@@ -200,6 +201,30 @@ def test_report_acted_on_in_the_browser(report, tmp_path):
     with Browser(tmp_path) as b:
         b.open(out / "index.html")
         assert b.eval("document.body.dataset.errors") == "0", b.eval("document.body.dataset.errorText")
+        # the 3D map, drawn when opened
+        b.eval("document.querySelector('#map details').open = true")
+        b.wait_for(f"document.body.dataset.mapPoints3d === '{data['map']['points']}'")
+        # filters: one cluster, then the flagged rows of one reason, then all again
+        m = b.eval("({c: window.VCLUST_MAP.cluster, o: window.VCLUST_MAP.outlier, "
+                   "r: window.VCLUST_MAP.reason})")
+        k = data["clusters"][1]["id"]
+        b.eval(f"var s=document.getElementById('f-cluster'); s.value='{k}';"
+               "s.dispatchEvent(new Event('change'))")
+        assert int(b.wait_for("document.body.dataset.mapKept")) == m["c"].count(k)
+        reason = data["outliers"]["galleries"][0]["reason"]
+        b.eval("var s=document.getElementById('f-cluster'); s.value='';"
+               "s.dispatchEvent(new Event('change'));"
+               f"s=document.getElementById('f-reason'); s.value='{reason}';"
+               "s.dispatchEvent(new Event('change'))")
+        want = sum(1 for o, r in zip(m["o"], m["r"]) if o and r == reason)
+        assert want > 0
+        b.wait_for(f"document.body.dataset.mapKept === '{want}' && "
+                   f"document.body.dataset.mapPoints === '{want}'")  # the trace drawn, not hidden
+        b.eval("var s=document.getElementById('f-reason'); s.value='';"
+               "s.dispatchEvent(new Event('change'))")
+        b.wait_for(f"document.body.dataset.mapKept === '{len(m['c'])}' && "
+                   f"document.body.dataset.mapPoints === '{len(m['c'])}'")
+        b.eval("document.body.dataset.selected = ''")  # set again by the selection below
         # a box-shaped lasso over the middle of the 2D map
         r = b.rect("#map2d")
         cx, cy, h = r["x"] + r["w"] / 2, r["y"] + r["h"] / 2, min(r["w"], r["h"]) / 3
@@ -222,7 +247,7 @@ def test_report_acted_on_in_the_browser(report, tmp_path):
         assert b.wait_for("document.body.dataset.lightbox") == first
         near = b.eval("Array.from(document.querySelectorAll('#lightbox .lb-near figure.t'))"
                       ".map(f => f.dataset.id)")
-        assert len(near) == 6 and first not in near
+        assert len(near) == evidence.NEIGHBOURS and first not in near
         assert b.wait_for("Array.from(document.querySelectorAll('#lightbox img'))"
                           ".every(i => i.complete && i.naturalWidth > 0)")
         b.screenshot(tmp_path / "enlarged.png")

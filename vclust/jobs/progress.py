@@ -8,8 +8,8 @@ and one at the end::
 connected (a LocalCluster, SLURM, SSH or a scheduler) the tasks run as its futures and a row
 counts when its task's future completes (Dask's own progress on the cluster: the scheduler
 tells the client as each finishes); in this process (the threads scheduler) the scheduler's
-task callbacks count them. A phase that is one call with no parts (a UMAP layout) gets
-``Heartbeat``: the time so far every few seconds, and the time left when an estimate is given.
+task callbacks count them. A phase that is one call with no parts (the report's UMAP layout)
+says the time so far instead (vclust.report.heartbeat).
 """
 
 from __future__ import annotations
@@ -97,35 +97,3 @@ def compute(tasks, say, what: str, total: int, rows=None, rows_of=None,
 
     with _Count():
         return tuple(dask.compute(*tasks))
-
-
-class Heartbeat:
-    """``with Heartbeat(say, "report: umap map of 50,000 rows", expected=40):`` says the time so
-    far every ``every`` seconds while the block runs (with ``expected`` seconds, the time left
-    at that estimate)."""
-
-    def __init__(self, say, what: str, expected: float | None = None, every: float = 10.0):
-        self.say, self.what, self.expected, self.every = say, what, expected, every
-        self._stop = threading.Event()
-        self._thread = None
-
-    def _run(self):
-        t0 = time.perf_counter()
-        while not self._stop.wait(self.every):
-            el = time.perf_counter() - t0
-            if self.expected:
-                share = min(0.99, el / self.expected)
-                left = max(0.0, self.expected - el)
-                self.say(f"{self.what}: {el:.0f} s so far, about {share:.0%} by the estimate, "
-                         f"about {left:.0f} s left")
-            else:
-                self.say(f"{self.what}: {el:.0f} s so far")
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True, name="vclust-heartbeat")
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()

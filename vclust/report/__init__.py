@@ -130,19 +130,68 @@ def _image_rows(frame, near, thumbs, wanted) -> dict:
     return out
 
 
+def _cards(frame, model, z, s_labels, sample, names, params):
+    """(the cluster cards (content.cluster_cards) of the clusters that label rows, with their
+    identity consistency and, given a truth.csv, their known attributes; the identity
+    consistency over every row, or None)."""
+    import pandas as pd
+
+    from ..numerics.metrics import identity_consistency
+
+    present = content.present_clusters(frame)
+    borders = content.border_rows(z, s_labels, model.clusterer.cluster_centers_,
+                                  content.IMAGES_PER_GROUP, present)
+    consistency = None
+    groups = content.identity_of(frame["image_id"].to_numpy(), params.identity)
+    if groups is not None:
+        consistency = identity_consistency(frame["cluster"].to_numpy(), groups)
+        if consistency["overall"] is None:
+            consistency = None  # ids carry no identity (no folder holds two images)
+    cards = content.cluster_cards(frame, present, params.seed, borders, sample, names,
+                                  consistency)
+    if params.truth and Path(params.truth).exists():
+        truth = pd.read_csv(params.truth, dtype={"path": str}, keep_default_na=False)
+        truth["path"] = truth["path"].str.replace("\\", "/", regex=False)
+        readings = content.truth_readings(frame, truth)
+        for c in cards:
+            c["reading"] = readings.get(c["id"], "")
+    return cards, consistency
+
+
+def _galleries(frame, model, store, out, params, say):
+    """(outlier galleries, pixel galleries, pixel statistics or None, near-duplicates)."""
+    from .duplicates import near_duplicates, summary as dup_summary, tight_distance
+    from ..numerics.pixels import COLUMNS, PIXEL_REASONS
+    from ..storage.pixels import batches_with_pixels, read
+
+    galleries = content.outlier_galleries(frame, params.outliers, exclude=PIXEL_REASONS)
+    stats = read(store.path, 0, store.n_rows, COLUMNS) if batches_with_pixels(store) else None
+    pixel_galleries = content.pixel_galleries(frame, stats, params.pixel_images)
+    tight = tight_distance(model, params.duplicate_ratio)
+    # outliers are left out: glare and empty frames are alike by nature (their own galleries
+    # show them), so among them "near-duplicate" says nothing (the demo's groups were all such)
+    dup_groups = near_duplicates(frame[~frame["is_outlier"].to_numpy(bool)], tight)
+    dup_groups.to_csv(out / "near_duplicates.csv", index=False)
+    dups = {**dup_summary(dup_groups, len(frame), len(model.outliers.ref_rows_), tight,
+                          params.duplicate_ratio),
+            "table": "near_duplicates.csv",
+            "shown": content.duplicate_gallery(dup_groups, {}, params.pixel_images)}
+    say(f"report: {dups['groups']} near-duplicate groups of {dups['rows']} rows "
+        f"({dups['share']:.2%}) within distance {tight:.3g}")
+    return galleries, pixel_galleries, stats, dups
+
+
 def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None) -> dict:
     """Write the report of ``model`` (its labels in ``labels_dir``) to ``params.out``.
 
     ``params`` is a ``vclust.params.ReportParams``; ``inputs`` what ``open_inputs`` returned,
     when the caller checked them already. Returns the report dict (report.json).
     """
-    import pandas as pd
-
     from .. import __version__
     from ..storage.images import write_thumbnails
     from ..storage.labels import read_labels
     from ..numerics.maps import choose_method, embed_2d_3d
-    from ..numerics.metrics import identity_consistency
+    from ..numerics.pixels import PIXEL_REASONS
     from ..storage.store import Store
     from .page import write_page
     from .static import clusters_md, map_png
@@ -166,48 +215,13 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     s_labels = s_frame["cluster"].to_numpy()
     say(f"report: {len(sample):,} map rows read and reduced")
 
-    present = content.present_clusters(frame)
-    borders = content.border_rows(z, s_labels, model.clusterer.cluster_centers_,
-                                  content.IMAGES_PER_GROUP, present)
-    consistency = None
-    groups = content.identity_of(frame["image_id"].to_numpy(), params.identity)
-    if groups is not None:
-        consistency = identity_consistency(frame["cluster"].to_numpy(), groups)
-        if consistency["overall"] is None:
-            consistency = None  # ids carry no identity (no folder holds two images)
-    cards = content.cluster_cards(frame, present, params.seed, borders, sample, names,
-                                  consistency)
-    if params.truth and Path(params.truth).exists():
-        truth = pd.read_csv(params.truth, dtype={"path": str}, keep_default_na=False)
-        truth["path"] = truth["path"].str.replace("\\", "/", regex=False)
-        readings = content.truth_readings(frame, truth)
-        for c in cards:
-            c["reading"] = readings.get(c["id"], "")
+    cards, consistency = _cards(frame, model, z, s_labels, sample, names, params)
     frame = _with_z(frame, model, store, say)
-    from .duplicates import near_duplicates, summary as dup_summary, tight_distance
-    from ..numerics.pixels import COLUMNS, PIXEL_REASONS
-    from ..storage.pixels import batches_with_pixels, read
-
-    galleries = content.outlier_galleries(frame, params.outliers, exclude=PIXEL_REASONS)
-    stats = None
-    if batches_with_pixels(store):
-        stats = read(store.path, 0, store.n_rows, COLUMNS)
-    pixel_galleries = content.pixel_galleries(frame, stats, params.pixel_images)
-    tight = tight_distance(model, params.duplicate_ratio)
-    # outliers are left out: glare and empty frames are alike by nature (their own galleries
-    # show them), so among them "near-duplicate" says nothing (the demo's groups were all such)
-    dup_groups = near_duplicates(frame[~frame["is_outlier"].to_numpy(bool)], tight)
-    dup_groups.to_csv(out / "near_duplicates.csv", index=False)
-    dups = {**dup_summary(dup_groups, len(frame), len(model.outliers.ref_rows_), tight,
-                          params.duplicate_ratio),
-            "table": "near_duplicates.csv",
-            "shown": content.duplicate_gallery(dup_groups, {}, params.pixel_images)}
-    say(f"report: {dups['groups']} near-duplicate groups of {dups['rows']} rows "
-        f"({dups['share']:.2%}) within distance {tight:.3g}")
+    galleries, pixel_galleries, stats, dups = _galleries(frame, model, store, out, params, say)
 
     t_map = time.perf_counter()
     method = choose_method(params.map_method, len(z))
-    from ..jobs.progress import Heartbeat
+    from .heartbeat import Heartbeat
 
     # a layout is one call with no parts to count: the time so far while it runs
     with Heartbeat(say, f"report: {method} map of {len(z):,} rows (2D and 3D) running"):

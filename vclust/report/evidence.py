@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 #: neighbours shown beside an enlarged image
-NEIGHBOURS = 6
+NEIGHBOURS = 5
 
 
 def _rows_in_model_space(model, store, rows: np.ndarray):

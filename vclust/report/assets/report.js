@@ -250,13 +250,21 @@
     var per = {}, outl = 0;
     idx.forEach(function (i) { per[M.cluster[i]] = (per[M.cluster[i]] || 0) + 1; if (M.outlier[i]) outl += 1; });
     var withThumb = idx.filter(function (i) { return M.thumb[i] >= 0; });
-    withThumb.sort(function (a, b) { return M.cluster[a] - M.cluster[b] || a - b; });
-    var shown = withThumb.slice(0, SHOW);
+    // shared out between the selection's clusters, largest first, in turn (round robin)
+    var lists = {};
+    withThumb.forEach(function (i) { (lists[M.cluster[i]] = lists[M.cluster[i]] || []).push(i); });
+    var order = Object.keys(lists).sort(function (a, b) { return per[b] - per[a] || a - b; });
+    var shown = [], round = 0;
+    while (shown.length < Math.min(SHOW, withThumb.length)) {
+      order.forEach(function (k) { if (shown.length < SHOW && lists[k][round] !== undefined) shown.push(lists[k][round]); });
+      round += 1;
+    }
+    shown.sort(function (a, b) { return per[M.cluster[b]] - per[M.cluster[a]] || M.cluster[a] - M.cluster[b] || a - b; });
     var parts = Object.keys(per).map(Number).sort(function (a, b) { return per[b] - per[a]; })
       .map(function (k) { return '<span class="swatch" style="background:' + colour(k) + '"></span>' + esc(clusterName(k)) + ": " + per[k]; });
     box.innerHTML = "<h3>" + idx.length + " points selected</h3><p class=\"hint\">" + parts.join(" · ") +
       (outl ? " · " + outl + " flagged as outliers" : "") + "<br>" + withThumb.length +
-      " of them have a thumbnail" + (withThumb.length > SHOW ? "; the first " + SHOW + " by cluster shown" : "") +
+      " of them have a thumbnail" + (withThumb.length > SHOW ? "; " + SHOW + " shown, shared between their clusters" : "") +
       ". Click one to enlarge it.</p><div class=\"strip\">" +
       shown.map(function (i) { return figure(M.id[i], clusterName(M.cluster[i])); }).join("") + "</div>";
     body.dataset.selectedShown = shown.length;
@@ -293,17 +301,21 @@
         showSelection(ev && ev.points ? ev.points.map(function (p) { return p.customdata; }) : []);
       });
       gd.on("plotly_deselect", function () { showSelection([]); });
-      mark();
-      return Plotly.newPlot(d3, traces(3), l3, cfg);
-    }).then(function (gd) {
-      d3.dataset.drawn = "1";
-      state.points3d = count(gd);
-      gd.on("plotly_hover", showHover); gd.on("plotly_unhover", hideHover);
       state.mapDone = true; mark();
     }).catch(function (e) { errors.push("map: " + e); state.mapDone = true; mark(); });
-    // the 3D map sits in a closed <details>: drawn at once, resized when opened
+    // the 3D map sits in a closed <details>, drawn when first opened: the page is usable
+    // (2D map, cards, galleries) without waiting for it
     var det = d3.closest("details");
-    if (det) det.addEventListener("toggle", function () { if (det.open) Plotly.Plots.resize(d3); });
+    function draw3d() {
+      if (d3.dataset.drawn) { Plotly.Plots.resize(d3); return; }
+      d3.dataset.drawn = "1";
+      Plotly.newPlot(d3, traces(3), l3, cfg).then(function (gd) {
+        state.points3d = count(gd);
+        gd.on("plotly_hover", showHover); gd.on("plotly_unhover", hideHover);
+        mark();
+      }).catch(function (e) { errors.push("3D map: " + e); mark(); });
+    }
+    if (det) det.addEventListener("toggle", function () { if (det.open) draw3d(); });
   }
 
   window.VCLUST_PAGE = { select: showSelection, open: openImage, namesCsv: namesCsv };
