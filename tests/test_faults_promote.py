@@ -247,3 +247,33 @@ def test_only_ids_that_label_rows_are_listed_to_name(fresh):
     assert len(listed) == (1 if res["names"]["new"] else 0)
     mapping_ids = {int(v) for v in res["mapping"].values()}
     assert len(labelled) < len(mapping_ids)  # the case has ids that label no row
+
+
+def test_promote_on_an_s3_registry_and_labels(built, s3_bucket):
+    """The same transaction on an object store: the lock a conditional PUT, the journal one
+    object; a renumbering promote, then the same promote again changing nothing."""
+    from vclust.jobs import steps as jobs
+    from vclust.model.bundle import Model
+    from vclust.model.registry import save_model
+
+    from .test_s3 import bucket_keys, cli
+
+    reg, labels = f"{s3_bucket}/reg", f"{s3_bucket}/labels"
+    local = Registry(built["root"] / "registry")
+    ids = {}
+    for name in ("A", "B"):
+        model = Model.load(local.path(built["ids"][name]))
+        _, ids[name] = save_model(model, registry=reg, make_current=False,
+                                  model_id=built["ids"][name])
+        jobs.label(built["root"] / "store", model, labels, batches=["b0"])
+    for name in ("A", "B"):
+        out = cli(["promote", "--registry", reg, "--labels", labels, ids[name]])
+        assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["renumbered"] and Registry(reg).current() == res["model"]
+    again = cli(["promote", "--registry", reg, "--labels", labels, ids["B"]])
+    assert again.returncode == 0 and json.loads(again.stdout)["unchanged"], again.stderr
+    keys = bucket_keys(s3_bucket)
+    assert "reg/promote.json" not in keys and not any(k.startswith("reg/registry.lock/")
+                                                     for k in keys)
+    assert len([k for k in keys if k.endswith("/manifest.json")]) == 3  # A, B, B's successor
