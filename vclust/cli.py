@@ -77,9 +77,7 @@ def _connect(args, say, here=None, paths=None):
     from .jobs.cluster import connect
 
     if here is None or args.scheduler or args.cluster or os.environ.get("VCLUST_SCHEDULER"):
-        # a cluster: distributed enters dask's modules from other places than dask.array does,
-        # so not beside the import thread
-        imports.wait()
+        imports.wait()  # distributed enters dask from elsewhere than dask.array: not at once
 
     return connect(args.scheduler, args.cluster, announce=say,
                    timeout=getattr(args, "scheduler_timeout", None), here=here, paths=paths)
@@ -142,9 +140,9 @@ def _prefetch(*modules):
 
 def cmd_fit(args, say):
     from .jobs import steps as jobs
+    from .model.registry import check_registry
 
-    # zarr first (the store's read needs it first), then dask.array: the rows, once read, are
-    # handed to the preprocessing as a dask array
+    # zarr first (the read needs it), then dask.array (the rows go on as a dask array)
     _prefetch("zarr", "dask.array", "vclust.numerics.preprocess", "vclust.numerics.algorithms",
               "vclust.numerics.metrics", "vclust.numerics.drift")
     p = params_from_args(FitParams, args)
@@ -155,8 +153,6 @@ def cmd_fit(args, say):
             raise InputError(f"{args.model}: exists; models are never overwritten, pick a new "
                              "--model path")
     else:  # the registry usable, before the work too
-        from .model.registry import check_registry
-
         check_registry(args.registry)
     with _connect(args, say, here=jobs.fit_here(args.store, p), paths={"store": args.store}):
         model = jobs.fit(args.store, p, say=say)
