@@ -271,6 +271,7 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
     np.testing.assert_array_equal(first.ref_rows_, second.ref_rows_)
     for name in ("knn_norm_", "lof_norm_", "kdist_", "lrd_"):
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name), err_msg=name)
-    assert first._index_params == second._index_params
-    for key, a in first._index_arrays.items():
-        np.testing.assert_array_equal(second._index_arrays[key], a, err_msg=key)
+    (p1, a1), (p2, a2) = first.ref_index_.state(), second.ref_index_.state()
+    assert p1 == p2
+    for key, a in a1.items():
+        np.testing.assert_array_equal(a2[key], a, err_msg=key)
