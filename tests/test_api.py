@@ -15,8 +15,9 @@ from vclust import api
 from vclust.errors import InputError
 from vclust.synth import generate_case
 
-# a minute or more on 2 cores: the commands and the API each fit, label and compare once
-pytestmark = pytest.mark.slow
+# a minute or more on 2 cores: the commands and the API each fit, label and compare once (on a
+# machine shared with other work the module took 140-270 s: the suite's 300 s is too tight)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 VCLUST = [sys.executable, "-m", "vclust", "-q"]
 DESCRIPTOR = "vdc_type+vdc_color"
