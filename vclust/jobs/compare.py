@@ -267,7 +267,12 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     say(f"compare: {store.n_rows:,} rows; sets {', '.join(names)}; specs "
         f"{', '.join(params.descriptors)}; algorithms {', '.join(params.algorithms)}; "
         f"k {params.k_range}")
-    # pynndescent compiles its kernels on a client thread while the workers reduce and cluster
+    # pynndescent compiles its kernels on a client thread while the workers reduce and cluster;
+    # it is imported here first: two threads importing at once can see a module half made
+    # (vclust.imports; this thread imports scikit-learn meanwhile)
+    from ..numerics.annindex import enable_numba_cache
+
+    enable_numba_cache()
     warming = threading.Thread(target=warm_up, name="vclust-pynndescent-warm-up", daemon=True)
     warming.start()
     log = out / "reads.log"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
@@ -31,22 +32,32 @@ class ImageRefused(ValueError):
     """A picture refused before (or as) it is decoded: the message says why."""
 
 
-_BOMB_FILTER = []
+_READY: list = []
+_READY_LOCK = threading.Lock()
+
+
+def _pillow():
+    """``PIL.Image``, its format plugins imported once, by one thread (threads decoding at
+    once would otherwise import them side by side: vclust.imports says why not), and its
+    DecompressionBombWarning (at 89 M pixels) silenced: every picture it would warn about is
+    refused by ``open_image`` first (``MAX_PIXELS`` is lower)."""
+    from PIL import Image
+
+    if not _READY:
+        with _READY_LOCK:
+            if not _READY:
+                import warnings
+
+                Image.init()
+                warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+                _READY.append(True)
+    return Image
 
 
 def open_image(data: bytes):
     """``PIL.Image.open`` of ``data`` with the bounds of the module docstring checked on its
-    header, before anything is decoded; raises ImageRefused (the reason) or Pillow's errors.
-
-    Pillow's own DecompressionBombWarning (at 89 M pixels) is silenced once per process: every
-    picture it would warn about is refused here first (``MAX_PIXELS`` is lower)."""
-    import warnings
-
-    from PIL import Image
-
-    if not _BOMB_FILTER:
-        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-        _BOMB_FILTER.append(True)
+    header, before anything is decoded; raises ImageRefused (the reason) or Pillow's errors."""
+    Image = _pillow()
     try:
         im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:  # over twice Pillow's limit: a bomb
