@@ -2,7 +2,7 @@
 cannot import name '_MetadataRequester' from partially initialized module
 'sklearn.utils._metadata_requests'": scikit-learn was imported on a helper thread (through
 pynndescent) while another thread imported modules that import it. Imports that can meet half
-made must not run on two threads at once (vclust.imports: one import thread, and the other
+made must not run on two threads at once (vclust.jobs.imports: one import thread, and the other
 threads wait for it).
 
 The stress: real in-process `vclust fit` runs (GMM, so the fit itself imports scikit-learn; the
@@ -73,7 +73,7 @@ def test_no_two_threads_import_one_package_at_once_during_a_fit(fitted, tmp_path
 
 
 def test_background_imports_run_in_order_on_one_thread():
-    from vclust import imports
+    from vclust.jobs import imports
 
     seen = []
 

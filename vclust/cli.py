@@ -73,7 +73,7 @@ def print_metrics(model, file=sys.stdout):
 
 
 def _connect(args, say, here=None, paths=None):
-    from . import imports
+    from .jobs import imports
     from .jobs.cluster import connect
 
     if here is None or args.scheduler or args.cluster or os.environ.get("VCLUST_SCHEDULER"):
@@ -131,9 +131,9 @@ def _prefetch(*modules):
     """Import ``modules`` in the background while the command opens its inputs: dask.array
     is slow to import (with numba, which it imports through pydata-sparse), and the store's
     first reads wait on the disk, not on Python (benchmarks/RESULTS.md, figures behind the
-    code). On vclust's one import thread (vclust.imports: two threads importing at once can
+    code). On vclust's one import thread (vclust.jobs.imports: two threads importing at once can
     see a module half made)."""
-    from . import imports
+    from .jobs import imports
 
     imports.background(*modules)
 

@@ -269,7 +269,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
         f"k {params.k_range}")
     # pynndescent compiles its kernels on a client thread while the workers reduce and cluster;
     # it is imported here first: two threads importing at once can see a module half made
-    # (vclust.imports; this thread imports scikit-learn meanwhile)
+    # (vclust.jobs.imports; this thread imports scikit-learn meanwhile)
     from ..numerics.annindex import enable_numba_cache
 
     enable_numba_cache()

@@ -150,7 +150,7 @@ MAX_YAML_DEPTH = 64  # nested collections in a job spec or cluster config
 MAX_YAML_NODES = 100_000  # values once every alias is expanded (a spec has a few hundred)
 
 
-class _YAMLLimit(Exception):
+class YAMLLimit(Exception):
     pass
 
 
@@ -167,7 +167,7 @@ class _LimitedLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                raise _YAMLLimit(f"nested deeper than {MAX_YAML_DEPTH} levels")
+                raise YAMLLimit(f"nested deeper than {MAX_YAML_DEPTH} levels")
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -192,7 +192,7 @@ def _expanded_size(node, memo: dict) -> int:
 
 def safe_yaml(text: str):
     """``yaml.safe_load`` within the limits of ``_LimitedLoader``; raises yaml.YAMLError, or
-    _YAMLLimit with the limit crossed."""
+    YAMLLimit with the limit crossed."""
     loader = _LimitedLoader(text)
     try:
         node = loader.get_single_node()
@@ -200,7 +200,7 @@ def safe_yaml(text: str):
             return None
         size = _expanded_size(node, {})
         if size > MAX_YAML_NODES:
-            raise _YAMLLimit(f"its aliases expand to {size:,} values, more than "
+            raise YAMLLimit(f"its aliases expand to {size:,} values, more than "
                              f"{MAX_YAML_NODES:,}")
         return loader.construct_document(node)
     finally:
@@ -218,7 +218,7 @@ def load_yaml(path) -> dict:
         data = safe_yaml(path.read_text()) or {}
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text file (binary content); expected YAML") from None
-    except _YAMLLimit as exc:
+    except YAMLLimit as exc:
         raise InputError(f"{path}: refused: {exc}; a job spec or cluster config is a few "
                          "levels of keys") from None
     except yaml.YAMLError as exc:

@@ -133,7 +133,7 @@ def _prepare_outliers(scorer, raw, n, rows):
     a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
     projection, the clustering's products) oversubscribes the cores, and its waiting threads
     then cost far more than the work (benchmarks/RESULTS.md, figures behind the code)."""
-    from .. import imports
+    from . import imports
     from ..numerics.blocks import one_blas_thread
     from ..storage import indexcache
 
@@ -154,7 +154,7 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .. import imports
+    from . import imports
     from ..model.core import build_model, check_rows, fit_partition
     from ..storage import indexcache
     from ..numerics.annindex import enable_numba_cache

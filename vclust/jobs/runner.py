@@ -27,7 +27,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from .config import _YAMLLimit, format_validation_error, load_yaml, safe_yaml
+from .config import YAMLLimit, format_validation_error, load_yaml, safe_yaml
 from ..errors import EXIT_DRIFT, InputError
 from .params import (
     CompareParams,
@@ -108,7 +108,7 @@ def parse_spec(data: dict, where: str, overrides=()) -> JobSpec:
         key, value = item.split("=", 1)
         try:
             parsed = safe_yaml(value)
-        except (yaml.YAMLError, _YAMLLimit) as exc:
+        except (yaml.YAMLError, YAMLLimit) as exc:
             raise InputError(f"--set {key.strip()}: the value is not valid YAML "
                              f"({str(exc).splitlines()[0]})") from None
         _set_path(data, key.strip(), parsed)

@@ -38,7 +38,7 @@ _READY_LOCK = threading.Lock()
 
 def _pillow():
     """``PIL.Image``, its format plugins imported once, by one thread (threads decoding at
-    once would otherwise import them side by side: vclust.imports says why not), and its
+    once would otherwise import them side by side: vclust.jobs.imports says why not), and its
     DecompressionBombWarning (at 89 M pixels) silenced: every picture it would warn about is
     refused by ``open_image`` first (``MAX_PIXELS`` is lower)."""
     from PIL import Image
@@ -91,10 +91,10 @@ def decode_thumbnail(data: bytes, size: Sequence[int] = THUMB_SIZE):
     -------
     PIL.Image.Image or None
     """
-    return _decode_thumbnail(data, size)[0]
+    return decode_with_reason(data, size)[0]
 
 
-def _decode_thumbnail(data: bytes, size):
+def decode_with_reason(data: bytes, size):
     """(picture or None, why it is None)."""
     size = (int(size[0]), int(size[1]))
     try:

@@ -61,9 +61,9 @@ from pathlib import Path
 from ..errors import InputError
 # what callers import from here
 from .decode import (MAX_PIXELS, PLACEHOLDER_GREY, THUMB_SIZE, TILE_SIZE,  # noqa: F401
-                     ImageRefused, _decode_thumbnail, decode_thumbnail, montage, open_image,
+                     ImageRefused, decode_with_reason, decode_thumbnail, montage, open_image,
                      placeholder)
-from .zipdir import _CDIR, _CDIR_LENS, _central_directory, _inflate, _zip64_extra
+from .zipdir import CDIR, CDIR_LENS, central_directory, inflate, zip64_extra
 
 log = logging.getLogger(__name__)
 
@@ -207,12 +207,12 @@ class ImageSource:
         objects besides the index itself.
         """
         try:
-            cd, base = _central_directory(self._fp)
+            cd, base = central_directory(self._fp)
         except (ValueError, struct.error, OSError) as exc:
             raise InputError(f"images {self.path}: is not a zip file or a folder of images "
                              f"({exc})") from None
         index: dict = {}
-        lens = _CDIR_LENS.unpack_from
+        lens = CDIR_LENS.unpack_from
         pos, end, n = 0, len(cd), 0
         try:
             while pos < end:
@@ -283,10 +283,10 @@ class ImageSource:
         """An entry's bytes, CRC checked. Stored and deflated entries are read directly; other
         methods through ``zipfile`` (opened on first need)."""
         (_, _, _, flags, method, _, _, crc, csize, usize, nlen, elen, _, _, _, _,
-         offset) = _CDIR.unpack_from(self._cd, at)
+         offset) = CDIR.unpack_from(self._cd, at)
         if 0xFFFFFFFF in (csize, usize, offset):
             extra = self._cd[at + 46 + nlen:at + 46 + nlen + elen]
-            csize, usize, offset = _zip64_extra(extra, csize, usize, offset)
+            csize, usize, offset = zip64_extra(extra, csize, usize, offset)
         offset += self._base
         if flags & 0x1:
             raise ValueError("encrypted entry")
@@ -312,7 +312,7 @@ class ImageSource:
         if len(data) < csize:
             raise ValueError("entry cut short")
         if method == zipfile.ZIP_DEFLATED:
-            data = _inflate(data, usize)
+            data = inflate(data, usize)
         if len(data) != usize or zlib.crc32(data) != crc:
             raise ValueError("bad CRC or size")
         return data
@@ -458,7 +458,7 @@ def _thumbnail_status(source: ImageSource, image_id, size):
     status, data, why = source.fetch_why(image_id)
     if data is None:
         return status, None, why
-    img, why = _decode_thumbnail(data, size)
+    img, why = decode_with_reason(data, size)
     if img is None:
         log.info("images: cannot decode %s from %s: %s", image_id, source.path, why)
         return _UNREADABLE, None, why

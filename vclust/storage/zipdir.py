@@ -7,11 +7,11 @@ import os
 import struct
 import zlib
 
-_CDIR = struct.Struct("<IHHHHHHIIIHHHHHII")  # a central directory file header (46 bytes)
-_CDIR_LENS = struct.Struct("<HHH")  # its name, extra and comment lengths, at byte 28
+CDIR = struct.Struct("<IHHHHHHIIIHHHHHII")  # a central directory file header (46 bytes)
+CDIR_LENS = struct.Struct("<HHH")  # its name, extra and comment lengths, at byte 28
 
 
-def _central_directory(fp) -> tuple[bytes, int]:
+def central_directory(fp) -> tuple[bytes, int]:
     """The central directory's bytes and the offset to add to its entries' header offsets
     (non-zero when data was prepended to the zip, as in self-extracting archives).
 
@@ -50,7 +50,7 @@ def _central_directory(fp) -> tuple[bytes, int]:
     return cd, cd_start - cd_offset
 
 
-def _zip64_extra(extra: bytes, csize: int, usize: int, offset: int) -> tuple[int, int, int]:
+def zip64_extra(extra: bytes, csize: int, usize: int, offset: int) -> tuple[int, int, int]:
     """Sizes and header offset from a zip64 extra field (only the fields saturated at
     0xFFFFFFFF are in it, in the order uncompressed size, compressed size, offset)."""
     pos = 0
@@ -69,7 +69,7 @@ def _zip64_extra(extra: bytes, csize: int, usize: int, offset: int) -> tuple[int
     return csize, usize, offset
 
 
-def _inflate(data: bytes, usize: int) -> bytes:
+def inflate(data: bytes, usize: int) -> bytes:
     """A raw deflate stream inflated to at most ``usize + 1`` bytes: a stream that holds more
     than its header's ``usize`` is refused having produced one byte past it, never inflated
     whole (a 510 KB entry claiming 1,000 bytes holds about 1,000 MB)."""

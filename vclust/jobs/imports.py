@@ -12,7 +12,7 @@ made (``ImportError: cannot import name '_MetadataRequester' from partially init
   it (``wait``: all queued work; ``wait_for(name)``: a module queued, and what was queued
   before it).
 
-    from vclust import imports
+    from vclust.jobs import imports
     imports.background("zarr", "dask.array")     # returns at once
     imports.wait_for("zarr")                     # then `import zarr` here is a dict lookup
     imports.background(enable_numba_cache)       # a callable that imports runs there too
