@@ -15,6 +15,10 @@ import yaml
 from tests.clusters import (FIT_ARGS, VCLUST, local_reference, read_labels_frame,  # noqa: F401
                             slurm_node, vclust)
 
+# a module fixture runs whole commands on the cluster (and the first one the LocalCluster
+# reference): minutes on a loaded 2-core machine, more than the suite's 300 s per test
+pytestmark = pytest.mark.timeout(900)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -155,7 +159,11 @@ def test_the_nightly_job_submitted_with_sbatch(slurm_node, local_reference, tmp_
     store = tmp_path / "store"
     shutil.copytree(local_reference.store, store)
     _, model_id = save_model(Model.load(local_reference.model), registry=tmp_path / "registry")
+    # inside its one-core job the night runs on threads (a spec's cluster key, as a user may)
+    (tmp_path / "threads.yaml").write_text("kind: local\nprocesses: false\nn_workers: 1\n"
+                                           "threads_per_worker: 1\ndashboard_address: null\n")
     spec = {"name": "nightly", "steps": ["ingest", "label"], "store": str(store),
+            "cluster": str(tmp_path / "threads.yaml"),
             "registry": str(tmp_path / "registry"), "labels": str(tmp_path / "labels"),
             "ingest": {"sources": local_reference.batch2[:1], "ids": local_reference.batch2[1],
                        "batch": "b2"}}

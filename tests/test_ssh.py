@@ -14,6 +14,10 @@ import yaml
 from tests.clusters import (FIT_ARGS, _free_port, local_reference,  # noqa: F401
                             read_labels_frame, ssh_server, vclust)
 
+# a module fixture runs whole commands on the cluster (and the first one the LocalCluster
+# reference): minutes on a loaded 2-core machine, more than the suite's 300 s per test
+pytestmark = pytest.mark.timeout(900)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
