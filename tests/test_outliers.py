@@ -219,6 +219,7 @@ def _real_sets():
     return sets
 
 
+@pytest.mark.slow  # about a minute on 2 cores (13 sets fitted and scored, exact 10-NN)
 def test_real_sets_auc_not_below_exact_knn(figure):
     """On every real set vclust's ROC-AUC is at least exact 10-NN's minus 0.01, and on average
     at least exact 10-NN's. Both run here, on the rows as each set gives them: the peer on X,
@@ -257,6 +258,7 @@ def test_same_score_whatever_chunking_and_workers(synth_reduced, fitted, local_c
         _same_scores([a.compute() for a in (s, f, r)], ref, fitted.threshold_)
 
 
+@pytest.mark.slow  # pynndescent's own driver compiled in this process: minutes on 2 cores
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_cached_nn_descent_driver_builds_pynndescents_graph(n_jobs):
     """vclust.numerics.nndescent swaps in a cacheable copy of pynndescent's NN-descent driver:
