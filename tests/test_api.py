@@ -145,6 +145,9 @@ def test_comparison_tables_equal_the_command(case):
                                   cli.proposal.drop(columns="model_id"))
     assert spec_api[mine.proposed] == spec_cli[cli.proposed]
     assert len(mine.proposal) == len(SPECS)
+    kept = api.models(case["api"]["cregistry"])  # registered, none made current
+    assert sorted(kept.index) == sorted(mine.proposal["model_id"]) and not kept["current"].any()
+    assert sorted(kept["descriptor"]) == sorted(SPECS) and kept["k"].isin([3, 4]).all()
     a, b = mine.proposal["model_id"][:2]
     t = mine.contingency(a, b)
     assert t.to_numpy().sum() == 2000 and mine.contingency(b, a).shape == t.shape[::-1]
@@ -174,6 +177,7 @@ def test_bad_options_raise_the_errors_the_commands_exit_2_with(case, tmp_path):
     with pytest.raises(InputError, match="no cluster 17"):
         api.labels(case["api"]["labels"], registry=case["api"]["registry"], names=bad)
     assert not (tmp_path / "r").exists() and not (tmp_path / "o").exists()
+    assert api.models(case["api"]["registry"])["current"].tolist() == [True]
     table = api.partitions(registry=case["api"]["registry"])
     assert table["k"].tolist() == [4, 5] and table["chosen"].sum() == 1
     assert np.isfinite(table["calinski_harabasz"]).all()

@@ -17,6 +17,7 @@ call and a command with the same options write the same store, models, labels an
     view.card(3)                                   # nearest, random and border images, inline
     view.outliers()                                # a gallery per outlier reason, inline
     view.map()                                     # a Plotly figure
+    api.models("data/registry")                    # the registry's models, which is current
     api.promote("data/registry", cmp.proposed, labels_dir="data/labels", names="names.csv")
     api.labels("data/labels", registry="data/registry", names="names.csv")   # one model's rows
     api.export("data/labels", "best_partition.csv", registry="data/registry", names="names.csv")
@@ -34,9 +35,9 @@ the OSError or distributed error behind it (the command's exit 4). Progress goes
 """
 
 from .commands import compare, export, fit, info, ingest, label, pixels, promote, synth
-from .tables import Comparison, clusters, labels, partitions, read_comparison
+from .tables import Comparison, clusters, labels, models, partitions, read_comparison
 from .views import ClusterCard, Gallery, ModelView, view
 
 __all__ = ["Comparison", "ClusterCard", "ModelView", "Gallery", "clusters", "compare",
-           "export", "fit", "info", "ingest", "label", "labels", "partitions", "pixels", "promote",
-           "read_comparison", "synth", "view"]
+           "export", "fit", "info", "ingest", "label", "labels", "models", "partitions",
+           "pixels", "promote", "read_comparison", "synth", "view"]

@@ -139,6 +139,37 @@ def labels(labels_dir, *, registry=None, model=None, names=None, columns=None):
     return frame
 
 
+def models(registry):
+    """The models of a registry, one row each, oldest first: which is current, when it was
+    made, its descriptor sets (the spec), algorithm and k.
+
+    Parameters
+    ----------
+    registry : str or path-like
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by model id: current, created, descriptor, algorithm, k.
+    """
+    import pandas as pd
+
+    from ..model.registry import Registry
+
+    reg = Registry(str(registry))
+    current = reg.current()
+    rows = []
+    for model_id in reg.list():
+        manifest = json.loads((reg.path(model_id) / "manifest.json").read_text())
+        fit = manifest.get("fit") or {}
+        rows.append({"model_id": model_id, "current": model_id == current,
+                     "created": manifest.get("created"),
+                     "descriptor": fit.get("spec") or "+".join(manifest.get("descriptors", [])),
+                     "algorithm": fit.get("algorithm"), "k": manifest.get("chosen_k")})
+    cols = ["model_id", "current", "created", "descriptor", "algorithm", "k"]
+    return pd.DataFrame(rows, columns=cols).set_index("model_id")
+
+
 def partitions(*, registry=None, model=None):
     """The partitions a fit tried: one row per k (and algorithm) with Calinski-Harabasz,
     Davies-Bouldin, silhouette and the within-cluster sum of squares; ``chosen`` marks the k
