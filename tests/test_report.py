@@ -20,7 +20,9 @@ import pytest
 from vclust.jobs import steps as jobs
 from vclust.report import evidence
 from vclust.errors import InputError
-from vclust.storage.labels import export_csv, read_labels, read_names
+from vclust.storage.export import export_csv
+from vclust.storage.labels import read_labels
+from vclust.storage.names import read_names
 from vclust.numerics.metrics import identity_consistency
 from vclust.jobs.params import FitParams, IngestParams, PixelsParams, ReportParams
 from vclust.synth import generate_case
@@ -462,3 +464,31 @@ def test_report_of_a_model_with_gaps_in_its_ids(fitted, tmp_path):
     page = _parse((tmp_path / "r" / "index.html").read_text())
     assert sorted(page.cards) == [0, 2, 4, 6, 8, 10]
     assert "k = 6" in (tmp_path / "r" / "index.html").read_text()
+
+
+def test_z_asked_of_the_index_is_the_z_behind_the_stored_score(fitted):
+    """The combined z the report asks of the outlier index (where the float32 score rounds to 1)
+    is the labelling's own: for rows whose score still has its digits, the two agree; rows read
+    once for the map (evidence.Rows) give the same answers as rows read again."""
+    import dask
+
+    from vclust.report import content
+    from vclust.storage.store import Store
+
+    model, store = fitted["model"], Store.open(fitted["store"])
+    frame = read_labels(fitted["labels"], model=model.model_id).sort_values("row", ignore_index=True)
+    rows = frame["row"].to_numpy()[::7]
+    z_stored = content.z_of_score(frame["outlier_score"].to_numpy()[::7])
+    asked = evidence.row_evidence(model, store, frame, rows, exact_z_rows=rows)
+    z_asked = np.array([asked["z"][int(r)] for r in rows])
+    keep = z_stored < 14  # 1 - score above about 1e-5: the float32 score has the digits
+    assert keep.sum() > 300 and (~keep).sum() > 0
+    np.testing.assert_allclose(z_asked[keep], z_stored[keep], atol=1e-3)
+    assert (z_asked[~keep] > 13).all()
+    sample = content.map_sample(frame, 1000, 0)
+    raw = {d: store.descriptors(d)[sample] for d in model.descriptors}
+    z, raw = dask.compute(model.reduce(raw), raw)
+    again = evidence.row_evidence(model, store, frame, rows, exact_z_rows=rows,
+                                  known=evidence.Rows(sample, raw, z))
+    assert (again["neighbours"] == asked["neighbours"]).all()
+    assert again["z"] == pytest.approx(asked["z"])

@@ -42,7 +42,7 @@ def open_inputs(model, params):
     the image source (a zip that is not a zip, a missing folder), the output folder. Returns
     (names, image source or None)."""
     from ..storage.images import ImageSource
-    from ..storage.labels import read_names
+    from ..storage.names import read_names
 
     names = read_names(params.names, int(model.clusterer.n_clusters_)) if params.names else {}
     source = ImageSource(params.images) if params.images else None
@@ -73,14 +73,15 @@ def worker_submit():
     return submit
 
 
-def _with_z(frame, model, store, say):
+def _with_z(frame, model, store, say, known=None):
     """``frame`` with ``z``, the combined z of each row's outlier score: from the stored score
     where it has the digits, asked of the outlier index where the float32 score rounded to 1."""
     z = content.z_of_score(frame["outlier_score"].to_numpy())
     lost = np.flatnonzero(~np.isfinite(z) | (z > 14.0))  # 1 - score below about 1e-5
     if len(lost):
         rows = frame["row"].to_numpy()[lost]
-        exact = evidence.row_evidence(model, store, frame, rows, exact_z_rows=rows)["z"]
+        exact = evidence.row_evidence(model, store, frame, rows, exact_z_rows=rows,
+                                      known=known)["z"]
         z[lost] = [exact[int(r)] for r in rows]
         say(f"report: the combined z of {len(lost):,} rows whose score rounds to 1, asked of "
             "the outlier index")
@@ -187,6 +188,8 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     ``params`` is a ``vclust.params.ReportParams``; ``inputs`` what ``open_inputs`` returned,
     when the caller checked them already. Returns the report dict (report.json).
     """
+    import dask
+
     from .. import __version__
     from ..storage.images import write_thumbnails
     from ..storage.labels import read_labels
@@ -208,15 +211,17 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
 
     # the map sample, reduced as the model reduces rows
     sample = content.map_sample(frame, params.sample, params.seed)
-    z = model.reduce({d: store.descriptors(d)[sample] for d in model.descriptors}).compute()
+    raw = {d: store.descriptors(d)[sample] for d in model.descriptors}
+    z, raw = dask.compute(model.reduce(raw), raw)  # one read: the rows kept for the evidence
     z = np.asarray(z, dtype=np.float32)
+    known = evidence.Rows(sample, raw, z)
     pos = np.searchsorted(frame["row"].to_numpy(), sample)
     s_frame = frame.iloc[pos]
     s_labels = s_frame["cluster"].to_numpy()
     say(f"report: {len(sample):,} map rows read and reduced")
 
     cards, consistency = _cards(frame, model, z, s_labels, sample, names, params)
-    frame = _with_z(frame, model, store, say)
+    frame = _with_z(frame, model, store, say, known)
     galleries, pixel_galleries, stats, dups = _galleries(frame, model, store, out, params, say)
 
     t_map = time.perf_counter()
@@ -237,7 +242,9 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     shown_items += [i for g in pixel_galleries for i in g["shown"]]
     shown_items += [i for g in dups["shown"] for i in g["rows"]]
     shown = [i["id"] for i in shown_items]
-    near = evidence.row_evidence(model, store, frame, [i["row"] for i in shown_items])
+    near = evidence.row_evidence(model, store, frame, [i["row"] for i in shown_items],
+                                 known=known)
+    del known, raw
     ids_of = dict(zip(frame["row"].to_numpy().tolist(), frame["image_id"].to_numpy()))
     near_ids = [str(ids_of.get(int(r), "")) for r in near["neighbours"].ravel()]
     say(f"report: the {len(near['rows']):,} shown rows' nearest rows from the outlier index")

@@ -16,30 +16,66 @@ import numpy as np
 NEIGHBOURS = 5
 
 
-def _rows_in_model_space(model, store, rows: np.ndarray):
-    """(reduced rows, scoring rows) of the store rows ``rows`` (sorted, unique)."""
+class Rows:
+    """Descriptor rows the report already read (the map sample: every outlier is in it up to its
+    size), raw and reduced, so asking about them reads nothing again."""
+
+    def __init__(self, rows, raw: dict, reduced):
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.raw = {d: np.asarray(v) for d, v in raw.items()}
+        self.reduced = np.asarray(reduced, dtype=np.float32)
+
+
+def _read(model, store, rows):
     import dask.array as da
 
     raw = {d: np.asarray(store.descriptors(d)[rows].compute()) for d in model.descriptors}
     x = model.reduce({d: da.from_array(v, chunks=(max(1, len(v)), v.shape[1]))
                       for d, v in raw.items()})
-    x = np.asarray(x.compute(), dtype=np.float32)
-    one = raw[model.descriptors[0]] if len(model.descriptors) == 1 else raw
+    return raw, np.asarray(x.compute(), dtype=np.float32)
+
+
+def _rows_in_model_space(model, store, rows: np.ndarray, known: Rows | None = None):
+    """(reduced rows, scoring rows) of the store rows ``rows`` (sorted, unique): from ``known``
+    where it holds them, the rest read from the store."""
+    names = list(model.descriptors)
+    if known is not None and len(known.rows):
+        at = np.minimum(np.searchsorted(known.rows, rows), len(known.rows) - 1)
+        have = known.rows[at] == rows
+    else:
+        at, have = np.zeros(len(rows), np.int64), np.zeros(len(rows), bool)
+    raw = {d: None for d in names}
+    x = None
+    if have.any():
+        raw = {d: known.raw[d][at[have]] for d in names}
+        x = known.reduced[at[have]]
+    if (~have).any():
+        r_raw, r_x = _read(model, store, rows[~have])
+        if x is None:
+            raw, x = r_raw, r_x
+        else:  # both: put them back in row order
+            order = np.argsort(np.concatenate([np.flatnonzero(have), np.flatnonzero(~have)]),
+                               kind="stable")
+            raw = {d: np.concatenate([raw[d], r_raw[d]])[order] for d in names}
+            x = np.concatenate([x, r_x])[order]
+    one = raw[names[0]] if len(names) == 1 else raw
     own = model.outliers._own_block(one)
     return x, own
 
 
-def row_evidence(model, store, frame, rows, exact_z_rows=None, k: int = NEIGHBOURS) -> dict:
+def row_evidence(model, store, frame, rows, exact_z_rows=None, k: int = NEIGHBOURS,
+                 known: Rows | None = None) -> dict:
     """For the store rows ``rows``: ``{"rows", "neighbours" (n, k) absolute rows,
     "distances" (n, k)}``; and for ``exact_z_rows`` (a subset of ``rows``) ``"z"``, their
-    combined z. ``frame`` is the labels sorted by row (cluster and distance of each row)."""
+    combined z. ``frame`` is the labels sorted by row (cluster and distance of each row);
+    ``known`` rows already read (not read again)."""
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     out = {"rows": rows, "neighbours": np.empty((0, k), np.int64),
            "distances": np.empty((0, k), np.float32), "z": {}}
     if not len(rows):
         return out
     scorer = model.outliers
-    x, own = _rows_in_model_space(model, store, rows)
+    x, own = _rows_in_model_space(model, store, rows, known)
     idx, dist = scorer.neighbours(own, rows)
     out["neighbours"] = np.asarray(scorer.ref_rows_)[idx[:, :k]].astype(np.int64)
     out["distances"] = np.asarray(dist[:, :k], dtype=np.float32)
