@@ -193,7 +193,7 @@ def carry_names(names_path, model, say=print, labelled=None) -> dict:
     (its ``.bak`` too)."""
     from pathlib import Path
 
-    from ..storage.labels import read_names
+    from ..storage.names import read_names
 
     path = Path(names_path)
     named = read_names(path) if path.exists() else {}
@@ -267,7 +267,7 @@ def promote(registry, model_ref: str, labels_dir=None, names=None, say=print,
     its labels removed) when ``current`` had not switched yet, and completed (the names swapped
     in) when it had. So a killed promote leaves the old state or the new one.
     """
-    from ..storage.labels import read_names
+    from ..storage.names import read_names
     from .bundle import Model
     from .registry import Registry
 
@@ -285,7 +285,7 @@ def promote(registry, model_ref: str, labels_dir=None, names=None, say=print,
 
 def _promote_locked(reg, model, current, labels_dir, names, say) -> dict:
     """The promote under the lock: every check, then the journal, then the changes."""
-    from ..storage.labels import read_names
+    from ..storage.names import read_names
 
     succ = model.info.get("succession") or {}
     if current is not None and (current == model.model_id
@@ -323,14 +323,14 @@ def _promote_locked(reg, model, current, labels_dir, names, say) -> dict:
         new.model_id = reg.new_model_id()
         target, labelled = new, None
         journal = {"model": model.model_id, "previous": current, "successor": new.model_id,
-                   "labels": str(labels_dir)}
+                   "labels": _absolute(labels_dir)}
     staged = None
     if names:
         named = read_names(names)
         rows, dropped, new_ids = names_for(named, target, labelled)
-        journal["names"] = str(names)
+        journal["names"] = _absolute(names)
         staged = str(stage_names(names, _names_text(rows)))
-        journal["names_staged"] = staged
+        journal["names_staged"] = _absolute(staged)
     reg.write_journal(journal)
     if journal["successor"]:
         labelled = _register_successor(reg, model, target, mapping, labels_dir)
@@ -405,6 +405,16 @@ def recover(reg, say=print) -> None:
         say(f"promote: undid the promote of {journal['model']} that was stopped before "
             f"{target} became current ({journal.get('previous')} stays current)")
     reg.clear_journal()
+
+
+def _absolute(path) -> str:
+    """A path as the journal keeps it: absolute (the promote that reads it may run elsewhere),
+    an s3:// URL as it is."""
+    import os
+
+    from ..storage import fs as F
+
+    return str(path) if F.is_url(str(path)) else os.path.abspath(str(path))
 
 
 def _load(reg, model_id: str):
