@@ -9,7 +9,11 @@ import time
 
 import pytest
 
-# the outlier index's disk cache (vclust/numerics/indexcache.py) stays off in the suite, so every
+# the one-node SLURM, the SSH server and the LocalCluster reference of tests/test_slurm.py and
+# tests/test_ssh.py (tests/clusters.py): session fixtures, registered here so both share one each
+from tests.clusters import local_reference, slurm_node, ssh_server  # noqa: E402,F401
+
+# the outlier index's disk cache (vclust/storage/indexcache.py) stays off in the suite, so every
 # test and every command it runs builds what it checks; the tests of the cache turn it on in a
 # folder of their own
 os.environ["VCLUST_CACHE_DIR"] = "off"

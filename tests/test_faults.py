@@ -192,7 +192,8 @@ def _stray_cases(labels):
 @pytest.mark.parametrize("what", ["foreign", "copied", "copied_batch", "not_parquet"])
 def test_export_and_readers_refuse_stray_label_files(tmp_path, what):
     from vclust.errors import InputError
-    from vclust.storage.labels import export_csv, read_labels, write_batch
+    from vclust.storage.export import export_csv
+    from vclust.storage.labels import read_labels, write_batch
 
     labels = tmp_path / "labels"
     write_batch(labels, "m1", "b1", [label_frame(0, 50), label_frame(50, 50)])

@@ -207,6 +207,19 @@ def test_hdbscan_noise_rows_are_outliers_with_reason_noise(case, tmp_path):
     expected = np.where(noise & ~score_flag, REASONS.index("noise"), score_reason)
     np.testing.assert_array_equal(reason, expected)
     assert (lab[noise] >= 0).all()  # noise rows still carry their nearest cluster
+    # every reason that fired: the noise bit on every noise row, the score's own terms beside it
+    from vclust.numerics.outliers import reason_bit, reason_names
+
+    *_, mask = (np.asarray(a.compute()) for a in model.apply(x, reasons=True, all_reasons=True))
+    assert ((mask & reason_bit(REASONS.index("noise"))) > 0).tolist() == noise.tolist()
+    both = noise & score_flag
+    for i in np.flatnonzero(flag):
+        names = reason_names(int(mask[i]), int(reason[i]))
+        assert names[0] == REASONS[reason[i]] and ("noise" in names) == bool(noise[i])
+    assert not mask[~flag].any()
+    if both.any():  # a row the score flagged that is also noise says both
+        i = np.flatnonzero(both)[0]
+        assert len(reason_names(int(mask[i]), int(reason[i]))) >= 2
 
 
 def test_label_scores_each_row_block_once(case, tmp_path, monkeypatch):

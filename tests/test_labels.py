@@ -13,7 +13,8 @@ import pyarrow.dataset as ds
 import pytest
 
 from vclust.errors import InputError
-from vclust.storage.labels import export_csv, list_partitions, read_labels, write_batch
+from vclust.storage.export import export_csv
+from vclust.storage.labels import list_partitions, read_labels, write_batch
 from vclust.numerics.drift import drift_report, population_stability_index, reference_profile
 from vclust.report.drift import write_report
 from vclust.model.registry import Registry
@@ -99,7 +100,8 @@ def test_export_csv(tmp_path):
     n = export_csv(tmp_path / "l", tmp_path / "out.csv")
     got = pd.read_csv(tmp_path / "out.csv")
     assert n == 100 and list(got.columns) == ["path", "image_id", "model", "cluster",
-                                            "is_outlier", "outlier_score", "outlier_reason"]
+                                            "is_outlier", "outlier_score", "outlier_reason",
+                                            "outlier_reasons"]
     assert got["path"].is_unique and got["path"].iloc[0].endswith("000000.jpg")
     # labels without the delivered spelling (frames written before it): path is the id
     assert (got["path"] == got["image_id"]).all() and set(got["model"]) == {"m1"}

@@ -29,7 +29,7 @@ ALLOWED = {
     "vclust.cli": {"vclust", "vclust.errors", "vclust.jobs", "vclust.model", "vclust.report",
                    "vclust.storage", "vclust.synth"},
     "vclust.api": {"vclust", "vclust.errors", "vclust.jobs", "vclust.model", "vclust.report",
-                   "vclust.storage", "vclust.synth"},
+                   "vclust.storage", "vclust.synth", "vclust.numerics"},
     "vclust.__main__": {"vclust.cli"},
     "vclust": set(),
 }

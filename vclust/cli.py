@@ -185,7 +185,7 @@ def cmd_pixels(args, say):
 
 
 def cmd_export(args, say):
-    from .storage.labels import export_csv
+    from .storage.export import export_csv
 
     p = params_from_args(ExportParams, args)
     model = args.model

@@ -27,7 +27,7 @@ def warm(say=print) -> float:
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5000, 8)).astype(np.float32)
-    # vclust builds on two threads (outliers.build_threads); umap-learn unseeded on all
+    # vclust builds on two threads (refindex.build_threads); umap-learn unseeded on all
     for n_jobs in (2, -1):
         index = NNDescent(x, n_neighbors=15, random_state=0, n_jobs=n_jobs, compressed=False)
     index.prepare()

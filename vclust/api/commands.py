@@ -202,7 +202,7 @@ def export(labels_dir, csv, *, registry=None, model=None, names=None) -> int:
     int
         Rows written.
     """
-    from ..storage.labels import export_csv
+    from ..storage.export import export_csv
 
     p = options_of(P.ExportParams, csv=str(csv), names=None if names is None else str(names))
     model_id = model_id_of(labels_dir, registry, model) if (registry or model) else None

@@ -111,7 +111,7 @@ def model_id_of(labels_dir, registry=None, model=None) -> str:
 def names_of(names, present=None) -> dict:
     """{cluster: (name, note)} from a names CSV; a name of a cluster not in ``present`` is
     refused (as ``vclust export`` refuses it)."""
-    from ..storage.labels import read_names
+    from ..storage.names import read_names
 
     if names is None:
         return {}

@@ -20,7 +20,7 @@ One run over a store (``compare(store, CompareParams, registry, labels_dir)``):
    memory. A spec whose rows are clustered in this process (``jobs.in_process``) is labelled
    here too, on this process's threads, with the scorer and index just fitted here: the
    outlier query of every row depends on the rows, not the clusters, so the second and third
-   algorithm of the spec find it in this process's memo (``outliers.NEIGHBOUR_MEMO``).
+   algorithm of the spec find it in this process's memo (``refindex.NEIGHBOUR_MEMO``).
 4. **Compare** (in ``--out``): ``runs.csv`` (one row per spec, algorithm, k), ``agreement.csv``
    (every pair of kept models: ARI and AMI over all rows, exact, from the contingency table;
    Jaccard of their outlier sets), ``contingency/<a>__<b>.csv``, ``cross_metrics.csv`` (every
@@ -379,7 +379,7 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
             # rows held here are labelled here, on this process's threads, by the scorer and
             # index just fitted here: the outlier query of every row is the same for each
             # algorithm of the spec (it depends on the rows, not the clusters), and this
-            # process keeps its answer (outliers.NEIGHBOUR_MEMO) for the next one
+            # process keeps its answer (refindex.NEIGHBOUR_MEMO) for the next one
             model.held = da.from_array(local, chunks=(z.chunks[0], -1))
             model.held_raw = {n: da.from_array(np.asarray(v), chunks=(z.chunks[0], -1))
                               for n, v in raw.items()}

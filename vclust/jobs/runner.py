@@ -250,7 +250,7 @@ def _step(spec: JobSpec, step: str, ingested, say):
     elif step == "drift":
         return _drift(spec, ingested, say)
     elif step == "export":
-        from ..storage.labels import export_csv
+        from ..storage.export import export_csv
         from ..model.registry import Registry
 
         n = export_csv(spec.labels, spec.export.csv, model=Registry(spec.registry).current(),

@@ -80,16 +80,18 @@ def pixels(store_path, params, say=_quiet, batches=None) -> dict:
 
 
 def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, nn_row, nn_dist,
-                 pixel_bounds=None):
+                 mask, pixel_bounds=None):
     import pandas as pd
 
-    from ..numerics.outliers import REASONS
+    from ..numerics.outliers import REASONS, reason_names
     from ..storage.store import read_delivered_ids, read_ids
 
     n = len(labels)
     ids = read_ids(store_path, row0, row0 + n)
     delivered = read_delivered_ids(store_path, row0, row0 + n)  # what the CSV export writes
     why = np.asarray(REASONS, dtype=object)[reason.astype(np.int64)]
+    # every reason that fired, strongest first; a pixel reason leads (the plain evidence)
+    reasons = [reason_names(int(m), int(r)) for m, r in zip(mask, reason)]
     flag = flag.astype(bool)
     if pixel_bounds is not None:  # the pixels' plain evidence flags a row whatever the descriptors say
         from ..numerics.pixels import PIXEL_REASONS, pixel_reasons
@@ -99,13 +101,15 @@ def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, 
         hit = code > 0
         flag = flag | hit
         why = np.where(hit, np.asarray(("",) + PIXEL_REASONS, dtype=object)[code], why)
+        for i in np.flatnonzero(hit):
+            reasons[i] = [PIXEL_REASONS[code[i] - 1]] + reasons[i]
     return pd.DataFrame({
         "image_id": ids.astype(str), "row": np.arange(row0, row0 + n, dtype=np.int64),
         "cluster": labels.astype(np.int32), "distance": dist.astype(np.float32),
         "outlier_score": score.astype(np.float32), "is_outlier": flag,
         "outlier_reason": why,
         "nearest_row": nn_row.astype(np.int64), "nearest_distance": nn_dist.astype(np.float32),
-        "path": delivered.astype(str),
+        "path": delivered.astype(str), "outlier_reasons": reasons,
     })
 
 
@@ -184,7 +188,7 @@ def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = Fa
         start, stop = store.batch_rows(b)
         say(f"labelling batch {b}: rows {start}..{stop - 1}")
         sets = {d: store.descriptors(d, start, stop) for d in model.descriptors}
-        outs = model.apply(sets, row_offset=start, reasons=True, nearest=True)
+        outs = model.apply(sets, row_offset=start, reasons=True, nearest=True, all_reasons=True)
         offsets = np.cumsum((start,) + outs[0].chunks[0][:-1])
         # the blocks as they are: optimised one array at a time (to_delayed's default, and
         # dask.optimize alike) each of the five outlier arrays got its own copy of the shared

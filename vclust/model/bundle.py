@@ -277,23 +277,29 @@ class Model:
         return assign(self.clusterer, z)
 
     def apply(self, sets: dict, row_offset: int = 0, reasons: bool = False,
-              nearest: bool = False):
+              nearest: bool = False, all_reasons: bool = False):
         """(cluster int32, distance float32, outlier_score float32, is_outlier bool), all lazy
         dask arrays over the same rows as ``sets``, whose first row is the store's row
         ``row_offset`` (the outlier score skips a row's own entry in the reference by that id).
         With ``reasons``, a fifth array: the reason index (int8, into
         ``vclust.numerics.outliers.REASONS``; 0 for rows not flagged). With ``nearest``, two
         more: each row's nearest reference row other than itself and its distance
-        (``OutlierScorer.score``)."""
+        (``OutlierScorer.score``). With ``all_reasons``, last: the mask of every reason that
+        fired (uint8; ``vclust.numerics.outliers.reason_names``)."""
         z = self.reduce(sets)
         labels, dist = self.assign(z)
         raw = sets[self.descriptors[0]] if len(self.descriptors) == 1 else \
             {d: sets[d] for d in self.descriptors}
         out = self.outliers.score(z, labels, dist, row_offset=row_offset, reasons=reasons,
-                                  raw=raw, nearest=nearest)
+                                  raw=raw, nearest=nearest, all_reasons=all_reasons)
         if self.clusterer.name == "hdbscan":
+            noise = self.clusterer.noise(z)
             n = 3 if reasons else 2  # (score, flag[, reason]), then the nearest-row arrays
-            out = (*with_noise(self.clusterer.noise(z), *out[:n]), *out[n:])
+            if all_reasons:  # the noise bit in every noise row's mask
+                from ..numerics.outliers import NOISE, reason_bit
+
+                out = (*out[:-1], out[-1] | (noise * reason_bit(NOISE)).astype(np.uint8))
+            out = (*with_noise(noise, *out[:n]), *out[n:])
         return (labels, dist, *out)
 
 

@@ -138,7 +138,9 @@ def build_model(descriptors, preprocess, partition: Partition, scorer, z, raw, *
     if not hasattr(labels, "dask"):  # clustered in this process: cut as z is
         labels = da.from_array(labels, chunks=(z.chunks[0],))
         dist = da.from_array(dist, chunks=(z.chunks[0],))
-    scorer.fit(z, labels, dist, cl.cluster_centers_, row_index=rows, raw=raw)
+    from ..storage import indexcache
+
+    scorer.fit(z, labels, dist, cl.cluster_centers_, row_index=rows, raw=raw, cache=indexcache)
     labels_np, dist_np = (np.asarray(a) for a in dask.compute(labels, dist))
     at, flags = scorer.fit_rows_, scorer.fit_flags_
     if cl.name == "hdbscan":  # its noise rows count as outliers, as when labelling

@@ -68,16 +68,9 @@ from ..errors import InputError
 from . import fs as F
 
 COLUMNS = ["image_id", "row", "cluster", "distance", "outlier_score", "is_outlier",
-           "outlier_reason", "nearest_row", "nearest_distance", "path"]
-DTYPES = {"image_id": "string", "row": "int64", "cluster": "int32", "distance": "float32",
-          "outlier_score": "float32", "is_outlier": "bool", "outlier_reason": "string",
-          "nearest_row": "int64", "nearest_distance": "float32", "path": "string"}
-OPTIONAL = ("outlier_reason", "nearest_row", "nearest_distance", "path")  # null in older labels
-#: the export: ``path`` as delivered (the delivery's own spelling, backslashes kept; the store's
-#: id where labels predate it), the store's ``image_id`` (forward slashes), the ``model``
-CSV_COLUMNS = ["path", "image_id", "model", "cluster", "is_outlier", "outlier_score",
-               "outlier_reason"]
-
+           "outlier_reason", "nearest_row", "nearest_distance", "path", "outlier_reasons"]
+OPTIONAL = ("outlier_reason", "nearest_row", "nearest_distance", "path",  # null in older labels
+            "outlier_reasons")
 
 def label_schema():
     import pyarrow as pa
@@ -86,41 +79,7 @@ def label_schema():
                       ("distance", pa.float32()), ("outlier_score", pa.float32()),
                       ("is_outlier", pa.bool_()), ("outlier_reason", pa.string()),
                       ("nearest_row", pa.int64()), ("nearest_distance", pa.float32()),
-                      ("path", pa.string())])
-
-
-def read_names(path, n_clusters: int | None = None) -> dict[int, tuple[str, str]]:
-    """Analysts' cluster names: a CSV ``cluster,name[,note]`` -> {cluster: (name, note)}.
-
-    A cluster id that is not a whole number, is repeated, or (given ``n_clusters``) is not a
-    cluster of the model is refused with one line naming it.
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--names {path}: no such file")
-    try:
-        f = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"--names {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    f.columns = [c.strip().lower() for c in f.columns]
-    if not {"cluster", "name"} <= set(f.columns):
-        raise InputError(f"--names {path}: expected columns cluster,name[,note]; got "
-                         f"{','.join(f.columns)}")
-    out = {}
-    for raw, name, note in zip(f["cluster"], f["name"], f.get("note", [""] * len(f))):
-        try:
-            k = int(raw.strip())
-        except ValueError:
-            raise InputError(f"--names {path}: cluster '{raw}' is not a cluster number") from None
-        if k in out:
-            raise InputError(f"--names {path}: cluster {k} is named twice")
-        if n_clusters is not None and not 0 <= k < n_clusters:
-            raise InputError(f"--names {path}: the model has no cluster {k} (its clusters are "
-                             f"0..{n_clusters - 1})")
-        out[k] = (name.strip(), note.strip())
-    return out
+                      ("path", pa.string()), ("outlier_reasons", pa.list_(pa.string()))])
 
 
 def _check_name(value: str, what: str):
@@ -145,7 +104,7 @@ def _write_part(frame, path: str) -> int:
     validate_frame(frame)
     if "outlier_reason" not in frame:
         frame = frame.assign(outlier_reason="")
-    for c in ("nearest_row", "nearest_distance", "path"):
+    for c in ("nearest_row", "nearest_distance", "path", "outlier_reasons"):
         if c not in frame:
             frame = frame.assign(**{c: None})
     table = pa.Table.from_pandas(frame[COLUMNS], schema=label_schema(), preserve_index=False)
@@ -269,7 +228,7 @@ def _list_remote(labels_dir) -> list[dict]:
     return sorted(out, key=lambda p: (p["model"], p["batch"]))
 
 
-def _retrying(read):
+def retrying(read):
     """Run ``read()``; on an object store, once more (up to three times) when a recorded file
     vanished under it: a later run rewrote the partition and removed the files it superseded."""
     for attempt in range(3):
@@ -358,7 +317,7 @@ def _recover_locked(labels_dir: Path):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _open_for_reading(labels_dir) -> Path:
+def open_for_reading(labels_dir) -> Path:
     """The labels folder, checked to be one and recovered from an interrupted swap."""
     labels_dir = F.as_path(str(labels_dir))
     if isinstance(labels_dir, F.RemotePath):
@@ -492,13 +451,13 @@ def check_files(parts: list[dict]) -> list[tuple[dict, list[Path]]]:
                 pf = pq.ParquetFile(f.open("rb") if remote else f)
                 schema = pf.schema_arrow
             except FileNotFoundError:
-                raise  # on an object store: rewritten under the reader (``_retrying``)
+                raise  # on an object store: rewritten under the reader (``retrying``)
             except (pa.ArrowException, OSError) as exc:
                 raise InputError(f"{f}: not a Parquet file ({_first_line(exc)}); it is not "
                                  "vclust's labels: remove it") from None
             got = {field.name: field.type for field in schema}
             expected = {field.name: field.type for field in want}
-            for optional in ("outlier_reason", "path"):  # labels written before them
+            for optional in ("outlier_reason", "path", "outlier_reasons"):  # labels before them
                 if optional not in got:
                     expected.pop(optional)
             if got != expected:
@@ -520,7 +479,7 @@ def check_files(parts: list[dict]) -> list[tuple[dict, list[Path]]]:
     return out
 
 
-def _read_files(files, columns=None):
+def read_files(files, columns=None):
     import pyarrow.dataset as ds
 
     if files and isinstance(files[0], F.RemotePath):
@@ -535,8 +494,8 @@ def _read_files(files, columns=None):
 
 def read_labels(labels_dir, model=None, batches=None, columns=None):
     """The labels as a pandas DataFrame with string columns ``model`` and ``batch``."""
-    labels_dir = _open_for_reading(labels_dir)
-    return _retrying(lambda: _read_labels(labels_dir, model, batches, columns))
+    labels_dir = open_for_reading(labels_dir)
+    return retrying(lambda: _read_labels(labels_dir, model, batches, columns))
 
 
 def _read_labels(labels_dir, model, batches, columns):
@@ -551,13 +510,13 @@ def _read_labels(labels_dir, model, batches, columns):
                              + (f" and batches {list(batches)}" if batches else ""))
         frames = []
         for p, files in checked:
-            f = _read_files(files, columns).to_pandas()
+            f = read_files(files, columns).to_pandas()
             f["model"], f["batch"] = p["model"], p["batch"]
             frames.append(f)
     return pd.concat(frames, ignore_index=True)
 
 
-def _pick_model(labels_dir, model):
+def pick_model(labels_dir, model):
     present = models(labels_dir)
     if not present:
         raise InputError(f"{labels_dir}: holds no labels (expected model=<id>/batch=<id>/ folders)")
@@ -569,65 +528,3 @@ def _pick_model(labels_dir, model):
     if model not in present:
         raise InputError(f"{labels_dir}: no labels of model '{model}'; present: {', '.join(present)}")
     return model
-
-
-def export_csv(labels_dir, csv_path, model=None, names=None) -> int:
-    """``path,image_id,model,cluster,is_outlier,outlier_score,outlier_reason`` (``path`` as
-    delivered, so a plain join on the delivery's own CSV matches; ``cluster_name`` when
-    ``names``, a CSV ``cluster,name[,note]``, is given), one row per image ordered by row,
-    written partition by partition to a temporary file renamed into place. Every part file is
-    checked first (``check_files``). Returns the row count."""
-    labels_dir = _open_for_reading(labels_dir)
-    return _retrying(lambda: _export_csv(labels_dir, csv_path, model, names))
-
-
-def _export_csv(labels_dir, csv_path, model, names) -> int:
-    with dir_lock(labels_dir, shared=True):
-        model = _pick_model(labels_dir, model)
-        named = read_names(names) if names else None
-        parts = [p for p in list_partitions(labels_dir) if p["model"] == model]
-        frames = []
-        for p, files in check_files(parts):
-            if not files:
-                continue
-            t = _read_files(files, ["row"])
-            first = min(t.column("row").to_numpy()) if t.num_rows else 0
-            frames.append((int(first), p["path"], files))
-        if named is not None:  # every named cluster must be one of the labels' clusters
-            present = set()
-            for _, _, files in frames:
-                t = _read_files(files, ["cluster"])
-                present |= set(np.unique(t.column("cluster").to_numpy()).tolist())
-            unknown = sorted(set(named) - present)
-            if unknown:
-                raise InputError(f"--names {names}: model {model} has no cluster "
-                                 f"{', '.join(map(str, unknown))} in its labels")
-        csv_path = Path(csv_path)
-        if csv_path.is_dir():
-            raise InputError(f"--csv {csv_path}: is a folder; name the CSV file to write")
-        for parent in csv_path.parents:
-            if parent.exists() and not parent.is_dir():
-                raise InputError(f"--csv {csv_path}: {parent} is a file, not a folder; pick "
-                                 "another path")
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-        n = 0
-        try:
-            with open(tmp, "w", newline="") as fh:
-                cols = CSV_COLUMNS + (["cluster_name"] if named is not None else [])
-                fh.write(",".join(cols) + "\n")
-                for _, _, files in sorted(frames, key=lambda x: (x[0], x[1])):
-                    f = _read_files(files).to_pandas().sort_values("row")
-                    f["path"] = f["path"].fillna(f["image_id"])
-                    f["model"] = model
-                    f["outlier_reason"] = f["outlier_reason"].fillna("")
-                    if named is not None:
-                        f["cluster_name"] = f["cluster"].map(
-                            lambda c: named.get(int(c), ("", ""))[0])
-                    f[cols].to_csv(fh, header=False, index=False)
-                    n += len(f)
-            os.replace(tmp, csv_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    return n
