@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.clusters import (FIT_ARGS, VCLUST, local_reference, read_labels_frame,  # noqa: F401
-                            slurm_node, vclust)
+from tests.clusters import FIT_ARGS, VCLUST, read_labels_frame, vclust
 
 # a module fixture runs whole commands on the cluster (and the first one the LocalCluster
 # reference): minutes on a loaded 2-core machine, more than the suite's 300 s per test
@@ -107,7 +106,7 @@ def test_slurm_labels_equal_the_local_cluster_labels(slurm_run, local_reference)
                                   read_labels_frame(local_reference.labels))
 
 
-def test_a_worker_job_cancelled_mid_label(slurm_node, slurm_run, local_reference):
+def test_a_worker_job_cancelled_mid_label(slurm_node, slurm_run, local_reference, figure):
     """scancel one of the two worker jobs once the label has started: the label finishes with
     the same labels (its tasks rerun on the other worker), or exits 4 with one line."""
     out = slurm_run["tmp"] / "labels-scancel"
@@ -127,6 +126,8 @@ def test_a_worker_job_cancelled_mid_label(slurm_node, slurm_run, local_reference
     err = "".join(lines) + rest_err
     assert proc.poll() is not None
     assert _ended(slurm_node, [jobs[0]])[jobs[0]]["JobState"] == "CANCELLED"
+    figure(f"SLURM label with job {jobs[0]} of {', '.join(jobs)} cancelled mid-label: "
+           f"exit {proc.returncode}")
     if proc.returncode == 0:
         pd.testing.assert_frame_equal(read_labels_frame(out),
                                       read_labels_frame(local_reference.labels))

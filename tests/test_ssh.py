@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.clusters import (FIT_ARGS, _free_port, local_reference,  # noqa: F401
-                            read_labels_frame, ssh_server, vclust)
+from tests.clusters import FIT_ARGS, _free_port, read_labels_frame, vclust
 
 # a module fixture runs whole commands on the cluster (and the first one the LocalCluster
 # reference): minutes on a loaded 2-core machine, more than the suite's 300 s per test
