@@ -7,7 +7,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["bench_commands", "bench_ingest", "bench_fit", "bench_outliers", "bench_label",
-         "bench_fit_memory", "bench_report", "bench_compare", "bench_pixels", "bench_case"]
+         "bench_fit_memory", "bench_report", "bench_report_page", "bench_compare", "bench_pixels",
+         "bench_case"]
 # sections written by their own scripts (compare_outliers.py) or measured by hand, collected as
 # they are
 STATIC = ["compare_outliers", "outlier_matrix", "kernels"]

@@ -345,7 +345,7 @@ def test_outlier_reason_written_exported_and_read_without_vclust(fitted, tmp_pat
     assert res.returncode == 0, res.stderr
     cols, reasons, names_line, n_parquet = res.stdout.strip().splitlines()
     assert cols == str(["path", "image_id", "model", "cluster", "is_outlier", "outlier_score",
-                        "outlier_reason", "cluster_name"])
+                        "outlier_reason", "outlier_reasons", "cluster_name"])
     n_reason, n_out = map(int, reasons.split())
     assert n_reason == n_out == len(flagged)
     assert names_line == str(["first"]) + " " + str(["fourth"]) + " " + str([""])
@@ -492,3 +492,28 @@ def test_z_asked_of_the_index_is_the_z_behind_the_stored_score(fitted):
                                   known=evidence.Rows(sample, raw, z))
     assert (again["neighbours"] == asked["neighbours"]).all()
     assert again["z"] == pytest.approx(asked["z"])
+
+
+def test_z_asked_for_a_seeded_draw_when_many_scores_round_to_1(fitted, monkeypatch):
+    """Past EXACT_Z_ROWS rows whose score rounds to 1, a seeded draw of them is asked; the rest
+    rank after them in the galleries (their z only known to be above 14)."""
+    import vclust.report as rep
+    from vclust.report import content
+    from vclust.storage.store import Store
+
+    model = fitted["model"]
+    frame = read_labels(fitted["labels"], model=model.model_id).sort_values("row", ignore_index=True)
+    lost = content.z_of_score(frame["outlier_score"].to_numpy()) > rep.Z_DIGITS
+    assert lost.sum() > 40
+    monkeypatch.setattr(rep, "EXACT_Z_ROWS", 30)
+    said = []
+    f = rep._with_z(frame, model, Store.open(fitted["store"]), said.append, seed=0)
+    assert np.isfinite(f["z"][lost]).sum() == 30 and f["z"][lost].isna().sum() == lost.sum() - 30
+    assert f["z"][~lost].notna().all()
+    assert said == [f"report: the combined z of 30 of the {lost.sum():,} rows whose score rounds "
+                    "to 1, asked of the outlier index"]
+    for g in content.outlier_galleries(f, 1000):
+        zs = [i["z"] for i in g["shown"]]
+        known = [z for z in zs if z is not None]
+        assert zs[:len(known)] == sorted(known, reverse=True)  # asked first, worst first
+        assert all(z is None for z in zs[len(known):])

@@ -362,8 +362,9 @@ def _model_commands(sub):
     _add_cluster_args(s)
     s.set_defaults(func=cmd_label)
 
-    s = sub.add_parser("export", help="CSV of one model's labels: path,cluster,is_outlier,"
-                       "outlier_score,outlier_reason[,cluster_name]")
+    s = sub.add_parser("export", help="CSV of one model's labels: path (as delivered),image_id,"
+                       "model,cluster,is_outlier,outlier_score,outlier_reason,outlier_reasons"
+                       "[,cluster_name]")
     s.add_argument("labels_dir", metavar="LABELS_DIR")
     _path_option(s, "--model", "model id (default: the only one, or the registry's current)",
                  metavar="ID")

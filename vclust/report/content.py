@@ -104,7 +104,8 @@ def outlier_galleries(frame, total: int, exclude=()) -> list[dict]:
     flagged = flagged.assign(reason=_reason_of(flagged))
     if "z" not in flagged:
         flagged = flagged.assign(z=z_of_score(flagged["outlier_score"].to_numpy()))
-    groups = {r: g.sort_values(["z", "outlier_score", "row"], ascending=[False, False, True])
+    groups = {r: g.sort_values(["z", "outlier_score", "row"], ascending=[False, False, True],
+                               na_position="last")  # NaN: z not asked (above its digits)
               for r, g in flagged.groupby("reason")}
     take = {r: 0 for r in groups}
     left = total
@@ -118,7 +119,8 @@ def outlier_galleries(frame, total: int, exclude=()) -> list[dict]:
         shown = g.head(take[r])
         out.append({"reason": r, "count": int(len(g)),
                     "shown": [{"id": str(i), "row": int(row), "cluster": int(c),
-                               "score": round(float(s), 4), "z": round(float(zz), 2),
+                               "score": round(float(s), 4),
+                               "z": round(float(zz), 2) if zz == zz else None,
                                "outlier": r}
                               for i, row, c, s, zz in zip(shown["image_id"], shown["row"],
                                                           shown["cluster"],

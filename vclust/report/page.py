@@ -141,7 +141,8 @@ def _galleries(galleries: list[dict], thumbs: dict) -> str:
         out.append(f'<div class="gallery" data-reason="{_e(g["reason"])}"><h3>{_e(g["reason"])}'
                    f' — {g["count"]:,} flagged, the {len(g["shown"])} worst shown</h3>'
                    '<div class="strip">'
-                   + "".join(_thumb(i, thumbs, f'z {i["z"]:.1f} · c{i["cluster"]}')
+                   + "".join(_thumb(i, thumbs, (f'z {i["z"]:.1f}' if i["z"] is not None
+                                                else "z > 14") + f' · c{i["cluster"]}')
                              for i in g["shown"]) + "</div></div>")
     return "\n".join(out) or "<p>No outliers flagged.</p>"
 

@@ -121,7 +121,7 @@
       : '<div class="ph">no image for this row</div>';
     var text = id;
     if (r) {
-      text += "\n" + clusterName(r[0]) + " · outlier z " + (r[2] === null ? "–" : Number(r[2]).toFixed(2)) +
+      text += "\n" + clusterName(r[0]) + " · outlier z " + zFmt(r[2]) +
         (R.outliers && R.outliers.threshold_z === R.outliers.threshold_z && R.outliers.threshold_z !== null
           ? " (flagged at z ≥ " + R.outliers.threshold_z.toFixed(2) + ")" : "") +
         (r[1] ? "\nflagged: " + r[1] : "");
@@ -217,9 +217,11 @@
     return gd.data.reduce(function (s, t) { return s + (t.x ? t.x.length : 0); }, 0);
   }
   var hover = document.getElementById("hover-card");
+  // z is NaN where it was not asked of the index: its score rounds to 1, so z lies above 14
+  function zFmt(z) { return z === null || z === undefined ? "–" : (z !== z ? "> 14" : Number(z).toFixed(2)); }
   function zText(i) {
     var z = M.z ? M.z[i] : null;
-    return "outlier z " + (z === null || z === undefined ? "–" : Number(z).toFixed(2));
+    return "outlier z " + zFmt(z);
   }
   function showHover(ev) {
     var p = ev.points && ev.points[0];
