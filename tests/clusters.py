@@ -205,7 +205,8 @@ def start_slurm(root: Path) -> tuple[SlurmNode, list[subprocess.Popen]]:
                                     os.environ.get("PATH", "")])}
     node = SlurmNode(root=root, conf=conf, cpus=cpus, memory_mb=memory_mb, env=env)
     try:
-        procs.append(subprocess.Popen([_which("slurmctld", "slurmctld"), "-D", "-i", "-f", str(conf)],
+        procs.append(subprocess.Popen([_which("slurmctld", "slurmctld"), "-D", "-i", "-f",
+                                       str(conf)],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
         procs.append(subprocess.Popen([_which("slurmd", "slurmd"), "-D", "-N", "localhost",
                                        "-f", str(conf)],
