@@ -153,6 +153,7 @@ def _check_nearest_and_badges(data, frame):
         np.testing.assert_allclose(shown, clean["distance"].sort_values().iloc[:8].to_numpy(),
                                    atol=1e-3)
         assert not flagged_ids & {i["id"] for i in c["groups"]["nearest"]}
+        assert not flagged_ids & {i["id"] for i in c["groups"]["border"]}  # junk frames apart
         for group in ("random", "border"):
             for i in c["groups"][group]:
                 assert i["outlier"] == why[i["id"]], (group, i)

@@ -144,7 +144,7 @@ def _image_rows(frame, near, thumbs, wanted) -> dict:
     return out
 
 
-def _cards(frame, model, z, s_labels, sample, names, params):
+def _cards(frame, model, z, s_labels, s_flags, sample, names, params):
     """(the cluster cards (content.cluster_cards) of the clusters that label rows, with their
     identity consistency and, given a truth.csv, their known attributes; the identity
     consistency over every row, or None)."""
@@ -154,7 +154,7 @@ def _cards(frame, model, z, s_labels, sample, names, params):
 
     present = content.present_clusters(frame)
     borders = content.border_rows(z, s_labels, model.clusterer.cluster_centers_,
-                                  content.IMAGES_PER_GROUP, present)
+                                  content.IMAGES_PER_GROUP, present, skip=s_flags)
     consistency = None
     groups = content.identity_of(frame["image_id"].to_numpy(), params.identity)
     if groups is not None:
@@ -233,7 +233,8 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     s_labels = s_frame["cluster"].to_numpy()
     say(f"report: {len(sample):,} map rows read and reduced")
 
-    cards, consistency = _cards(frame, model, z, s_labels, sample, names, params)
+    cards, consistency = _cards(frame, model, z, s_labels, s_frame["is_outlier"].to_numpy(bool),
+                                sample, names, params)
     frame = _with_z(frame, model, store, say, params.seed, known)
     galleries, pixel_galleries, stats, dups = _galleries(frame, model, store, out, params, say)
 

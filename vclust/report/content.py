@@ -7,9 +7,9 @@ distance to its centre, identity consistency, an analyst's name, and three group
 
     nearest   the rows not flagged as outliers nearest its centre: what the cluster *is*
     random    a seeded draw of its rows: what it *holds* (flagged rows badged)
-    border    rows of the map sample almost as near to another centre as to their own
-              (smallest relative margin (d2 - d1) / (d1 + d2)): what it is confused with, and
-              with which cluster (flagged rows badged)
+    border    rows of the map sample not flagged, almost as near to another centre as to
+              their own (smallest relative margin (d2 - d1) / (d1 + d2)): what it is confused
+              with, and with which cluster
 
 Outliers: a gallery per reason (``outlier_reason``), worst first by the combined z of the
 outlier score (``z``, which keeps ranking where the stored score rounds to 1.000), the shown
@@ -52,11 +52,13 @@ def map_sample(frame, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate([out, rng.choice(rest, size=take, replace=False)]))
 
 
-def border_rows(z, labels, centers, n_per_cluster: int,
-                present=None) -> dict[int, list[tuple[int, int, float]]]:
+def border_rows(z, labels, centers, n_per_cluster: int, present=None,
+                skip=None) -> dict[int, list[tuple[int, int, float]]]:
     """Per cluster, the sample positions nearest another centre: (position, other cluster,
     relative margin), smallest margin first. ``present``: the clusters that label rows (the
-    other centre is one of them; default every centre)."""
+    other centre is one of them; default every centre); ``skip``: positions never shown (the
+    flagged rows: the map sample holds every outlier, and glare and empty frames would fill
+    the border strips)."""
     z = np.asarray(z, dtype=np.float32)
     c = np.asarray(centers, dtype=np.float32)
     d = np.sqrt(np.maximum((z * z).sum(1)[:, None] - 2 * z @ c.T + (c * c).sum(1)[None, :], 0))
@@ -71,8 +73,9 @@ def border_rows(z, labels, centers, n_per_cluster: int,
     d2 = d_other[np.arange(len(z)), other]
     margin = (d2 - own) / np.maximum(d2 + own, 1e-12)
     out = {}
+    keep = np.ones(len(z), bool) if skip is None else ~np.asarray(skip, bool)
     for k in range(len(c)):
-        idx = np.flatnonzero(labels == k)
+        idx = np.flatnonzero((labels == k) & keep)
         idx = idx[np.argsort(margin[idx], kind="stable")[:n_per_cluster]]
         out[k] = [(int(i), int(other[i]), float(margin[i])) for i in idx]
     return out

@@ -98,8 +98,8 @@ def _card(c: dict, thumbs: dict) -> str:
     parts.append('<div class="row-label">a seeded random draw — what it holds (outliers '
                  'badged)</div><div class="strip" data-group="random">'
                  + "".join(_thumb(i, thumbs) for i in g["random"]) + "</div>")
-    parts.append('<div class="row-label">its border — almost as near another centre '
-                 '(→ that cluster)</div><div class="strip" data-group="border">'
+    parts.append('<div class="row-label">its border, outliers left out — almost as near '
+                 'another centre (→ that cluster)</div><div class="strip" data-group="border">'
                  + "".join(_thumb(i, thumbs, f'→ {i["other_cluster"]}') for i in g["border"])
                  + "</div>")
     parts.append("</article>")
@@ -247,8 +247,8 @@ names.csv</b> (<code>cluster,name,note</code>) and pass it as <code>--names</cod
 <section id="map"><h2>Map</h2>{_map_section(report)}</section>
 <section id="clusters"><h2>Clusters</h2>
 <p class="hint">Each card: the images nearest the centre (rows flagged as outliers left out), a
-seeded random draw, and the border (images almost as near another centre, with that cluster's
-number). A red badge marks a flagged row and its reason. Identity consistency: the share of a
+seeded random draw, and the border (images not flagged, almost as near another centre, with
+that cluster's number). A red badge marks a flagged row and its reason. Identity consistency: the share of a
 vehicle's other images (same folder) in the same cluster. Click an image to enlarge it.</p>
 <div class="cards">
 {"".join(_card(c, thumbs) for c in report["clusters"])}
