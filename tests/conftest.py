@@ -13,7 +13,7 @@ import pytest
 # tests/test_ssh.py (tests/clusters.py): session fixtures, registered here so both share one each
 from tests.clusters import local_reference, slurm_node, ssh_server  # noqa: E402,F401
 
-# the outlier index's disk cache (vclust/numerics/indexcache.py) stays off in the suite, so every
+# the outlier index's disk cache (vclust/storage/indexcache.py) stays off in the suite, so every
 # test and every command it runs builds what it checks; the tests of the cache turn it on in a
 # folder of their own
 os.environ["VCLUST_CACHE_DIR"] = "off"
