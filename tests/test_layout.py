@@ -158,3 +158,25 @@ def test_importing_a_lower_layer_loads_nothing_above_it(module):
     allowed = ALLOWED[_package(module)] | {_package(module), "vclust"}
     above = [m for m in loaded if _package(m) not in allowed]
     assert not above, f"importing {module} loaded {above}"
+
+
+#: a module past this many lines is asking to be split (DESIGN.md, STYLE: one concern a module)
+MAX_MODULE_LINES = 600
+#: a function past this many lines does several things
+MAX_FUNCTION_LINES = 100
+
+
+def test_modules_and_functions_stay_small():
+    long_modules, long_functions = [], []
+    for p in sorted(PKG.rglob("*.py")):
+        text = p.read_text()
+        rel = p.relative_to(PKG.parent).as_posix()
+        if text.count("\n") > MAX_MODULE_LINES:
+            long_modules.append(f"{rel} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{rel}:{node.name} ({n} lines)")
+    assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"

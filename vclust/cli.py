@@ -49,9 +49,7 @@ def print_table(rows: list[dict], cols: list[str] | None = None, file=sys.stdout
     cols = cols or list(rows[0])
 
     def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
@@ -67,7 +65,7 @@ def print_metrics(model, file=sys.stdout):
                                         "silhouette", "within_ss"], file=file)
     print(f"chosen k = {model.info['chosen_k']}", file=file)
     rows = [{**c, "examples": ", ".join(c["examples"][:2])} for c in model.info["clusters"]]
-    print("clusters (examples: the images nearest each centre):", file=file)
+    print("clusters (examples: the unflagged images nearest each centre):", file=file)
     print_table(rows, ["cluster", "size", "share", "outlier_share", "mean_distance", "examples"],
                 file=file)
 

@@ -187,7 +187,7 @@ class OutlierScorer(Estimator):
         same_rows(X, raw)
         return raw
 
-    def _own_block(self, raw_block):
+    def scoring_rows(self, raw_block):
         """The scoring rows of one numpy block of ``raw`` (None: score on the clustering rows)."""
         if raw_block is None:
             return None
@@ -226,7 +226,7 @@ class OutlierScorer(Estimator):
         def project(rows, more):
             self.projection_ = projection(rows, self.pca_variance, self.max_components,
                                           self.random_state)
-            return self._own_block(rows), None if more is None else self._own_block(more)
+            return self.scoring_rows(rows), None if more is None else self.scoring_rows(more)
 
         ref, extra_own = fixed_context(project, got[0], None if extra is None else got[1])
         del got
@@ -496,7 +496,7 @@ class OutlierScorer(Estimator):
         if not is_dask(X):
             rows = np.arange(row_offset, row_offset + X.shape[0])
             near = []
-            s, f, r, m = self.score_block(X, labels, center_dist, rows, self._own_block(raw),
+            s, f, r, m = self.score_block(X, labels, center_dist, rows, self.scoring_rows(raw),
                                           True, nearest=near, all_reasons=True)
             return (s, f) + ((r,) if reasons else ()) + (near[0] if nearest else ()) \
                 + ((m,) if all_reasons else ())
@@ -585,12 +585,12 @@ def _strongest(t):
 
 
 def _terms_task(scorer, x, labels, dist, rows, raw_block):
-    return scorer.terms(x, labels, dist, rows, scorer._own_block(raw_block))
+    return scorer.terms(x, labels, dist, rows, scorer.scoring_rows(raw_block))
 
 
 def _score_task(scorer, x, lab, dist, row0, raw_block):
     near = []
     s, f, why, mask = scorer.score_block(x, lab, dist, np.arange(row0, row0 + len(x)),
-                                         scorer._own_block(raw_block), reasons=True,
+                                         scorer.scoring_rows(raw_block), reasons=True,
                                          nearest=near, all_reasons=True)
     return np.stack([s, f, why, near[0][0], near[0][1], mask], axis=1).astype(np.float64)

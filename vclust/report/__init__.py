@@ -203,17 +203,12 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     """
     import dask
 
-    from .. import __version__
-    from ..storage.images import write_thumbnails
-    from ..storage.labels import read_labels
     from ..numerics.maps import choose_method, embed_2d_3d
-    from ..numerics.pixels import PIXEL_REASONS
+    from ..storage.labels import read_labels
     from ..storage.store import Store
     from .page import write_page
-    from .static import clusters_md, map_png
 
     t0 = time.perf_counter()
-    n_clusters = int(model.clusterer.n_clusters_)
     names, source = inputs or open_inputs(model, params)
     out = Path(params.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -266,14 +261,39 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     rng = np.random.default_rng([params.seed, 2])
     hover_extra = s_ids[rng.permutation(len(s_ids))[:params.hover_images]]
     wanted = list(dict.fromkeys(shown + [i for i in near_ids if i] + list(hover_extra)))
-    thumbs, img_counts = {}, {"missing": 0, "unreadable": 0, "thumbnails": 0}
-    if source is not None:
-        result = write_thumbnails(source, wanted, out / "thumbs", size=THUMB_SIZE)
-        thumbs = {k: v for k, v in result["thumbs"].items() if v}
-        img_counts = {"missing": result["missing"], "unreadable": result["unreadable"],
-                      "thumbnails": len(thumbs)}
-        say(f"report: {len(thumbs):,} thumbnails ({result['missing']} missing, "
-            f"{result['unreadable']} unreadable)")
+    thumbs, img_counts = _thumbnails(source, wanted, out, say)
+
+    report = _report_dict(model, frame, cards, consistency, galleries, pixel_galleries, stats,
+                          dups, params, img_counts, method, len(z), map_seconds, s_ids, thumbs)
+    map_data = _map_data(xy, xyz, s_frame, frame["z"].to_numpy()[pos], thumbs)
+    map_data["rows"] = _image_rows(frame, near, thumbs, set(wanted))
+    write_page(out, report, map_data, thumbs)
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    _write_static(out, report, model, xy, s_labels, s_frame, len(z), len(frame), method,
+                  source, shown, thumbs)
+    say(f"report: {out / 'index.html'} in {time.perf_counter() - t0:.1f} s")
+    return report
+
+
+def _thumbnails(source, wanted, out, say):
+    """The thumbnails of ``wanted`` (image ids) under ``out/thumbs``: ({id: file}, counts)."""
+    from ..storage.images import write_thumbnails
+
+    if source is None:
+        return {}, {"missing": 0, "unreadable": 0, "thumbnails": 0}
+    result = write_thumbnails(source, wanted, out / "thumbs", size=THUMB_SIZE)
+    thumbs = {k: v for k, v in result["thumbs"].items() if v}
+    say(f"report: {len(thumbs):,} thumbnails ({result['missing']} missing, "
+        f"{result['unreadable']} unreadable)")
+    return thumbs, {"missing": result["missing"], "unreadable": result["unreadable"],
+                    "thumbnails": len(thumbs)}
+
+
+def _report_dict(model, frame, cards, consistency, galleries, pixel_galleries, stats, dups,
+                 params, img_counts, method, n_points, map_seconds, s_ids, thumbs) -> dict:
+    """report.json: the overview, the cards, the galleries and how the map was made."""
+    from .. import __version__
+    from ..numerics.pixels import PIXEL_REASONS
 
     flags = frame["is_outlier"].to_numpy()
     info = model.info
@@ -283,7 +303,7 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"id": model.model_id, "descriptors": list(model.descriptors),
                   "algorithm": info.get("fit", {}).get("algorithm", ""), "k": len(cards),
-                  "model_k": n_clusters, "chosen_k": info.get("chosen_k"),
+                  "model_k": int(model.clusterer.n_clusters_), "chosen_k": info.get("chosen_k"),
                   "metrics": info.get("metrics", [])},
         "rows": int(len(frame)),
         "identity": None if consistency is None else {
@@ -298,17 +318,21 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
                    if stats is not None else 0, "galleries": pixel_galleries,
                    "reasons": list(PIXEL_REASONS)},
         "near_duplicates": dups,
-        "map": {"method": method, "points": int(len(z)), "sample": params.sample,
+        "map": {"method": method, "points": int(n_points), "sample": params.sample,
                 "seed": params.seed, "seconds": round(map_seconds, 2),
                 "hover_images": int(sum(1 for i in s_ids if i in thumbs))},
     }
-    map_data = _map_data(xy, xyz, s_frame, frame["z"].to_numpy()[pos], thumbs)
-    map_data["rows"] = _image_rows(frame, near, thumbs, set(wanted))
-    write_page(out, report, map_data, thumbs)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _write_static(out, report, model, xy, s_labels, s_frame, n_points, n_rows, method, source,
+                  shown, thumbs):
+    """map.png and clusters.md (a montage per cluster) beside the page."""
+    from .static import clusters_md, map_png
+
     map_png(out / "map.png", xy, s_labels, s_frame["is_outlier"].to_numpy(),
-            {c["id"]: c["name"] for c in cards},
-            f"model {model.model_id}: {method.upper()} of {len(z):,} of {len(frame):,} images")
+            {c["id"]: c["name"] for c in report["clusters"]},
+            f"model {model.model_id}: {method.upper()} of {n_points:,} of {n_rows:,} images")
     cache = {}
     if source is not None:
         from PIL import Image
@@ -317,5 +341,3 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
             name = thumbs.get(i)
             cache[i] = Image.open(out / "thumbs" / name).convert("RGB") if name else None
     clusters_md(out, report, source, cache)
-    say(f"report: {out / 'index.html'} in {time.perf_counter() - t0:.1f} s")
-    return report

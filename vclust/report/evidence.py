@@ -59,7 +59,7 @@ def _rows_in_model_space(model, store, rows: np.ndarray, known: Rows | None = No
             raw = {d: np.concatenate([raw[d], r_raw[d]])[order] for d in names}
             x = np.concatenate([x, r_x])[order]
     one = raw[names[0]] if len(names) == 1 else raw
-    own = model.outliers._own_block(one)
+    own = model.outliers.scoring_rows(one)
     return x, own
 
 
