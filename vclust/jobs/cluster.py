@@ -349,7 +349,7 @@ _S3_ENVIRON = None
 
 def _s3_environ_class():
     """``S3Environ``, made on first use: a WorkerPlugin subclass needs distributed imported,
-    which a command run in this process on threads never needs (0.6-0.8 s of its start-up)."""
+    which a command run in this process on threads never needs (benchmarks/RESULTS.md, figures behind the code)."""
     global _S3_ENVIRON
     if _S3_ENVIRON is None:
         from distributed.diagnostics.plugin import WorkerPlugin
@@ -399,7 +399,7 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
         if announce:
             announce(f"dask: in this process (threads): {here}")
         # tasks-based rechunking: dask would import distributed to look for a client to run
-        # a p2p rechunk on (0.6-0.8 s of a command that never needs it)
+        # a p2p rechunk on (distributed's import: a command that never needs it)
         with dask.config.set({"scheduler": threads_get, "array.rechunk.method": "tasks"}):
             yield None
         return

@@ -26,8 +26,8 @@ def enable_numba_cache(*packages: str) -> int:
     """Let numba keep the module-level kernels of pynndescent and umap-learn on disk.
 
     Both libraries declare most of their kernels without ``cache=True``, so every new process
-    (each ``vclust`` command, each Dask worker) compiled them again: 23 s of a 20,000-row
-    NNDescent build on this machine, of which 0.5 s is the build. Numba's dispatcher can turn
+    (each ``vclust`` command, each Dask worker) compiled them again, far longer than a small
+    build itself (benchmarks/RESULTS.md, figures behind the code). Numba's dispatcher can turn
     its on-disk cache on after the fact (``Dispatcher.enable_caching``); the cache is keyed by
     the source file's stamp, so an upgraded library recompiles. Kernels numba refuses to cache
     (pynndescent's ``nn_descent``, which asks numba for its thread count through a pointer)

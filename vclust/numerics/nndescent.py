@@ -4,8 +4,8 @@ pynndescent compiles its numba kernels in every new process. ``annindex.enable_n
 puts most of them in numba's disk cache; two stay out: ``nn_descent`` and
 ``nn_descent_internal``, the driver that builds the graph, because they ask numba for its thread
 count from inside compiled code (``numba.get_num_threads()``, a call through a pointer that numba
-will not cache). They are ~5 s of compilation in each process that builds an index (the fit's
-outlier index, the report's map graph; ~24 s with the other kernels before they were cached).
+will not cache). Their compilation would be paid in each process that builds an index (the
+fit's outlier index, the report's map graph) (benchmarks/RESULTS.md, figures behind the code).
 
 Here is the same driver with the thread count passed in as an argument, so numba caches it:
 the loop of pynndescent 0.7.0's ``nn_descent`` / ``nn_descent_internal`` (dense data, random

@@ -18,9 +18,9 @@ the lookups. Ids with ``..`` components never match.
 
 Zip: opened once per process (a forked or unpickled copy of an ``ImageSource`` reopens the file),
 never unpacked. The central directory is parsed (vclust.storage.zipdir) rather than by
-``zipfile.ZipFile``, which builds an object per entry: for 416,314 entries that is 3.3 s and ~270 MB, against 0.8 s of CPU
-and ~100 MB here (the directory's bytes plus a dict). Entries are indexed by their last two path
-components, so a lookup is one dict access and a suffix check (~5 us). Stored and deflated
+``zipfile.ZipFile``, which builds an object per entry: several times the time and memory of
+the directory's bytes plus a dict (benchmarks/RESULTS.md, figures behind the code). Entries are indexed by their last two path
+components, so a lookup is one dict access and a suffix check. Stored and deflated
 entries (all that image zips hold) are read directly and CRC checked; other methods go through
 ``zipfile``, opened on first need. Zip64 archives (more than 65,535 entries) are supported.
 

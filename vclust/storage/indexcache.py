@@ -3,9 +3,9 @@
 The reference index depends only on the reference rows (the scorer's projection of a seeded
 sample of the descriptor rows) and a few build settings, never on the clusters. A user fits
 the same descriptor set many times (another k, a k-range, another algorithm, a mixture's
-weights): each `vclust fit` is a fresh process, and each built the same index again (2.0-2.4 s
-for 50,000 x 119 rows on 2 cores) and asked it the same questions (the reference rows' own
-neighbours and the threshold sample's: 0.9 s). Here they are kept, keyed by the content digest
+weights): each `vclust fit` is a fresh process, and each built the same index again and asked
+it the same questions (the reference rows' own neighbours and the threshold sample's)
+(benchmarks/RESULTS.md, figures behind the code). Here they are kept, keyed by the content digest
 of the reference rows and everything else the answer depends on, so a hit is the answer a
 fresh build would give (tests/test_outliers.py checks it, bit for bit).
 
