@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.vclust-installed
 
-.PHONY: install browser services demo test bench clean
+.PHONY: install browser services demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ demo: $(STAMP)
 # pytest exits 5 when no test ran: make treats any non-zero exit as failure.
 test: $(STAMP) browser services
 	$(PY) -m pytest -q
+
+# while developing: everything but the tests marked slow (a minute or more each on 2 cores)
+test-fast: $(STAMP) browser services
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

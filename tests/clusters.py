@@ -50,7 +50,8 @@ def _which(name: str, package: str) -> str:
     return found
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate ``procs`` (last started first) and wait for them; kill what does not stop."""
     for p in procs[::-1]:
         if p.poll() is None:
             p.terminate()
@@ -221,7 +222,7 @@ def start_slurm(root: Path) -> tuple[SlurmNode, list[subprocess.Popen]]:
 
         _wait("the SLURM node did not become idle", idle, 60, node.logs)
     except BaseException:
-        _stop(procs)
+        stop_processes(procs)
         raise
     return node, procs
 
@@ -236,7 +237,7 @@ def slurm_node(tmp_path_factory):
     finally:
         node.run("scancel", "--full", "--user", str(os.getuid()), check=False)
         time.sleep(1)
-        _stop(procs)
+        stop_processes(procs)
 
 
 # ----------------------------------------------------------------------------------- SSH
@@ -308,7 +309,7 @@ def start_sshd(root: Path) -> tuple[SSHServer, subprocess.Popen]:
     try:
         _wait("sshd did not listen", listening, 20, server.logs)
     except BaseException:
-        _stop([proc])
+        stop_processes([proc])
         raise
     return server, proc
 
@@ -320,7 +321,7 @@ def ssh_server(tmp_path_factory):
     try:
         yield server
     finally:
-        _stop([proc])
+        stop_processes([proc])
 
 
 # ------------------------------------------------------------------- the LocalCluster reference

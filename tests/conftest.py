@@ -11,7 +11,7 @@ import pytest
 
 # the one-node SLURM, the SSH server and the LocalCluster reference of tests/test_slurm.py and
 # tests/test_ssh.py (tests/clusters.py): session fixtures, registered here so both share one each
-from tests.clusters import local_reference, slurm_node, ssh_server  # noqa: E402,F401
+from tests.clusters import local_reference, slurm_node, ssh_server, stop_processes  # noqa: E402,F401
 
 # the outlier index's disk cache (vclust/storage/indexcache.py) stays off in the suite, so every
 # test and every command it runs builds what it checks; the tests of the cache turn it on in a
@@ -78,17 +78,6 @@ def dask_processes(tmp_path_factory):
         stop_processes(procs)
 
 
-def stop_processes(procs):
-    """Terminate ``procs`` (last started first) and wait for them; kill what does not stop."""
-    for p in procs[::-1]:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 # ----------------------------------------------------------------------------- measured figures

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import stop_processes
+from .clusters import stop_processes
 
 REPO = str(Path(__file__).resolve().parents[1])
 VCLUST = [sys.executable, "-m", "vclust.cli"]

@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import InputError
+from ..storage.store import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,6 @@ def check_out(out) -> Path:
         raise InputError(f"--out {out}: holds files that are not a vclust report; a report "
                          "replaces its folder whole: pick an empty or new folder")
     return out
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _leftovers(out: Path, kind: str):
@@ -69,14 +60,14 @@ def recover(out) -> None:
     staging and old folders of processes that are gone."""
     out = Path(out)
     for p, pid in list(_leftovers(out, "old")):
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             if not out.exists():
                 os.replace(p, out)
                 log.warning("report: %s put back (a run was stopped while swapping it)", out)
             else:
                 shutil.rmtree(p, ignore_errors=True)
     for p, pid in list(_leftovers(out, "staging")):
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -79,7 +79,8 @@ def _codec(compression: str):
     return zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -130,7 +131,7 @@ def store_lock(path):
     try:
         held = _read_holder(lock)
         if held.get("pid") and held.get("pid") != info["pid"]:
-            if held.get("host") != info["host"] or _pid_alive(held["pid"]):
+            if held.get("host") != info["host"] or pid_alive(held["pid"]):
                 _refuse(path, lock, held)
             log.warning("taking over the lock of %s left by dead process %s", path, held["pid"])
     except BaseException:
@@ -169,7 +170,7 @@ def _stale(held: dict) -> bool:
     """A remote lock whose holder is gone: a dead process on this host (at once, as the flock
     rule), or a lease not renewed in time (a holder on another host)."""
     if held.get("host") == socket.gethostname() and held.get("pid") and \
-            not _pid_alive(int(held["pid"])):
+            not pid_alive(int(held["pid"])):
         return True
     return time.time() > float(held.get("expires", 0))
 
