@@ -54,15 +54,19 @@ def dask_processes(tmp_path_factory):
     try:
         from distributed import Client
 
-        from vclust.jobs.config import WORKER_EXPORT
+        from vclust.jobs.config import WORKER_EXPORT, WORKER_PRE_SPAWN
 
         worker = [dask_cmd, "worker", addr, "--nthreads", "1", "--memory-limit", "2GB",
                   "--no-dashboard", "--local-directory", str(tmp)]
         # the first worker starts as the README and the SLURM prologue say (vclust's malloc
-        # settings exported in a shell), the second as a bare `dask worker`
-        for cmd in (["bash", "-c", f"{WORKER_EXPORT} && exec {shlex.join(worker)}"], worker):
+        # settings exported in a shell), the second as a bare `dask worker`: without the
+        # settings that an earlier LocalCluster of this process left in os.environ
+        # (distributed's Nanny sets its pre-spawn environment in its own process)
+        bare = {k: v for k, v in os.environ.items() if k not in WORKER_PRE_SPAWN}
+        for cmd, env in ((["bash", "-c", f"{WORKER_EXPORT} && exec {shlex.join(worker)}"], bare),
+                         (worker, bare)):
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, cwd=tmp))
+                                          stderr=subprocess.DEVNULL, cwd=tmp, env=env))
         deadline = time.time() + 60
         while True:
             try:

@@ -128,9 +128,12 @@ def test_two_promotes_at_once_wait_for_each_other_and_lose_no_name(fresh, tmp_pa
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     results = [json.loads(o[0]) for o in outs]
-    first, second = sorted(results, key=lambda r: reg.list().index(r["model"]))
+    # the second numbered against the first's result (ids made in the same second do not sort
+    # by time: their random suffix decides, so the order is read from "previous")
+    a, b = results
+    first, second = (a, b) if b["previous"] == a["model"] else (b, a)
+    assert second["previous"] == first["model"], results
     assert reg.current() == second["model"]
-    assert second["previous"] == first["model"]  # numbered against the first's result
     assert f["names"].read_text() in expected
     assert not (f["reg"] / "promote.json").exists()
 

@@ -102,8 +102,8 @@ def test_fit_label_export_and_bundle(case, local_client, tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     exported = pd.read_csv(csv)
-    assert list(exported.columns) == ["path", "cluster", "is_outlier", "outlier_score",
-                                      "outlier_reason"]
+    assert list(exported.columns) == ["path", "image_id", "model", "cluster", "is_outlier",
+                                      "outlier_score", "outlier_reason", "outlier_reasons"]
     assert len(exported) == 3200 and exported["path"].is_unique
 
 

@@ -1,6 +1,8 @@
 """Preprocessing, KMeans, metrics and the comparison algorithms against scikit-learn."""
 
 
+import subprocess
+import sys
 from pathlib import Path
 
 import dask.array as da
@@ -362,6 +364,25 @@ def _blas_threads():
     from threadpoolctl import threadpool_info
 
     return max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+
+
+def test_a_blas_loaded_after_the_first_limit_is_limited_too():
+    """scipy.special loads scipy's own OpenBLAS without scipy.linalg: a BLAS loaded after
+    one_blas_thread first ran is limited too (the full suite once saw two threads inside a
+    task, after another test had imported scipy.special)."""
+    code = (
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info, threadpool_limits\n"
+        "from vclust.numerics.blocks import one_blas_thread\n"
+        "with one_blas_thread():\n"
+        "    pass\n"
+        "import scipy.special  # noqa: F401 - a second BLAS arrives\n"
+        "with threadpool_limits(2, user_api='blas'):\n"
+        "    with one_blas_thread():\n"
+        "        print(max(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"
 
 
 def test_in_process_graphs_run_blas_at_one_thread_a_block():

@@ -21,17 +21,11 @@ EVERY = 5.0  # seconds between progress lines
 
 
 def _client():
-    import sys
+    """The distributed client that runs this process's graphs, or None: none exists, or
+    ``dask.config.set(scheduler="threads")`` (or "sync") is in force (blocks.distributed_client)."""
+    from ..numerics.blocks import distributed_client
 
-    if "distributed" not in sys.modules:  # never imported: no client can exist
-        return None
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        return None
-    return client
+    return distributed_client()
 
 
 class Progress:

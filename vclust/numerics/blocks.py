@@ -89,9 +89,10 @@ def map_blocks_state(func, X, states=None, args=()):
 _POOL = None
 _BLAS_LOCK = threading.Lock()
 _BLAS = {"users": 0, "limit": None, "controller": None, "modules": None}
-# modules whose import loads a BLAS of its own (numpy's and scipy's OpenBLAS are two libraries):
-# the controller is made again when one of them has been imported since
-_BLAS_MODULES = ("numpy", "scipy.linalg", "sklearn")
+# modules whose import loads a BLAS of its own (numpy's and scipy's OpenBLAS are two libraries;
+# scipy.special loads scipy's without scipy.linalg, faiss brings a third): the controller is made
+# again when one of them has been imported since
+_BLAS_MODULES = ("numpy", "scipy.special", "scipy.linalg", "sklearn", "faiss")
 
 
 @contextmanager

@@ -55,13 +55,10 @@ def open_inputs(model, params):
 def worker_submit():
     """``submit(fn, *args)`` onto the Dask workers when a client is connected, else None: the
     map layouts (one thread each in umap-learn) then run side by side in worker processes."""
-    try:
-        from distributed import get_client
+    from ..numerics.blocks import distributed_client
 
-        client = get_client()
-    except (ImportError, ValueError):
-        return None
-    if not client.scheduler_info().get("workers"):
+    client = distributed_client()
+    if client is None or not client.scheduler_info().get("workers"):
         return None
 
     def submit(fn, *args):
