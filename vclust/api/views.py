@@ -8,7 +8,7 @@ import numpy as np
 from ..errors import InputError
 from ..jobs import params as P
 from .common import load_model, names_of, options_of
-from .tables import cluster_table, consistency, labels
+from .tables import cluster_table, labels
 
 
 class ClusterCard:
@@ -69,7 +69,7 @@ class ModelView:
 
     def __init__(self, store, labels_dir, *, registry=None, model=None, images=None,
                  names=None, sample: int = 50_000, seed: int = 0, identity: str = "parent"):
-        from ..report import content
+        from ..report import cluster_cards_of, content
         from ..storage.images import ImageSource
         from ..storage.store import Store
 
@@ -90,11 +90,11 @@ class ModelView:
                                for d in self.model.descriptors}).compute()
         self.z = np.asarray(z, dtype=np.float32)
         self.sample_frame = frame.iloc[np.searchsorted(frame["row"].to_numpy(), self.sample)]
-        borders = content.border_rows(self.z, self.sample_frame["cluster"].to_numpy(),
-                                      self.model.clusterer.cluster_centers_,
-                                      content.IMAGES_PER_GROUP, present)
-        self.cards = content.cluster_cards(frame, present, p.seed, borders, self.sample,
-                                           self.names, consistency(frame, p.identity))
+        # the report's own cards: the same strips (flagged rows left out of nearest and border)
+        self.cards, _ = cluster_cards_of(frame, self.model, self.z,
+                                         self.sample_frame["cluster"].to_numpy(),
+                                         self.sample_frame["is_outlier"].to_numpy(bool),
+                                         self.sample, self.names, p)
 
     @property
     def model_id(self) -> str:

@@ -141,7 +141,7 @@ def _image_rows(frame, near, thumbs, wanted) -> dict:
     return out
 
 
-def _cards(frame, model, z, s_labels, s_flags, sample, names, params):
+def cluster_cards_of(frame, model, z, s_labels, s_flags, sample, names, params):
     """(the cluster cards (content.cluster_cards) of the clusters that label rows, with their
     identity consistency and, given a truth.csv, their known attributes; the identity
     consistency over every row, or None)."""
@@ -225,8 +225,9 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     s_labels = s_frame["cluster"].to_numpy()
     say(f"report: {len(sample):,} map rows read and reduced")
 
-    cards, consistency = _cards(frame, model, z, s_labels, s_frame["is_outlier"].to_numpy(bool),
-                                sample, names, params)
+    cards, consistency = cluster_cards_of(frame, model, z, s_labels,
+                                          s_frame["is_outlier"].to_numpy(bool), sample, names,
+                                          params)
     frame = _with_z(frame, model, store, say, params.seed, known)
     galleries, pixel_galleries, stats, dups = _galleries(frame, model, store, out, params, say)
 
