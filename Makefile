@@ -45,13 +45,16 @@ install: $(STAMP) browser
 demo: $(STAMP)
 	$(VENV)/bin/vclust demo --out demo-out
 
-# pytest exits 5 when no test ran: make treats any non-zero exit as failure.
+# pytest exits 5 when no test ran: make treats any non-zero exit as failure. Two pytest-xdist
+# workers, each taking a whole test file at a time (so a file's module fixtures are made once);
+# TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) browser services
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # while developing: everything but the tests marked slow (a minute or more each on 2 cores)
 test-fast: $(STAMP) browser services
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

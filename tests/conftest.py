@@ -90,10 +90,16 @@ _FIGURES: list[str] = []
 
 
 @pytest.fixture
-def figure():
+def figure(request):
     """``figure("text")`` records a measured figure (ARI, ROC-AUC, recall) for the run's summary:
-    pytest hides a passing test's prints, and these numbers are what the tests show."""
-    return _FIGURES.append
+    pytest hides a passing test's prints, and these numbers are what the tests show. Kept in the
+    test's report (``user_properties``), so that pytest-xdist brings them from its workers."""
+    return lambda text: request.node.user_properties.append(("figure", str(text)))
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":  # the last report of a test carries all its properties
+        _FIGURES.extend(v for k, v in report.user_properties if k == "figure")
 
 
 def pytest_terminal_summary(terminalreporter):
