@@ -110,3 +110,28 @@ def make_set(family: str, n: int, share: float, seed: int):
     kind = np.array([""] * n_in + [g for g in KINDS for _ in range(m)], dtype=object)
     order = rng.permutation(n)
     return np.concatenate(parts).astype(np.float32)[order], kind[order], k
+
+
+def plant_into(x, share: float, seed: int):
+    """The four kinds planted into real descriptor rows ``x`` (the normal rows of a labelled set),
+    as ``make_set`` plants them, without a family's ReLU or L2 (non-negative kinds where ``x`` is
+    non-negative): the held-out family of bench_outlier_quick.py, whose inliers no generator of
+    this project made. Returns (rows float32, kind)."""
+    rng = np.random.default_rng(seed)
+    n_in, d = x.shape
+    m = max(1, int(round(share * n_in)))
+    nonneg = bool((x >= 0).all())
+    R = float(np.median(np.linalg.norm(x, axis=1)))
+    pick = (lambda c: x[rng.integers(0, n_in, c)])
+    v = rng.normal(size=d)
+    v = np.abs(v) if nonneg else v
+    v /= np.linalg.norm(v)
+    iso = pick(m) + rng.normal(0, R / np.sqrt(d), (m, d))
+    groups = {"near_zero": pick(m) * rng.uniform(0.01, 0.05, (m, 1)),
+              "shared_dir": rng.uniform(1.5, 3.0, (m, 1)) * R * v + 0.05 * pick(m),
+              "duplicated": pick(1) + rng.normal(0, 1e-3 * R / np.sqrt(d), (m, d)),
+              "isolated": np.maximum(iso, 0) if nonneg else iso}
+    kind = np.array([""] * n_in + [g for g in KINDS for _ in range(m)], dtype=object)
+    rows = np.concatenate([x] + [groups[g] for g in KINDS]).astype(np.float32)
+    order = rng.permutation(len(rows))
+    return rows[order], kind[order]

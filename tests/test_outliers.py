@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 from threadpoolctl import threadpool_limits
 
-from vclust.numerics import refindex
+from vclust.numerics import outlier_state, refindex
 from vclust.numerics.kmeans import KMeans
 from vclust.numerics.outliers import REASONS, OutlierScorer, reason_bit, reason_names
 from vclust.numerics.preprocess import Preprocessor
@@ -636,9 +636,48 @@ def test_a_model_saved_before_the_scoring_row_terms_still_scores(relu_case):
     before them) loads and scores, with those parts in the clustering rows only."""
     x, kind, z, labels, dist, _, sc = relu_case
     params, arrays = sc.to_state()
-    old = {k: v for k, v in arrays.items() if k + "_" not in OutlierScorer._SINCE_3}
+    old = {k: v for k, v in arrays.items() if k + "_" not in outlier_state.OPTIONAL}
     again = OutlierScorer.from_state(params, old)
     s, f = again.score(z[:500], labels[:500], dist[:500], raw=x[:500])
     assert np.isfinite(s).all() and s.dtype == np.float32
     with pytest.raises(KeyError, match="kdist"):
         OutlierScorer.from_state(params, {k: v for k, v in arrays.items() if k != "kdist"})
+
+
+def test_faint_rows_of_l2_normalised_descriptors_are_far_from_centre(figure):
+    """Descriptors L2-normalised by their extractor (re-ID embeddings), with rows near zero
+    planted after it (an epsilon floor leaves a frame with nothing in it near zero): in the
+    clustering rows they are ordinary directions, and as given they are near one another, so
+    neither the group nor the kNN term sees them, and the cluster means of the scoring rows
+    are not far enough; their norm, far under every other row's, is (the faint part of the
+    centre term). A scorer state without it (saved before it) misses them."""
+    rng = np.random.default_rng(3)
+    k, d, n_in, m = 12, 96, 6000, 30
+    lab = rng.integers(0, k, n_in)
+    x = rng.normal(0, 1, (k, d))[lab] + rng.normal(0, 0.05, (n_in, d))
+    for c in range(k):  # each cluster spread along 6 directions of its own, unevenly
+        basis = np.linalg.qr(rng.normal(size=(d, 6)))[0].T
+        x[lab == c] += (rng.normal(size=((lab == c).sum(), 6)) * np.geomspace(0.75, 0.08, 6)) @ basis
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    faint = x[rng.integers(0, n_in, m)] * rng.uniform(0.01, 0.05, (m, 1))
+    x = np.concatenate([x, faint]).astype(np.float32)
+    kind = np.array([""] * n_in + ["faint"] * m, dtype=object)
+    z = Preprocessor().fit(x).transform(x)
+    km = KMeans(k, random_state=0).fit(z)
+    labels, dist = km.predict_block(z)
+    sc = OutlierScorer(random_state=0, threshold_rows="reference").fit(
+        z, labels, dist, km.cluster_centers_, raw=x)
+    score, flag, reason, mask = sc.score(z, labels, dist, raw=x, reasons=True, all_reasons=True)
+    auc = _auc_vs_inliers(score, kind, "faint")
+    params, arrays = sc.to_state()
+    before = OutlierScorer.from_state(params, {k_: v for k_, v in arrays.items()
+                                               if k_ not in ("origin", "faint_norm")})
+    s_before, f_before = before.score(z, labels, dist, raw=x)
+    auc_before = _auc_vs_inliers(s_before, kind, "faint")
+    figure(f"L2-normalised case, rows near zero: vclust ROC-AUC {auc:.3f} (without the faint "
+           f"part {auc_before:.3f}), flagged {flag[kind == 'faint'].mean():.0%}, inliers "
+           f"flagged {flag[kind == ''].mean():.1%}")
+    assert auc >= 0.99 and auc_before < 0.9, (auc, auc_before)
+    assert flag[kind == "faint"].all() and not f_before[kind == "faint"].all()
+    assert (reason[kind == "faint"] == REASONS.index("far_from_centre")).all()
+    assert flag[kind == ""].mean() <= f_before[kind == ""].mean() + 0.001  # no inlier pays for it

@@ -31,6 +31,7 @@ import copy
 import numpy as np
 
 from ..errors import InputError
+from ..numerics import outlier_state
 
 FAR = 1e4  # gap centres sit this far (times the largest centre coordinate + 1) from every row
 
@@ -113,7 +114,7 @@ def renumber(model, mapping: dict, previous: str | None = None, next_id: int | N
     scorer = copy.deepcopy(model.outliers)
     neutral = {"cluster_median_": 1.0, "cluster_log_mad_": 1.0, "cluster_share_": 0.0,
                "cluster_tight_": -np.inf, "cluster_degenerate_": False}
-    for attr in getattr(type(scorer), "_ARRAYS", ()):
+    for attr in outlier_state.ARRAYS:
         val = getattr(scorer, attr, None)
         if attr.startswith("cluster_") and val is not None and np.ndim(val) and len(val) == old_n:
             setattr(scorer, attr, expand(val, neutral.get(attr, 0)))

@@ -27,7 +27,11 @@ robust z ((v - median) / (1.4826 MAD) over the reference rows):
     centre      log of the distance to its cluster's centre in the clustering rows (against
                 that cluster's median and MAD, the MAD floored at half the median MAD of the
                 clusters); and log of the distance to the nearest cluster mean in the scoring
-                rows (each cluster's mean and spread from its reference rows): the larger
+                rows (each cluster's mean and spread from its reference rows); and how faint
+                the row is: log of its distance from the zero descriptor row in the scoring rows
+                (its norm within the projection) below the reference rows' median, against
+                their MAD floored at FAINT_MAD_FLOOR (L2-normalised descriptors have no spread
+                of norms): the largest of the three
 
 and the terms (``REASONS``) are
 
@@ -63,6 +67,7 @@ import numpy as np
 from . import DEFAULT_MAD_Z
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
+from . import outlier_state
 from .outlier_rows import fixed_context, gather, projection, raw_parts, same_rows
 from .refindex import ReferenceIndex, warm_up
 
@@ -71,6 +76,12 @@ __all__ = ["OutlierScorer", "REASONS", "NOISE", "reason_bit", "reason_names", "w
 
 #: rows outside the reference scored at fit for the threshold (``threshold_rows="reference"``)
 THRESHOLD_SAMPLE = 20_000
+
+#: the floor of the MAD of the reference rows' log norms for the faint part of the centre term:
+#: with no spread of norms (L2-normalised descriptors), a row is far_from_centre at
+#: ``centre_gate`` = 10 when its norm is under exp(-1) of the median; a frame with nothing in it
+#: has 1-5 % (benchmarks/RESULTS.md, "Outlier score on a matrix of unseen cases")
+FAINT_MAD_FLOOR = 0.1
 
 #: ``reason`` codes: index 0 = not an outlier; else the term that gave the row its combined z
 REASONS = ("", "isolated", "tight_group", "far_from_centre", "degenerate_cluster", "noise")
@@ -281,6 +292,7 @@ class OutlierScorer(Estimator):
             self._set_reference(ref_z, rows_abs[pos], cache)
         ref = self.reference_
         self.reference_z_ = None if raw is None else ref_z
+        self._fit_faint(ref, raw)
         # the group rank: the j-th reference neighbour stands for about k rows of the data
         self.tight_rank_ = int(np.clip(round(self.n_neighbors * len(ref) / n), 1, self.n_neighbors))
         lab, dist = dask.compute(labels, center_dist) if is_dask(labels) else (labels, center_dist)
@@ -346,6 +358,27 @@ class OutlierScorer(Estimator):
         self.cluster_log_mad_ = np.maximum(self.cluster_log_mad_, 0.5 * pooled)
         self.cluster_share_ = counts / len(lab)
 
+    def _fit_faint(self, ref, raw):
+        """The zero descriptor row in the scoring rows (``origin_``, empty without a projection)
+        and the robust spread of the reference rows' log distance from it (``faint_norm_``)."""
+        if raw is None or getattr(self, "projection_", None) is None:
+            self.origin_, self.faint_norm_ = np.zeros(0, np.float32), np.array([0.0, 1.0])
+            return
+        zero = ({k: np.zeros((1, v.shape[1]), np.float32) for k, v in raw.items()}
+                if isinstance(raw, dict) else np.zeros((1, raw.shape[1]), np.float32))
+        self.origin_ = self.scoring_rows(zero)[0]
+        med, mad = _robust(_log(np.linalg.norm(np.asarray(ref, np.float64) - self.origin_, axis=1)))
+        self.faint_norm_ = np.array([med, max(mad, FAINT_MAD_FLOOR)])
+
+    def _faint_z(self, x):
+        """How much fainter than the reference rows each scoring row is, in robust deviations of
+        log norm (-inf without a projection, or for a scorer saved before this term)."""
+        origin = getattr(self, "origin_", None)
+        if origin is None or not len(origin):
+            return np.full(len(x), -np.inf)
+        ln = _log(np.linalg.norm(np.asarray(x, np.float64) - origin, axis=1))
+        return (self.faint_norm_[0] - ln) / self.faint_norm_[1]
+
     def _fit_own_centres(self, ref, ref_lab, n_clusters):
         """Each cluster's mean in the scoring rows (from its reference rows) and the robust
         spread of log distance to it, the MAD floored as for the clustering rows; clusters with
@@ -389,7 +422,7 @@ class OutlierScorer(Estimator):
         j = self.tight_rank_ - 1
         return {"knn": knn, "lof": lof, "tight": _log(np.partition(dz, j, axis=1)[:, j]),
                 "tight_own": _log(np.partition(d, j, axis=1)[:, j]),
-                "centre_own": self._own_centre_z(x)}
+                "centre_own": np.maximum(self._own_centre_z(x), self._faint_z(x))}
 
     def _own_centre_z(self, x):
         """How far each scoring row lies from the nearest cluster mean, in robust deviations of
@@ -520,62 +553,12 @@ class OutlierScorer(Estimator):
 
     # ------------------------------------------------------------------ state
 
-    _ARRAYS = ("kdist_", "lrd_", "cluster_median_", "cluster_log_mad_", "cluster_share_",
-               "cluster_tight_", "cluster_degenerate_", "knn_norm_", "lof_norm_", "tight_norm_",
-               "tight_own_norm_", "cluster_own_centre_", "cluster_own_median_",
-               "cluster_own_mad_", "cluster_own_used_")
-    #: arrays a scorer saved before the group and centre terms ran in both spaces lacks (it
-    #: scores as it did then: those parts in the clustering rows only)
-    _SINCE_3 = ("tight_own_norm_", "cluster_own_centre_", "cluster_own_median_",
-                "cluster_own_mad_", "cluster_own_used_")
-
     def to_state(self):
-        params = self.get_params()
-        index_params, index_arrays = self.ref_index_.state()
-        params.update(threshold_=self.threshold_, threshold_z_=self.threshold_z_,
-                      fit_outlier_rate_=self.fit_outlier_rate_, tight_rank_=self.tight_rank_,
-                      index=index_params, projection=None)
-        arrays = {k.rstrip("_"): getattr(self, k) for k in self._ARRAYS}
-        arrays.update(reference=self.reference_, ref_rows=self.ref_rows_)
-        arrays.update({f"index/{k}": v for k, v in index_arrays.items()})
-        if self.projection_ is not None:
-            from .preprocess import MixturePreprocessor
-
-            p, a = self.projection_.to_state()
-            params["projection"] = {"mixture": isinstance(self.projection_, MixturePreprocessor),
-                                    "params": p}
-            arrays["reference_z"] = self.reference_z_
-            arrays.update({f"projection/{k}": v for k, v in a.items()})
-        return params, arrays
+        return outlier_state.to_state(self)
 
     @classmethod
     def from_state(cls, params, arrays):
-        from .preprocess import MixturePreprocessor, Preprocessor
-
-        obj = cls(**{k: params[k] for k in cls._param_names() if k in params})  # older: no threshold_rows
-        obj.threshold_, obj.threshold_z_ = params["threshold_"], params["threshold_z_"]
-        obj.fit_outlier_rate_ = params["fit_outlier_rate_"]
-        obj.tight_rank_ = int(params["tight_rank_"])
-        for k in cls._ARRAYS:
-            if k.rstrip("_") in arrays:
-                setattr(obj, k, np.asarray(arrays[k.rstrip("_")]))
-            elif k not in cls._SINCE_3:
-                raise KeyError(f"outlier scorer state without {k.rstrip('_')!r}")
-        obj.cluster_degenerate_ = obj.cluster_degenerate_.astype(bool)
-        if getattr(obj, "cluster_own_used_", None) is not None:
-            obj.cluster_own_used_ = obj.cluster_own_used_.astype(bool)
-        proj = params.get("projection")
-        obj.projection_, obj.reference_z_ = None, None
-        if proj is not None:
-            sub = {k[len("projection/"):]: v for k, v in arrays.items() if k.startswith("projection/")}
-            kind = MixturePreprocessor if proj["mixture"] else Preprocessor
-            obj.projection_ = kind.from_state(proj["params"], sub)
-            obj.reference_z_ = np.ascontiguousarray(arrays["reference_z"], dtype=np.float32)
-        index_arrays = {k[len("index/"):]: v for k, v in arrays.items() if k.startswith("index/")}
-        obj.ref_index_ = ReferenceIndex.from_state(
-            arrays["reference"], arrays["ref_rows"], params["index"], index_arrays,
-            obj.index_neighbors, obj.random_state)
-        return obj
+        return outlier_state.from_state(cls, params, arrays)
 
 
 def _strongest(t):
