@@ -51,16 +51,24 @@ def _which(name: str, package: str) -> str:
 
 
 def stop_processes(procs: list[subprocess.Popen]) -> None:
-    """Terminate ``procs`` (last started first) and wait for them; kill what does not stop."""
-    for p in procs[::-1]:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    """Terminate ``procs`` one at a time, last started first, each waited for before the next
+    (kill what does not stop in 15 s). One at a time: `dask worker` processes terminated with
+    their scheduler each waited 8 s for the scheduler they could no longer reach (measured by
+    hand: 8.2 s against 0.6-1.0 s for a scheduler and two workers). Once the first process (the
+    scheduler) is gone, the rest have nothing to wait for and are terminated together."""
+    for i in range(len(procs) - 1, -1, -1):
+        batch = procs[: i + 1] if procs[0].poll() is not None else [procs[i]]
+        for p in batch:
+            if p.poll() is None:
+                p.terminate()
+        for p in batch:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if len(batch) > 1:
+            break
 
 
 def _tail(path: Path, n: int = 15) -> str:

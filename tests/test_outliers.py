@@ -536,15 +536,20 @@ def _relu_case(n=8000, d=128, per_kind=40, seed=7):
     return x, kind, k
 
 
-@pytest.fixture(scope="module")
-def relu_case():
-    x, kind, k = _relu_case()
+def _fitted(x, k):
+    """(clustering rows, labels, distances, centres, scorer) as `vclust fit` makes them."""
     z = Preprocessor().fit(x).transform(x)
     km = KMeans(k, random_state=0).fit(z)
     labels, dist = km.predict_block(z)
     sc = OutlierScorer(random_state=0, threshold_rows="reference").fit(
         z, labels, dist, km.cluster_centers_, raw=x)
-    return x, kind, z, labels, dist, km.cluster_centers_, sc
+    return z, labels, dist, km.cluster_centers_, sc
+
+
+@pytest.fixture(scope="module")
+def relu_case():
+    x, kind, k = _relu_case()
+    return (x, kind) + _fitted(x, k)
 
 
 def test_rows_near_zero_are_outliers_not_the_most_normal(relu_case, figure):
@@ -662,11 +667,7 @@ def test_faint_rows_of_l2_normalised_descriptors_are_far_from_centre(figure):
     faint = x[rng.integers(0, n_in, m)] * rng.uniform(0.01, 0.05, (m, 1))
     x = np.concatenate([x, faint]).astype(np.float32)
     kind = np.array([""] * n_in + ["faint"] * m, dtype=object)
-    z = Preprocessor().fit(x).transform(x)
-    km = KMeans(k, random_state=0).fit(z)
-    labels, dist = km.predict_block(z)
-    sc = OutlierScorer(random_state=0, threshold_rows="reference").fit(
-        z, labels, dist, km.cluster_centers_, raw=x)
+    z, labels, dist, _, sc = _fitted(x, k)
     score, flag, reason, mask = sc.score(z, labels, dist, raw=x, reasons=True, all_reasons=True)
     auc = _auc_vs_inliers(score, kind, "faint")
     params, arrays = sc.to_state()
