@@ -50,11 +50,11 @@ demo: $(STAMP)
 # TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= 2
 test: $(STAMP) browser services
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # while developing: everything but the tests marked slow (a minute or more each on 2 cores)
 test-fast: $(STAMP) browser services
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
