@@ -645,6 +645,9 @@ def test_a_model_saved_before_the_scoring_row_terms_still_scores(relu_case):
     again = OutlierScorer.from_state(params, old)
     s, f = again.score(z[:500], labels[:500], dist[:500], raw=x[:500])
     assert np.isfinite(s).all() and s.dtype == np.float32
+    # saved again (a promote, a nightly successor) and loaded: it scores as it did
+    resaved = OutlierScorer.from_state(*again.to_state())
+    np.testing.assert_array_equal(resaved.score(z[:500], labels[:500], dist[:500], raw=x[:500])[0], s)
     with pytest.raises(KeyError, match="kdist"):
         OutlierScorer.from_state(params, {k: v for k, v in arrays.items() if k != "kdist"})
 

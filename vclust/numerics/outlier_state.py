@@ -27,7 +27,9 @@ def to_state(scorer):
     params.update(threshold_=scorer.threshold_, threshold_z_=scorer.threshold_z_,
                   fit_outlier_rate_=scorer.fit_outlier_rate_, tight_rank_=scorer.tight_rank_,
                   index=index_params, projection=None)
-    arrays = {k.rstrip("_"): getattr(scorer, k) for k in ARRAYS}
+    # a scorer loaded from an older state lacks some OPTIONAL arrays: saved again without them
+    arrays = {k.rstrip("_"): getattr(scorer, k) for k in ARRAYS
+              if k not in OPTIONAL or getattr(scorer, k, None) is not None}
     arrays.update(reference=scorer.reference_, ref_rows=scorer.ref_rows_)
     arrays.update({f"index/{k}": v for k, v in index_arrays.items()})
     if scorer.projection_ is not None:
