@@ -114,7 +114,8 @@ def pytest_terminal_summary(terminalreporter):
 # the files that take longest in `make test`'s two workers (--durations, 2026-12-03), started
 # first: with --no-loadscope-reorder pytest-xdist hands out whole files in collection order (by
 # default it orders them by their number of tests, which put the SLURM file, few tests and the
-# longest setup, last: one worker ran it alone at the end, 10 min 55 s against 7 min 43 s)
+# longest setup, last, where one worker ran it alone at the end of a 10 min 55 s run). How much
+# this saves was not separated from the machine's own variation (7:43 to 10:55 that day).
 LONG_FIRST = ("test_slurm.py", "test_s3.py", "test_faults_jobs.py", "test_outliers.py",
               "test_api.py", "test_notebook.py", "test_faults.py", "test_ssh.py",
               "test_report.py", "test_compare.py")

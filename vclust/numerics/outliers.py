@@ -64,10 +64,9 @@ import logging
 
 import numpy as np
 
-from . import DEFAULT_MAD_Z
+from . import DEFAULT_MAD_Z, outlier_state
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
-from . import outlier_state
 from .outlier_rows import fixed_context, gather, projection, raw_parts, same_rows
 from .refindex import ReferenceIndex, warm_up
 
@@ -80,7 +79,7 @@ THRESHOLD_SAMPLE = 20_000
 #: the floor of the MAD of the reference rows' log norms for the faint part of the centre term:
 #: with no spread of norms (L2-normalised descriptors), a row is far_from_centre at
 #: ``centre_gate`` = 10 when its norm is under exp(-1) of the median; a frame with nothing in it
-#: has 1-5 % (benchmarks/RESULTS.md, "Outlier score on a matrix of unseen cases")
+#: has 1-5 % (benchmarks/RESULTS.md, "Outlier score, quickly")
 FAINT_MAD_FLOOR = 0.1
 
 #: ``reason`` codes: index 0 = not an outlier; else the term that gave the row its combined z
