@@ -220,6 +220,7 @@ def _real_sets():
 
 
 @pytest.mark.slow  # about a minute on 2 cores (13 sets fitted and scored, exact 10-NN)
+@pytest.mark.timeout(900)  # 22 s alone, 43-60 s in make test's two workers; over 300 s on a 4x-loaded machine
 def test_real_sets_auc_not_below_exact_knn(figure):
     """On every real set vclust's ROC-AUC is at least exact 10-NN's minus 0.01, and on average
     at least exact 10-NN's. Both run here, on the rows as each set gives them: the peer on X,
