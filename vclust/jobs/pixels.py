@@ -7,10 +7,13 @@ batch, committed in the batch's ledger entry last). The work is split in row blo
 task each, run on the workers; each worker process opens the zip itself, once (the path travels
 in the task, not the zip's index).
 
-Decoding: JPEGs are decoded at a reduced scale by Pillow's draft mode (1/2, 1/4, 1/8 in the
-decoder's DCT) when the picture is more than twice ``ANALYSIS_SIZE`` on its longer side, never
-below it; other formats larger than that are box-reduced by a whole factor. VeRi-Wild's pictures
-(about 200-300 pixels) are decoded at full size, so the sharpness sees their real edges.
+Decoding: a sound JPEG is decoded by libjpeg-turbo straight into an array
+(vclust.storage.decode.decode_jpeg: simplejpeg, the values Pillow gives); anything else, and any
+JPEG libjpeg warns about, by Pillow, as before. JPEGs are decoded at a reduced scale (1/2, 1/4,
+1/8 in the decoder's DCT, as Pillow's draft mode chooses it) when the picture is at least twice
+``ANALYSIS_SIZE`` on its longer side, never below it; other formats larger than that are
+box-reduced by a whole factor. VeRi-Wild's pictures (about 200-300 pixels) are decoded at full
+size, so the sharpness sees their real edges.
 
 A batch whose statistics are committed is skipped: re-running changes nothing. A run killed at
 any point leaves the committed statistics and the ledger as they were; the next run removes its
@@ -20,12 +23,12 @@ leftovers and completes the work.
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 
 from ..errors import InputError
 from ..numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, STAT_COLUMNS, image_stats
+from ..storage.decode import decode_jpeg, open_image, reduced_box, rgbx_luma
 from ..storage.pixels import BLOCK_ROWS
 from . import progress
 
@@ -46,20 +49,25 @@ def _source(path):
 
 
 def decode(data: bytes, size: int = ANALYSIS_SIZE):
-    """(width, height, RGB array at most about ``size`` on the longer side, its luma and the
+    """(width, height, pixels at most about ``size`` on the longer side, their luma and the
     luma's histogram), or raise on a picture that cannot be decoded (truncated, corrupt, not an
     image) or is refused before decoding (vclust.storage.decode.open_image: too many pixels, or
-    more than its bytes can hold)."""
-    from ..storage.decode import open_image
-
+    more than its bytes can hold). The pixels are (h, w, 3) RGB, or (h, w, 4) RGBX whose fourth
+    value is 255 where libjpeg-turbo decoded them (vclust.storage.decode.decode_jpeg: a sound
+    JPEG); the luma is Pillow's ``convert("L")`` of them either way."""
+    fast = decode_jpeg(data, size)
+    if fast is not None:
+        w, h, pixels = fast
+        luma, hist = rgbx_luma(pixels)
+        return w, h, pixels, np.asarray(luma), hist
     with open_image(data) as im:
         w, h = im.size
-        longer = max(w, h)
-        if longer >= 2 * size:
+        box = reduced_box(w, h, size)
+        if box is not None:
             if im.format == "JPEG":
-                im.draft("RGB", (math.ceil(w * size / longer), math.ceil(h * size / longer)))
+                im.draft("RGB", box)
             else:
-                im = im.reduce(longer // size)
+                im = im.reduce(max(w, h) // size)
         rgb_image = im.convert("RGB")  # decodes: a truncated file raises here
     luma = rgb_image.convert("L")
     return w, h, np.asarray(rgb_image), np.asarray(luma), luma.histogram()

@@ -60,6 +60,8 @@ new store measures them all.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 ANALYSIS_SIZE = 256  # longer side the decoder may reduce a picture to (never below it)
@@ -92,6 +94,7 @@ LOG_SCALE = ("uniform", "underexposed")  # fitted on the log of their statistic
 DEFAULT_PIXEL_Z = 4.0
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_ONES4 = np.ones(4, dtype=np.float32)
 
 
 def _halve(y: np.ndarray) -> np.ndarray:
@@ -102,13 +105,16 @@ def _halve(y: np.ndarray) -> np.ndarray:
 
 
 def _quarter(luma: np.ndarray) -> np.ndarray:
-    """Means of the 4 x 4 blocks of a uint8 picture (the rest of its last rows and columns
-    dropped), float32: the sums taken in uint16 (at most 16 x 255), exact."""
+    """Means of the 4 x 4 blocks of a uint8 picture, or of the same picture as float32 (the
+    rest of its last rows and columns dropped), float32: each block's lines added, then its
+    columns (a product with ones), all in whole numbers up to 16 x 255, exact."""
     h, w = luma.shape[0] // 4 * 4, luma.shape[1] // 4 * 4
-    a = luma[:h, :w].astype(np.uint16)
-    a = a[0::4] + a[1::4] + a[2::4] + a[3::4]
-    a = a[:, 0::4] + a[:, 1::4] + a[:, 2::4] + a[:, 3::4]
-    return a.astype(np.float32) * np.float32(1 / 16)
+    a = luma[:h, :w]
+    s = a[0::4].astype(np.float32)
+    s += a[1::4]
+    s += a[2::4]
+    s += a[3::4]
+    return (s.reshape(-1, 4) @ _ONES4).reshape(h // 4, w // 4) * np.float32(1 / 16)
 
 
 def _gradient_energy(y: np.ndarray) -> float:
@@ -120,56 +126,124 @@ def _gradient_energy(y: np.ndarray) -> float:
     return float(np.vdot(dx, dx)) / dx.size + float(np.vdot(dy, dy)) / dy.size
 
 
-def shape_stats(luma: np.ndarray) -> tuple[float, float, float]:
+def shape_stats(luma: np.ndarray, fine: float | None = None,
+                y: np.ndarray | None = None) -> tuple[float, float, float]:
     """(structure, edges, detail) of a uint8 luma picture (see the module docstring); NaN for
-    the parts a picture too small to reduce (under 16 pixels on a side) has none of."""
+    the parts a picture too small to reduce (under 16 pixels on a side) has none of. ``fine``:
+    the picture's mean squared gradient, and ``y`` the picture as float32, when the caller has
+    them (``image_stats``)."""
     luma = np.asarray(luma, dtype=np.uint8)
     if luma.shape[0] < 16 or luma.shape[1] < 16:
         return float(luma.std()) if luma.size else float("nan"), float("nan"), float("nan")
-    y2 = _quarter(luma)
-    structure = float(_halve(y2).std())
+    y2 = _quarter(luma if y is None else y)
+    y8 = _halve(y2).ravel().astype(np.float64)  # multiples of 1/64: float64 sums are exact
+    mean = float(y8.sum()) / y8.size
+    structure = math.sqrt(max(0.0, float(np.square(y8, out=y8).sum()) / y8.size - mean * mean))
     edges = _gradient_energy(y2) / 16.0
-    fine = _gradient_energy(luma.astype(np.float32)) - QUANTISATION_ENERGY
-    detail = float(np.log(max(fine, 1e-3) / max(edges, 1e-6)))
+    if fine is None:
+        fine = _gradient_energy(luma.astype(np.float32))
+    fine -= QUANTISATION_ENERGY
+    detail = math.log(max(fine, 1e-3) / max(edges, 1e-6))
     return structure, edges, detail
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+_LEVELS2 = _LEVELS * _LEVELS
 
 
 def image_stats(rgb: np.ndarray, luma: np.ndarray | None = None,
                 hist=None) -> tuple[float, ...]:
-    """The ``STAT_COLUMNS`` of one RGB picture (h, w, 3) uint8; ``luma`` its luma (h, w) uint8
-    and ``hist`` the 256 counts of its values, when the decoder gave them (Pillow's
-    ``convert("L")`` and ``histogram()``: the same weights, rounded), else computed here. The
-    colourfulness is taken over every other pixel of every other line (a quarter of the pixels,
-    an unbiased sample of the same means and spreads, at a quarter of the cost)."""
+    """The ``STAT_COLUMNS`` of one picture: ``rgb`` (h, w, 3) uint8 RGB, or (h, w, 4) RGBX whose
+    fourth value is 255 everywhere (libjpeg-turbo's, vclust.storage.decode.decode_jpeg);
+    ``luma`` its luma (h, w) uint8 and ``hist`` the 256 counts of its values, when the decoder
+    gave them (Pillow's ``convert("L")`` and ``histogram()``: the same weights, rounded), else
+    computed here. The colourfulness is taken over every other pixel of every other line (a
+    quarter of the pixels, an unbiased sample of the same means and spreads, at a quarter of the
+    cost).
+
+    Each statistic is a few whole-array passes (a picture of a few hundred pixels costs more in
+    numpy calls than in arithmetic): the differences of the luma are taken once, on the
+    flattened picture (the wrap from one line's end to the next line's start taken out again),
+    and serve both the gradient energy and the Laplacian; spreads are sums and sums of squares
+    (exact for the colour sums, in float64), not ``var``."""
     rgb = np.asarray(rgb)
     if luma is None:
-        luma = np.rint(rgb.astype(np.float32) @ _LUMA).astype(np.uint8)
+        luma = np.rint(rgb[..., :3].astype(np.float32) @ _LUMA).astype(np.uint8)
     n = luma.size
     if hist is None:
         hist = np.bincount(luma.ravel(), minlength=256)
     hist = np.asarray(hist, dtype=np.float64)
-    levels = np.arange(256, dtype=np.float64)
-    brightness = float(hist @ levels) / n
-    contrast = float(np.sqrt(max(0.0, float(hist @ (levels * levels)) / n - brightness ** 2)))
-    over = float(hist[BRIGHT_LUMA:].sum()) / n
-    under = float(hist[:DARK_LUMA + 1].sum()) / n
-    highlight = float(np.searchsorted(np.cumsum(hist), 0.99 * n))
-    if luma.shape[0] > 2 and luma.shape[1] > 2:
-        y = luma.astype(np.int16)
-        lap = (4 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:])
-        sharpness = float(lap.astype(np.float32).var())
-    else:
-        sharpness = 0.0
-    c = rgb[::2, ::2].astype(np.int16)
-    r, g, b = c[..., 0], c[..., 1], c[..., 2]
-    rg = (r - g).astype(np.float32)
-    yb2 = (r + g - 2 * b).astype(np.float32)  # twice yb
-    colourfulness = float(np.sqrt(rg.var() + yb2.var() / 4)
-                          + 0.3 * np.hypot(rg.mean(), yb2.mean() / 2))
-    clipped = float(np.count_nonzero(rgb >= CLIP_VALUE)) / max(rgb.size, 1)
-    structure, edges, detail = shape_stats(luma)
+    brightness = float(hist @ _LEVELS) / n
+    contrast = math.sqrt(max(0.0, float(hist @ _LEVELS2) / n - brightness ** 2))
+    cum = np.cumsum(hist)
+    over = float(n - cum[BRIGHT_LUMA - 1]) / n
+    under = float(cum[DARK_LUMA]) / n
+    highlight = float(np.searchsorted(cum, 0.99 * n))
+    y = luma.astype(np.float32)
+    sharpness, fine = _laplacian_and_gradient(y)
+    colourfulness = _colourfulness(rgb)
+    # the fourth value of RGBX is 255 at every pixel: n of the values at 255 are not colours
+    clipped = (float(np.count_nonzero(rgb == CLIP_VALUE)) - (n if rgb.shape[-1] == 4 else 0)
+               ) / max(3 * n, 1)
+    structure, edges, detail = shape_stats(luma, fine, y)
     return (brightness, contrast, over, under, sharpness, colourfulness, clipped, highlight,
             structure, edges, detail)
+
+
+def _laplacian_and_gradient(y: np.ndarray) -> tuple[float, float]:
+    """(variance of the 4-neighbour Laplacian, mean dx^2 plus mean dy^2) of a luma picture as
+    float32: 0 and NaN for a picture of at most 2 lines or columns. The differences are taken
+    on the flattened picture, where dx includes the step from a line's last pixel to the next
+    line's first (taken out of its energy), and the negated Laplacian at an inner pixel is
+    dx[k-1] - dx[k] + dy[k-w] - dy[k] (its values at the first and last columns taken out).
+    The Laplacian's sum telescopes to the picture's border, where it is taken, exactly."""
+    h, w = y.shape
+    if h <= 2 or w <= 2:
+        return 0.0, _gradient_energy(y)
+    y = y.ravel()
+    n = y.size
+    dx = y[1:] - y[:-1]
+    dy = y[w:] - y[:-w]
+    wrap = dx[w - 1::w]
+    fine = ((float(np.vdot(dx, dx)) - float(np.vdot(wrap, wrap))) / (h * (w - 1))
+            + float(np.vdot(dy, dy)) / dy.size)
+    lap = dx[w - 1:n - w - 1] - dx[w:n - w]
+    lap += dy[:n - 2 * w]
+    lap -= dy[w:]
+    rim = lap.reshape(h - 2, w)[:, ::w - 1].ravel()  # the first and last columns (a copy)
+    m = (h - 2) * (w - 2)
+    # the sum over the inner pixels: what remains at the border (whole numbers, exact):
+    # dx[i, 0] - dx[i, w - 2] over the inner lines, dy[0, j] - dy[h - 2, j] over inner columns
+    total = (float(dx[w:n - w:w].sum()) - float(dx[2 * w - 2:n - w:w].sum())
+             + float(dy[1:w - 1].sum()) - float(dy[n - 2 * w + 1:n - w - 1].sum()))
+    np.square(lap, out=lap)
+    np.square(rim, out=rim)
+    square = (float(lap.sum()) - float(rim.sum())) / m  # pairwise float32 sums, as var's
+    return max(0.0, square - (total / m) ** 2), fine
+
+
+def _colourfulness(rgb: np.ndarray) -> float:
+    """Hasler and Suesstrunk's M over every other pixel of every other line of an RGB or RGBX
+    picture: each channel of the sample read as a strided view of whole lines, the means and
+    spreads from float64 sums (exact: integers below 2^53)."""
+    h, w, ch = rgb.shape
+    if not rgb.size:
+        return float("nan")
+    lines = rgb[::2].reshape(-1, w * ch)
+    r = lines[:, 0::2 * ch].astype(np.float64)
+    g = lines[:, 1::2 * ch].astype(np.float64)
+    b = lines[:, 2::2 * ch].astype(np.float64)
+    rg = r - g
+    yb2 = r + g  # twice yb = (r + g) / 2 - b
+    yb2 -= b
+    yb2 -= b
+    k = rg.size
+    m_rg, m_yb = float(rg.sum()) / k, float(yb2.sum()) / (2 * k)
+    # squares summed by numpy, not BLAS: a float64 dot product of this length is split over
+    # threads by OpenBLAS wherever its threads are not limited to one (many times slower here)
+    v_rg = max(0.0, float(np.square(rg, out=rg).sum()) / k - m_rg * m_rg)
+    v_yb = max(0.0, float(np.square(yb2, out=yb2).sum()) / (4 * k) - m_yb * m_yb)
+    return math.sqrt(v_rg + v_yb) + 0.3 * math.hypot(m_rg, m_yb)
 
 
 def relative_sharpness(sharpness, contrast) -> np.ndarray:

@@ -4,7 +4,10 @@
 decoded, when the header claims more than ``MAX_PIXELS`` pixels or more pixels than the bytes
 can hold in its format (a JPEG codes every 8x8 block of every component with at least one bit,
 a PNG is deflated rows of at least one bit a pixel): a 676-byte JPEG "of" 12000 x 12000 is
-refused, not decoded to a grey picture of that size. ``decode_thumbnail`` decodes at most a
+refused, not decoded to a grey picture of that size. ``decode_jpeg`` decodes a sound JPEG
+straight into an array with libjpeg-turbo (simplejpeg), the pixels Pillow gives, without
+Pillow's per-picture overhead; whatever it does not take (another format, a refused header, a
+CMYK picture, any libjpeg warning) is left to Pillow. ``decode_thumbnail`` decodes at most a
 thumbnail's size (JPEGs reduced in the decoder). ``montage`` lays pictures out in a grid, a grey
 placeholder for each missing one. vclust.storage.images reads the bytes.
 """
@@ -73,6 +76,70 @@ def open_image(data: bytes):
         raise ImageRefused(f"its header gives {w}x{h}, more pixels than its {len(data):,} "
                            f"bytes can hold ({im.format})")
     return im
+
+
+def reduced_box(width: int, height: int, size: int | None) -> tuple[int, int] | None:
+    """The box a picture of ``width`` x ``height`` is decoded toward when its longer side is to
+    be about ``size`` (never below it): None (decoded whole) unless that side is at least twice
+    ``size``, else the picture's own proportions scaled to ``size`` on its longer side."""
+    longer = max(width, height)
+    if not size or longer < 2 * size:
+        return None
+    return -(-width * size // longer), -(-height * size // longer)
+
+
+def draft_scale(width: int, height: int, box: Sequence[int]) -> int:
+    """The reduction (1, 2, 4 or 8) Pillow's ``Image.draft(mode, box)`` decodes a JPEG of
+    ``width`` x ``height`` at: the largest that keeps both sides at least ``box``."""
+    fits = min(width // max(int(box[0]), 1), height // max(int(box[1]), 1))
+    return next(s for s in (8, 4, 2, 1) if fits >= s or s == 1)
+
+
+_JPEG_COLOURS = ("YCbCr", "Gray")  # what libjpeg turns into RGB as Pillow does (not CMYK, YCCK)
+
+
+def decode_jpeg(data: bytes, size: int | None = None):
+    """A JPEG decoded into an array by libjpeg-turbo (simplejpeg): (width, height, pixels) with
+    pixels (h, w, 4) uint8 RGBX, the fourth value 255 everywhere, reduced in the decoder's DCT
+    as Pillow's draft mode reduces it toward ``reduced_box(width, height, size)``; or None
+    where Pillow is to decide instead (``open_image``): not a JPEG, a header it refuses or
+    cannot read, a colour space other than YCbCr or grey, or any error or warning of libjpeg (a
+    cut-short or corrupt file: Pillow decodes what it can or raises, as it did before this
+    decoder).
+
+    The RGB values are Pillow's, value for value (the same library at the same settings:
+    accurate DCT, smooth chroma upsampling, the same reduction; tests/test_pixels.py compares
+    them), without Pillow's per-picture costs (its headers parsed in Python, the pixels copied
+    into and out of its image memory)."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    import simplejpeg
+
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(data)
+        if (colour not in _JPEG_COLOURS or width * height > MAX_PIXELS
+                or width * height > _PIXELS_PER_BYTE["JPEG"] * len(data)):
+            return None
+        box = reduced_box(width, height, size)
+        scale = draft_scale(width, height, box) if box else 1
+        want = (-(-height // scale), -(-width // scale))
+        pixels = simplejpeg.decode_jpeg(data, "RGBX", min_height=want[0], min_width=want[1],
+                                        min_factor=scale, strict=True)
+    except Exception:  # noqa: BLE001 - libjpeg's errors and (strict) warnings: Pillow decides
+        return None
+    if pixels.shape[:2] != want:  # another reduction than Pillow's: let Pillow decode it
+        return None
+    return width, height, pixels
+
+
+def rgbx_luma(pixels):
+    """Pillow's ``convert("L")`` (ITU-R 601 weights, rounded) of (h, w, 4) RGBX pixels (as
+    ``decode_jpeg`` gives them), read in place, and the 256 counts of its values: (luma (h, w)
+    uint8, histogram list)."""
+    Image = _pillow()
+    h, w = pixels.shape[:2]
+    luma = Image.frombuffer("RGBX", (w, h), pixels, "raw", "RGBX", 0, 1).convert("L")
+    return luma, luma.histogram()
 
 
 def decode_thumbnail(data: bytes, size: Sequence[int] = THUMB_SIZE):
