@@ -9,9 +9,14 @@ Measured, one after the other, on the same zip:
 
     vclust      `vclust pixels STORE --images ZIP --all` as a subprocess on its default
                 LocalCluster (one worker process per core): wall time of the command, time of
-                the pixel pass itself (from its progress lines), peak RSS of its process tree
+                the pixel pass itself (from its progress lines), peak RSS of its process tree.
+                Its JPEGs are decoded by libjpeg-turbo into arrays (simplejpeg;
+                vclust.storage.decode.decode_jpeg), the same pixels Pillow gives
     plain loop  one Python process: zipfile.ZipFile.read, PIL.Image.open, convert("RGB"), the
                 same statistics (vclust.numerics.pixels.image_stats), row by row
+
+The section written says the date and the 1-minute load average of the machine when each of the
+two was measured (other work on the same 2 cores slows both).
 
 Usage: python benchmarks/bench_pixels.py [ROWS]   (default 20,000; 416,314 for the whole set,
 about 6 GB of zip). Smaller runs are extrapolated to 416,314 images, and say so.
@@ -24,6 +29,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -114,12 +120,14 @@ def main():
     run_measured(vclust_cmd() + ["pixels", str(tiny), "--images", str(zip_path), "--all"])
     fixed_cpu = children_cpu() - cpu0
     cpu0 = children_cpu()
+    load_v = os.getloadavg()[0]
     wall, peak, out = run_measured(vclust_cmd() + ["pixels", str(store), "--images",
                                                    str(zip_path), "--all"])
     cpu = children_cpu() - cpu0  # the CLI, its scheduler and workers, start-up included
     pass_cpu = max(cpu - fixed_cpu, 1e-9)
     stamps = [float(m.group(1)) for m in re.finditer(r"\[\s*([\d.]+)s\] pixels: batch b0", out.stderr)]
     work = stamps[-1] - stamps[0] if len(stamps) >= 2 else wall
+    load_b = os.getloadavg()[0]
     with PeakMemory() as mem:
         base, base_cpu = plain_loop(zip_path, ids)
     v_rate, b_rate = rows / work, rows / base
@@ -129,11 +137,13 @@ def main():
     note = ("" if rows == ROWS else
             f" Measured on {rows:,} images and extrapolated to {ROWS:,} (the pixel pass scales "
             "with the rows; the cluster start-up is paid once).")
-    text = f"""## Pixel statistics (`vclust pixels`)
+    text = f"""## Pixel statistics (`vclust pixels`, {time.strftime("%Y-%m-%d")})
 
 `python benchmarks/bench_pixels.py {rows}`: {rows:,} images of a synthetic zip shaped like
 VeRi-Wild's (stored JPEGs 200-300 px wide, quality {QUALITY}, {size_kb:.1f} KB on average), one
-batch; {machine()}, run at nice 19 on a machine shared with other work (figures are a floor).
+batch; {machine()}, run at nice 19 on a machine shared with other work (figures are a floor;
+1-minute load average {load_v:.2f} as `vclust pixels` started, {load_b:.2f} as the plain loop
+started).
 
 | | wall | pixel pass | images/s | images/s per core (wall) | CPU of the pass | images per CPU-second | peak RSS |
 |---|---|---|---|---|---|---|---|
@@ -146,8 +156,9 @@ interpreters, imports and cluster start-up). Whole set,
 {ROWS:,} images: `vclust pixels` about {whole / 60:.1f} min at this run's wall rate, about
 {whole_cpu / 60:.1f} min at its CPU rate with both cores free (target: under 5 min); the plain
 loop about {base * scale / 60:.1f} min ({base_cpu * scale / 60:.1f} min of CPU).{note} Each worker opens the zip once and
-decodes its rows at full size (VeRi-Wild's pictures are under twice the 256-pixel analysis
-size, so Pillow's draft mode leaves them whole; it reduces larger JPEGs in the decoder).
+decodes its JPEGs with libjpeg-turbo straight into arrays (simplejpeg), at full size: VeRi-Wild's
+pictures are under twice the 256-pixel analysis size, so no reduction in the decoder's DCT
+applies (larger JPEGs are reduced 1/2, 1/4 or 1/8 there, as Pillow's draft mode reduces them).
 """
     write_section("pixels", text)
 
