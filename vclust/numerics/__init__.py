@@ -13,4 +13,4 @@ ALGORITHMS = ("kmeans", "minibatch", "gmm", "bisecting", "agglomerative", "hdbsc
 #: the reduced rows (and the outlier scorer's projection) keep at most this many components
 DEFAULT_MAX_COMPONENTS = 256
 DEFAULT_PCA_VARIANCE = 0.95  # chosen on real CNN descriptors: docs/preprocessing.md
-DEFAULT_MAD_Z = 3.5  # is_outlier: combined z above median + DEFAULT_MAD_Z MADs of the fit rows'
+DEFAULT_MAD_Z = 4.0  # is_outlier: combined z above median + DEFAULT_MAD_Z MADs of the fit rows'

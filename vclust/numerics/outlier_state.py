@@ -12,12 +12,15 @@ from .refindex import ReferenceIndex
 ARRAYS = ("kdist_", "lrd_", "cluster_median_", "cluster_log_mad_", "cluster_share_",
           "cluster_tight_", "cluster_degenerate_", "knn_norm_", "lof_norm_", "tight_norm_",
           "tight_own_norm_", "cluster_own_centre_", "cluster_own_median_",
-          "cluster_own_mad_", "cluster_own_used_", "origin_", "faint_norm_")
+          "cluster_own_mad_", "cluster_own_used_", "origin_", "faint_norm_", "far_log_",
+          "group_norm_", "ref_lift_")
 #: arrays a scorer saved before the group and centre terms ran in both spaces lacks (it scores
 #: as it did then: those parts in the clustering rows only), and before the faint part of the
-#: centre term (origin_, faint_norm_: it scores without it)
+#: centre term (origin_, faint_norm_: it scores without it), and before the group part of the
+#: isolated term (far_log_, group_norm_) and the neighbours' part of the tight term (ref_lift_)
 OPTIONAL = ("tight_own_norm_", "cluster_own_centre_", "cluster_own_median_",
-            "cluster_own_mad_", "cluster_own_used_", "origin_", "faint_norm_")
+            "cluster_own_mad_", "cluster_own_used_", "origin_", "faint_norm_", "far_log_",
+            "group_norm_", "ref_lift_")
 
 
 def to_state(scorer):

@@ -10,9 +10,8 @@ rows along one bright direction, each at its own brightness, collapse to one poi
 L2-normalised. So the group and centre terms are measured in both spaces and the larger taken.
 
 Fit: a seeded reference sample of the rows (``reference_size``) gets a ReferenceIndex over its
-scoring rows; the projection is fitted on those reference rows (BLAS at one thread, so the
-projection, the index and every score are the same whichever caller fitted it). For each
-reference row we keep its k-distance and its local reachability density (LOF's lrd).
+scoring rows; the projection is fitted on those reference rows (BLAS at one thread: the same
+whichever caller fitted it). Kept per reference row: k-distance, LOF's lrd, far distance, lift.
 
 Components of a row x (its k nearest reference rows in the scoring rows; a row that is itself
 in the reference is dropped from its own list by its row index, never by distance), each a
@@ -20,6 +19,11 @@ robust z ((v - median) / (1.4826 MAD) over the reference rows):
 
     knn         log of the mean distance to its k nearest reference rows
     lof         log of LOF: mean lrd of those neighbours / lrd(x)
+    group       the median over those k neighbours of the log distance from each to its own
+                (``index_neighbors`` - 1)-th nearest other reference row (read off the index's
+                graph at fit: nothing more is queried): large when x sits in a small group far
+                from everything else, which masks the kNN distance of its members (a group of
+                up to about index_neighbors - 1 reference rows)
     tight       -log of the distance to the j-th nearest of those neighbours, j the rank that
                 holds about k rows of the data (k while the reference is all the rows, k *
                 reference / rows when it is a sample; at least 1), in the clustering rows and
@@ -35,15 +39,17 @@ robust z ((v - median) / (1.4826 MAD) over the reference rows):
 
 and the terms (``REASONS``) are
 
-    isolated            knn + max(0, lof - ``lof_gate``)
-    tight_group         tight, where tight > ``tight_gate``
+    isolated            knn + max(0, lof - ``lof_gate``); or group, where group > ``group_gate``
+                        (a small group far from the rest is isolated as a group)
+    tight_group         tight, where tight > ``tight_gate``; or, where it is larger, the largest
+                        tight lift among its k nearest reference rows past that gate (a row
+                        at the edge of a tight group, or in a part of it too small for rank j)
     far_from_centre     centre, where centre > ``centre_gate``
     degenerate_cluster  every row of a cluster whose reference rows' median tight exceeds
                         ``tight_gate`` (a tight group k-means gave a cluster of its own)
 
 The combined z is the largest term; ``outlier_score = 1 / (1 + exp(-(z - 3)))``: it ranks as
-kNN distance wherever the other terms have nothing to say; they lift a row only past gates no
-ordinary row of the real sets reached (evidence: benchmarks/RESULTS.md, "Outlier score").
+kNN distance wherever the other terms have nothing to say (evidence: benchmarks/RESULTS.md).
 
 ``is_outlier`` = combined z above a threshold fitted on the fit rows: median + mad_z * 1.4826
 MAD of their combined z (``threshold="mad"``), or the (1 - contamination) quantile
@@ -53,9 +59,9 @@ else up to THRESHOLD_SAMPLE rows from outside the reference). A flagged row's re
 that gave its combined z; its reasons (``all_reasons``, a bit mask: bit i - 1 for REASONS[i])
 every term at or above the threshold, so a glare frame that is also isolated says both.
 
-Nothing about the reference depends on the clusters, so ``prepare(raw, n)`` does it from the
-descriptor rows alone (on a thread while `vclust fit` clusters); an index cache across processes
-is injected (``cache=``: vclust.storage.indexcache in the commands). State: arrays, no pickle.
+The reference does not depend on the clusters: ``prepare(raw, n)`` does it from the descriptor
+rows alone (on a thread while `vclust fit` clusters); an index cache across processes is injected
+(``cache=``: vclust.storage.indexcache). State: arrays, no pickle.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ import numpy as np
 from . import DEFAULT_MAD_Z, outlier_state
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
-from .outlier_rows import fixed_context, gather, projection, raw_parts, same_rows
+from .outlier_rows import (_log, _robust, _strongest, fixed_context, gather, projection,
+                           raw_parts, same_rows)
 from .refindex import ReferenceIndex, warm_up
 
 log = logging.getLogger(__name__)
@@ -102,17 +109,6 @@ def reason_names(mask: int, strongest: int = 0) -> list:
                     if i != strongest and mask & reason_bit(i)]
 
 
-def _robust(v):
-    v = np.asarray(v, dtype=np.float64)
-    med = float(np.median(v))
-    mad = float(np.median(np.abs(v - med))) * 1.4826
-    return med, mad if mad > 1e-12 else 1e-12
-
-
-def _log(v):
-    return np.log(np.maximum(np.asarray(v, dtype=np.float64), 1e-12))
-
-
 class OutlierScorer(Estimator):
     """Outlier scores in [0, 1]; see the module docstring for the formula.
 
@@ -123,8 +119,8 @@ class OutlierScorer(Estimator):
     """
 
     def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="mad",
-                 contamination=0.02, mad_z=DEFAULT_MAD_Z, lof_gate=2.0, tight_gate=8.0,
-                 centre_gate=10.0, pca_variance=0.99, max_components=256, index_neighbors=30,
+                 contamination=0.02, mad_z=DEFAULT_MAD_Z, lof_gate=5.0, tight_gate=8.0,
+                 centre_gate=10.0, group_gate=10.0, pca_variance=0.99, max_components=256, index_neighbors=30,
                  threshold_rows="all", random_state=0):
         self.n_neighbors = n_neighbors
         self.reference_size = reference_size
@@ -134,6 +130,7 @@ class OutlierScorer(Estimator):
         self.lof_gate = lof_gate
         self.tight_gate = tight_gate
         self.centre_gate = centre_gate
+        self.group_gate = group_gate
         self.pca_variance = pca_variance
         self.max_components = max_components
         self.index_neighbors = index_neighbors
@@ -173,6 +170,12 @@ class OutlierScorer(Estimator):
         self.kdist_ = ref_d[:, -1].astype(np.float32)
         reach = np.maximum(ref_d, self.kdist_[ref_nbr])
         self.lrd_ = (1.0 / np.maximum(reach.mean(axis=1), 1e-12)).astype(np.float32)
+        # each reference row's distance to its far neighbour (the group term), from the graph
+        far = max(1, min(self.index_neighbors - 1, len(rows) - 1))
+        far_d = self.ref_index_.own_neighbours(far)[1][:, -1].astype(np.float64)
+        ok = np.isfinite(far_d)
+        far_d[~ok] = far_d[ok].max() if ok.any() else 1.0  # a row the graph left short
+        self.far_log_ = _log(far_d).astype(np.float32)
 
     # ------------------------------------------------------------------ fitting
 
@@ -306,7 +309,9 @@ class OutlierScorer(Estimator):
         self.lof_norm_ = np.array(_robust(comp["lof"]))
         self.tight_norm_ = np.array(_robust(comp["tight"]))
         self.tight_own_norm_ = np.array(_robust(comp["tight_own"]))
+        self.group_norm_ = np.array(_robust(comp["group"]))
         lift = self._tight_lift(comp)
+        self.ref_lift_ = lift.astype(np.float32)  # the tight lift of each reference row
         self.cluster_tight_ = np.full(n_clusters, -np.inf)
         for c in np.unique(lab[pos]):
             self.cluster_tight_[c] = float(np.median(lift[lab[pos] == c]))
@@ -419,7 +424,10 @@ class OutlierScorer(Estimator):
             diff = ref_z[idx[:, j]] - xz
             dz[:, j] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
         j = self.tight_rank_ - 1
-        return {"knn": knn, "lof": lof, "tight": _log(np.partition(dz, j, axis=1)[:, j]),
+        far_log = getattr(self, "far_log_", None)  # None: a scorer saved before the group term
+        return {"knn": knn, "lof": lof, "idx": idx,
+                "tight": _log(np.partition(dz, j, axis=1)[:, j]),
+                "group": None if far_log is None else np.median(far_log[idx], axis=1),
                 "tight_own": _log(np.partition(d, j, axis=1)[:, j]),
                 "centre_own": np.maximum(self._own_centre_z(x), self._faint_z(x))}
 
@@ -458,11 +466,19 @@ class OutlierScorer(Estimator):
         z_knn = (comp["knn"] - self.knn_norm_[0]) / self.knn_norm_[1]
         z_lof = (comp["lof"] - self.lof_norm_[0]) / self.lof_norm_[1]
         lift_tight = self._tight_lift(comp)
+        ref_lift = getattr(self, "ref_lift_", None)  # None: saved before, or fitting
+        if ref_lift is not None:
+            lift_tight = np.maximum(lift_tight, ref_lift[comp["idx"]].max(axis=1))
         z_centre = ((_log(center_dist) - np.log(np.maximum(self.cluster_median_[labels], 1e-12)))
                     / self.cluster_log_mad_[labels])
         z_centre = np.maximum(z_centre, comp["centre_own"])
         out = np.full((len(labels), 4), -np.inf)
         out[:, _ISOLATED - 1] = z_knn + np.maximum(z_lof - self.lof_gate, 0.0)
+        norm = getattr(self, "group_norm_", None)
+        if norm is not None and comp.get("group") is not None:
+            z_group = (comp["group"] - norm[0]) / norm[1]
+            out[:, _ISOLATED - 1] = np.maximum(out[:, _ISOLATED - 1],
+                                               np.where(z_group > self.group_gate, z_group, -np.inf))
         out[:, _TIGHT - 1] = np.where(lift_tight > self.tight_gate, lift_tight, -np.inf)
         out[:, _CENTRE - 1] = np.where(z_centre > self.centre_gate, z_centre, -np.inf)
         out[:, _DEGENERATE - 1] = np.where(self.cluster_degenerate_[labels],
@@ -558,12 +574,6 @@ class OutlierScorer(Estimator):
     @classmethod
     def from_state(cls, params, arrays):
         return outlier_state.from_state(cls, params, arrays)
-
-
-def _strongest(t):
-    """(combined z, REASONS index of the term that gave it) of each row of the terms ``t``."""
-    term = np.argmax(t, axis=1)
-    return t[np.arange(len(t)), term], (term + 1).astype(np.int8)
 
 
 def _terms_task(scorer, x, labels, dist, rows, raw_block):
