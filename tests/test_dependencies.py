@@ -47,6 +47,34 @@ def test_pynndescent_is_a_version_the_copied_driver_was_made_from():
     assert nndescent.install(), "the copied NN-descent driver did not install"
 
 
+def test_the_index_keeps_its_build_forest_and_prepares_a_one_tree_search_forest_without_it(
+        monkeypatch):
+    """annindex.prepare_index sets pynndescent's ``_rp_forest`` to None before ``prepare``, so
+    that it builds a one-tree random projection search forest (``make_forest``) instead of
+    its hub tree, whose kernels were most of the install's compilation: the attribute must be
+    there after a build, and without it ``prepare`` must take the forest path. Fails (does not
+    skip) on a pynndescent where either is not so, or outside nndescent.SUPPORTED."""
+    import numpy as np
+    import pynndescent.pynndescent_ as P
+
+    from vclust.numerics.annindex import enable_numba_cache, prepare_index
+
+    enable_numba_cache()
+    calls = []
+    for name in ("make_forest", "make_hub_search_tree"):
+        real = getattr(P, name)
+        monkeypatch.setattr(P, name, lambda *a, _real=real, _name=name, **kw:
+                            calls.append(_name) or _real(*a, **kw))
+    x = np.random.default_rng(0).normal(size=(600, 4)).astype(np.float32)
+    index = P.NNDescent(x, n_neighbors=5, random_state=0, compressed=False)
+    assert getattr(index, "_rp_forest", None) is not None, "the build kept no _rp_forest"
+    prepare_index(index)
+    assert calls == ["make_forest"], calls
+    assert len(index._search_forest) == 1
+    found = index.query(x[:50], k=1)[0][:, 0]
+    np.testing.assert_array_equal(found, np.arange(50))  # each row finds itself
+
+
 def test_the_private_names_vclust_uses_exist():
     """numba's Dispatcher cache hooks (annindex.enable_numba_cache), pynndescent's search
     plan and heap type (annindex.release_gil), dask's getter (compare's read log)."""

@@ -165,6 +165,27 @@ def index_from_state(params: dict, arrays: dict):
     index = NNDescent.__new__(NNDescent)
     index.__setstate__(state)
     index._input_dtype = np.float32
+    release_gil(index)  # (in place already: nndescent.install routes the search to the copy)
+    return index
+
+
+def prepare_index(index):
+    """``index.prepare()`` with a one-tree random projection search forest, then
+    ``release_gil``. Returns the index.
+
+    pynndescent 0.7.0's ``prepare`` builds a graph-informed "hub" search tree when the index
+    still holds its build's forest (``_rp_forest``: every index just built), and a one-tree
+    random projection forest (``make_forest``) when that is None. The hub tree's kernels were
+    the largest part of the install's numba compilation (both of its split rules, and its
+    breadth-first kernels for trees past a million bytes of rows); the one-tree forest's
+    compile in a fraction of that, and its answers against exact neighbours are the hub
+    tree's on the real sets (benchmarks/RESULTS.md, 2026-12-03, for both). The attribute is
+    pynndescent's own: only for the versions in ``nndescent.SUPPORTED``
+    (tests/test_dependencies.py fails on another)."""
+    if (pynndescent_version() is not None and getattr(index, "_rp_forest", None) is not None
+            and not hasattr(index, "_search_forest")):
+        index._rp_forest = None
+    index.prepare()
     release_gil(index)
     return index
 
@@ -174,13 +195,17 @@ def release_gil(index) -> bool:
 
     pynndescent 0.7.0 serves a dense euclidean query with one disk-cached numba function
     (``search.search_dense_sqeuclidean``), compiled without ``nogil``: two threads querying
-    took as long as one. Here is the same function, calling the same search loop with the same
-    arguments, compiled with ``nogil=True`` (and cached), bound to the index in its place; the
-    neighbours are the same, bit for bit (tests/test_outliers.py). Returns whether it is in
-    place (False for anything else: another version, metric, or a parallel or proxy search)."""
+    took as long as one. ``nndescent.search_dense_sqeuclidean_nogil`` is the same function,
+    calling the same search loop with the same arguments, compiled with ``nogil=True`` (and
+    cached); ``nndescent.install`` puts it in pynndescent's name, so an index prepared or
+    restored after ``enable_numba_cache`` already searches with it. An index whose search is
+    pynndescent's own (prepared before the swap) gets the copy bound in its place here; the
+    neighbours are the same, bit for bit (tests/test_outliers.py). Returns whether the copy is
+    in place (False for anything else: another version, metric, or a parallel or proxy
+    search)."""
     import functools
 
-    from pynndescent import search as S
+    from .nndescent import ORIGINAL_SEARCH, search_dense_sqeuclidean_nogil
 
     plan = getattr(index, "_fast_plan", None)
     if plan is None or plan[0] or pynndescent_version() is None:
@@ -188,10 +213,14 @@ def release_gil(index) -> bool:
     search = plan[1]
     try:
         signature = _signature(search.args[0])
-        original = S.search_dense_sqeuclidean.overloads[signature].entry_point
-    except (AttributeError, KeyError, TypeError, IndexError):
+    except (AttributeError, TypeError, IndexError):
         return False
-    if getattr(search, "func", None) is not original:
+    func = getattr(search, "func", None)
+    ours = search_dense_sqeuclidean_nogil.overloads.get(signature)
+    if ours is not None and func is ours.entry_point:
+        return True
+    original = ORIGINAL_SEARCH.overloads.get(signature)
+    if original is None or func is not original.entry_point:
         return False
     swapped = functools.partial(_nogil_entry(signature), *search.args)
     index._fast_plan = (plan[0], swapped, *plan[2:])

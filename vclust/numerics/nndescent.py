@@ -26,6 +26,8 @@ from pynndescent import search as _S
 
 SUPPORTED = ("0.7.0",)
 _installed = False
+#: pynndescent's own dense euclidean search, before ``install`` routes its name to the copy below
+ORIGINAL_SEARCH = _S.search_dense_sqeuclidean
 
 
 @numba.njit(cache=True)
@@ -81,14 +83,38 @@ def _nn_descent(data, n_neighbors, rng_state, max_candidates, dist, n_iters, del
 def search_dense_sqeuclidean_nogil(index, query_points, tree_query_points, query_inv_norms,
                                    result, k, epsilon, visited, query_is_normalized, rng_state):
     """pynndescent 0.7.0's ``search.search_dense_sqeuclidean``, compiled with ``nogil``
-    (``annindex.release_gil`` says why)."""
+    (``annindex.release_gil`` says why). ``install`` puts it in that name's place, so that an
+    index prepared or restored compiles this one search kernel, not pynndescent's as well."""
     return _S._search_dense_serial(index, query_points, tree_query_points, result, k, epsilon,
                                    visited, query_is_normalized, rng_state, _S.KERNEL_SQEUCLIDEAN)
 
 
+def precompile() -> bool:
+    """Compile the driver (or load it from numba's disk cache) for the one signature vclust's
+    dense euclidean builds call it with (float32 rows, pynndescent's squared euclidean, an
+    int32 leaf array: the fit's index, `vclust compare`'s, umap-learn's graph), without
+    building anything: the install's warm-up compiles it beside other kernels. Call after
+    ``annindex.enable_numba_cache`` (which names the distance's type the same in every
+    process). Returns whether it did (False where ``install`` does not route builds here)."""
+    if not install():
+        return False
+    from pynndescent.distances import fast_distance_alternatives
+    from pynndescent.kernels import select_kernel
+
+    dist = fast_distance_alternatives["euclidean"]["dist"]
+    data = np.zeros((2, 2), dtype=np.float32)
+    args = (data, 1, np.zeros(3, dtype=np.int64), 1, dist, 1, 0.001,
+            np.zeros((1, 1), dtype=np.int32), select_kernel(dist, data), 1)
+    _nn_descent.compile(tuple(numba.typeof(a) for a in args))
+    return True
+
+
 def install() -> bool:
-    """Route pynndescent's dense NN-descent builds through the cached driver (idempotent).
-    Returns whether it is in place (False for a pynndescent version not in ``SUPPORTED``)."""
+    """Route pynndescent's dense NN-descent builds through the cached driver, and its dense
+    euclidean search (``search.search_dense_sqeuclidean``, looked up by name when an index is
+    prepared or restored) to the nogil copy above: the warm-up compiled both searches, and
+    every query ran the copy (idempotent). Returns whether they are in place (False
+    for a pynndescent version not in ``SUPPORTED``)."""
     global _installed
     if _installed:
         return True
@@ -112,5 +138,6 @@ def install() -> bool:
 
     nn_descent.original = original
     P.nn_descent = nn_descent
+    _S.search_dense_sqeuclidean = search_dense_sqeuclidean_nogil
     _installed = True
     return True

@@ -34,14 +34,20 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .annindex import decode_state, enable_numba_cache, index_from_state, index_to_state, release_gil
+from .annindex import decode_state, enable_numba_cache, index_from_state, index_to_state, prepare_index
 
 log = logging.getLogger(__name__)
 
 #: part of every disk cache key: raise it when what an entry holds changes meaning
-FIT_CACHE_VERSION = 1
+#: (2: the search forest is a one-tree rp forest, annindex.prepare_index, not the hub tree)
+FIT_CACHE_VERSION = 2
 #: rows per query call: a block's rows are queried in parts of this size, side by side
 QUERY_PART = 4096
+#: leaves of the one-tree search forest (annindex.prepare_index) a query starts from: with one,
+#: a query landing in a leaf of fewer rows than it asks for is topped up with random rows drawn
+#: from the call's random state, so its answer can depend on the rows queried with it; three
+#: make that rarer and find more true neighbours at the same query time (benchmarks/RESULTS.md)
+SEARCH_TREE_LEAVES = 3
 _LOCAL = threading.local()
 _QUERY_POOL = []
 _PYNNDESCENT_VERSION = []
@@ -173,10 +179,10 @@ class ReferenceIndex:
             m = len(self.rows)
             nn = NNDescent(self.rows, n_neighbors=min(self.graph_neighbors, m - 1),
                            random_state=self.random_state, n_jobs=build_threads(),
-                           compressed=False, verbose=False)
+                           compressed=False, verbose=False,
+                           search_tree_leaf_budget=SEARCH_TREE_LEAVES)
             graph = tuple(a.copy() for a in nn.neighbor_graph)
-            nn.prepare()
-            release_gil(nn)
+            prepare_index(nn)
             entry, self.source = _Entry(*index_to_state(nn), graph, nn), "built"
             if self.cache is not None:
                 self.cache.save(self._disk_key(key), entry.params,
@@ -357,4 +363,4 @@ def warm_up(n_features: int = 8):
     from pynndescent import NNDescent
 
     x = np.random.default_rng(0).random((300, n_features)).astype(np.float32)
-    NNDescent(x, n_neighbors=10, random_state=0, n_jobs=1, compressed=False).prepare()
+    prepare_index(NNDescent(x, n_neighbors=10, random_state=0, n_jobs=1, compressed=False))
