@@ -3,62 +3,140 @@
 pynndescent and umap-learn compile their numba kernels on first use in a process; vclust turns
 numba's disk cache on for them (``vclust.numerics.annindex.enable_numba_cache``), so only the
 first process on a machine pays the compilation. This module is that first process, run by the
-install step instead of the user's first ``vclust fit`` or ``vclust report``: it builds, queries
-and restores a small index and draws small UMAP maps in 2D and 3D (the kernels are compiled for
-types, not sizes, so small data compiles what the real data runs).
+install step instead of the user's first ``vclust fit`` or ``vclust report``. The kernels are
+compiled for types, not sizes, so small data compiles what the real data runs.
+
+Compilation is single-threaded, so the work is two processes side by side (two cores):
+
+  build   the NN-descent driver, and the outlier scorer as `vclust fit` and `vclust label` run
+          it (a sampled reference, past the size where pynndescent's forest takes other
+          kernels), and builds on one, two and all threads as vclust and umap-learn run them
+  search  an index prepared, queried, saved and restored (search graph, search forest, search
+          kernel), and umap-learn's 2D and 3D maps on its shared-graph path
+
+The search part needs built indexes but not the NN-descent kernels (the build part compiles
+those): its graphs are exact neighbours from numpy, of the types NN-descent returns. Whichever
+part reaches a kernel the other has compiled loads it from the disk cache.
 
     python -m vclust.warmup      # prints what it compiled and how long it took
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
 import numpy as np
 
+PARTS = ("build", "search")
+
 
 def warm(say=print) -> float:
-    from .numerics.annindex import enable_numba_cache, index_from_state, index_to_state
+    """Both parts, the search part in a child process. Returns the seconds taken."""
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "vclust.warmup", "--part", "search"])
+    try:
+        warm_part("build", say)
+    finally:
+        code = child.wait()
+    if code:
+        raise RuntimeError(f"the warm-up's search part failed (exit {code})")
+    seconds = time.perf_counter() - t0
+    say(f"warm-up: numba kernels ready ({seconds:.1f} s)")
+    return seconds
+
+
+def warm_part(part: str, say=print) -> float:
+    """One part of the warm-up in this process (``PARTS``). Returns the seconds taken."""
+    from .numerics.annindex import enable_numba_cache
 
     t0 = time.perf_counter()
     enable_numba_cache("pynndescent", "umap")
+    {"build": _build, "search": _search}[part]()
+    seconds = time.perf_counter() - t0
+    say(f"warm-up: {part} kernels ready ({seconds:.1f} s)")
+    return seconds
+
+
+def _build():
     from pynndescent import NNDescent
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(5000, 8)).astype(np.float32)
-    # vclust builds on two threads (refindex.build_threads); umap-learn unseeded on all
-    for n_jobs in (2, -1):
-        index = NNDescent(x, n_neighbors=15, random_state=0, n_jobs=n_jobs, compressed=False)
-    index.prepare()
-    index.query(x[:100], k=11)
-    index_from_state(*index_to_state(index)).query(x[:100], k=11)
-    # and the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
-    # search kernels are compiled for the argument types those calls pass (a small index of
-    # its own above left a fit to compile them again)
+    from .numerics import nndescent
     from .numerics.kmeans import KMeans
     from .numerics.outliers import OutlierScorer
 
-    # (pynndescent builds trees of 50,000 rows breadth-first with other kernels than small
-    # ones: the reference is as large as the fit's, the rows narrow)
-    raw = rng.normal(size=(60_000, 12)).astype(np.float32)
+    # the NN-descent driver first, by its signature: the search part meanwhile compiles the
+    # forest kernels that every build runs before it
+    nndescent.precompile()
+    # the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
+    # search kernels are compiled for the argument types those calls pass. A sampled
+    # reference, as a fit's; pynndescent builds its forest breadth-first with other kernels
+    # for parts of more than a million bytes of rows: 8,000 reference rows of 127 dims are
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(12_000, 128)).astype(np.float32)
     z = raw[:, :6].copy()
     km = KMeans(3, random_state=0).fit(z)
     labels, dist = km.predict_block(z)
-    scorer = OutlierScorer(threshold_rows="reference").fit(z, labels, dist, km.cluster_centers_,
-                                                           raw=raw)
+    scorer = OutlierScorer(reference_size=8000, threshold_rows="reference").fit(
+        z, labels, dist, km.cluster_centers_, raw=raw)
     OutlierScorer.from_state(*scorer.to_state()).score(z, labels, dist, raw=raw)
-    say(f"warm-up: pynndescent kernels ready ({time.perf_counter() - t0:.1f} s)")
-    t1 = time.perf_counter()
-    from .numerics.maps import embed_2d_3d
+    # vclust builds on two threads (refindex.build_threads), umap-learn seeded on one and
+    # unseeded on all (numerics/maps.py)
+    x = rng.normal(size=(2000, 8)).astype(np.float32)
+    for n_jobs, seed in ((2, 0), (1, 0), (-1, None)):
+        NNDescent(x, n_neighbors=15, random_state=seed, n_jobs=n_jobs, compressed=False)
 
-    embed_2d_3d(x, "umap", random_state=0)
-    say(f"warm-up: umap-learn kernels ready ({time.perf_counter() - t1:.1f} s)")
-    return time.perf_counter() - t0
+
+def _exact_graph(data, n_neighbors, *args, **kwargs):
+    """Stands in for pynndescent's ``nn_descent`` in the search part: each row's exact
+    ``n_neighbors`` nearest rows and their squared distances (what pynndescent's euclidean
+    build holds), int32 and float32 C arrays as NN-descent returns them."""
+    sq = (data * data).sum(axis=1)
+    d = np.maximum(sq[:, None] + sq[None, :] - 2 * data @ data.T, 0)
+    idx = np.argsort(d, axis=1, kind="stable")[:, :n_neighbors]
+    return (np.ascontiguousarray(idx, dtype=np.int32),
+            np.ascontiguousarray(np.take_along_axis(d, idx, 1), dtype=np.float32))
+
+
+def _search():
+    from pynndescent import NNDescent
+    from pynndescent import pynndescent_ as P
+
+    from .numerics import maps
+    from .numerics.annindex import index_from_state, index_to_state, prepare_index
+
+    P.nn_descent = _exact_graph  # this process only: the build part compiles NN-descent
+    # 3,000 rows of 128 dims: past a million bytes, so the forest's breadth-first kernels too
+    x = np.random.default_rng(1).normal(size=(3000, 128)).astype(np.float32)
+    index = prepare_index(NNDescent(x, n_neighbors=15, random_state=0, n_jobs=2,
+                                    compressed=False))
+    index.query(x[:100], k=11)
+    index_from_state(*index_to_state(index)).query(x[:100], k=11)
+    # the report's maps on their shared-graph path (from UMAP_SHARED_KNN_ROWS rows on), here
+    # on 600 rows: umap-learn's layouts run 500 epochs, seconds on thousands of rows
+    shared_from, maps.UMAP_SHARED_KNN_ROWS = maps.UMAP_SHARED_KNN_ROWS, 600
+    try:
+        maps.embed_2d_3d(x[:600, :8].copy(), "umap", random_state=0)
+    finally:
+        maps.UMAP_SHARED_KNN_ROWS = shared_from
 
 
 def main(argv=None) -> int:
-    warm(lambda msg: print(msg, file=sys.stderr))
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vclust.warmup", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("--part", choices=PARTS, help="one part, in this process")
+    args = parser.parse_args(argv)
+
+    def say(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.part:
+        warm_part(args.part, say)
+    else:
+        warm(say)
     return 0
 
 
