@@ -41,9 +41,9 @@ and the terms (``REASONS``) are
 
     isolated            knn + max(0, lof - ``lof_gate``); or group, where group > ``group_gate``
                         (a small group far from the rest is isolated as a group)
-    tight_group         tight, where tight > ``tight_gate``; or, where it is larger, the largest
-                        tight lift among its k nearest reference rows past that gate (a row
-                        at the edge of a tight group, or in a part of it too small for rank j)
+    tight_group         tight, where tight > ``tight_gate``; for a row under that gate, the
+                        largest tight lift among its k nearest reference rows past it (a row at
+                        the edge of a tight group, or in a part of it too small for rank j)
     far_from_centre     centre, where centre > ``centre_gate``
     degenerate_cluster  every row of a cluster whose reference rows' median tight exceeds
                         ``tight_gate`` (a tight group k-means gave a cluster of its own)
@@ -467,8 +467,9 @@ class OutlierScorer(Estimator):
         z_lof = (comp["lof"] - self.lof_norm_[0]) / self.lof_norm_[1]
         lift_tight = self._tight_lift(comp)
         ref_lift = getattr(self, "ref_lift_", None)  # None: saved before, or fitting
-        if ref_lift is not None:
-            lift_tight = np.maximum(lift_tight, ref_lift[comp["idx"]].max(axis=1))
+        if ref_lift is not None:  # a row under the gate: its group's lift, if its neighbours have it
+            lift_tight = np.where(lift_tight > self.tight_gate, lift_tight,
+                                  np.maximum(lift_tight, ref_lift[comp["idx"]].max(axis=1)))
         z_centre = ((_log(center_dist) - np.log(np.maximum(self.cluster_median_[labels], 1e-12)))
                     / self.cluster_log_mad_[labels])
         z_centre = np.maximum(z_centre, comp["centre_own"])
