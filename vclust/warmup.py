@@ -6,25 +6,31 @@ first process on a machine pays the compilation. This module is that first proce
 install step instead of the user's first ``vclust fit`` or ``vclust report``. The kernels are
 compiled for types, not sizes, so small data compiles what the real data runs.
 
-Compilation is single-threaded, so the work is two processes side by side (two cores):
+Compilation is single-threaded, so the work is two processes side by side (two cores), each
+compiling what the other does not:
 
-  build   the NN-descent driver, and the outlier scorer as `vclust fit` and `vclust label` run
+  build   the NN-descent driver (by its signature: no build needed), umap-learn's 2D and 3D
+          maps on their shared-graph path, builds on one, two and all threads as vclust and
+          umap-learn run them, then the outlier scorer as `vclust fit` and `vclust label` run
           it (a sampled reference, past the size where pynndescent's forest takes other
-          kernels), and builds on one, two and all threads as vclust and umap-learn run them
-  search  an index prepared, queried, saved and restored (search graph, search forest, search
-          kernel), and umap-learn's 2D and 3D maps on its shared-graph path
+          kernels)
+  search  the forest an index is built from, and an index prepared, queried, saved and
+          restored (search graph, search forest, search kernel)
 
-The search part needs built indexes but not the NN-descent kernels (the build part compiles
-those): its graphs are exact neighbours from numpy, of the types NN-descent returns. Whichever
-part reaches a kernel the other has compiled loads it from the disk cache.
+The search part needs built indexes but not the NN-descent kernels: its graphs are exact
+neighbours from numpy, of the types NN-descent returns. The build part's scorer waits until
+the search part's index is ready, and then loads those kernels from the disk cache instead of
+compiling them a second time beside it.
 
     python -m vclust.warmup      # prints what it compiled and how long it took
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -35,11 +41,19 @@ PARTS = ("build", "search")
 def warm(say=print) -> float:
     """Both parts, the search part in a child process. Returns the seconds taken."""
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "vclust.warmup", "--part", "search"])
-    try:
-        warm_part("build", say)
-    finally:
-        code = child.wait()
+    with tempfile.TemporaryDirectory(prefix="vclust-warmup-") as tmp:
+        ready = os.path.join(tmp, "search-index-ready")
+        child = subprocess.Popen([sys.executable, "-m", "vclust.warmup", "--part", "search",
+                                  "--ready-file", ready])
+
+        def search_index_ready():
+            while not os.path.exists(ready) and child.poll() is None:
+                time.sleep(0.05)
+
+        try:
+            warm_part("build", say, search_index_ready)
+        finally:
+            code = child.wait()
     if code:
         raise RuntimeError(f"the warm-up's search part failed (exit {code})")
     seconds = time.perf_counter() - t0
@@ -47,45 +61,54 @@ def warm(say=print) -> float:
     return seconds
 
 
-def warm_part(part: str, say=print) -> float:
-    """One part of the warm-up in this process (``PARTS``). Returns the seconds taken."""
+def warm_part(part: str, say=print, signal=None) -> float:
+    """One part of the warm-up in this process (``PARTS``). ``signal``: for the build part, a
+    callable that returns once the search part's index is ready; for the search part, a file
+    to create then. Returns the seconds taken."""
     from .numerics.annindex import enable_numba_cache
 
     t0 = time.perf_counter()
     enable_numba_cache("pynndescent", "umap")
-    {"build": _build, "search": _search}[part]()
+    {"build": _build, "search": _search}[part](signal)
     seconds = time.perf_counter() - t0
     say(f"warm-up: {part} kernels ready ({seconds:.1f} s)")
     return seconds
 
 
-def _build():
+def _build(search_index_ready=None):
     from pynndescent import NNDescent
 
-    from .numerics import nndescent
+    from .numerics import maps, nndescent
     from .numerics.kmeans import KMeans
     from .numerics.outliers import OutlierScorer
 
-    # the NN-descent driver first, by its signature: the search part meanwhile compiles the
-    # forest kernels that every build runs before it
     nndescent.precompile()
-    # the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
-    # search kernels are compiled for the argument types those calls pass. A sampled
-    # reference, as a fit's; pynndescent builds its forest breadth-first with other kernels
-    # for parts of more than a million bytes of rows: 8,000 reference rows of 127 dims are
     rng = np.random.default_rng(0)
-    raw = rng.normal(size=(12_000, 128)).astype(np.float32)
-    z = raw[:, :6].copy()
-    km = KMeans(3, random_state=0).fit(z)
-    labels, dist = km.predict_block(z)
-    scorer = OutlierScorer(reference_size=8000, threshold_rows="reference").fit(
-        z, labels, dist, km.cluster_centers_, raw=raw)
-    OutlierScorer.from_state(*scorer.to_state()).score(z, labels, dist, raw=raw)
+    # the report's maps on their shared-graph path (from UMAP_SHARED_KNN_ROWS rows on), here
+    # on 600 rows: umap-learn's layouts run 500 epochs, seconds on thousands of rows
+    shared_from, maps.UMAP_SHARED_KNN_ROWS = maps.UMAP_SHARED_KNN_ROWS, 600
+    try:
+        maps.embed_2d_3d(rng.normal(size=(600, 8)).astype(np.float32), "umap", random_state=0)
+    finally:
+        maps.UMAP_SHARED_KNN_ROWS = shared_from
     # vclust builds on two threads (refindex.build_threads), umap-learn seeded on one and
     # unseeded on all (numerics/maps.py)
     x = rng.normal(size=(2000, 8)).astype(np.float32)
     for n_jobs, seed in ((2, 0), (1, 0), (-1, None)):
         NNDescent(x, n_neighbors=15, random_state=seed, n_jobs=n_jobs, compressed=False)
+    if search_index_ready is not None:
+        search_index_ready()
+    # the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
+    # search kernels are compiled for the argument types those calls pass. A sampled
+    # reference, as a fit's; pynndescent builds its forest breadth-first with other kernels
+    # for parts of more than a million bytes of rows: 2,500 reference rows of 127 dims are
+    raw = rng.normal(size=(4000, 128)).astype(np.float32)
+    z = raw[:, :6].copy()
+    km = KMeans(3, random_state=0).fit(z)
+    labels, dist = km.predict_block(z)
+    scorer = OutlierScorer(reference_size=2500, threshold_rows="reference").fit(
+        z, labels, dist, km.cluster_centers_, raw=raw)
+    OutlierScorer.from_state(*scorer.to_state()).score(z, labels, dist, raw=raw)
 
 
 def _exact_graph(data, n_neighbors, *args, **kwargs):
@@ -99,27 +122,21 @@ def _exact_graph(data, n_neighbors, *args, **kwargs):
             np.ascontiguousarray(np.take_along_axis(d, idx, 1), dtype=np.float32))
 
 
-def _search():
+def _search(ready_file=None):
     from pynndescent import NNDescent
     from pynndescent import pynndescent_ as P
 
-    from .numerics import maps
     from .numerics.annindex import index_from_state, index_to_state, prepare_index
 
     P.nn_descent = _exact_graph  # this process only: the build part compiles NN-descent
-    # 3,000 rows of 128 dims: past a million bytes, so the forest's breadth-first kernels too
-    x = np.random.default_rng(1).normal(size=(3000, 128)).astype(np.float32)
+    # 2,100 rows of 128 dims: past a million bytes, so the forest's breadth-first kernels too
+    x = np.random.default_rng(1).normal(size=(2100, 128)).astype(np.float32)
     index = prepare_index(NNDescent(x, n_neighbors=15, random_state=0, n_jobs=2,
                                     compressed=False))
     index.query(x[:100], k=11)
+    if ready_file:
+        open(ready_file, "w").close()
     index_from_state(*index_to_state(index)).query(x[:100], k=11)
-    # the report's maps on their shared-graph path (from UMAP_SHARED_KNN_ROWS rows on), here
-    # on 600 rows: umap-learn's layouts run 500 epochs, seconds on thousands of rows
-    shared_from, maps.UMAP_SHARED_KNN_ROWS = maps.UMAP_SHARED_KNN_ROWS, 600
-    try:
-        maps.embed_2d_3d(x[:600, :8].copy(), "umap", random_state=0)
-    finally:
-        maps.UMAP_SHARED_KNN_ROWS = shared_from
 
 
 def main(argv=None) -> int:
@@ -128,13 +145,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vclust.warmup", description=__doc__.split(
         "\n\n")[0])
     parser.add_argument("--part", choices=PARTS, help="one part, in this process")
+    parser.add_argument("--ready-file", help=argparse.SUPPRESS)  # the search part's signal
     args = parser.parse_args(argv)
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
 
     if args.part:
-        warm_part(args.part, say)
+        warm_part(args.part, say, args.ready_file if args.part == "search" else None)
     else:
         warm(say)
     return 0
