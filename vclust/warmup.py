@@ -22,7 +22,7 @@ neighbours from numpy, of the types NN-descent returns. The build part's scorer 
 the search part's index is ready, and then loads those kernels from the disk cache instead of
 compiling them a second time beside it.
 
-    python -m vclust.warmup      # prints what it compiled and how long it took
+    python -m vclust.warmup      # prints how long each part took
 """
 
 from __future__ import annotations
@@ -40,7 +40,13 @@ PARTS = ("build", "search")
 
 def warm(say=print) -> float:
     """Both parts, the search part in a child process. Returns the seconds taken."""
+    from .numerics.annindex import enable_numba_cache
+
     t0 = time.perf_counter()
+    # importing pynndescent compiles dozens of kernels from explicit signatures: here once,
+    # into the disk cache, before the child starts (it loads them instead of compiling them
+    # on the other core at the same time)
+    enable_numba_cache("pynndescent", "umap")
     with tempfile.TemporaryDirectory(prefix="vclust-warmup-") as tmp:
         ready = os.path.join(tmp, "search-index-ready")
         child = subprocess.Popen([sys.executable, "-m", "vclust.warmup", "--part", "search",
