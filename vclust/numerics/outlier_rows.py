@@ -98,7 +98,7 @@ def fixed_context(fn, *args):
     return _PROJECTION_THREAD[0].submit(run).result()
 
 
-def _robust(v):
+def robust(v):
     """(median, 1.4826 MAD) of ``v``, the MAD floored at 1e-12."""
     v = np.asarray(v, dtype=np.float64)
     med = float(np.median(v))
@@ -106,11 +106,12 @@ def _robust(v):
     return med, mad if mad > 1e-12 else 1e-12
 
 
-def _log(v):
+def log_floor(v):
+    """log of ``v`` (float64), floored at log(1e-12)."""
     return np.log(np.maximum(np.asarray(v, dtype=np.float64), 1e-12))
 
 
-def _strongest(t):
+def strongest(t):
     """(combined z, REASONS index of the term that gave it) of each row of the terms ``t``."""
     term = np.argmax(t, axis=1)
     return t[np.arange(len(t)), term], (term + 1).astype(np.int8)

@@ -73,8 +73,10 @@ import numpy as np
 from . import DEFAULT_MAD_Z, outlier_state
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
-from .outlier_rows import (_log, _robust, _strongest, fixed_context, gather, projection,
-                           raw_parts, same_rows)
+from .outlier_rows import fixed_context, gather, projection, raw_parts, same_rows
+from .outlier_rows import log_floor as _log
+from .outlier_rows import robust as _robust
+from .outlier_rows import strongest as _strongest
 from .refindex import ReferenceIndex, warm_up
 
 log = logging.getLogger(__name__)
