@@ -122,7 +122,8 @@ class OutlierScorer(Estimator):
 
     def __init__(self, *, n_neighbors=10, reference_size=50_000, threshold="mad",
                  contamination=0.02, mad_z=DEFAULT_MAD_Z, lof_gate=5.0, tight_gate=8.0,
-                 centre_gate=10.0, group_gate=10.0, pca_variance=0.99, max_components=256, index_neighbors=30,
+                 centre_gate=10.0, group_gate=10.0, pca_variance=0.99, max_components=256,
+                 index_neighbors=30,
                  threshold_rows="all", random_state=0):
         self.n_neighbors = n_neighbors
         self.reference_size = reference_size
