@@ -107,7 +107,7 @@ def _build(search_index_ready=None):
     # the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
     # search kernels are compiled for the argument types those calls pass. A sampled
     # reference, as a fit's; pynndescent builds its forest breadth-first with other kernels
-    # for parts of more than a million bytes of rows: 2,500 reference rows of 127 dims are
+    # for parts of more than a million bytes of rows, which 2,500 reference rows of 127 dims are
     raw = rng.normal(size=(4000, 128)).astype(np.float32)
     z = raw[:, :6].copy()
     km = KMeans(3, random_state=0).fit(z)
