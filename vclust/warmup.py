@@ -11,9 +11,10 @@ compiling what the other does not:
 
   build   the NN-descent driver (by its signature: no build needed), umap-learn's 2D and 3D
           maps on their shared-graph path, builds on one, two and all threads as vclust and
-          umap-learn run them, then the outlier scorer as `vclust fit` and `vclust label` run
-          it (a sampled reference, past the size where pynndescent's forest takes other
-          kernels)
+          umap-learn run them, `vclust pixels`' luma and statistics kernels
+          (vclust.numerics.pixel_kernels), then the outlier scorer as `vclust fit` and `vclust
+          label` run it (a sampled reference, past the size where pynndescent's forest takes
+          other kernels)
   search  the forest an index is built from, and an index prepared, queried, saved and
           restored (search graph, search forest, search kernel)
 
@@ -87,6 +88,7 @@ def _build(search_index_ready=None):
     from .numerics import maps, nndescent
     from .numerics.kmeans import KMeans
     from .numerics.outliers import OutlierScorer
+    from .numerics.pixels import image_stats
 
     nndescent.precompile()
     rng = np.random.default_rng(0)
@@ -102,6 +104,9 @@ def _build(search_index_ready=None):
     x = rng.normal(size=(2000, 8)).astype(np.float32)
     for n_jobs, seed in ((2, 0), (1, 0), (-1, None)):
         NNDescent(x, n_neighbors=15, random_state=seed, n_jobs=n_jobs, compressed=False)
+    # `vclust pixels`' kernels, for the one set of argument types they are given (RGBX words,
+    # luma, counts): while the search part may still be building its index
+    image_stats(np.zeros((24, 32, 4), np.uint8))
     if search_index_ready is not None:
         search_index_ready()
     # the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and

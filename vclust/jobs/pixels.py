@@ -9,11 +9,13 @@ in the task, not the zip's index).
 
 Decoding: a sound JPEG is decoded by libjpeg-turbo straight into an array
 (vclust.storage.decode.decode_jpeg: simplejpeg, the values Pillow gives); anything else, and any
-JPEG libjpeg warns about, by Pillow, as before. JPEGs are decoded at a reduced scale (1/2, 1/4,
-1/8 in the decoder's DCT, as Pillow's draft mode chooses it) when the picture is at least twice
-``ANALYSIS_SIZE`` on its longer side, never below it; other formats larger than that are
-box-reduced by a whole factor. VeRi-Wild's pictures (about 200-300 pixels) are decoded at full
-size, so the sharpness sees their real edges.
+JPEG libjpeg warns about, by Pillow, as before. The luma, its histogram and the statistics are
+computed from the array by compiled kernels (vclust.numerics.pixels, pixel_kernels: numba,
+compiled into its disk cache by the install's warm-up). JPEGs are decoded at a reduced scale
+(1/2, 1/4, 1/8 in the decoder's DCT, as Pillow's draft mode chooses it) when the picture is at
+least twice ``ANALYSIS_SIZE`` on its longer side, never below it; other formats larger than
+that are box-reduced by a whole factor. VeRi-Wild's pictures (about 200-300 pixels) are decoded
+at full size, so the sharpness sees their real edges.
 
 A batch whose statistics are committed is skipped: re-running changes nothing. A run killed at
 any point leaves the committed statistics and the ledger as they were; the next run removes its
@@ -27,8 +29,9 @@ import logging
 import numpy as np
 
 from ..errors import InputError
-from ..numerics.pixels import ANALYSIS_SIZE, COLUMNS, PROBLEMS, STAT_COLUMNS, image_stats
-from ..storage.decode import decode_jpeg, open_image, reduced_box, rgbx_luma
+from ..numerics.pixels import (ANALYSIS_SIZE, COLUMNS, PROBLEMS, STAT_COLUMNS, image_stats,
+                               luma_histogram)
+from ..storage.decode import decode_jpeg, open_image, reduced_box
 from ..storage.pixels import BLOCK_ROWS
 from . import progress
 
@@ -54,23 +57,23 @@ def decode(data: bytes, size: int = ANALYSIS_SIZE):
     image) or is refused before decoding (vclust.storage.decode.open_image: too many pixels, or
     more than its bytes can hold). The pixels are (h, w, 3) RGB, or (h, w, 4) RGBX whose fourth
     value is 255 where libjpeg-turbo decoded them (vclust.storage.decode.decode_jpeg: a sound
-    JPEG); the luma is Pillow's ``convert("L")`` of them either way."""
+    JPEG); the luma and its 256 counts are Pillow's ``convert("L")`` and ``histogram()`` of
+    them, value for value (vclust.numerics.pixels.luma_histogram)."""
     fast = decode_jpeg(data, size)
     if fast is not None:
         w, h, pixels = fast
-        luma, hist = rgbx_luma(pixels)
-        return w, h, pixels, np.asarray(luma), hist
-    with open_image(data) as im:
-        w, h = im.size
-        box = reduced_box(w, h, size)
-        if box is not None:
-            if im.format == "JPEG":
-                im.draft("RGB", box)
-            else:
-                im = im.reduce(max(w, h) // size)
-        rgb_image = im.convert("RGB")  # decodes: a truncated file raises here
-    luma = rgb_image.convert("L")
-    return w, h, np.asarray(rgb_image), np.asarray(luma), luma.histogram()
+    else:
+        with open_image(data) as im:
+            w, h = im.size
+            box = reduced_box(w, h, size)
+            if box is not None:
+                if im.format == "JPEG":
+                    im.draft("RGB", box)
+                else:
+                    im = im.reduce(max(w, h) // size)
+            pixels = np.asarray(im.convert("RGB"))  # decodes: a truncated file raises here
+    luma, hist = luma_histogram(pixels)
+    return w, h, pixels, luma, hist
 
 
 def row_stats(status: str, data: bytes | None, size: int = ANALYSIS_SIZE) -> tuple:

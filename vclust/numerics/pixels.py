@@ -3,7 +3,8 @@
 Per image (``image_stats``, on the RGB picture as decoded, at most ``ANALYSIS_SIZE`` on its
 longer side when the decoder can reduce it):
 
-    brightness      mean luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), 0..255
+    brightness      mean luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B, rounded to whole levels
+                    as Pillow's ``convert("L")`` rounds it), 0..255
     contrast        standard deviation of the luma: the spread of brightness
     overexposed     share of pixels with luma >= 245 (white, blown-out highlights)
     underexposed    share of pixels with luma <= 20 (crushed shadows)
@@ -27,6 +28,10 @@ longer side when the decoder can reduce it):
                     content against the picture's own coarse edge content. A uniformly smooth
                     ramp gives 0, a step edge about log 4, noise more; a blur of radius r wipes
                     out the fine content while the coarse content stays, so it falls with r
+
+A picture under 16 pixels on a side has no edges or detail (NaN) and its structure is its
+contrast. The statistics are computed by two compiled kernels (vclust.numerics.pixel_kernels: one
+pass over the colour values, one over the luma, every sum exact).
 
 Reasons (``PIXEL_REASONS``, first that applies; ``pixel_reasons``); each compares a statistic with
 an absolute bound (``ABSOLUTE``); flatness and blur are measured against the picture's own
@@ -60,15 +65,9 @@ new store measures them all.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 ANALYSIS_SIZE = 256  # longer side the decoder may reduce a picture to (never below it)
-BRIGHT_LUMA = 245
-DARK_LUMA = 20
-CLIP_VALUE = 255
-QUANTISATION_ENERGY = 1.0 / 3.0  # dx^2 + dy^2 of luma rounded to whole levels: 2 x 2 / 12
 
 #: per-row columns stored by ``vclust pixels``, and their dtypes
 COLUMNS = {"readable": "uint8", "problem": "int8", "width": "int32", "height": "int32",
@@ -93,157 +92,63 @@ GUARD_SHARE = 0.5  # a bound flagging more than this share of a collection is fi
 LOG_SCALE = ("uniform", "underexposed")  # fitted on the log of their statistic
 DEFAULT_PIXEL_Z = 4.0
 
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_ONES4 = np.ones(4, dtype=np.float32)
+
+def pixel_words(rgb) -> np.ndarray:
+    """(h, w) uint32 words of (h, w, 3) RGB or (h, w, 4) RGBX uint8 pixels, R in the lowest
+    byte: the RGBX pixels themselves, read in place where they are C ordered and writable (as
+    libjpeg-turbo's are, vclust.storage.decode.decode_jpeg), else a copy."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
+        raise ValueError(f"pixels of shape {rgb.shape} and {rgb.dtype}: (h, w, 3 or 4) uint8 "
+                         "expected")
+    if rgb.shape[2] == 4 and rgb.flags.c_contiguous and rgb.flags.writeable:
+        rgbx = rgb
+    else:
+        rgbx = np.empty(rgb.shape[:2] + (4,), np.uint8)
+        rgbx[..., :3] = rgb[..., :3]
+        rgbx[..., 3] = 255
+    return rgbx.view("<u4").astype(np.uint32, copy=False).reshape(rgbx.shape[:2])
 
 
-def _halve(y: np.ndarray) -> np.ndarray:
-    """Means of the 2 x 2 blocks of ``y`` (an odd last row or column dropped)."""
-    h, w = y.shape[0] // 2 * 2, y.shape[1] // 2 * 2
-    y = y[:h, :w]
-    return (y[0::2, 0::2] + y[1::2, 0::2] + y[0::2, 1::2] + y[1::2, 1::2]) * 0.25
+def _kernel_ready(a: np.ndarray, dtype) -> np.ndarray:
+    """``a`` itself when it is what the kernels take (C ordered, writable, ``dtype``), else a
+    copy that is (one set of argument types: each other one would be compiled anew)."""
+    if a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, dtype=dtype, order="C")
 
 
-def _quarter(luma: np.ndarray) -> np.ndarray:
-    """Means of the 4 x 4 blocks of a uint8 picture, or of the same picture as float32 (the
-    rest of its last rows and columns dropped), float32: each block's lines added, then its
-    columns (a product with ones), all in whole numbers up to 16 x 255, exact."""
-    h, w = luma.shape[0] // 4 * 4, luma.shape[1] // 4 * 4
-    a = luma[:h, :w]
-    s = a[0::4].astype(np.float32)
-    s += a[1::4]
-    s += a[2::4]
-    s += a[3::4]
-    return (s.reshape(-1, 4) @ _ONES4).reshape(h // 4, w // 4) * np.float32(1 / 16)
+def luma_histogram(rgb) -> tuple[np.ndarray, np.ndarray]:
+    """(luma (h, w) uint8, the 256 counts of its values int64) of RGB or RGBX pixels: Pillow's
+    ``convert("L")`` and ``histogram()``, value for value."""
+    from .pixel_kernels import luma_histogram as kernel
 
-
-def _gradient_energy(y: np.ndarray) -> float:
-    """Mean of dx^2 plus mean of dy^2 (nearest-neighbour differences) of a float32 picture."""
-    if y.shape[0] < 2 or y.shape[1] < 2:
-        return float("nan")
-    dx = y[:, 1:] - y[:, :-1]
-    dy = y[1:] - y[:-1]
-    return float(np.vdot(dx, dx)) / dx.size + float(np.vdot(dy, dy)) / dy.size
-
-
-def shape_stats(luma: np.ndarray, fine: float | None = None,
-                y: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(structure, edges, detail) of a uint8 luma picture (see the module docstring); NaN for
-    the parts a picture too small to reduce (under 16 pixels on a side) has none of. ``fine``:
-    the picture's mean squared gradient, and ``y`` the picture as float32, when the caller has
-    them (``image_stats``)."""
-    luma = np.asarray(luma, dtype=np.uint8)
-    if luma.shape[0] < 16 or luma.shape[1] < 16:
-        return float(luma.std()) if luma.size else float("nan"), float("nan"), float("nan")
-    y2 = _quarter(luma if y is None else y)
-    y8 = _halve(y2).ravel().astype(np.float64)  # multiples of 1/64: float64 sums are exact
-    mean = float(y8.sum()) / y8.size
-    structure = math.sqrt(max(0.0, float(np.square(y8, out=y8).sum()) / y8.size - mean * mean))
-    edges = _gradient_energy(y2) / 16.0
-    if fine is None:
-        fine = _gradient_energy(luma.astype(np.float32))
-    fine -= QUANTISATION_ENERGY
-    detail = math.log(max(fine, 1e-3) / max(edges, 1e-6))
-    return structure, edges, detail
-
-
-_LEVELS = np.arange(256, dtype=np.float64)
-_LEVELS2 = _LEVELS * _LEVELS
+    return kernel(pixel_words(rgb))
 
 
 def image_stats(rgb: np.ndarray, luma: np.ndarray | None = None,
                 hist=None) -> tuple[float, ...]:
-    """The ``STAT_COLUMNS`` of one picture: ``rgb`` (h, w, 3) uint8 RGB, or (h, w, 4) RGBX whose
-    fourth value is 255 everywhere (libjpeg-turbo's, vclust.storage.decode.decode_jpeg);
-    ``luma`` its luma (h, w) uint8 and ``hist`` the 256 counts of its values, when the decoder
-    gave them (Pillow's ``convert("L")`` and ``histogram()``: the same weights, rounded), else
-    computed here. The colourfulness is taken over every other pixel of every other line (a
-    quarter of the pixels, an unbiased sample of the same means and spreads, at a quarter of the
-    cost).
+    """The ``STAT_COLUMNS`` of one picture (see the module docstring): ``rgb`` (h, w, 3) uint8
+    RGB, or (h, w, 4) RGBX (libjpeg-turbo's, vclust.storage.decode.decode_jpeg; the fourth
+    value is not read); ``luma`` its luma (h, w) uint8 and ``hist`` the 256 counts of its
+    values, when the caller has them (``luma_histogram``, or Pillow's ``convert("L")`` and
+    ``histogram()``: the same values), else computed here. The colourfulness is taken over
+    every other pixel of every other line (a quarter of the pixels, an unbiased sample of the
+    same means and spreads, at a quarter of the cost). Raises ValueError for a picture of no
+    pixels."""
+    from . import pixel_kernels as K
 
-    Each statistic is a few whole-array passes (a picture of a few hundred pixels costs more in
-    numpy calls than in arithmetic): the differences of the luma are taken once, on the
-    flattened picture (the wrap from one line's end to the next line's start taken out again),
-    and serve both the gradient energy and the Laplacian; spreads are sums and sums of squares
-    (exact for the colour sums, in float64), not ``var``."""
-    rgb = np.asarray(rgb)
+    words = pixel_words(rgb)
+    if not words.size:
+        raise ValueError("a picture of no pixels")
     if luma is None:
-        luma = np.rint(rgb[..., :3].astype(np.float32) @ _LUMA).astype(np.uint8)
-    n = luma.size
-    if hist is None:
-        hist = np.bincount(luma.ravel(), minlength=256)
-    hist = np.asarray(hist, dtype=np.float64)
-    brightness = float(hist @ _LEVELS) / n
-    contrast = math.sqrt(max(0.0, float(hist @ _LEVELS2) / n - brightness ** 2))
-    cum = np.cumsum(hist)
-    over = float(n - cum[BRIGHT_LUMA - 1]) / n
-    under = float(cum[DARK_LUMA]) / n
-    highlight = float(np.searchsorted(cum, 0.99 * n))
-    y = luma.astype(np.float32)
-    sharpness, fine = _laplacian_and_gradient(y)
-    colourfulness = _colourfulness(rgb)
-    # the fourth value of RGBX is 255 at every pixel: n of the values at 255 are not colours
-    clipped = (float(np.count_nonzero(rgb == CLIP_VALUE)) - (n if rgb.shape[-1] == 4 else 0)
-               ) / max(3 * n, 1)
-    structure, edges, detail = shape_stats(luma, fine, y)
-    return (brightness, contrast, over, under, sharpness, colourfulness, clipped, highlight,
-            structure, edges, detail)
-
-
-def _laplacian_and_gradient(y: np.ndarray) -> tuple[float, float]:
-    """(variance of the 4-neighbour Laplacian, mean dx^2 plus mean dy^2) of a luma picture as
-    float32: 0 and NaN for a picture of at most 2 lines or columns. The differences are taken
-    on the flattened picture, where dx includes the step from a line's last pixel to the next
-    line's first (taken out of its energy), and the negated Laplacian at an inner pixel is
-    dx[k-1] - dx[k] + dy[k-w] - dy[k] (its values at the first and last columns taken out).
-    The Laplacian's sum telescopes to the picture's border, where it is taken, exactly."""
-    h, w = y.shape
-    if h <= 2 or w <= 2:
-        return 0.0, _gradient_energy(y)
-    y = y.ravel()
-    n = y.size
-    dx = y[1:] - y[:-1]
-    dy = y[w:] - y[:-w]
-    wrap = dx[w - 1::w]
-    fine = ((float(np.vdot(dx, dx)) - float(np.vdot(wrap, wrap))) / (h * (w - 1))
-            + float(np.vdot(dy, dy)) / dy.size)
-    lap = dx[w - 1:n - w - 1] - dx[w:n - w]
-    lap += dy[:n - 2 * w]
-    lap -= dy[w:]
-    rim = lap.reshape(h - 2, w)[:, ::w - 1].ravel()  # the first and last columns (a copy)
-    m = (h - 2) * (w - 2)
-    # the sum over the inner pixels: what remains at the border (whole numbers, exact):
-    # dx[i, 0] - dx[i, w - 2] over the inner lines, dy[0, j] - dy[h - 2, j] over inner columns
-    total = (float(dx[w:n - w:w].sum()) - float(dx[2 * w - 2:n - w:w].sum())
-             + float(dy[1:w - 1].sum()) - float(dy[n - 2 * w + 1:n - w - 1].sum()))
-    np.square(lap, out=lap)
-    np.square(rim, out=rim)
-    square = (float(lap.sum()) - float(rim.sum())) / m  # pairwise float32 sums, as var's
-    return max(0.0, square - (total / m) ** 2), fine
-
-
-def _colourfulness(rgb: np.ndarray) -> float:
-    """Hasler and Suesstrunk's M over every other pixel of every other line of an RGB or RGBX
-    picture: each channel of the sample read as a strided view of whole lines, the means and
-    spreads from float64 sums (exact: integers below 2^53)."""
-    h, w, ch = rgb.shape
-    if not rgb.size:
-        return float("nan")
-    lines = rgb[::2].reshape(-1, w * ch)
-    r = lines[:, 0::2 * ch].astype(np.float64)
-    g = lines[:, 1::2 * ch].astype(np.float64)
-    b = lines[:, 2::2 * ch].astype(np.float64)
-    rg = r - g
-    yb2 = r + g  # twice yb = (r + g) / 2 - b
-    yb2 -= b
-    yb2 -= b
-    k = rg.size
-    m_rg, m_yb = float(rg.sum()) / k, float(yb2.sum()) / (2 * k)
-    # squares summed by numpy, not BLAS: a float64 dot product of this length is split over
-    # threads by OpenBLAS wherever its threads are not limited to one (many times slower here)
-    v_rg = max(0.0, float(np.square(rg, out=rg).sum()) / k - m_rg * m_rg)
-    v_yb = max(0.0, float(np.square(yb2, out=yb2).sum()) / (4 * k) - m_yb * m_yb)
-    return math.sqrt(v_rg + v_yb) + 0.3 * math.hypot(m_rg, m_yb)
+        luma, hist = K.luma_histogram(words)
+    else:
+        luma = _kernel_ready(np.asarray(luma), np.uint8)
+        if hist is None:
+            hist = np.bincount(luma.ravel(), minlength=256)
+        hist = _kernel_ready(np.asarray(hist), np.int64)
+    return K.stats(words, luma, hist)
 
 
 def relative_sharpness(sharpness, contrast) -> np.ndarray:

@@ -132,16 +132,6 @@ def decode_jpeg(data: bytes, size: int | None = None):
     return width, height, pixels
 
 
-def rgbx_luma(pixels):
-    """Pillow's ``convert("L")`` (ITU-R 601 weights, rounded) of (h, w, 4) RGBX pixels (as
-    ``decode_jpeg`` gives them), read in place, and the 256 counts of its values: (luma (h, w)
-    uint8, histogram list)."""
-    Image = _pillow()
-    h, w = pixels.shape[:2]
-    luma = Image.frombuffer("RGBX", (w, h), pixels, "raw", "RGBX", 0, 1).convert("L")
-    return luma, luma.histogram()
-
-
 def decode_thumbnail(data: bytes, size: Sequence[int] = THUMB_SIZE):
     """Decode image bytes to an RGB picture of at most ``size``, or None if undecodable.
 
