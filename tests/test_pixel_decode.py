@@ -146,3 +146,59 @@ def test_statistics_equal_their_plain_definitions_rgb_and_rgbx():
             assert got["structure"] == pytest.approx(want["structure"], rel=1e-6, abs=1e-9)
             detail = math.log(max(want["fine"], 1e-3) / max(got["edges"], 1e-6))
             assert got["detail"] == pytest.approx(detail, rel=1e-5, abs=1e-6), rgb.shape
+
+
+def test_luma_and_histogram_are_pillows_for_every_colour():
+    """vclust.numerics.pixels.luma_histogram (a compiled kernel) against Pillow's
+    ``convert("L")`` and ``histogram()`` on a picture holding each of the 2^24 colours once,
+    RGB and RGBX."""
+    from vclust.numerics.pixels import luma_histogram
+
+    v = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([v & 255, (v >> 8) & 255, v >> 16], axis=1).astype(np.uint8)
+    rgb = rgb.reshape(4096, 4096, 3)
+    want = Image.fromarray(rgb).convert("L")
+    for pixels in (rgb, np.concatenate([rgb, np.full((4096, 4096, 1), 255, np.uint8)], 2)):
+        luma, hist = luma_histogram(pixels)
+        assert luma.tobytes() == want.tobytes()
+        assert hist.tolist() == want.histogram()
+
+
+def test_the_warm_up_compiles_what_vclust_pixels_runs(tmp_path):
+    """The install's warm-up (vclust.numerics.pixels.precompile) fills numba's disk cache with
+    the kernels for the argument types of every path `vclust pixels` takes (a JPEG decoded by
+    libjpeg-turbo, a PNG by Pillow, a Pillow luma given): a later process compiles nothing."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    run = dict(env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", "from vclust.numerics.pixels import precompile; "
+                          "precompile()"], **run)
+    assert out.returncode == 0, out.stderr
+    photo = _photos()["china"].crop((0, 0, 257, 211))
+    png = io.BytesIO()
+    photo.save(png, "PNG")
+    (tmp_path / "a.jpg").write_bytes(_encode(photo, quality=90))
+    (tmp_path / "a.png").write_bytes(png.getvalue())
+    code = f"""
+import json, numpy as np
+from PIL import Image
+from vclust.jobs.pixels import row_stats
+from vclust.numerics import pixel_kernels as K
+from vclust.numerics.pixels import image_stats
+rows = [row_stats("ok", open(r"{tmp_path}/a." + ext, "rb").read()) for ext in ("jpg", "png")]
+rgb = np.asarray(Image.open(r"{tmp_path}/a.png").convert("RGB"))
+luma = Image.fromarray(rgb).convert("L")
+image_stats(rgb, np.asarray(luma), luma.histogram())
+print(json.dumps([[r[0] for r in rows]] + [[sum(f.stats.cache_hits.values()),
+                  sum(f.stats.cache_misses.values())] for f in (K.luma_histogram, K.stats)]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], **run)
+    assert out.returncode == 0, out.stderr
+    readable, luma_kernel, stats_kernel = json.loads(out.stdout)
+    assert readable == [1, 1]
+    assert luma_kernel[0] >= 1 and stats_kernel[0] >= 1  # loaded from the cache ...
+    assert luma_kernel[1] == 0 and stats_kernel[1] == 0  # ... and nothing compiled

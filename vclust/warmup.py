@@ -88,7 +88,7 @@ def _build(search_index_ready=None):
     from .numerics import maps, nndescent
     from .numerics.kmeans import KMeans
     from .numerics.outliers import OutlierScorer
-    from .numerics.pixels import image_stats
+    from .numerics import pixels
 
     nndescent.precompile()
     rng = np.random.default_rng(0)
@@ -104,9 +104,8 @@ def _build(search_index_ready=None):
     x = rng.normal(size=(2000, 8)).astype(np.float32)
     for n_jobs, seed in ((2, 0), (1, 0), (-1, None)):
         NNDescent(x, n_neighbors=15, random_state=seed, n_jobs=n_jobs, compressed=False)
-    # `vclust pixels`' kernels, for the one set of argument types they are given (RGBX words,
-    # luma, counts): while the search part may still be building its index
-    image_stats(np.zeros((24, 32, 4), np.uint8))
+    # `vclust pixels`' kernels, while the search part may still be building its index
+    pixels.precompile()
     if search_index_ready is not None:
         search_index_ready()
     # the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and

@@ -151,6 +151,13 @@ def image_stats(rgb: np.ndarray, luma: np.ndarray | None = None,
     return K.stats(words, luma, hist)
 
 
+def precompile() -> None:
+    """Compile the kernels of ``image_stats`` and ``luma_histogram`` into numba's disk cache (or
+    load them from it) for the one set of argument types every caller passes them; the
+    install's warm-up (vclust.warmup) calls it."""
+    image_stats(np.zeros((24, 32, 4), np.uint8))
+
+
 def relative_sharpness(sharpness, contrast) -> np.ndarray:
     """log(sharpness / contrast^2): Laplacian energy against the picture's contrast (the blur
     measure of statistics stored before ``detail``; kept for the report of such stores)."""
