@@ -1,9 +1,9 @@
 """`vclust pixels` decodes sound JPEGs with libjpeg-turbo straight into an array
 (vclust.storage.decode.decode_jpeg) and leaves everything else to Pillow: the pixels must be
 Pillow's, value for value, at full size and DCT-reduced, and what Pillow refuses or decodes its
-own way must still reach Pillow. The statistics computed from those pixels (numerics.pixels,
-flattened differences, sums instead of ``var``) must equal their plain two-dimensional
-definitions, computed here in float64."""
+own way must still reach Pillow. The statistics computed from those pixels (numerics.pixels: two
+compiled kernels, numerics.pixel_kernels, with exact integer sums) must equal their plain
+two-dimensional definitions, computed here in float64."""
 
 import io
 import math
