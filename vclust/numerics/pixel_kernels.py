@@ -1,12 +1,12 @@
-"""The pixel statistics of one picture in compiled passes (numba), for vclust.numerics.pixels.
+"""The pixel statistics of one picture in compiled kernels (numba), for vclust.numerics.pixels.
 
 A picture comes as (h, w) uint32 words, one a pixel, its R, G and B in the three lowest bytes
 (RGBX pixels read in place: vclust.numerics.pixels.pixel_words). ``luma_histogram(words)`` is
 Pillow's ``convert("L")`` of them, value for value (Pillow's fixed-point weights 19595, 38470
 and 7471 of 65536, rounded), and the 256 counts of its values. ``stats(words, luma, hist)`` is
-every statistic of the module docstring of vclust.numerics.pixels: those of the counts, one
-pass over the luma (its differences, the Laplacian, the 4 x 4 block sums) and one over the
-words (the values at 255, the colourfulness sample). Every sum is of whole numbers, in 64-bit
+every statistic of the module docstring of vclust.numerics.pixels: those of the counts, two
+passes over the luma (its differences and Laplacian; its 4 x 4 block sums) and two over the
+words (the values at 255; the colourfulness sample). Every sum is of whole numbers, in 64-bit
 integers: exact, so each statistic is its definition in float64 up to its last divisions and
 square root. The loops are plain (numba and LLVM vectorise them); a numpy version took several
 passes of whole-array calls each (benchmarks/RESULTS.md, "Pixel statistics").
