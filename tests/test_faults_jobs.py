@@ -152,3 +152,28 @@ def test_a_report_refuses_to_replace_a_folder_that_is_not_a_report(night, tmp_pa
                    root / "labels", "--out", tmp_path / "mine", "--map-method", "pca"])
     assert out.returncode == 2 and "not a vclust report" in out.stderr, out.stderr
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_a_small_report_runs_in_its_own_process_and_equals_the_cluster_one(night, tmp_path):
+    """With no cluster named, `vclust report` of a store this small runs on the command's own
+    threads (no LocalCluster to start); the report is the one a LocalCluster of two worker
+    processes makes, but for when it was made and how long its map took."""
+    import json
+
+    root = night["root"]
+    cfg = tmp_path / "local.yaml"
+    cfg.write_text("kind: local\nn_workers: 2\nthreads_per_worker: 1\n")
+    reports = {}
+    for extra, where in (([], "dask: in this process"), (["--cluster", cfg], "dask: local")):
+        out = tmp_path / f"report{len(extra)}"
+        res = run_cli(["report", root / "store", "--registry", root / "registry", "--labels",
+                       root / "labels", "--out", out, "--map-method", "pca", "--images",
+                       root / "images.zip", "--seed", "3", *extra], timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert where in res.stderr, res.stderr
+        page = json.loads((out / "report.json").read_text())
+        page.pop("created")
+        page["map"].pop("seconds")
+        reports[where] = page
+    here, there = reports.values()
+    assert here == there

@@ -102,7 +102,7 @@ def cmd_ingest(args, say):
 
     p = params_from_args(IngestParams, args)
     jobs.check_sources(p)  # the cheap checks before starting a cluster
-    with _connect(args, say):
+    with _connect(args, say, here=jobs.ingest_here(p)):
         summary = jobs.ingest(args.store, p, say=say)
     print(json.dumps(summary))
 
@@ -203,18 +203,18 @@ def cmd_report(args, say):
     p = params_from_args(ReportParams, args)
     model = jobs.resolve_model(args.model, args.registry)
     inputs = open_inputs(model, p)  # the cheap checks before starting a cluster
-    check_out(p.out)
-    with _connect(args, say):  # written beside --out, then swapped in whole
+    check_out(p.out)  # the report is written beside --out, then swapped in whole
+    with _connect(args, say, here=jobs.store_here(args.store, model.descriptors, "reported")):
         write_report_whole(args.store, model, args.labels, p, say=say, inputs=inputs)
     print(f"{p.out}/index.html")
 
 
 def cmd_compare(args, say):
-    from .jobs.compare import check, compare
+    from .jobs.compare import check, compare, compare_here
 
     p = params_from_args(CompareParams, args)
     check(args.store, p, args.registry, args.labels)  # the cheap checks before a cluster starts
-    with _connect(args, say):
+    with _connect(args, say, here=compare_here(args.store, p)):
         summary = compare(args.store, p, args.registry, args.labels, say=say)
     print_table(summary["kept"], ["model_id", "descriptor", "algorithm", "k"])
     prop = summary["proposal"]
@@ -256,7 +256,8 @@ def _add_cluster_args(p):
     g.add_argument("--cluster", metavar="FILE", help="cluster config (cluster_configs/*.yaml)")
     g.add_argument("--scheduler", metavar="ADDRESS",
                    help="address of a running Dask scheduler (also $VCLUST_SCHEDULER); with "
-                        "neither this nor --cluster, a LocalCluster sized to the machine")
+                        "neither this nor --cluster, a LocalCluster sized to the machine, or "
+                        "this process's threads for small inputs (it says which)")
     g.add_argument("--scheduler-timeout", type=float, metavar="SECONDS",
                    help="how long to wait for the scheduler at --scheduler before giving up with "
                         "exit 4 (also $VCLUST_SCHEDULER_TIMEOUT or the config key 'timeout'; "

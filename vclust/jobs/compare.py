@@ -55,6 +55,19 @@ def _quiet(_msg):
     pass
 
 
+def spec_names(params) -> list[str]:
+    """Every descriptor set the specs of ``params`` name, once each, in order."""
+    return list(dict.fromkeys(n for spec in params.descriptors for n in parse_spec(spec)))
+
+
+def compare_here(store_path, params) -> str | None:
+    """Why `vclust compare` may run in this process (vclust.jobs.steps.store_here: the rows of
+    every set its specs name), or None."""
+    from .steps import store_here
+
+    return store_here(store_path, spec_names(params), "compared")
+
+
 def check(store_path, params, registry=None, labels_dir=None):
     """The cheap checks before any cluster starts (one InputError line each): every set of
     every spec in the store, the k-range within the rows, the output folders usable."""
@@ -263,7 +276,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     # the image folders as integer codes, once: identity_consistency counts codes fast
     groups = pd.factorize(identity_of(store.ids().astype(str)))[0] \
         if params.identity == "parent" else None
-    names = list(dict.fromkeys(n for spec in params.descriptors for n in parse_spec(spec)))
+    names = spec_names(params)
     say(f"compare: {store.n_rows:,} rows; sets {', '.join(names)}; specs "
         f"{', '.join(params.descriptors)}; algorithms {', '.join(params.algorithms)}; "
         f"k {params.k_range}")

@@ -152,11 +152,46 @@ def label_here(store_path, model, batches=None, all_batches=False) -> str | None
     chosen = store.choose_batches(batches, all_batches)
     rows = sum(b - a for a, b in (store.batch_rows(c) for c in chosen))
     width = sum(int(store.array(d).shape[1]) for d in model.descriptors)
-    size = rows * width * 4
+    return _here(rows, rows * width * 4, "labelled")
+
+
+def _here(rows: int, size: int, done: str) -> str | None:
     if size > LABEL_HERE_BYTES:
         return None
-    return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are labelled here; "
+    return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are {done} here; "
             f"a LocalCluster starts above {LABEL_HERE_BYTES / 1e6:.0f} MB")
+
+
+def store_here(store_path, descriptors, done: str) -> str | None:
+    """Why a command reading the store's rows of ``descriptors`` (names) may run in this
+    process: `vclust report` (the model's sets) and `vclust compare` (every set its specs name),
+    as `vclust label` of as many rows (``LABEL_HERE_BYTES``); None when the rows are larger, or
+    the store cannot be opened (the command reports that)."""
+    from ..storage.store import Store
+
+    try:
+        store = Store.open(store_path)
+        width = sum(int(store.array(d).shape[1]) for d in descriptors)
+    except Exception:  # noqa: BLE001 - the command itself says what is wrong, as one line
+        return None
+    return _here(store.n_rows, store.n_rows * width * 4, done)
+
+
+def ingest_here(params) -> str | None:
+    """Why `vclust ingest` may run in this process: its local source files hold at most
+    ``LABEL_HERE_BYTES`` (their size on disk); None for larger or remote sources."""
+    import os
+
+    try:
+        size = sum(os.path.getsize(s) if os.path.isfile(s) else
+                   sum(f.stat().st_size for f in Path(s).rglob("*") if f.is_file())
+                   for s in params.sources)
+    except OSError:
+        return None
+    if size > LABEL_HERE_BYTES:
+        return None
+    return (f"{size / 1e6:.0f} MB of sources are ingested here; a LocalCluster starts above "
+            f"{LABEL_HERE_BYTES / 1e6:.0f} MB")
 
 
 def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = False,
