@@ -143,20 +143,24 @@ def plan(spec: JobSpec, scheduler=None, cluster_file=None, timeout=None) -> dict
 
 def run_job(path, overrides=(), dry_run=False, scheduler=None, cluster_file=None, say=print,
             timeout=None) -> int:
+    """`vclust run`: a small job (``steps.run_here``) with no cluster named runs on this
+    process's threads."""
+    from .steps import run_here
+
     spec = load_spec(path, overrides)
     return run_spec(spec, dry_run=dry_run, scheduler=scheduler, cluster_file=cluster_file, say=say,
-                    timeout=timeout)
+                    timeout=timeout, here=None if dry_run else run_here(spec))
 
 
 def run_spec(spec: JobSpec, dry_run=False, scheduler=None, cluster_file=None, say=print,
-             timeout=None) -> int:
+             timeout=None, here=None) -> int:
     if dry_run:
         print(json.dumps(plan(spec, scheduler, cluster_file, timeout), indent=2))
         return 0
     from .cluster import connect
 
     with connect(scheduler or spec.scheduler, cluster_file or spec.cluster, announce=say,
-                 timeout=timeout):
+                 timeout=timeout, here=here):
         return _run_steps(spec, say)
 
 

@@ -167,31 +167,68 @@ def store_here(store_path, descriptors, done: str) -> str | None:
     process: `vclust report` (the model's sets) and `vclust compare` (every set its specs name),
     as `vclust label` of as many rows (``LABEL_HERE_BYTES``); None when the rows are larger, or
     the store cannot be opened (the command reports that)."""
+    rows, size = _store_bytes(store_path, descriptors)
+    return None if rows is None else _here(rows, size, done)
+
+
+def _store_bytes(store_path, descriptors=None) -> tuple[int | None, int]:
+    """(rows, bytes) of the store's rows of ``descriptors`` (default: every set); (None, 0)
+    when it cannot be opened."""
     from ..storage.store import Store
 
     try:
         store = Store.open(store_path)
-        width = sum(int(store.array(d).shape[1]) for d in descriptors)
+        names = store.names if descriptors is None else descriptors
+        width = sum(int(store.array(d).shape[1]) for d in names)
     except Exception:  # noqa: BLE001 - the command itself says what is wrong, as one line
+        return None, 0
+    return store.n_rows, store.n_rows * width * 4
+
+
+def _source_bytes(sources) -> int | None:
+    """Bytes on disk of local source files and folders; None when one cannot be read."""
+    import os
+
+    try:
+        return sum(os.path.getsize(s) if os.path.isfile(s) else
+                   sum(f.stat().st_size for f in Path(s).rglob("*") if f.is_file())
+                   for s in sources)
+    except OSError:
         return None
-    return _here(store.n_rows, store.n_rows * width * 4, done)
 
 
 def ingest_here(params) -> str | None:
     """Why `vclust ingest` may run in this process: its local source files hold at most
-    ``LABEL_HERE_BYTES`` (their size on disk); None for larger or remote sources."""
-    import os
-
-    try:
-        size = sum(os.path.getsize(s) if os.path.isfile(s) else
-                   sum(f.stat().st_size for f in Path(s).rglob("*") if f.is_file())
-                   for s in params.sources)
-    except OSError:
-        return None
-    if size > LABEL_HERE_BYTES:
+    ``LABEL_HERE_BYTES`` (their size on disk); None for larger or unreadable sources."""
+    size = _source_bytes(params.sources)
+    if size is None or size > LABEL_HERE_BYTES:
         return None
     return (f"{size / 1e6:.0f} MB of sources are ingested here; a LocalCluster starts above "
             f"{LABEL_HERE_BYTES / 1e6:.0f} MB")
+
+
+def run_here(spec) -> str | None:
+    """Why `vclust run` of a job spec (vclust.jobs.runner) may run in this process: the store's
+    rows of every set (if it exists yet) and the sources of its ingest step hold at most
+    ``LABEL_HERE_BYTES`` together; None for more, or for a spec that makes its own data."""
+    if "synth" in spec.steps:
+        return None
+    size = 0
+    if "ingest" in spec.steps:
+        size = _source_bytes(spec.ingest.sources)
+        if size is None:
+            return None
+    from ..storage.fs import as_path
+
+    if as_path(str(spec.store)).exists():
+        rows, stored = _store_bytes(spec.store)
+        if rows is None:
+            return None
+        size += stored
+    if size > LABEL_HERE_BYTES:
+        return None
+    return (f"{size / 1e6:.0f} MB of stored rows and sources are processed here; a LocalCluster "
+            f"starts above {LABEL_HERE_BYTES / 1e6:.0f} MB")
 
 
 def label(store_path, model, labels_dir, *, batches=None, all_batches: bool = False,
