@@ -264,7 +264,10 @@ def test_same_score_whatever_chunking_and_workers(synth_reduced, fitted, local_c
 def test_cached_nn_descent_driver_builds_pynndescents_graph(n_jobs):
     """vclust.numerics.nndescent swaps in a cacheable copy of pynndescent's NN-descent driver:
     the graph must be pynndescent's own, bit for bit, on one and on two threads and across
-    pynndescent's 16,384-row blocks."""
+    pynndescent's 16,384-row blocks. pynndescent's driver runs as the Python it is compiled
+    from (``py_func``: a loop over iterations calling its compiled kernels, the kernels the copy
+    calls), so its own compilation (about a minute on 2 cores, in every fresh install) is not
+    paid for the check."""
     from pynndescent import NNDescent, pynndescent_
 
     from vclust.numerics import nndescent
@@ -278,11 +281,14 @@ def test_cached_nn_descent_driver_builds_pynndescents_graph(n_jobs):
     assert patched.original is not patched
     X = np.random.default_rng(5).normal(size=(20_000, 12)).astype(np.float32)
     ours = NNDescent(X, n_neighbors=10, random_state=7, n_jobs=n_jobs, compressed=False)
+    internal = pynndescent_.nn_descent_internal
     try:
-        pynndescent_.nn_descent = patched.original
+        pynndescent_.nn_descent = patched.original.py_func
+        pynndescent_.nn_descent_internal = internal.py_func  # looked up by name at its call
         theirs = NNDescent(X, n_neighbors=10, random_state=7, n_jobs=n_jobs, compressed=False)
     finally:
         pynndescent_.nn_descent = patched
+        pynndescent_.nn_descent_internal = internal
     np.testing.assert_array_equal(ours.neighbor_graph[0], theirs.neighbor_graph[0])
     np.testing.assert_array_equal(ours.neighbor_graph[1], theirs.neighbor_graph[1])
 
@@ -379,6 +385,9 @@ def test_search_without_the_gil_finds_pynndescents_neighbours(monkeypatch):
     with monkeypatch.context() as m:  # pynndescent's own search, as without vclust's swap
         m.setattr(S, "search_dense_sqeuclidean", nndescent.ORIGINAL_SEARCH)
         theirs = NNDescent(X, n_neighbors=15, random_state=1, n_jobs=1, compressed=False)
+        # the search forest vclust prepares (annindex.prepare_index), not the hub tree, whose
+        # kernels nothing else compiles (a minute on 2 cores in a fresh install)
+        theirs._rp_forest = None
         theirs.prepare()
     want = theirs.query(Q, k=10)
     ours = index_from_state(*index_to_state(theirs))  # restored: released
