@@ -11,7 +11,8 @@ Measured, one after the other, on the same zip:
                 LocalCluster (one worker process per core): wall time of the command, time of
                 the pixel pass itself (from its progress lines), peak RSS of its process tree.
                 Its JPEGs are decoded by libjpeg-turbo into arrays (simplejpeg;
-                vclust.storage.decode.decode_jpeg), the same pixels Pillow gives
+                vclust.storage.decode.decode_jpeg), the same pixels Pillow gives, and measured
+                by compiled kernels (vclust.numerics.pixel_kernels)
     plain loop  one Python process: zipfile.ZipFile.read, PIL.Image.open, convert("RGB"), the
                 same statistics (vclust.numerics.pixels.image_stats), row by row
 
@@ -141,9 +142,9 @@ def main():
 
 `python benchmarks/bench_pixels.py {rows}`: {rows:,} images of a synthetic zip shaped like
 VeRi-Wild's (stored JPEGs 200-300 px wide, quality {QUALITY}, {size_kb:.1f} KB on average), one
-batch; {machine()}, run at nice 19 on a machine shared with other work (figures are a floor;
-1-minute load average {load_v:.2f} as `vclust pixels` started, {load_b:.2f} as the plain loop
-started).
+batch; {machine()}, on a machine shared with other work (1-minute load average {load_v:.2f}
+as `vclust pixels` started, {load_b:.2f} as the plain loop started; other work makes both
+slower).
 
 | | wall | pixel pass | images/s | images/s per core (wall) | CPU of the pass | images per CPU-second | peak RSS |
 |---|---|---|---|---|---|---|---|
@@ -155,10 +156,11 @@ of the whole process tree (for vclust, less that of the same command on a 100-im
 interpreters, imports and cluster start-up). Whole set,
 {ROWS:,} images: `vclust pixels` about {whole / 60:.1f} min at this run's wall rate, about
 {whole_cpu / 60:.1f} min at its CPU rate with both cores free (target: under 5 min); the plain
-loop about {base * scale / 60:.1f} min ({base_cpu * scale / 60:.1f} min of CPU).{note} Each worker opens the zip once and
-decodes its JPEGs with libjpeg-turbo straight into arrays (simplejpeg), at full size: VeRi-Wild's
+loop about {base * scale / 60:.1f} min ({base_cpu * scale / 60:.1f} min of CPU).{note} Each worker opens the zip once,
+decodes its JPEGs with libjpeg-turbo straight into arrays (simplejpeg), at full size (VeRi-Wild's
 pictures are under twice the 256-pixel analysis size, so no reduction in the decoder's DCT
-applies (larger JPEGs are reduced 1/2, 1/4 or 1/8 there, as Pillow's draft mode reduces them).
+applies; larger JPEGs are reduced 1/2, 1/4 or 1/8 there, as Pillow's draft mode reduces them),
+and computes the luma and the statistics in two compiled kernels (numba, from its disk cache).
 """
     write_section("pixels", text)
 
