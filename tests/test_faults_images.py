@@ -210,6 +210,7 @@ def test_a_zip_of_unreadable_images_gives_one_warning_line(tmp_path):
             zf.writestr(f"img/0/{i}.jpg", _jpeg() if i % 10 == 0 else b"\xff\xd8garbage" * 9)
     out = run_cli(["pixels", tmp_path / "store", "--images", tmp_path / "images.zip", "--all"])
     assert out.returncode == 0, out.stderr
+    assert "dask: in this process" in out.stderr  # 120 images: no LocalCluster started
     warn = [ln for ln in out.stderr.splitlines() if ln.startswith("vclust:")]
     assert len(warn) == 1, out.stderr
     assert "108 of 120 images unreadable or undecodable" in warn[0], warn

@@ -177,7 +177,7 @@ def cmd_pixels(args, say):
 
     p = params_from_args(PixelsParams, args)
     jobs.check_pixels(args.store, p)  # the cheap checks before starting a cluster
-    with _connect(args, say):
+    with _connect(args, say, here=jobs.pixels_here(args.store, p)):
         summary = jobs.pixels(args.store, p, say=say)
     print(json.dumps(summary))
 

@@ -68,6 +68,29 @@ def check_pixels(store_path, params) -> None:
     ImageSource(params.images).close()
 
 
+#: images `vclust pixels` measures on the command's own threads (libjpeg-turbo and the pixel
+#: kernels release the GIL) when no cluster is named; a LocalCluster starts above that
+PIXELS_HERE_IMAGES = 10_000
+
+
+def pixels_here(store_path, params) -> str | None:
+    """Why `vclust pixels` may run in this process: the chosen batches hold at most
+    ``PIXELS_HERE_IMAGES`` rows (one image each); None for more, or where the store or the
+    batches cannot be read (the command reports that)."""
+    from ..storage.store import Store
+
+    try:
+        store = Store.open(store_path)
+        chosen = store.choose_batches(params.batches, params.all)
+        rows = sum(b - a for a, b in (store.batch_rows(c) for c in chosen))
+    except Exception:  # noqa: BLE001 - the command itself says what is wrong, as one line
+        return None
+    if rows > PIXELS_HERE_IMAGES:
+        return None
+    return (f"{rows:,} images are measured here; a LocalCluster starts above "
+            f"{PIXELS_HERE_IMAGES:,}")
+
+
 def pixels(store_path, params, say=_quiet, batches=None) -> dict:
     """Pixel statistics of the batches ``params`` (a ``PixelsParams``) names, or ``batches``
     when it names none (vclust.jobs.pixels)."""
