@@ -85,10 +85,9 @@ def warm_part(part: str, say=print, signal=None) -> float:
 def _build(search_index_ready=None):
     from pynndescent import NNDescent
 
-    from .numerics import maps, nndescent
+    from .numerics import maps, nndescent, pixels
     from .numerics.kmeans import KMeans
     from .numerics.outliers import OutlierScorer
-    from .numerics import pixels
 
     nndescent.precompile()
     rng = np.random.default_rng(0)
