@@ -48,8 +48,13 @@ def _auc_vs_inliers(score, kind, k):
 
 
 def _exact_10nn(x):
-    """The peer: scikit-learn's exact 10-NN mean distance, the row itself excluded."""
-    return NearestNeighbors(n_neighbors=11).fit(x).kneighbors(x)[0][:, 1:].mean(axis=1)
+    """The peer: scikit-learn's exact 10-NN mean distance, the row itself excluded. Rows of few
+    dimensions (aloi's 27) are searched with a k-d tree, rows of many by brute force (what
+    scikit-learn picks above 15): both exact, the tree a third of the brute force's work on
+    aloi's 49,534 rows."""
+    algorithm = "kd_tree" if x.shape[1] <= 32 else "brute"
+    nn = NearestNeighbors(n_neighbors=11, algorithm=algorithm).fit(x)
+    return nn.kneighbors(x)[0][:, 1:].mean(axis=1)
 
 
 @pytest.fixture(scope="module")
