@@ -19,18 +19,33 @@ import scipy.sparse as sp
 from .blocks import run_local, is_dask, map_blocks_reduce, row_uniform
 
 
+#: rows per slice inside a block: the float64 temporaries of a slice stay small and are
+#: reused, instead of a fresh block-sized one per call, whose new pages cost more to touch
+#: than the arithmetic (benchmarks/RESULTS.md, "Partition metrics in slices")
+SLICE_ROWS = 2048
+
+
 def _sums_block(block, labels, row0, k):
-    x = np.asarray(block, dtype=np.float64)
+    x = np.asarray(block)
     labels = np.asarray(labels)
-    onehot = sp.csr_matrix((np.ones(len(x)), (labels, np.arange(len(x)))), shape=(k, len(x)))
-    return np.bincount(labels, minlength=k), onehot @ x
+    sums = np.zeros((k, x.shape[1]))
+    for a in range(0, len(x), SLICE_ROWS):
+        xs = x[a:a + SLICE_ROWS].astype(np.float64)
+        onehot = sp.csr_matrix((np.ones(len(xs)), (labels[a:a + SLICE_ROWS], np.arange(len(xs)))),
+                               shape=(k, len(xs)))
+        sums += onehot @ xs
+    return np.bincount(labels, minlength=k), sums
 
 
 def _dist_block(block, labels, row0, means):
-    x = np.asarray(block, dtype=np.float64)
+    x = np.asarray(block)
     labels = np.asarray(labels)
     k = len(means)
-    sq = ((x - means[labels]) ** 2).sum(axis=1)
+    sq = np.empty(len(x))
+    for a in range(0, len(x), SLICE_ROWS):
+        xs = x[a:a + SLICE_ROWS].astype(np.float64)
+        xs -= means[labels[a:a + SLICE_ROWS]]
+        np.einsum("ij,ij->i", xs, xs, out=sq[a:a + SLICE_ROWS])
     return (np.bincount(labels, weights=sq, minlength=k),
             np.bincount(labels, weights=np.sqrt(sq), minlength=k))
 
