@@ -360,20 +360,30 @@ def test_unreachable_scheduler_is_an_environment_fault_with_a_configurable_wait(
     --scheduler-timeout, then the config key, then $VCLUST_SCHEDULER_TIMEOUT."""
     addr = f"tcp://127.0.0.1:{_free_port()}"
     files, ids = small_case(tmp_path / "case", rows=50)
-    base = ["ingest", tmp_path / "store", *files, "--ids", ids]
-    line = assert_one_line(run_cli(base + ["--scheduler", addr]), 4)
-    assert "within 5 s" in line and "nothing was changed" in line  # short by default
-
-    def with_env(args):
-        return subprocess.run(VCLUST + [str(a) for a in args], capture_output=True, text=True,
-                              timeout=120, cwd=REPO, env={**ENV, "VCLUST_SCHEDULER_TIMEOUT": "1"})
-
-    assert "within 1 s" in assert_one_line(with_env(base + ["--scheduler", addr]), 4)
-    assert "within 2 s" in assert_one_line(
-        with_env(base + ["--scheduler", addr, "--scheduler-timeout", "2"]), 4)
+    stores = [tmp_path / f"store{i}" for i in range(4)]
     cfg = _write(tmp_path / "sched.yaml", f"kind: scheduler\naddress: {addr}\ntimeout: 1.5\n")
-    assert "within 1.5 s" in assert_one_line(with_env(base + ["--cluster", cfg]), 4)
-    assert not (tmp_path / "store").exists()
+    env = {**ENV, "VCLUST_SCHEDULER_TIMEOUT": "1"}
+    # the four commands at once, each in its own process and into a store of its own: their
+    # waits overlap instead of adding up (idle seconds that held one of make test's workers)
+    runs = [(["--scheduler", addr], ENV),  # the default
+            (["--scheduler", addr], env),  # $VCLUST_SCHEDULER_TIMEOUT
+            (["--scheduler", addr, "--scheduler-timeout", "2"], env),  # the flag first
+            (["--cluster", cfg], env)]  # the config key before the variable
+    runs = [(["ingest", store, *files, "--ids", ids] + args, e)
+            for store, (args, e) in zip(stores, runs)]
+    procs = [subprocess.Popen(VCLUST + [str(a) for a in args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO, env=e)
+             for args, e in runs]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        outs.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    line = assert_one_line(outs[0], 4)
+    assert "within 5 s" in line and "nothing was changed" in line  # short by default
+    assert "within 1 s" in assert_one_line(outs[1], 4)
+    assert "within 2 s" in assert_one_line(outs[2], 4)
+    assert "within 1.5 s" in assert_one_line(outs[3], 4)
+    assert not any(store.exists() for store in stores)
 
 
 # ------------------------------------------------ full disk and read-only store, for real
