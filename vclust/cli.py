@@ -332,9 +332,9 @@ def _model_commands(sub):
     """fit, label, export, report, compare, promote: models and what they make."""
     s = sub.add_parser("fit", help="fit preprocessing, clusters and outlier scoring on a store",
                        description="Fit preprocessing, clusters and outlier scoring on the "
-                       "store's rows. With no --scheduler, --cluster or VCLUST_SCHEDULER, up to "
-                       "1 GiB of descriptor rows are fitted in this process (no LocalCluster "
-                       "starts). The outlier threshold is fitted on a seeded sample of up to "
+                       "store's rows. With no --scheduler, --cluster or VCLUST_SCHEDULER, rows up "
+                       "to a quarter of the free memory are fitted in this process (no "
+                       "LocalCluster starts). The outlier threshold is fitted on a seeded sample of up to "
                        "20,000 rows; every row is scored when it is labelled. The outlier "
                        "reference index is kept in $VCLUST_CACHE_DIR/outlier-index (default "
                        "~/.cache/vclust; 'off' turns it off): a later fit of the same rows "

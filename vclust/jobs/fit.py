@@ -108,6 +108,38 @@ def in_process(z):
     return np.ascontiguousarray(z.compute(), dtype=np.float32)
 
 
+#: descriptor rows above this size are freed once reduced and prepared for the outlier fit,
+#: before the clustering (below it they stay: freeing waits for the outlier reference, which
+#: is otherwise built while the rows are clustered)
+RELEASE_BYTES = 2**30
+
+
+def _blocks_like(local: np.ndarray, z):
+    """``local`` as a dask array in the blocks ``hold_reduced`` would give ``z``."""
+    import dask.array as da
+
+    from ..numerics.blocks import balanced
+
+    chunks = balanced(z).chunks
+    name = f"reduced-{id(local)}"
+    bounds = np.cumsum((0,) + chunks[0])
+    graph = {(name, i, 0): local[a:b] for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))}
+    return da.Array(graph, name, (chunks[0], (local.shape[1],)), dtype=local.dtype)
+
+
+def _materialised(z) -> bool:
+    """True when ``z``'s blocks are computed (numpy blocks here, or futures on the workers),
+    not a graph still reading the descriptor rows."""
+    from ..numerics.blocks import distributed_imported
+
+    kinds = (np.ndarray,)
+    if distributed_imported():
+        from distributed import Future
+
+        kinds += (Future,)
+    return all(isinstance(v, kinds) for v in dict(z.__dask_graph__()).values())
+
+
 def _sample_rows(n_rows: int, sample: int | None, seed: int) -> np.ndarray | None:
     if sample is None or sample >= n_rows:
         return None
@@ -180,6 +212,7 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"
                + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
     sets = read_here(store, descriptors, rows, say, first=fitting)
+    here = sets is not None
     if sets is None:
         sets = {}
         for d in descriptors:
@@ -188,14 +221,31 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
         say(fitting)
         sets = hold_sets(sets, say)
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
+    raw_bytes = sum(x.nbytes for x in sets.values())
     prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows)
     outlier_thread.shutdown(wait=False)
     # nothing imports in the background from here on: the preprocessing and the clustering
     # may import scikit-learn, which pynndescent's import enters from another module
     imports.wait()
     pre, z = reduce_sets(sets, descriptors, params, max_components, say)
-    z = hold_reduced(z, say)
-    local = in_process(z)
+    if here:  # the rows are in this process: the reduced rows computed once, as one array
+        local = in_process(z)
+        if local is not None:
+            z = _blocks_like(local, z)
+            say(f"keeping the reduced rows in memory ({local.nbytes / 1e6:.0f} MB)")
+        else:
+            z = hold_reduced(z, say)
+    else:
+        z = hold_reduced(z, say)
+        local = in_process(z)
+    if _materialised(z) and raw_bytes > RELEASE_BYTES:
+        # the reduced rows no longer need the descriptor rows, nor does the outlier fit once
+        # prepared: free them before the clustering (peak memory of a wide set's fit)
+        prepared.result()
+        raw = scorer.release_rows()
+        sets = None
+        say(f"descriptor rows freed ({raw_bytes / 1e6:.0f} MB): the reduced rows and the "
+            "outlier reference are all the fit needs from here")
     if local is not None:
         say(f"clustering in this process: {local.nbytes / 1e6:.0f} MB of reduced rows "
             f"(up to {IN_PROCESS_BYTES / 1e6:.0f} MB are clustered here, not as task graphs)")
@@ -237,13 +287,14 @@ def reduce_sets(sets: dict, descriptors, params, max_components=MAX_COMPONENTS, 
 
 
 #: ``vclust fit`` with no cluster named runs in its own process up to this many bytes of
-#: descriptor rows (the rows read, summed over the sets)
-FIT_HERE_BYTES = 2**30
+#: descriptor rows (the rows read, summed over the sets), and at most ``memory_budget()``
+FIT_HERE_BYTES = 8 * 2**30
 
 
 def fit_here(store_path, params) -> str | None:
     """Why ``vclust fit`` may run in this process (``cluster.connect(here=...)``), or None when
     its rows are too large for that (``FIT_HERE_BYTES``) or the store is unknown."""
+    from ..numerics.blocks import memory_budget
     from ..storage.store import Store
 
     try:
@@ -253,9 +304,10 @@ def fit_here(store_path, params) -> str | None:
         return None
     rows = store.n_rows if params.sample is None else min(params.sample, store.n_rows)
     size = rows * width * 4
-    if size > FIT_HERE_BYTES:
+    limit = min(FIT_HERE_BYTES, memory_budget())
+    if size > limit:
         return None
     return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are fitted here; "
-            f"a LocalCluster starts above {FIT_HERE_BYTES / 1e6:.0f} MB")
+            f"a LocalCluster starts above {limit / 1e6:.0f} MB (a quarter of the memory available)")
 
 

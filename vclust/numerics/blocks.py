@@ -28,8 +28,9 @@ def check_2d(X, what="X"):
 def row_offsets(X) -> list[int]:
     if is_dask(X):
         sizes = X.chunks[0]
-    else:
-        step = 65_536
+    else:  # 65,536 rows, fewer for rows over 2 KiB: a block's temporaries stay under 128 MiB
+        row_bytes = max(1, int(np.prod(X.shape[1:])) * X.dtype.itemsize)
+        step = max(8_192, min(65_536, 1 << int(np.log2(max(1, 2**27 // row_bytes)))))
         sizes = [min(step, X.shape[0] - a) for a in range(0, X.shape[0], step)] or [0]
     return list(np.cumsum((0,) + tuple(sizes[:-1])))
 

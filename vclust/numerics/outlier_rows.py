@@ -53,6 +53,14 @@ def gather(a, parts):
     return done["_"]
 
 
+def shape_only(raw):
+    """``raw`` (an array or a dict of arrays) as zero-strided stand-ins of the same shapes and
+    dtype, holding no memory: what ``OutlierScorer.fit`` reads of rows it was prepared on."""
+    if isinstance(raw, dict):
+        return {k: shape_only(v) for k, v in raw.items()}
+    return np.broadcast_to(np.zeros((), raw.dtype), raw.shape)
+
+
 def same_rows(X, raw):
     for a in (raw.values() if isinstance(raw, dict) else [raw]):
         if a.shape[0] != X.shape[0]:

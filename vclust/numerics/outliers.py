@@ -73,7 +73,7 @@ import numpy as np
 from . import DEFAULT_MAD_Z, outlier_state
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
-from .outlier_rows import fixed_context, gather, projection, raw_parts, same_rows
+from .outlier_rows import fixed_context, gather, projection, raw_parts, same_rows, shape_only
 from .outlier_rows import log_floor as _log
 from .outlier_rows import robust as _robust
 from .outlier_rows import strongest as _strongest
@@ -254,6 +254,12 @@ class OutlierScorer(Estimator):
         self._prepared = {"raw": raw, "n": n, "row_index": row_index, "pos": pos,
                           "extra": extra, "extra_own": extra_own}
         return self
+
+    def release_rows(self):
+        """After ``prepare``: stand-ins of its rows (``outlier_rows.shape_only``) to give ``fit``
+        as ``raw``, so the caller may free the rows themselves before it clusters."""
+        self._prepared["raw"] = shape_only(self._prepared["raw"])
+        return self._prepared["raw"]
 
     def _prepared_for(self, raw, n, row_index):
         prep = getattr(self, "_prepared", None)
