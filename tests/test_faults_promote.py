@@ -35,11 +35,12 @@ def built(tmp_path_factory):
         files, ids = small_case(root / f"case{b}", rows=600, seed=seed)
         ingest(root / "store", files, ids_csv=ids, batch=b)
     ids = {}
-    for name, k, seed in (("A", 4, 0), ("B", 8, 1), ("C", 6, 2)):
+    for i, (name, k, seed) in enumerate((("A", 4, 0), ("B", 8, 1), ("C", 6, 2))):
+        if i:  # model ids carry the second they were made: the next one in a later second
+            time.sleep(1.01 - time.time() % 1)
         model = jobs.fit(root / "store", FitParams(descriptor="osnet", k=k, seed=seed))
         _, ids[name] = save_model(model, registry=root / "registry", make_current=False)
         jobs.label(root / "store", model, root / "labels", batches=["b0"])
-        time.sleep(1.1)  # model ids carry the second they were made
     return {"root": root, "ids": ids}
 
 
