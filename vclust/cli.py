@@ -350,7 +350,7 @@ def _model_commands(sub):
 
     s = sub.add_parser("label", help="apply a model to batches, writing partitioned Parquet labels",
                        description="Apply a model to batches of the store. With no --scheduler, "
-                       "--cluster or VCLUST_SCHEDULER, batches of up to 256 MiB of descriptor "
+                       "--cluster or VCLUST_SCHEDULER, batches of up to 8 GiB of descriptor "
                        "rows are labelled in this process (no LocalCluster starts).")
     s.add_argument("store", metavar="STORE")
     _add_model_source(s)

@@ -165,24 +165,30 @@ def pixel_bounds(store, params=None, say=_quiet) -> dict | None:
 # as a whole command with a LocalCluster; benchmarks/results/commands.md).
 LABEL_HERE_BYTES = 256 * 2**20
 
+#: ``vclust label`` streams the rows (a block at a time, never all held), so it runs in its own
+#: process up to this many bytes of them: a LocalCluster only adds its start and the copies
+#: between processes (416k x 2560 rows: 56-63 s at 1.3 GiB here, 78 s at 3.1 GiB on a
+#: LocalCluster; benchmarks/RESULTS.md, "A wide set's fit")
+LABEL_STREAM_BYTES = 8 * 2**30
+
 
 def label_here(store_path, model, batches=None, all_batches=False) -> str | None:
     """Why ``vclust label`` may run in this process (``cluster.connect(here=...)``), or None
-    when its batches are too large for that (``LABEL_HERE_BYTES``)."""
+    when its batches are too large for that (``LABEL_STREAM_BYTES``)."""
     from ..storage.store import Store
 
     store = Store.open(store_path)
     chosen = store.choose_batches(batches, all_batches)
     rows = sum(b - a for a, b in (store.batch_rows(c) for c in chosen))
     width = sum(int(store.array(d).shape[1]) for d in model.descriptors)
-    return _here(rows, rows * width * 4, "labelled")
+    return _here(rows, rows * width * 4, "labelled", LABEL_STREAM_BYTES)
 
 
-def _here(rows: int, size: int, done: str) -> str | None:
-    if size > LABEL_HERE_BYTES:
+def _here(rows: int, size: int, done: str, limit: int = LABEL_HERE_BYTES) -> str | None:
+    if size > limit:
         return None
     return (f"{rows:,} rows ({size / 1e6:.0f} MB of descriptors) are {done} here; "
-            f"a LocalCluster starts above {LABEL_HERE_BYTES / 1e6:.0f} MB")
+            f"a LocalCluster starts above {limit / 1e6:.0f} MB")
 
 
 def store_here(store_path, descriptors, done: str) -> str | None:
