@@ -82,8 +82,8 @@ def main():
              f"({', '.join(f'{k} {v}' for k, v in info['descriptors'].items())} dims), "
              f"{info['bytes_on_disk'] / 1e9:.1f} GB in the store; each step a fresh `vclust` "
              f"process on {machine()}, no cluster named (each command chooses: a LocalCluster, "
-             "or its own process for a fit of at most 1 GiB of rows and a label of at most "
-             "256 MiB). Fits: `--k-range 6:16`, defaults otherwise; labels: every row with each "
+             "or its own process for a fit of at most a quarter of the free memory and a label "
+             "of at most 8 GiB of rows, so every fit and label here). Fits: `--k-range 6:16`, defaults otherwise; labels: every row with each "
              "set's model; export and report: the current model (vdc_type).",
              "",
              f"**Total: {total:.0f} s ({total / 60:.1f} min)** of commands "
