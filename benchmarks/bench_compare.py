@@ -60,7 +60,8 @@ def main():
     labelled = sum(1 for _ in labels.glob("model=*"))
     reads = summary["store_reads"]
     text = [
-        "## vclust compare: the analysts' brief in one run",
+        "## vclust compare: the analysts' brief in one run (bench_compare.py, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
         "",
         f"{machine()}; load average {load[0]:.1f} at the start, {load[1]:.1f} at the end. "
         f"{args.rows:,} rows; specs {', '.join(SPECS)}; algorithms {ALGORITHMS}; k {K_RANGE} "

@@ -69,6 +69,33 @@ def test_runs_one_row_per_spec_algorithm_k_and_kept_models_not_current(compared)
     assert compared["summary"]["proposal"]["model_id"] in set(kept["model_id"])
 
 
+def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path, monkeypatch):
+    """With no memory for the rows as given, each spec's outlier scorer reads them twice (its
+    reference, then the scoring rows of every row) for all its algorithms together: vdc_color,
+    named by two specs, 1 + 2 + 2 passes; vdc_type 1 + 2 (per kept model it would be 1 + 4 + 4
+    and 1 + 4). Each kept model still labels every row and its scores match its own
+    scorer applied afresh."""
+    from vclust.jobs import compare as C
+
+    monkeypatch.setattr(C, "raw_budget", lambda: 0)
+    params = CompareParams(descriptors=SPECS, algorithm="kmeans,gmm", k_range="3:3",
+                           out=str(tmp_path / "cmp"), map_method="pca", map_sample=800)
+    summary = compare(case["store"], params, tmp_path / "registry", tmp_path / "labels")
+    assert summary["store_reads"] == {"vdc_color": 5.0, "vdc_type": 3.0}
+    assert len(summary["kept"]) == 4
+    from vclust.model.bundle import Model
+
+    reg = Registry(tmp_path / "registry")
+    for m in summary["kept"]:
+        model = Model.load(reg.path(m["model_id"]))
+        jobs.label(case["store"], model, tmp_path / "fresh", all_batches=True)
+        fresh = read_labels(tmp_path / "fresh", model=m["model_id"]).sort_values("row")
+        written = read_labels(tmp_path / "labels", model=m["model_id"]).sort_values("row")
+        assert len(written) == 2400
+        assert np.array_equal(fresh["cluster"].to_numpy(), written["cluster"].to_numpy()), m
+        np.testing.assert_allclose(fresh["outlier_score"], written["outlier_score"], atol=1e-4)
+
+
 def test_agreement_equals_scikit_learn_on_the_labels_written(compared):
     from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 

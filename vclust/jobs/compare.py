@@ -17,10 +17,12 @@ One run over a store (``compare(store, CompareParams, registry, labels_dir)``):
    it: labelling scores every row next), is renumbered to continue the registry's current
    model (vclust.model.succession), is registered (*not* made current) and labels every row under
    ``model=<id>/`` in the labels dir through ``jobs.label``, from the reduced rows already in
-   memory. A spec whose rows are clustered in this process (``jobs.in_process``) is labelled
-   here too, on this process's threads, with the scorer and index just fitted here: the
-   outlier query of every row depends on the rows, not the clusters, so the second and third
-   algorithm of the spec find it in this process's memo (``refindex.NEIGHBOUR_MEMO``).
+   memory. The scorer's reference, index and scoring rows depend on the rows, not the
+   clusters: they are made once per spec (``_spec_scorer``) and every algorithm's scorer is
+   fitted from them. A spec whose rows are clustered in this process (``jobs.in_process``)
+   is labelled here too, on this process's threads: the outlier query of every row is the
+   same for each algorithm, so the second and third find it in this process's memo
+   (``refindex.NEIGHBOUR_MEMO``).
 4. **Compare** (in ``--out``): ``runs.csv`` (one row per spec, algorithm, k), ``agreement.csv``
    (every pair of kept models: ARI and AMI over all rows, exact, from the contingency table;
    Jaccard of their outlier sets), ``contingency/<a>__<b>.csv``, ``cross_metrics.csv`` (every
@@ -102,22 +104,26 @@ def _held_model_class():
         """A Model whose ``reduce`` returns rows already reduced and held in worker memory
         (the compare run's shared rows) instead of reducing the store's rows again, and whose
         ``assign`` returns the clusters and distances the run already computed
-        (``held_labels``, in the model's numbering): labelling through ``jobs.label`` then reads
+        (``held_labels``, in the model's numbering), and whose outlier score reads the scoring
+        rows its spec projected once (``held_own``): labelling through ``jobs.label`` then reads
         no descriptor from the store and assigns no row twice. Saved like any Model."""
 
         held = None
-        held_raw = None  # {set: its rows as given}, held, for the outlier score
+        held_own = None  # the outlier scorer's own rows of every row (outlier_rows.Projected)
         held_labels = None  # (clusters, distances) of every row, numpy, as computed
         _offset = 0
 
         def apply(self, sets, row_offset=0, *args, **kwargs):
             self._offset = int(row_offset)
-            if self.held_raw is not None:
-                first = next(iter(sets.values()))
-                a, b = self._offset, self._offset + first.shape[0]
-                sets = {d: self.held_raw[d][a:b].rechunk({0: first.chunks[0], 1: -1})
-                        for d in self.descriptors}
             return super().apply(sets, row_offset, *args, **kwargs)
+
+        def scoring_input(self, sets):
+            if self.held_own is None:
+                return super().scoring_input(sets)
+            from ..numerics.outlier_rows import Projected
+
+            n = next(iter(sets.values())).shape[0]
+            return Projected(self.held_own.rows[self._offset:self._offset + n])
 
         def reduce(self, sets):
             if self.held is None:
@@ -178,19 +184,29 @@ def store_reads(log, n_rows: int) -> dict:
     return {k: round(v / n_rows, 3) for k, v in counts.items()}
 
 
+def raw_budget() -> int:
+    """Bytes of the rows as given that a compare run keeps in memory (``blocks.memory_budget``)."""
+    from ..numerics.blocks import memory_budget
+
+    return memory_budget()
+
+
 def _reduce_sets(store, names, params, log, say):
     """({name: (Preprocessor, reduced rows held)}, {name: rows as given}): each set read once
-    (see module docstring). The rows as given, which every kept model's outlier score reads
-    (its own projection of them, as `vclust fit` scores), stay in worker memory while all the
-    sets fit there together; else they are read again from the store when scored."""
+    (see module docstring). The rows as given, from which each spec's outlier scorer fits its
+    own projection (as `vclust fit` scores), stay in worker memory for the sets that fit
+    there together (the smaller first, within ``memory_budget``); the others are read again
+    from the store when a spec's scorer is prepared and its scoring rows projected."""
     from .fit import SCALINGS, MAX_COMPONENTS, hold_reduced, hold_sets
     from ..numerics.preprocess import Preprocessor
 
-    from ..numerics.blocks import memory_budget
-
     l2, standardize = SCALINGS[params.scaling]
     out, raw = {}, {}
-    keep_raw = sum(store.n_rows * store.dims[n] * 4 for n in names) <= memory_budget()
+    budget, keep = raw_budget(), set()
+    for name in sorted(names, key=lambda n: store.dims[n]):  # the smaller sets held first
+        if store.n_rows * store.dims[name] * 4 <= budget:
+            keep.add(name)
+            budget -= store.n_rows * store.dims[name] * 4
     for name in names:
         t0 = time.perf_counter()
         x = hold_sets({name: read_set(store, name, log)}, say)[name]
@@ -198,7 +214,7 @@ def _reduce_sets(store, names, params, log, say):
                            max_components=MAX_COMPONENTS,
                            random_state=params.seed).fit(x)
         z = hold_reduced(pre.transform(x), say)
-        raw[name] = x if keep_raw else read_set(store, name, log)
+        raw[name] = x if name in keep else read_set(store, name, log)
         del x
         say(f"{name}: {pre.n_components_} components keep "
             f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance "
@@ -339,11 +355,10 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
     from ..model.core import build_model, fit_partition
     from ..model.registry import save_model
     from ..numerics.algorithms import AgglomerativeTree
-    from ..numerics.blocks import threads_get
+    from ..numerics.blocks import is_dask, threads_get
     from ..numerics.metrics import identity_consistency
-    from ..numerics.outliers import OutlierScorer
     from . import steps as jobs
-    from .fit import IN_PROCESS_BYTES, in_process
+    from .fit import in_process
 
     HeldModel = _held_model_class()
     names = list(parse_spec(spec))
@@ -353,6 +368,7 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
     if local is not None:
         say(f"{spec}: clustering in this process ({local.nbytes / 1e6:.0f} MB of rows)")
     cache, tree = {}, None  # the space's silhouette sample distances and Ward tree, once
+    prepared = own = None  # the spec's outlier scorer, prepared, and its scoring rows
 
     def identity(labels):
         return {"identity_consistency": None if groups is None
@@ -370,9 +386,13 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
         rows = [{"model_id": "", "descriptor": spec, "outlier_share": None,
                  **{c: r[c] for c in RUNS_COLUMNS if c in r}} for r in part.table]
         t0 = time.perf_counter()
-        warming.join()
-        scorer = OutlierScorer(random_state=params.seed, threshold_rows="reference",
-                               **params.outlier_options)
+        if prepared is None:  # the spec's reference and scoring rows, once for every algorithm
+            warming.join()
+            prepared, own = _spec_scorer(spec, raw_in, z, local, store.n_rows, params, say)
+        # a copy fits its own clusters' terms; what it was prepared with is shared (not
+        # copy.copy: the scorer's pickled state leaves the prepared rows out)
+        scorer = object.__new__(type(prepared))
+        scorer.__dict__.update(prepared.__dict__)
         fit_info = {"store": str(store.path), "descriptors": names, "spec": spec,
                     "k_tried": params.ks, "pca_variance": params.pca_variance,
                     "scaling": params.scaling, "sample": None, "seed": params.seed,
@@ -387,21 +407,19 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
             succession.identity_succession(model, current)
         model.held_labels = (lab_np.astype(np.int32), dist_np.astype(np.float32))
         _, model_id = save_model(model, registry=registry, make_current=False)
-        here = local is not None and sum(r.nbytes for r in raw.values()) <= IN_PROCESS_BYTES
-        if here:
+        model.held_own = own
+        if not is_dask(own.rows):
             # rows held here are labelled here, on this process's threads, by the scorer and
             # index just fitted here: the outlier query of every row is the same for each
             # algorithm of the spec (it depends on the rows, not the clusters), and this
             # process keeps its answer (refindex.NEIGHBOUR_MEMO) for the next one
             model.held = da.from_array(local, chunks=(z.chunks[0], -1))
-            model.held_raw = {n: da.from_array(np.asarray(v), chunks=(z.chunks[0], -1))
-                              for n, v in raw.items()}
             with dask.config.set(scheduler=threads_get):
                 jobs.label(store.path, model, labels_dir, all_batches=True)
         else:
-            model.held, model.held_raw = z, raw
+            model.held = z
             jobs.label(store.path, model, labels_dir, all_batches=True)
-        model.held = model.held_raw = model.held_labels = None
+        model.held = model.held_own = model.held_labels = None
         seconds = time.perf_counter() - t0
         say(f"{spec} {alg}: kept k={part.k} as model {model_id} (labelled in {seconds:.1f} s)")
         for r in rows:
@@ -410,6 +428,33 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
                 r["seconds"] = round(r["seconds"] + seconds, 3)
         yield ({"model_id": model_id, "descriptor": spec, "algorithm": alg, "k": part.k,
                 "labels": lab_np, "n": int(model.clusterer.n_clusters_)}, rows)
+
+
+def _spec_scorer(spec, raw, z, local, n, params, say):
+    """(an outlier scorer of the spec's rows, ``prepare``d, as `vclust fit` fits one; its
+    scoring rows of every row, ``outlier_rows.Projected``). Neither depends on the clusters, so
+    every algorithm of the spec fits a copy of the one scorer and scores the one set of rows:
+    the rows as given are read for them once per spec, not once per kept model. The scoring
+    rows are numpy in this process when the spec is clustered here (``local``) and they fit
+    ``IN_PROCESS_BYTES``; else held in worker memory."""
+    import dask
+
+    from ..numerics.outlier_rows import Projected, project_all
+    from ..numerics.outliers import OutlierScorer
+    from ..storage import indexcache
+    from .fit import IN_PROCESS_BYTES, hold_reduced
+
+    t0 = time.perf_counter()
+    scorer = OutlierScorer(random_state=params.seed, threshold_rows="reference",
+                           **params.outlier_options).prepare(raw, n, cache=indexcache)
+    own = project_all(scorer.projection_, raw, z.chunks[0])
+    if local is not None and own.rows.nbytes <= IN_PROCESS_BYTES:
+        own = Projected(np.asarray(dask.compute(own.rows)[0]))
+    else:
+        own = Projected(hold_reduced(own.rows))
+    say(f"{spec}: outlier reference and scoring rows ({own.shape[1]} dimensions) prepared once "
+        f"for every algorithm ({time.perf_counter() - t0:.1f} s)")
+    return scorer, own
 
 
 def _outliers_as_labelled(kept, runs, labels_dir):

@@ -276,6 +276,13 @@ class Model:
         """(cluster, distance to its centre) of the reduced rows ``z``, lazy."""
         return assign(self.clusterer, z)
 
+    def scoring_input(self, sets: dict):
+        """What the outlier score reads besides the reduced rows: the rows as given (one set's
+        array, or a dict of a mixture's)."""
+        if len(self.descriptors) == 1:
+            return sets[self.descriptors[0]]
+        return {d: sets[d] for d in self.descriptors}
+
     def apply(self, sets: dict, row_offset: int = 0, reasons: bool = False,
               nearest: bool = False, all_reasons: bool = False):
         """(cluster int32, distance float32, outlier_score float32, is_outlier bool), all lazy
@@ -288,10 +295,9 @@ class Model:
         fired (uint8; ``vclust.numerics.outliers.reason_names``)."""
         z = self.reduce(sets)
         labels, dist = self.assign(z)
-        raw = sets[self.descriptors[0]] if len(self.descriptors) == 1 else \
-            {d: sets[d] for d in self.descriptors}
         out = self.outliers.score(z, labels, dist, row_offset=row_offset, reasons=reasons,
-                                  raw=raw, nearest=nearest, all_reasons=all_reasons)
+                                  raw=self.scoring_input(sets), nearest=nearest,
+                                  all_reasons=all_reasons)
         if self.clusterer.name == "hdbscan":
             noise = self.clusterer.noise(z)
             n = 3 if reasons else 2  # (score, flag[, reason]), then the nearest-row arrays

@@ -61,6 +61,43 @@ def shape_only(raw):
     return np.broadcast_to(np.zeros((), raw.dtype), raw.shape)
 
 
+class Projected:
+    """The scorer's own rows of every row, already computed (``project_all``): given as
+    ``raw=`` to ``OutlierScorer.score`` they are scored as they are, not projected again.
+    vclust compare projects each spec's rows once for all the models it keeps of that spec."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    @property
+    def shape(self):
+        return self.rows.shape
+
+
+def project_all(projection_, raw, chunks):
+    """``Projected`` rows of ``raw`` (the descriptor rows as given: an array or a dict of
+    arrays, dask or numpy) by the fitted ``projection_`` of a scorer, one block of ``chunks``
+    rows at a time: a dask array (its blocks computed where the rows are) or numpy."""
+    import dask
+    import dask.array as da
+
+    first = next(iter(raw.values())) if isinstance(raw, dict) else raw
+    parts = raw_parts(raw, chunks)
+    width = projection_.n_components_
+    if not is_dask(first):
+        return Projected(np.concatenate([_project_task(projection_, p) for p in parts]))
+    blocks = [da.from_delayed(dask.delayed(_project_task, pure=True)(projection_, p),
+                              shape=(c, width), dtype=np.float32)
+              for p, c in zip(parts, chunks)]
+    return Projected(da.concatenate(blocks, axis=0))
+
+
+def _project_task(projection_, block):
+    if isinstance(block, dict):
+        block = {k: np.asarray(v) for k, v in block.items()}
+    return np.asarray(projection_.transform(block), dtype=np.float32)
+
+
 def same_rows(X, raw):
     for a in (raw.values() if isinstance(raw, dict) else [raw]):
         if a.shape[0] != X.shape[0]:

@@ -66,20 +66,15 @@ rows alone (on a thread while `vclust fit` clusters); an index cache across proc
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from . import DEFAULT_MAD_Z, outlier_state
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
-from .outlier_rows import fixed_context, gather, projection, raw_parts, same_rows, shape_only
-from .outlier_rows import log_floor as _log
-from .outlier_rows import robust as _robust
-from .outlier_rows import strongest as _strongest
+from .outlier_rows import (Projected, fixed_context, gather, projection, raw_parts, same_rows,
+                           shape_only, log_floor as _log, robust as _robust, strongest as _strongest)
 from .refindex import ReferenceIndex, warm_up
 
-log = logging.getLogger(__name__)
 __all__ = ["OutlierScorer", "REASONS", "NOISE", "reason_bit", "reason_names", "warm_up"]
 
 #: rows outside the reference scored at fit for the threshold (``threshold_rows="reference"``)
@@ -546,16 +541,20 @@ class OutlierScorer(Estimator):
         last the mask of every term that fired (uint8, ``reason_names``). Dask in -> dask out
         (one task per block, run on the workers), numpy in -> numpy out. ``row_offset`` is the
         absolute row id of X's first row (the reference skips a row's own entry by that id);
-        ``raw`` the same rows as given, when the scorer was fitted with them."""
+        ``raw`` the same rows as given, when the scorer was fitted with them (or their scoring
+        rows already computed, ``outlier_rows.Projected``)."""
         import dask
         import dask.array as da
 
         raw = self._check_raw(X, raw)
+        done = isinstance(raw, Projected)
+        raw = raw.rows if done else raw
         if not is_dask(X):
             rows = np.arange(row_offset, row_offset + X.shape[0])
             near = []
-            s, f, r, m = self.score_block(X, labels, center_dist, rows, self.scoring_rows(raw),
-                                          True, nearest=near, all_reasons=True)
+            s, f, r, m = self.score_block(X, labels, center_dist, rows,
+                                          raw if done else self.scoring_rows(raw), True,
+                                          nearest=near, all_reasons=True)
             return (s, f) + ((r,) if reasons else ()) + (near[0] if nearest else ()) \
                 + ((m,) if all_reasons else ())
         me = shared(self)
@@ -566,7 +565,8 @@ class OutlierScorer(Estimator):
         blocks = []
         for i, (x, lab, dist) in enumerate(zip(X.to_delayed().ravel(), labels.to_delayed().ravel(),
                                                center_dist.to_delayed().ravel())):
-            res = dask.delayed(_score_task, pure=True)(me, x, lab, dist, int(offsets[i]), raws[i])
+            res = dask.delayed(_score_task, pure=True)(me, x, lab, dist, int(offsets[i]), raws[i],
+                                                       done)
             blocks.append(da.from_delayed(res, shape=(X.chunks[0][i], 6), dtype=np.float64))
         both = da.concatenate(blocks, axis=0)
         out = (both[:, 0].astype(np.float32), both[:, 1] > 0.5)
@@ -590,9 +590,9 @@ def _terms_task(scorer, x, labels, dist, rows, raw_block):
     return scorer.terms(x, labels, dist, rows, scorer.scoring_rows(raw_block))
 
 
-def _score_task(scorer, x, lab, dist, row0, raw_block):
+def _score_task(scorer, x, lab, dist, row0, raw_block, projected=False):
     near = []
-    s, f, why, mask = scorer.score_block(x, lab, dist, np.arange(row0, row0 + len(x)),
-                                         scorer.scoring_rows(raw_block), reasons=True,
-                                         nearest=near, all_reasons=True)
+    own = np.asarray(raw_block, np.float32) if projected else scorer.scoring_rows(raw_block)
+    s, f, why, mask = scorer.score_block(x, lab, dist, np.arange(row0, row0 + len(x)), own,
+                                         reasons=True, nearest=near, all_reasons=True)
     return np.stack([s, f, why, near[0][0], near[0][1], mask], axis=1).astype(np.float64)
