@@ -83,7 +83,7 @@ def test_the_private_names_vclust_uses_exist():
     from dask.array.core import getter  # noqa: F401
     from numba.core.caching import NullCache  # noqa: F401
 
-    from vclust.numerics.annindex import enable_numba_cache
+    from vclust.numerics.annindex import enable_numba_cache, prepare_index
 
     enable_numba_cache()
 
@@ -97,7 +97,9 @@ def test_the_private_names_vclust_uses_exist():
 
     idx = P.NNDescent(np.random.default_rng(0).normal(size=(300, 4)).astype(np.float32),
                       n_neighbors=5, random_state=0, compressed=False)
-    idx.prepare()
+    # prepared as vclust prepares an index: pynndescent's own ``prepare`` of a fresh build makes
+    # its hub search tree, whose kernels nothing else compiles (22 s in a fresh install)
+    prepare_index(idx)
     for name in ("_fast_plan", "_search_function", "_visited", "_input_dtype"):
         assert hasattr(idx, name), f"pynndescent's NNDescent has no {name}"
     from pynndescent import search as S
