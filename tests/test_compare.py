@@ -69,18 +69,27 @@ def test_runs_one_row_per_spec_algorithm_k_and_kept_models_not_current(compared)
     assert compared["summary"]["proposal"]["model_id"] in set(kept["model_id"])
 
 
-def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["here", "workers"])
+def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path, monkeypatch,
+                                                                 where):
     """With no memory for the rows as given, each spec's outlier scorer reads them twice (its
     reference, then the scoring rows of every row) for all its algorithms together: vdc_color,
     named by two specs, 1 + 2 + 2 passes; vdc_type 1 + 2 (per kept model it would be 1 + 4 + 4
     and 1 + 4). Each kept model still labels every row and its scores match its own
-    scorer applied afresh."""
+    scorer applied afresh; so too when the spaces are clustered, and the scoring rows held and
+    labelled, on the workers (``workers``: no space small enough for this process)."""
     from vclust.jobs import compare as C
+    from vclust.jobs import fit as F
 
     monkeypatch.setattr(C, "raw_budget", lambda: 0)
+    if where == "workers":
+        monkeypatch.setattr(F, "IN_PROCESS_BYTES", 0)
     params = CompareParams(descriptors=SPECS, algorithm="kmeans,gmm", k_range="3:3",
                            out=str(tmp_path / "cmp"), map_method="pca", map_sample=800)
-    summary = compare(case["store"], params, tmp_path / "registry", tmp_path / "labels")
+    said = []
+    summary = compare(case["store"], params, tmp_path / "registry", tmp_path / "labels",
+                      say=said.append)
+    assert any("clustering in this process" in m for m in said) == (where == "here")
     assert summary["store_reads"] == {"vdc_color": 5.0, "vdc_type": 3.0}
     assert len(summary["kept"]) == 4
     from vclust.model.bundle import Model
