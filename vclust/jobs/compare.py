@@ -389,10 +389,7 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
         if prepared is None:  # the spec's reference and scoring rows, once for every algorithm
             warming.join()
             prepared, own = _spec_scorer(spec, raw_in, z, local, store.n_rows, params, say)
-        # a copy fits its own clusters' terms; what it was prepared with is shared (not
-        # copy.copy: the scorer's pickled state leaves the prepared rows out)
-        scorer = object.__new__(type(prepared))
-        scorer.__dict__.update(prepared.__dict__)
+        scorer = prepared.prepared_copy()  # fits its own clusters' terms
         fit_info = {"store": str(store.path), "descriptors": names, "spec": spec,
                     "k_tried": params.ks, "pca_variance": params.pca_variance,
                     "scaling": params.scaling, "sample": None, "seed": params.seed,

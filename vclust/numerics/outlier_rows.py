@@ -85,14 +85,16 @@ def project_all(projection_, raw, chunks):
     parts = raw_parts(raw, chunks)
     width = projection_.n_components_
     if not is_dask(first):
-        return Projected(np.concatenate([_project_task(projection_, p) for p in parts]))
-    blocks = [da.from_delayed(dask.delayed(_project_task, pure=True)(projection_, p),
+        return Projected(np.concatenate([project_block(projection_, p) for p in parts]))
+    blocks = [da.from_delayed(dask.delayed(project_block, pure=True)(projection_, p),
                               shape=(c, width), dtype=np.float32)
               for p, c in zip(parts, chunks)]
     return Projected(da.concatenate(blocks, axis=0))
 
 
-def _project_task(projection_, block):
+def project_block(projection_, block):
+    """The scoring rows (float32) of one numpy block of the rows as given (a dict of blocks for
+    a mixture) by a scorer's fitted ``projection_``."""
     if isinstance(block, dict):
         block = {k: np.asarray(v) for k, v in block.items()}
     return np.asarray(projection_.transform(block), dtype=np.float32)

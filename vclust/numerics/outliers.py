@@ -71,8 +71,9 @@ import numpy as np
 from . import DEFAULT_MAD_Z, outlier_state
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
-from .outlier_rows import (Projected, fixed_context, gather, projection, raw_parts, same_rows,
-                           shape_only, log_floor as _log, robust as _robust, strongest as _strongest)
+from .outlier_rows import (Projected, fixed_context, gather, log_floor as _log, project_block,
+                           projection, raw_parts, robust as _robust, same_rows, shape_only,
+                           strongest as _strongest)
 from .refindex import ReferenceIndex, warm_up
 
 __all__ = ["OutlierScorer", "REASONS", "NOISE", "reason_bit", "reason_names", "warm_up"]
@@ -200,11 +201,13 @@ class OutlierScorer(Estimator):
 
     def scoring_rows(self, raw_block):
         """The scoring rows of one numpy block of ``raw`` (None: score on the clustering rows)."""
-        if raw_block is None:
-            return None
-        if isinstance(raw_block, dict):
-            raw_block = {k: np.asarray(v) for k, v in raw_block.items()}
-        return np.asarray(self.projection_.transform(raw_block), dtype=np.float32)
+        return None if raw_block is None else project_block(self.projection_, raw_block)
+
+    def prepared_copy(self):
+        """A scorer sharing what ``prepare`` made, to fit other clusters of the same rows."""
+        other = object.__new__(type(self))  # not copy.copy: __getstate__ drops ``_prepared``
+        other.__dict__.update(self.__dict__)
+        return other
 
     def _positions(self, n):
         """(reference positions, threshold positions) among n fit rows: the reference is the
@@ -547,8 +550,7 @@ class OutlierScorer(Estimator):
         import dask.array as da
 
         raw = self._check_raw(X, raw)
-        done = isinstance(raw, Projected)
-        raw = raw.rows if done else raw
+        raw, done = (raw.rows, True) if isinstance(raw, Projected) else (raw, False)
         if not is_dask(X):
             rows = np.arange(row_offset, row_offset + X.shape[0])
             near = []
