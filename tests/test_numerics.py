@@ -430,3 +430,27 @@ def test_in_process_graphs_run_blas_at_one_thread_a_block():
     out = subprocess.run([sys.executable, "-c", _BLAS_CHECK], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_gathered_rows_are_held_once(chunked):
+    """The outlier scorer's reference rows gathered from the rows as given (outlier_rows.gather)
+    are the rows at those positions, in order; from a numpy array (a fit in its own process)
+    the gather holds them once, not a second time for a concatenation (numpy's allocations, as
+    tracemalloc counts them); from dask blocks each block's pieces are joined (held twice)."""
+    import tracemalloc
+
+    from vclust.numerics.outlier_rows import gather
+
+    x = np.random.default_rng(2).normal(size=(40_000, 200)).astype(np.float32)
+    pos = np.flatnonzero(np.random.default_rng(3).random(len(x)) < 0.5)
+    a = da.from_array(x, chunks=(5_000, -1)) if chunked else x
+    tracemalloc.start()
+    try:
+        (got,) = gather(a, (pos,))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, x[pos])
+    if not chunked:
+        assert peak < 1.4 * got.nbytes, (peak, got.nbytes)

@@ -46,11 +46,19 @@ def gather(a, parts):
                 for i, block in enumerate(x.rechunk({1: -1}).to_delayed().ravel())]
 
     done = dask.compute({k: pick(v) for k, v in arrays.items()})[0]
-    done = {k: [np.concatenate([b[j] for b in v]) for j in range(len(parts))]
-            for k, v in done.items()}
+    done = {k: _joined(v, len(parts)) for k, v in done.items()}
     if isinstance(a, dict):
         return [{k: v[j] for k, v in done.items()} for j in range(len(parts))]
     return done["_"]
+
+
+def _joined(blocks, n_parts):
+    """Each part's pieces (a tuple of them per block, in block order) as one array: a numpy
+    array's one block is its pieces themselves, not a concatenated copy of them (which held the
+    gathered rows twice: 0.67 GiB more for the 416k efficientnet-b7 rows' reference)."""
+    if len(blocks) == 1:
+        return list(blocks[0])
+    return [np.concatenate([b[j] for b in blocks]) for j in range(n_parts)]
 
 
 def shape_only(raw):
