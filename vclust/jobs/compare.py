@@ -434,21 +434,17 @@ def _spec_scorer(spec, raw, z, local, n, params, say):
     the rows as given are read for them once per spec, not once per kept model. The scoring
     rows are numpy in this process when the spec is clustered here (``local``) and they fit
     ``IN_PROCESS_BYTES``; else held in worker memory."""
-    import dask
-
     from ..numerics.outlier_rows import Projected, project_all
     from ..numerics.outliers import OutlierScorer
     from ..storage import indexcache
-    from .fit import IN_PROCESS_BYTES, hold_reduced
+    from .fit import hold_reduced, in_process
 
     t0 = time.perf_counter()
     scorer = OutlierScorer(random_state=params.seed, threshold_rows="reference",
                            **params.outlier_options).prepare(raw, n, cache=indexcache)
-    own = project_all(scorer.projection_, raw, z.chunks[0])
-    if local is not None and own.rows.nbytes <= IN_PROCESS_BYTES:
-        own = Projected(np.asarray(dask.compute(own.rows)[0]))
-    else:
-        own = Projected(hold_reduced(own.rows))
+    rows = project_all(scorer.projection_, raw, z.chunks[0])
+    here = in_process(rows) if local is not None else None
+    own = Projected(here if here is not None else hold_reduced(rows))
     say(f"{spec}: outlier reference and scoring rows ({own.shape[1]} dimensions) prepared once "
         f"for every algorithm ({time.perf_counter() - t0:.1f} s)")
     return scorer, own

@@ -70,7 +70,7 @@ def shape_only(raw):
 
 
 class Projected:
-    """The scorer's own rows of every row, already computed (``project_all``): given as
+    """The scorer's own rows of every row, already computed (``project_all``, held): given as
     ``raw=`` to ``OutlierScorer.score`` they are scored as they are, not projected again.
     vclust compare projects each spec's rows once for all the models it keeps of that spec."""
 
@@ -83,21 +83,15 @@ class Projected:
 
 
 def project_all(projection_, raw, chunks):
-    """``Projected`` rows of ``raw`` (the descriptor rows as given: an array or a dict of
-    arrays, dask or numpy) by the fitted ``projection_`` of a scorer, one block of ``chunks``
-    rows at a time: a dask array (its blocks computed where the rows are) or numpy."""
+    """The scoring rows of ``raw`` (the descriptor rows as given, dask: an array or a dict of
+    arrays) by the fitted ``projection_`` of a scorer, lazily, in blocks of ``chunks`` rows
+    computed where the rows are: a dask array."""
     import dask
     import dask.array as da
 
-    first = next(iter(raw.values())) if isinstance(raw, dict) else raw
-    parts = raw_parts(raw, chunks)
-    width = projection_.n_components_
-    if not is_dask(first):
-        return Projected(np.concatenate([project_block(projection_, p) for p in parts]))
-    blocks = [da.from_delayed(dask.delayed(project_block, pure=True)(projection_, p),
-                              shape=(c, width), dtype=np.float32)
-              for p, c in zip(parts, chunks)]
-    return Projected(da.concatenate(blocks, axis=0))
+    return da.concatenate([da.from_delayed(dask.delayed(project_block, pure=True)(projection_, p),
+                                           shape=(c, projection_.n_components_), dtype=np.float32)
+                           for p, c in zip(raw_parts(raw, chunks), chunks)], axis=0)
 
 
 def project_block(projection_, block):
