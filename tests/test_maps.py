@@ -74,30 +74,27 @@ def test_embed_2d_3d_pca_and_small_umap_match_embed(maps_of, blobs):
     xy, xyz = maps.embed_2d_3d(X, "pca")
     np.testing.assert_array_equal(xy, xyz[:, :2])
     np.testing.assert_allclose(xy, maps_of["pca", 2], atol=1e-4)
-    xy, xyz = maps.embed_2d_3d(X, "umap")  # fewer rows than UMAP_SHARED_KNN_ROWS: two embeds
+    xy, xyz = maps.embed_2d_3d(X, "umap")  # one graph for both maps: the maps are embed's
     np.testing.assert_array_equal(xy, maps_of["umap", 2])
     np.testing.assert_array_equal(xyz, maps_of["umap", 3])
 
 
 @pytest.mark.filterwarnings("ignore:precomputed_knn.2. .knn_search_index. is not an NNDescent")
 def test_embed_2d_3d_umap_shared_graph(blobs, monkeypatch):
-    """The one-graph path (taken from UMAP_SHARED_KNN_ROWS rows on), forced on the small set:
-    the graph is built once and both fits use it. pynndescent is swapped for an exact kNN of
-    the same signature, since its first call costs ~27 s of numba compilation (docs/maps.md);
-    benchmarks/compare_maps.py runs the real one on 50,000 rows."""
+    """The graph is built once (one nearest_neighbors call) and both fits use it, here on 600
+    rows, where umap-learn left to itself would compute exact distances pair by pair and call
+    nearest_neighbors not at all."""
     import umap.umap_
-    from sklearn.neighbors import NearestNeighbors
 
     calls = []
+    real = umap.umap_.nearest_neighbors
 
-    def exact(X, n_neighbors, metric, metric_kwds, angular, random_state, **kw):
+    def counted(X, *args, **kw):
         calls.append(len(X))
-        d, i = NearestNeighbors(n_neighbors=n_neighbors).fit(X).kneighbors(X)
-        return i, d.astype(np.float32), None
+        return real(X, *args, **kw)
 
     X, y = blobs
-    monkeypatch.setattr(maps, "UMAP_SHARED_KNN_ROWS", 1)
-    monkeypatch.setattr(umap.umap_, "nearest_neighbors", exact)
+    monkeypatch.setattr(umap.umap_, "nearest_neighbors", counted)
     xy, xyz = maps.embed_2d_3d(X, "umap", random_state=3)
     assert calls == [len(X)]  # one graph for both maps: neither fit built its own
     assert xy.shape == (len(X), 2) and xyz.shape == (len(X), 3)

@@ -91,13 +91,9 @@ def _build(search_index_ready=None):
 
     nndescent.precompile()
     rng = np.random.default_rng(0)
-    # the report's maps on their shared-graph path (from UMAP_SHARED_KNN_ROWS rows on), here
-    # on 600 rows: umap-learn's layouts run 500 epochs, seconds on thousands of rows
-    shared_from, maps.UMAP_SHARED_KNN_ROWS = maps.UMAP_SHARED_KNN_ROWS, 600
-    try:
-        maps.embed_2d_3d(rng.normal(size=(600, 8)).astype(np.float32), "umap", random_state=0)
-    finally:
-        maps.UMAP_SHARED_KNN_ROWS = shared_from
+    # the report's maps (their graph from pynndescent at any row count), here on 600 rows:
+    # umap-learn's layouts run 500 epochs, seconds on thousands of rows
+    maps.embed_2d_3d(rng.normal(size=(600, 8)).astype(np.float32), "umap", random_state=0)
     # vclust builds on two threads (refindex.build_threads), umap-learn seeded on one and
     # unseeded on all (numerics/maps.py)
     x = rng.normal(size=(2000, 8)).astype(np.float32)

@@ -30,9 +30,6 @@ TSNE_PERPLEXITY = 30.0
 # A nonlinear map needs more rows than the neighbourhood it preserves; below this "auto" uses PCA
 # and an explicit "umap" / "tsne" raises.
 MIN_ROWS = UMAP_NEIGHBORS + 1
-# umap-learn computes exact distances below this many rows and pynndescent's graph above it;
-# only above it does embed_2d_3d build the graph once for both maps (docs/maps.md).
-UMAP_SHARED_KNN_ROWS = 4096
 _LIBRARY = {"umap": "umap", "tsne": "openTSNE"}
 
 
@@ -128,13 +125,32 @@ def _pca(X, n_components, random_state):
     return out
 
 
+def _umap_graph(X, random_state):
+    """The rows' UMAP_NEIGHBORS nearest rows (pynndescent, as umap-learn builds them on 4,096
+    rows or more): every UMAP map takes its graph from here, whatever the row count. Below
+    4,096 rows umap-learn would otherwise compute exact distances through scikit-learn with its
+    own numba distance called once per pair from Python: 15 s for 3,000 rows against 0.1 s
+    here, with kernels the install's warm-up does not compile (docs/maps.md)."""
+    from sklearn.utils import check_random_state
+
+    enable_numba_cache("pynndescent", "umap")
+    from umap.umap_ import nearest_neighbors
+
+    return nearest_neighbors(X, UMAP_NEIGHBORS, "euclidean", {}, False,
+                             check_random_state(random_state), low_memory=True,
+                             use_pynndescent=True,
+                             n_jobs=1 if random_state is not None else -1)
+
+
 def _umap(X, n_components, random_state, knn=None):
     enable_numba_cache("pynndescent", "umap")
     import warnings
 
     import umap
 
-    if knn is not None and knn[2] is None:
+    if knn is None:
+        knn = _umap_graph(X, random_state)
+    if knn[2] is None:
         # the graph came without its search index (sent to another process): only transform()
         # needs that, and the report never transforms
         warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")
@@ -143,7 +159,7 @@ def _umap(X, n_components, random_state, knn=None):
                         random_state=random_state,
                         # a seed makes umap-learn single-threaded anyway: say so, no warning
                         n_jobs=1 if random_state is not None else -1,
-                        precomputed_knn=knn if knn is not None else (None, None, None))
+                        precomputed_knn=knn)
     return reducer.fit_transform(X)
 
 
@@ -211,11 +227,10 @@ def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0, submit=No
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Both the 2D and the 3D map of the rows of ``X``, sharing what the method allows.
 
-    PCA fits once (the 2D map is the first two columns of the 3D one). UMAP on at least
-    ``UMAP_SHARED_KNN_ROWS`` rows builds its nearest-neighbour graph once for both maps
-    (umap-learn's ``precomputed_knn``); on fewer rows umap-learn computes exact distances in
-    no time and the two maps are :func:`embed`'s. t-SNE computes its affinities once. The
-    saving measured is in ``docs/maps.md``.
+    PCA fits once (the 2D map is the first two columns of the 3D one). UMAP builds its
+    nearest-neighbour graph once for both maps (umap-learn's ``precomputed_knn``; the maps are
+    :func:`embed`'s). t-SNE computes its affinities once. The saving measured is in
+    ``docs/maps.md``.
 
     Parameters
     ----------
@@ -250,16 +265,8 @@ def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0, submit=No
     if chosen == "pca":
         xyz = _pca(X, 3, random_state)
         xy = xyz[:, :2]
-    elif chosen == "umap" and len(X) >= UMAP_SHARED_KNN_ROWS:
-        from sklearn.utils import check_random_state
-
-        enable_numba_cache("pynndescent", "umap")
-        from umap.umap_ import nearest_neighbors
-
-        knn = nearest_neighbors(X, UMAP_NEIGHBORS, "euclidean", {}, False,
-                                check_random_state(random_state), low_memory=True,
-                                use_pynndescent=True,
-                                n_jobs=1 if random_state is not None else -1)
+    elif chosen == "umap":
+        knn = _umap_graph(X, random_state)
         if submit is None:
             xy = _umap(X, 2, random_state, knn)
             xyz = _umap(X, 3, random_state, knn)
