@@ -138,3 +138,54 @@ def test_the_pure_python_unpickler_vclust_scans_with_is_there(tmp_path):
     u = Probe(io.BytesIO(pickle.dumps([1, 2], protocol=5)))
     assert u.load() == [1, 2]
     assert hasattr(u, "_unframer") and isinstance(pickle._Unpickler.dispatch, dict)
+
+
+def test_scikit_learn_is_a_version_whose_private_single_runs_kmeans_calls():
+    """kmeans.SklearnRows calls scikit-learn's private ``_kmeans_single_lloyd``,
+    ``_kmeans_single_elkan`` and ``_openmp_effective_n_threads``: the installed version must
+    be in SKLEARN_SUPPORTED (pyproject.toml's range), the names there with the parameters
+    passed."""
+    import inspect
+
+    import sklearn
+    from packaging.specifiers import SpecifierSet
+    from sklearn.cluster import _kmeans
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    from vclust.numerics.kmeans import SKLEARN_SUPPORTED
+
+    assert SpecifierSet(SKLEARN_SUPPORTED).contains(sklearn.__version__), \
+        f"scikit-learn {sklearn.__version__} is outside {SKLEARN_SUPPORTED}"
+    req = next(r for r in _requirements() if r.name == "scikit-learn")
+    assert req.specifier == SpecifierSet(SKLEARN_SUPPORTED)
+    for name in ("_kmeans_single_lloyd", "_kmeans_single_elkan"):
+        params = list(inspect.signature(getattr(_kmeans, name)).parameters)
+        assert params == ["X", "sample_weight", "centers_init", "max_iter", "verbose", "tol",
+                          "n_threads"], (name, params)
+    assert _openmp_effective_n_threads() >= 1
+
+
+@pytest.mark.parametrize("dims", [70, 130], ids=["lloyd", "elkan"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sklearn_rows_give_scikit_learns_kmeans_bit_for_bit(dims, dtype):
+    """Rows made ready once (kmeans.SklearnRows) and run at several k, iteration limits and
+    tolerances give what scikit-learn's public KMeans gives from the same centres: the same
+    centres, labels, inertia and iterations, to the bit."""
+    import numpy as np
+    from sklearn.cluster import KMeans as SKMeans
+
+    from vclust.numerics.kmeans import ELKAN_DIMS, SklearnRows
+
+    rng = np.random.default_rng(5)
+    means = rng.normal(0, 3, (6, dims)) + 10  # off the origin: the centring matters
+    X = (means[rng.integers(0, 6, 4000)] + rng.normal(size=(4000, dims))).astype(dtype)
+    ready = SklearnRows(X)
+    for k, max_iter, tol in ((4, 100, 1e-4), (7, 3, 1e-4), (9, 100, 0.0), (9, 100, 1e-2)):
+        start = X[rng.choice(len(X), k, replace=False)].astype(np.float64)
+        centres, n_iter, (labels, inertia) = ready.lloyd(start, max_iter, tol)
+        km = SKMeans(k, init=start.astype(dtype), n_init=1, max_iter=max_iter, tol=tol,
+                     algorithm="elkan" if dims >= ELKAN_DIMS else "lloyd").fit(X)
+        np.testing.assert_array_equal(centres, km.cluster_centers_.astype(np.float64))
+        np.testing.assert_array_equal(labels[0], km.labels_)
+        assert (inertia, n_iter) == (float(km.inertia_), km.n_iter_), (k, max_iter, tol)
+    assert ready.X is X

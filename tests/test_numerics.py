@@ -290,6 +290,27 @@ def test_fit_partition_over_a_k_range_chooses_the_blobs_k(blobs):
         calinski_harabasz(x, np.zeros(len(x), int))
 
 
+def test_a_k_range_on_wide_rows_readies_them_for_scikit_learn_once(monkeypatch):
+    """Wide rows clustered in this process (scikit-learn's Lloyd, kmeans.SKLEARN_DIMS columns
+    and more) are copied, centred and measured once for a whole k-range, not at each k, and
+    each k's partition is the one KMeans fitted alone gives."""
+    from vclust.model.core import fit_partition
+    from vclust.numerics import kmeans
+
+    x, _ = make_blobs(3000, n_features=kmeans.SKLEARN_DIMS + 6, centers=4, random_state=2)
+    x = x.astype(np.float32)
+    made = []
+    real = kmeans.SklearnRows.__init__
+    monkeypatch.setattr(kmeans.SklearnRows, "__init__",
+                        lambda self, X: made.append(X.shape) or real(self, X))
+    part = fit_partition(da.from_array(x, chunks=(1000, -1)), "kmeans", [3, 4, 5], local=x,
+                         cache={})
+    assert made == [x.shape]
+    alone = KMeans(part.k, random_state=0).fit(x)
+    assert len(made) == 2  # a fit on its own readies its own rows
+    np.testing.assert_array_equal(part.labels, alone.predict(x))
+
+
 # --------------------------------------------------------------------------- algorithms
 
 

@@ -66,10 +66,15 @@ def fit_partition(z, algorithm, ks, *, local=None, sample_size=FIT_SAMPLE, seed=
     import dask
 
     from ..numerics.algorithms import AgglomerativeTree, distance_to_centre, fit_algorithm
+    from ..numerics.kmeans import SklearnRows, sklearn_rows
     from ..numerics.metrics import choose_k, evaluate_partition
     from .bundle import assign
 
     X = z if local is None else local
+    # wide rows in this process: copied, centred and measured for scikit-learn's Lloyd once,
+    # not at every k (kmeans.SklearnRows)
+    fit_rows = (SklearnRows(X) if algorithm == "kmeans" and len(ks) > 1 and sklearn_rows(X)
+                else X)
     ahead = ahead or {}
     if algorithm == "agglomerative" and tree is None:
         tree = AgglomerativeTree(X, sample_size, seed)
@@ -81,7 +86,8 @@ def fit_partition(z, algorithm, ks, *, local=None, sample_size=FIT_SAMPLE, seed=
         elif algorithm == "agglomerative":
             cl = tree.cut(k)
         else:
-            cl = fit_algorithm(algorithm, X, k, sample_size=sample_size, random_state=seed)
+            cl = fit_algorithm(algorithm, fit_rows, k, sample_size=sample_size,
+                               random_state=seed)
         if algorithm == "agglomerative":
             labels = tree.labels(X, cl)
             if local is None:
@@ -105,6 +111,7 @@ def fit_partition(z, algorithm, ks, *, local=None, sample_size=FIT_SAMPLE, seed=
             f"silhouette {m['silhouette']:.3f}"
             + "".join(f"  {key} {v:.3f}" for key, v in row.items()
                       if key not in ("k", "algorithm", "seconds", *METRICS) and v is not None))
+    del fit_rows
     best = choose_k(table) if len(table) > 1 else table[0]["k"]
     if len(table) > 1:
         say(f"chose k={best} (rule: vclust.numerics.metrics.choose_k)")

@@ -28,6 +28,8 @@ rounding; at 64 columns it lost as often as it won). Narrower rows (the osnet an
 reduce to 14-60 columns) run the block passes here on this process's threads: as fast as
 scikit-learn's there, and a fit that needs no scikit-learn does not import it (scikit-learn
 imports scipy.stats, pandas and pyarrow) (benchmarks/RESULTS.md, figures behind the code).
+scikit-learn's own KMeans copies, measures and centres its rows at every call; a k-range does
+that once (``SklearnRows``) and calls scikit-learn's single run at each k.
 ``algorithm="minibatch"`` runs mini-batch updates over row blocks for data far beyond memory.
 """
 
@@ -234,21 +236,53 @@ def _weighted_kmeans(x, w, k, n_init, seed, max_iter=300, tol=1e-4):
     return best[1]
 
 
-def _sklearn_lloyd(X, centers, max_iter, tol, seed):
-    """(centres float64, n_iter, ([labels], inertia)) of Lloyd's algorithm on numpy rows from
-    ``centers``, by scikit-learn (its Elkan variant from ELKAN_DIMS columns)."""
-    import warnings
+#: scikit-learn versions whose private single runs (``_kmeans_single_lloyd``,
+#: ``_kmeans_single_elkan``) and OpenMP thread count ``SklearnRows`` calls: pyproject.toml
+#: holds the same range, and tests/test_dependencies.py fails outside it
+SKLEARN_SUPPORTED = ">=1.4,<1.10"
 
-    from sklearn.cluster import KMeans as SKMeans
-    from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct rows than k
-        km = SKMeans(len(centers), init=np.asarray(centers, X.dtype), n_init=1,
-                     max_iter=max_iter, tol=tol, random_state=seed,
-                     algorithm="elkan" if X.shape[1] >= ELKAN_DIMS else "lloyd").fit(X)
-    return (km.cluster_centers_.astype(np.float64), int(km.n_iter_),
-            ([km.labels_.astype(np.int32)], float(km.inertia_)))
+def sklearn_rows(X, algorithm="lloyd") -> bool:
+    """Whether ``KMeans`` clusters X through scikit-learn's Lloyd: numpy rows of SKLEARN_DIMS
+    columns or more (module docstring)."""
+    return not is_dask(X) and algorithm == "lloyd" and X.shape[1] >= SKLEARN_DIMS
+
+
+class SklearnRows:
+    """Numpy rows made ready once for scikit-learn's Lloyd (its Elkan variant from ELKAN_DIMS
+    columns) at every k of a k-range. scikit-learn's ``KMeans.fit`` copies its rows, measures
+    their column variances (the tolerance) and centres them at every call, before its single
+    run: on 416,314 x 256 rows (efficientnet-b7 reduced) 2.3 s of each k's 3.2-4.5 s
+    (benchmarks/RESULTS.md). Here that is done once, as ``KMeans.fit`` does it, and each k
+    runs scikit-learn's own single run on it: centres, labels, inertia and iterations are
+    those of ``KMeans(k, init=centres, n_init=1, max_iter, tol).fit(X)``, bit for bit. Holds
+    a centred copy of the rows (as that call does while it runs); ``X`` the rows themselves."""
+
+    def __init__(self, X):
+        self.X = X
+        x = np.asarray(X)
+        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.float64
+        self._rows = np.array(x, dtype=dtype, order="C", copy=True)
+        self._var = np.mean(np.var(self._rows, axis=0))  # _tolerance's, before centring
+        self._mean = self._rows.mean(axis=0)
+        self._rows -= self._mean
+        self.shape = x.shape
+
+    def lloyd(self, centers, max_iter, tol):
+        """(centres float64, n_iter, ([labels int32], inertia)) from ``centers``."""
+        from sklearn.cluster._kmeans import _kmeans_single_elkan, _kmeans_single_lloyd
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        x = self._rows
+        init = np.array(centers, dtype=x.dtype, order="C", copy=True)
+        init -= self._mean
+        single = _kmeans_single_elkan if x.shape[1] >= ELKAN_DIMS else _kmeans_single_lloyd
+        labels, inertia, out, n_iter = single(
+            x, np.ones(len(x), dtype=x.dtype), init, max_iter=max_iter, verbose=False,
+            tol=self._var * tol if tol else 0, n_threads=_openmp_effective_n_threads())
+        out += self._mean
+        return (out.astype(np.float64), int(n_iter),
+                ([np.asarray(labels).astype(np.int32)], float(inertia)))
 
 
 def _labels_of(block, centers):
@@ -329,19 +363,26 @@ class KMeans(Estimator):
     # ------------------------------------------------------------------ fitting
 
     def fit(self, X, y=None):
+        """Fit on X (numpy or dask rows), or on a ``SklearnRows`` of numpy rows made ready
+        once for every k of a k-range."""
+        ready = X if isinstance(X, SklearnRows) else None
+        X = X.X if ready is not None else X
         self._validate(X)
         X = self._maybe_persist(X)
         self._tol = None  # set from the column variances by the first pass that sees them
+        if not sklearn_rows(X, self.algorithm):
+            ready = None
+        elif ready is None:
+            ready = SklearnRows(X)
         n_init = self.n_init if isinstance(self.init, str) else 1
         best = None
         for run in range(n_init):
             seed = int(np.random.default_rng([self.random_state, run]).integers(1 << 31))
             centers = self._init_centers(X, seed)
-            if not is_dask(X) and self.algorithm == "lloyd" and X.shape[1] >= SKLEARN_DIMS:
+            if ready is not None:
                 # wide rows in this process: scikit-learn's Lloyd (chunked Cython, OpenMP) from
                 # our initial centres, same rule and tolerance (module docstring)
-                centers, n_iter, final = _sklearn_lloyd(X, centers, self.max_iter, self.tol,
-                                                        seed)
+                centers, n_iter, final = ready.lloyd(centers, self.max_iter, self.tol)
                 if best is None or final[1] < best[0]:
                     best = (final[1], centers, n_iter, final[0])
                 continue
