@@ -1,5 +1,6 @@
 """``vclust fit``: the store's rows read (into this process or worker memory), the outlier
-reference prepared on a thread meanwhile, the rows reduced, then the fit core
+reference prepared on a thread meanwhile (first, for rows over RELEASE_BYTES), the rows
+reduced, then the fit core
 (vclust.model.core) makes the partition and the model. ``vclust compare`` reduces and fits
 through the same core (vclust.jobs.compare)."""
 
@@ -224,6 +225,14 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     raw_bytes = sum(x.nbytes for x in sets.values())
     prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows)
     outlier_thread.shutdown(wait=False)
+    if raw_bytes > RELEASE_BYTES:
+        # rows this wide are freed before the clustering: the reference is prepared first, not
+        # beside the preprocessing, whose temporaries and its own would stack on the rows
+        # (efficientnet-b7, 416k rows: peak 6.64 -> 5.99 GiB, 4 s longer; RESULTS.md)
+        say("outliers: preparing the reference before the preprocessing (rows over "
+            f"{RELEASE_BYTES / 2**30:g} GiB: the two would stack their memory on the rows)")
+        prepared.result()
+        say("outliers: reference prepared")
     # nothing imports in the background from here on: the preprocessing and the clustering
     # may import scikit-learn, which pynndescent's import enters from another module
     imports.wait()
