@@ -342,6 +342,8 @@ def test_promote_renumbers_and_carries_names(compared, tmp_path):
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert reg.current() == kept[0]
+    said = res.stdout + res.stderr
+    assert "no current model" in said and "against None" not in said, said
     res = subprocess.run(VCLUST + ["promote", "--registry", str(reg.root), kept[1]],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--labels" in res.stderr  # needs the labels to match

@@ -146,7 +146,7 @@ def test_a_promote_refused_after_its_wait_changes_nothing(fresh):
     f = fresh
     before = _state(f)
     with Registry(f["reg"]).lock():
-        with pytest.raises(InputError, match="another promote holds the registry"):
+        with pytest.raises(InputError, match="another promote or fit holds the registry"):
             promote(f["reg"], f["B"], labels_dir=f["labels"], names=f["names"],
                     say=lambda m: None, wait=0.5)
     assert _state(f) == before
@@ -251,6 +251,46 @@ def test_only_ids_that_label_rows_are_listed_to_name(fresh):
     assert len(listed) == (1 if res["names"]["new"] else 0)
     mapping_ids = {int(v) for v in res["mapping"].values()}
     assert len(labelled) < len(mapping_ids)  # the case has ids that label no row
+
+
+def test_a_fit_makes_its_model_current_under_the_registry_lock(fresh, built, tmp_path):
+    """A fit into a registry switches ``current`` under the lock a promote holds while it
+    renumbers and switches: while the lock is held the fit's model is registered but not
+    current, and it becomes current once the lock is released (before, a fit set ``current``
+    between a promote's read of it and its own switch)."""
+    import threading
+
+    f = fresh
+    reg = Registry(f["reg"])
+    before = reg.current()
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with reg.lock():
+            held.set()
+            release.wait(120)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(30)
+    try:
+        fit = subprocess.Popen(VCLUST + ["fit", str(built["root"] / "store"), "--descriptor",
+                                         "osnet", "--k", "3", "--registry", str(f["reg"])],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=ENV, cwd=REPO)
+        deadline = time.monotonic() + 120
+        while len(reg.list()) < 4 and fit.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(reg.list()) == 4, (fit.poll(), reg.list())  # registered ...
+        time.sleep(1.0)
+        assert fit.poll() is None and reg.current() == before  # ... not current: it waits
+    finally:
+        release.set()
+        holder.join()
+    out, err = fit.communicate(timeout=120)
+    assert fit.returncode == 0, err
+    new = [m for m in reg.list() if m not in (f["A"], f["B"], f["C"])]
+    assert len(new) == 1 and reg.current() == new[0]
 
 
 def test_promote_on_an_s3_registry_and_labels(built, s3_bucket):

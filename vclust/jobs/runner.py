@@ -277,10 +277,19 @@ def _fit_and_register(spec: JobSpec, say):
     from . import steps as jobs
     from ..model.registry import check_registry
 
+    from ..model.registry import REGISTER_WAIT, Registry
+
     check_registry(spec.registry)  # before the work
     model = jobs.fit(spec.store, spec.fit, say=say)
-    model = _continue_current(spec, model, say)
-    path, model_id = jobs.save_model(model, registry=spec.registry)
+    reg = Registry(spec.registry)
+    if not reg.remote:
+        reg.models_dir.mkdir(parents=True, exist_ok=True)  # a new registry: one to lock
+    # numbered against the current model and made current under the registry's lock: a promote
+    # meanwhile would otherwise switch ``current`` between the two and strand this model's ids
+    with reg.lock(REGISTER_WAIT):
+        model = _continue_current(spec, model, say)
+        path, model_id = jobs.save_model(model, registry=spec.registry, make_current=False)
+        reg.switch_current(model_id, say=say)
     say(f"fit: model {model_id} registered and made current ({path})")
     return model
 

@@ -27,6 +27,10 @@ from pathlib import Path
 from ..errors import InputError
 from ..storage import fs as F
 
+#: seconds a fit waits for the registry's lock (a promote holding it) before it makes its model
+#: current; the model is registered either way
+REGISTER_WAIT = 600.0
+
 
 class Registry:
     def __init__(self, root):
@@ -78,16 +82,26 @@ class Registry:
         if self.remote:  # saved in place: its manifest (written last) registered it
             if staged_dir != target or not (target / "manifest.json").exists():
                 raise InputError(f"{self.root}: model {model_id} was not saved in place")
-            if make_current:
-                self.set_current(model_id)
-            return model_id
-        if target.exists():
-            raise InputError(f"{self.root}: model {model_id} is already registered")
-        self.models_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(staged_dir, target)
+        else:
+            if target.exists():
+                raise InputError(f"{self.root}: model {model_id} is already registered")
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(staged_dir, target)
         if make_current:
-            self.set_current(model_id)
+            with self.lock(REGISTER_WAIT):
+                self.switch_current(model_id)
         return model_id
+
+    def switch_current(self, model_id: str, say=None) -> None:
+        """Make ``model_id`` current; call under the registry's lock (``lock``), as a promote
+        switches it: a promote killed before is finished or undone first
+        (vclust.model.succession.recover), so the switch cannot strand its journal."""
+        import logging
+
+        from .succession import recover
+
+        recover(self, say=say or logging.getLogger(__name__).warning)
+        self.set_current(model_id)
 
     @contextlib.contextmanager
     def lock(self, wait: float = 60.0):
@@ -106,8 +120,8 @@ class Registry:
                 return
             except StoreLockedError as exc:
                 if time.monotonic() >= deadline:
-                    raise InputError(f"{self.root}: another promote holds the registry "
-                                     f"(waited {wait:g} s): {exc}") from None
+                    raise InputError(f"{self.root}: another promote or fit holds the "
+                                     f"registry (waited {wait:g} s): {exc}") from None
                 time.sleep(0.2)
 
     def manifest(self, model_id: str) -> dict:

@@ -302,7 +302,7 @@ def _promote_locked(reg, model, current, labels_dir, names, say) -> dict:
                                           labelled=_labelled(cur, labels_dir))
         return result
     if current is None or succ.get("previous") == current:
-        if "succession" not in model.info:
+        if current is None:  # a compared model was numbered against none either
             say(f"promote: no current model; {model.model_id} keeps its numbering")
         else:
             say(f"promote: {model.model_id} was renumbered against {current} when it was "
