@@ -39,11 +39,11 @@ def test_freed_rows_give_the_same_model(store, descriptor, monkeypatch, tmp_path
     freed, freed_lines = _fit(store, descriptor, 0, monkeypatch, tmp_path)
     assert any(m.startswith("descriptor rows freed") for m in freed_lines), freed_lines
     assert not any(m.startswith("descriptor rows freed") for m in kept_lines), kept_lines
-    # rows to be freed: the reference is prepared before the preprocessing, not beside it
+    # rows to be freed: the reference rows are projected before the preprocessing starts
     order = [next(i for i, m in enumerate(freed_lines) if m.startswith(p))
-             for p in ("outliers: reference prepared", "preprocessed")]
+             for p in ("outliers: reference rows projected", "preprocessed")]
     assert order == sorted(order), freed_lines
-    assert not any(m.startswith("outliers: reference prepared") for m in kept_lines)
+    assert not any(m.startswith("outliers: reference rows projected") for m in kept_lines)
     # the silhouette's last bits move with the BLAS threads of the moment (the outlier
     # reference, prepared on another thread, sets them process-wide): 1e-10, as between two fits
     # of the same rows keeping their rows

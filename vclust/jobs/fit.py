@@ -1,6 +1,6 @@
 """``vclust fit``: the store's rows read (into this process or worker memory), the outlier
-reference prepared on a thread meanwhile (first, for rows over RELEASE_BYTES), the rows
-reduced, then the fit core
+reference prepared on a thread meanwhile (its rows gathered and projected first, for rows over
+RELEASE_BYTES), the rows reduced, then the fit core
 (vclust.model.core) makes the partition and the model. ``vclust compare`` reduces and fits
 through the same core (vclust.jobs.compare)."""
 
@@ -161,7 +161,7 @@ def _quietly(fn):
         pass
 
 
-def _prepare_outliers(scorer, raw, n, rows):
+def _prepare_outliers(scorer, raw, n, rows, projected):
     """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
     a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
     projection, the clustering's products) oversubscribes the cores, and its waiting threads
@@ -172,7 +172,7 @@ def _prepare_outliers(scorer, raw, n, rows):
 
     imports.wait()  # pynndescent (and scikit-learn) imported on the import thread, not here
     with one_blas_thread():
-        return scorer.prepare(raw, n, rows, cache=indexcache)
+        return scorer.prepare(raw, n, rows, cache=indexcache, projected=projected)
 
 
 def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
@@ -185,6 +185,7 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     too (vclust.model.core). Returns the unsaved ``Model``; ``model.info["metrics"]`` holds one
     row per k tried.
     """
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from . import imports
@@ -223,16 +224,21 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
         sets = hold_sets(sets, say)
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     raw_bytes = sum(x.nbytes for x in sets.values())
-    prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows)
+    projected = threading.Event()
+    prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows, projected.set)
     outlier_thread.shutdown(wait=False)
     if raw_bytes > RELEASE_BYTES:
-        # rows this wide are freed before the clustering: the reference is prepared first, not
-        # beside the preprocessing, whose temporaries and its own would stack on the rows
-        # (efficientnet-b7, 416k rows: peak 6.64 -> 5.99 GiB, 4 s longer; RESULTS.md)
-        say("outliers: preparing the reference before the preprocessing (rows over "
+        # rows this wide are freed before the clustering: the reference rows are gathered and
+        # projected first, not beside the preprocessing, whose temporaries and theirs would
+        # stack on the rows (efficientnet-b7, 416k rows: peak 6.64 -> 5.99 GiB; RESULTS.md);
+        # the index over the projected rows is built beside it
+        say("outliers: projecting the reference rows before the preprocessing (rows over "
             f"{RELEASE_BYTES / 2**30:g} GiB: the two would stack their memory on the rows)")
-        prepared.result()
-        say("outliers: reference prepared")
+        while not projected.wait(0.2) and not prepared.done():
+            pass
+        if not projected.is_set():
+            prepared.result()  # its error, if any, is the fit's
+        say("outliers: reference rows projected")
     # nothing imports in the background from here on: the preprocessing and the clustering
     # may import scikit-learn, which pynndescent's import enters from another module
     imports.wait()

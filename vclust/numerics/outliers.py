@@ -60,8 +60,8 @@ that gave its combined z; its reasons (``all_reasons``, a bit mask: bit i - 1 fo
 every term at or above the threshold, so a glare frame that is also isolated says both.
 
 The reference does not depend on the clusters: ``prepare(raw, n)`` does it from the descriptor
-rows alone (on a thread while `vclust fit` clusters); an index cache across processes is injected
-(``cache=``: vclust.storage.indexcache). State: arrays, no pickle.
+rows alone (on a thread beside `vclust fit`'s preprocessing and clustering); an index cache
+across processes is injected (``cache=``: vclust.storage.indexcache). State: arrays, no pickle.
 """
 
 from __future__ import annotations
@@ -90,8 +90,7 @@ FAINT_MAD_FLOOR = 0.1
 #: ``reason`` codes: index 0 = not an outlier; else the term that gave the row its combined z
 REASONS = ("", "isolated", "tight_group", "far_from_centre", "degenerate_cluster", "noise")
 _ISOLATED, _TIGHT, _CENTRE, _DEGENERATE = 1, 2, 3, 4
-# not a term of the score: HDBSCAN's noise rows (numerics.algorithms), flagged by the clusterer
-NOISE = REASONS.index("noise")
+NOISE = REASONS.index("noise")  # not a term: HDBSCAN's noise rows (numerics.algorithms)
 
 
 def reason_bit(reason: int) -> int:
@@ -172,8 +171,8 @@ class OutlierScorer(Estimator):
         # each reference row's distance to its far neighbour (the group term), from the graph
         far = max(1, min(self.index_neighbors - 1, len(rows) - 1))
         far_d = self.ref_index_.own_neighbours(far)[1][:, -1].astype(np.float64)
-        ok = np.isfinite(far_d)
-        far_d[~ok] = far_d[ok].max() if ok.any() else 1.0  # a row the graph left short
+        ok = np.isfinite(far_d)  # a row the graph left short: the largest far distance
+        far_d[~ok] = far_d[ok].max() if ok.any() else 1.0
         self.far_log_ = _log(far_d).astype(np.float32)
 
     # ------------------------------------------------------------------ fitting
@@ -225,13 +224,13 @@ class OutlierScorer(Estimator):
         return pos, np.flatnonzero((u >= self.reference_size / n)
                                    & (row_uniform(np.arange(n), self.random_state, 37) < share))
 
-    def prepare(self, raw, n, row_index=None, cache=None):
+    def prepare(self, raw, n, row_index=None, cache=None, projected=lambda: None):
         """What the fit needs of the descriptor rows alone, before any clustering: the
         reference and threshold rows gathered from ``raw`` (as ``fit`` takes it; ``n`` rows,
-        ``row_index`` their absolute ids), the scorer's projection fitted on the reference, the
-        reference index (``cache``: an index cache across processes, or None) and each of
-        those rows' nearest reference rows. ``fit`` runs it itself when it was not run (or
-        was run for other rows). Returns self."""
+        ``row_index`` their absolute ids), the scorer's projection fitted on the reference
+        (then ``projected()``, the gathered rows dropped), the reference index (``cache``: an
+        index cache across processes, or None) and each of those rows' nearest reference rows.
+        ``fit`` runs it itself when it was not run (or was run for other rows). Returns self."""
         if raw is None:
             raise ValueError("prepare needs the descriptor rows (raw=)")
         self._validate(n)
@@ -244,6 +243,7 @@ class OutlierScorer(Estimator):
 
         ref, extra_own = fixed_context(project, got[0], None if extra is None else got[1])
         del got
+        projected()
         rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
         self._set_reference(ref, rows_abs[pos], cache)
         self.ref_index_.neighbours_cached(ref, self.ref_rows_, self.n_neighbors)
