@@ -175,6 +175,21 @@ def _prepare_outliers(scorer, raw, n, rows, projected):
         return scorer.prepare(raw, n, rows, cache=indexcache, projected=projected)
 
 
+def _projected_first(projected, prepared, say):
+    """Rows over RELEASE_BYTES (freed before the clustering): wait until the outlier reference
+    rows are gathered and projected (``projected``, an Event; ``prepared``, the prepare's
+    future) before the preprocessing, whose temporaries and theirs would stack on the rows
+    (efficientnet-b7, 416k rows: peak 6.64 -> 5.98 GiB; RESULTS.md); the index over the
+    projected rows is built beside it."""
+    say("outliers: projecting the reference rows before the preprocessing (rows over "
+        f"{RELEASE_BYTES / 2**30:g} GiB: the two would stack their memory on the rows)")
+    while not projected.wait(0.2) and not prepared.done():
+        pass
+    if not projected.is_set():
+        prepared.result()  # its error, if any, is the fit's
+    say("outliers: reference rows projected")
+
+
 def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
         sample_size: int = FIT_SAMPLE, say=_quiet):
     """Fit preprocessing, clusters and outlier scoring on the store's rows.
@@ -228,17 +243,7 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows, projected.set)
     outlier_thread.shutdown(wait=False)
     if raw_bytes > RELEASE_BYTES:
-        # rows this wide are freed before the clustering: the reference rows are gathered and
-        # projected first, not beside the preprocessing, whose temporaries and theirs would
-        # stack on the rows (efficientnet-b7, 416k rows: peak 6.64 -> 5.99 GiB; RESULTS.md);
-        # the index over the projected rows is built beside it
-        say("outliers: projecting the reference rows before the preprocessing (rows over "
-            f"{RELEASE_BYTES / 2**30:g} GiB: the two would stack their memory on the rows)")
-        while not projected.wait(0.2) and not prepared.done():
-            pass
-        if not projected.is_set():
-            prepared.result()  # its error, if any, is the fit's
-        say("outliers: reference rows projected")
+        _projected_first(projected, prepared, say)
     # nothing imports in the background from here on: the preprocessing and the clustering
     # may import scikit-learn, which pynndescent's import enters from another module
     imports.wait()

@@ -5,7 +5,7 @@ then ``os.replace``d), so a reader sees the old id or the new one, never a parti
 
 ``lock`` holds ``ROOT/registry.lock`` (vclust.storage.store.store_lock: an flock locally, a
 conditional PUT on an object store) for a change made of several steps (``vclust promote``);
-``promote.json`` is the journal of a promote in progress (vclust.model.succession.recover).
+``promote.json`` is the journal of a promote in progress (``recover``).
 
 On an object store (``s3://``; vclust.storage.fs) nothing is renamed: a model is written
 straight to ``models/<id>/`` (a fresh id, random suffix), its ``manifest.json`` last (the
@@ -95,10 +95,8 @@ class Registry:
     def switch_current(self, model_id: str, say=None) -> None:
         """Make ``model_id`` current; call under the registry's lock (``lock``), as a promote
         switches it: a promote killed before is finished or undone first
-        (vclust.model.succession.recover), so the switch cannot strand its journal."""
+        (``recover``), so the switch cannot strand its journal."""
         import logging
-
-        from .succession import recover
 
         recover(self, say=say or logging.getLogger(__name__).warning)
         self.set_current(model_id)
@@ -257,3 +255,46 @@ def _mtime(obj) -> float:
     info = obj.info()
     when = info.get("LastModified") or info.get("mtime") or 0
     return when.timestamp() if hasattr(when, "timestamp") else float(when)
+
+
+def swap_names(path, staged) -> None:
+    """The staged names into place, the old file kept as ``.bak`` (copied, so the names file is
+    never absent)."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        shutil.copyfile(path, path.with_name(path.name + ".bak"))
+    os.replace(staged, path)
+
+
+def recover(reg, say=print) -> None:
+    """Finish or undo a promote that was killed (its journal is still there); call under the
+    registry's lock. ``current`` already the successor (or the model): the names swapped in;
+    otherwise the successor, its labels and the staged names removed."""
+    import os
+
+    journal = reg.read_journal()
+    if journal is None:
+        return
+    target = journal.get("successor") or journal["model"]
+    staged = journal.get("names_staged")
+    if reg.current() == target:
+        if staged and os.path.exists(staged):
+            swap_names(journal["names"], staged)
+        say(f"promote: completed the promote of {journal['model']} that was stopped after "
+            f"{target} became current")
+    else:
+        if staged and os.path.exists(staged):
+            os.unlink(staged)
+        succ = journal.get("successor")
+        if succ:
+            labels = F.as_path(journal["labels"])
+            F.rmtree(labels / f"model={succ}")
+            F.rmtree(labels / "_commits" / f"model={succ}")
+            reg.remove(succ)
+        say(f"promote: undid the promote of {journal['model']} that was stopped before "
+            f"{target} became current ({journal.get('previous')} stays current)")
+    reg.clear_journal()

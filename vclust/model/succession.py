@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..numerics import outlier_state
+from .registry import recover, swap_names  # noqa: F401 (the journal is the registry's)
 
 FAR = 1e4  # gap centres sit this far (times the largest centre coordinate + 1) from every row
 
@@ -221,19 +222,6 @@ def stage_names(path, text: str):
     return staged
 
 
-def swap_names(path, staged) -> None:
-    """The staged names into place, the old file kept as ``.bak`` (copied, so the names file is
-    never absent)."""
-    import os
-    import shutil
-    from pathlib import Path
-
-    path = Path(path)
-    if path.exists():
-        shutil.copyfile(path, path.with_name(path.name + ".bak"))
-    os.replace(staged, path)
-
-
 def _say_names(path, dropped: dict, new: list, say) -> None:
     if dropped:
         say(f"names: retired clusters dropped from {path}: "
@@ -374,38 +362,6 @@ def _register_successor(reg, model, new, mapping: dict, labels_dir) -> set:
         labelled.update(np.unique(f["cluster"].to_numpy()).tolist())
         write_batch(labels_dir, new.model_id, p["batch"], [f])
     return labelled
-
-
-def recover(reg, say=print) -> None:
-    """Finish or undo a promote that was killed (its journal is still there); call under the
-    registry's lock. ``current`` already the successor (or the model): the names swapped in;
-    otherwise the successor, its labels and the staged names removed."""
-    import os
-
-    from ..storage import fs as F
-
-    journal = reg.read_journal()
-    if journal is None:
-        return
-    target = journal.get("successor") or journal["model"]
-    staged = journal.get("names_staged")
-    if reg.current() == target:
-        if staged and os.path.exists(staged):
-            swap_names(journal["names"], staged)
-        say(f"promote: completed the promote of {journal['model']} that was stopped after "
-            f"{target} became current")
-    else:
-        if staged and os.path.exists(staged):
-            os.unlink(staged)
-        succ = journal.get("successor")
-        if succ:
-            labels = F.as_path(journal["labels"])
-            F.rmtree(labels / f"model={succ}")
-            F.rmtree(labels / "_commits" / f"model={succ}")
-            reg.remove(succ)
-        say(f"promote: undid the promote of {journal['model']} that was stopped before "
-            f"{target} became current ({journal.get('previous')} stays current)")
-    reg.clear_journal()
 
 
 def _absolute(path) -> str:
