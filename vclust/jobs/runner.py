@@ -275,9 +275,7 @@ def _step(spec: JobSpec, step: str, ingested, say):
 
 def _fit_and_register(spec: JobSpec, say):
     from . import steps as jobs
-    from ..model.registry import check_registry
-
-    from ..model.registry import REGISTER_WAIT, Registry
+    from ..model.registry import REGISTER_WAIT, Registry, check_registry
 
     check_registry(spec.registry)  # before the work
     model = jobs.fit(spec.store, spec.fit, say=say)

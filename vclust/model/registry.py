@@ -260,9 +260,7 @@ def _mtime(obj) -> float:
 def swap_names(path, staged) -> None:
     """The staged names into place, the old file kept as ``.bak`` (copied, so the names file is
     never absent)."""
-    import os
     import shutil
-    from pathlib import Path
 
     path = Path(path)
     if path.exists():
@@ -274,8 +272,6 @@ def recover(reg, say=print) -> None:
     """Finish or undo a promote that was killed (its journal is still there); call under the
     registry's lock. ``current`` already the successor (or the model): the names swapped in;
     otherwise the successor, its labels and the staged names removed."""
-    import os
-
     journal = reg.read_journal()
     if journal is None:
         return

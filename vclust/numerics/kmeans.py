@@ -266,7 +266,6 @@ class SklearnRows:
         self._var = np.mean(np.var(self._rows, axis=0))  # _tolerance's, before centring
         self._mean = self._rows.mean(axis=0)
         self._rows -= self._mean
-        self.shape = x.shape
 
     def lloyd(self, centers, max_iter, tol):
         """(centres float64, n_iter, ([labels int32], inertia)) from ``centers``."""
