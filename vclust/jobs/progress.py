@@ -13,7 +13,8 @@ says the time so far instead (vclust.report.heartbeat).
 The time left is at the rate since the first part finished: the first part also carries the
 phase's start-up (a model's index restored, kernels loaded, the first chunk read from disk), and
 at the rate from the start the efficientnet-b7 label said "about 591 s left" after its first
-8,192 rows and took 37 s in all. Until a second part finishes no time left is said.
+8,192 rows and took 37 s in all. Until a later part finishes at least a second after the first,
+no time left is said.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Progress:
         el = now - self.t0
         share = self.done / self.total if self.total else 1.0
         left = float("nan")
-        if self.first is not None and self.done > self.first[1] and now > self.first[0]:
+        # parts finishing together (two workers) give no rate: at least a second of it
+        if self.first is not None and self.done > self.first[1] and now - self.first[0] >= 1.0:
             rate = (self.done - self.first[1]) / (now - self.first[0])
             left = (self.total - self.done) / rate
         tail = "" if self.done >= self.total else (
