@@ -1,6 +1,7 @@
 """vclust.numerics.maps: the report's 2D/3D maps (UMAP, t-SNE, PCA, "auto")."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -102,17 +103,19 @@ def test_embed_2d_3d_umap_shared_graph(blobs, monkeypatch):
     assert _separated(xy, y) and _separated(xyz, y)
     xy2, _ = maps.embed_2d_3d(X, "umap", random_state=3)
     np.testing.assert_array_equal(xy, xy2)
-    # the two layouts submitted elsewhere (the report sends them to two workers): same maps,
-    # still one graph, and each layout ran through submit
-    from concurrent.futures import ThreadPoolExecutor
+    # the two layouts submitted elsewhere: with no cluster, the report's two spawned side
+    # processes (real ones); same maps, still one graph (built here), each layout sent there
+    from vclust.report import layout_submit
 
     submitted = []
-    with ThreadPoolExecutor(2) as pool:
+    with layout_submit() as side:
         def submit(fn, *args):
             submitted.append(args[1])
-            return pool.submit(fn, *args)
+            return side(fn, *args)
 
+        elsewhere = {side(os.getpid).result() for _ in range(4)}
         xy3, xyz3 = maps.embed_2d_3d(X, "umap", random_state=3, submit=submit)
+    assert elsewhere and os.getpid() not in elsewhere
     assert sorted(submitted) == [2, 3] and calls == [len(X)] * 3
     np.testing.assert_array_equal(xy, xy3)
     np.testing.assert_array_equal(xyz, xyz3)

@@ -260,21 +260,37 @@ def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0, submit=No
     ValueError, ImportError
         As in :func:`embed`.
     """
+    return start_2d_3d(X, method, random_state, submit)()
+
+
+def start_2d_3d(X, method: str = "auto", random_state: int | None = 0, submit=None):
+    """:func:`embed_2d_3d` begun: the UMAP graph built and both layouts handed to ``submit``
+    (when given); returns ``finish()``, which gives (xy, xyz) as :func:`embed_2d_3d` does. The
+    caller does other work between the two while the layouts run elsewhere (the report: its
+    cards, galleries and thumbnails). Without ``submit`` the maps are made by ``finish()``."""
     X = _check_X(X)
     chosen = choose_method(method, len(X))
+    if chosen == "umap" and submit is not None:
+        knn = _umap_graph(X, random_state)
+        graph = (knn[0], knn[1], None)  # the search index stays here: layouts don't use it
+        futures = [submit(_umap, X, d, random_state, graph) for d in (2, 3)]
+        return lambda: _as_maps(*(f.result() for f in futures))
+    return lambda: _as_maps(*_maps_here(X, chosen, random_state))
+
+
+def _as_maps(xy, xyz):
+    return (np.ascontiguousarray(xy, dtype=np.float32),
+            np.ascontiguousarray(xyz, dtype=np.float32))
+
+
+def _maps_here(X, chosen, random_state):
     if chosen == "pca":
         xyz = _pca(X, 3, random_state)
-        xy = xyz[:, :2]
-    elif chosen == "umap":
+        return xyz[:, :2], xyz
+    if chosen == "umap":
         knn = _umap_graph(X, random_state)
-        if submit is None:
-            xy = _umap(X, 2, random_state, knn)
-            xyz = _umap(X, 3, random_state, knn)
-        else:
-            graph = (knn[0], knn[1], None)  # the search index stays here: layouts don't use it
-            futures = [submit(_umap, X, d, random_state, graph) for d in (2, 3)]
-            xy, xyz = (f.result() for f in futures)
-    elif chosen == "tsne":
+        return _umap(X, 2, random_state, knn), _umap(X, 3, random_state, knn)
+    if chosen == "tsne":
         from openTSNE.affinity import MultiscaleMixture
 
         # as openTSNE's TSNE.fit builds them, so xy is embed(X, 2, "tsne")
@@ -282,10 +298,5 @@ def embed_2d_3d(X, method: str = "auto", random_state: int | None = 0, submit=No
                                        metric="euclidean", n_jobs=1, random_state=random_state)
         spare = copy.copy(affinities)
         spare.P = affinities.P.copy()  # the optimiser scales P in place during exaggeration
-        xy = _tsne(X, 2, random_state, affinities)
-        xyz = _tsne(X, 3, random_state, spare)
-    else:
-        xy = embed(X, 2, chosen, random_state)
-        xyz = embed(X, 3, chosen, random_state)
-    return (np.ascontiguousarray(xy, dtype=np.float32),
-            np.ascontiguousarray(xyz, dtype=np.float32))
+        return _tsne(X, 2, random_state, affinities), _tsne(X, 3, random_state, spare)
+    return embed(X, 2, chosen, random_state), embed(X, 3, chosen, random_state)

@@ -21,7 +21,9 @@ report has no pictures of images and says so.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -68,6 +70,29 @@ def worker_submit():
         return client.submit(fn, *args, pure=False)
 
     return submit
+
+
+#: processes the map layouts run in when no cluster is connected, from SIDE_ROWS map rows:
+#: below, the layouts take less than a process's start (about 2 s, umap-learn imported)
+LAYOUT_PROCESSES = 2
+SIDE_ROWS = 5_000
+
+
+@contextlib.contextmanager
+def layout_submit():
+    """``submit(fn, *args)`` for the map layouts, for the time of the ``with``: onto the Dask
+    workers when a client is connected; else onto LAYOUT_PROCESSES side processes of this
+    machine (``vclust.report.side``). umap-learn with a seed runs a layout on one thread: the
+    2D and 3D layouts of 50,000 rows took 36.4 s one after the other in one process, 19.1 s in
+    two (the same coordinates; benchmarks/RESULTS.md). None on one core."""
+    submit = worker_submit()
+    if submit is not None or (os.cpu_count() or 1) < 2:
+        yield submit
+        return
+    from .side import side_submit
+
+    with side_submit(LAYOUT_PROCESSES) as side:
+        yield side
 
 
 #: rows whose combined z is asked of the outlier index at most (a seeded draw beyond): on the
@@ -200,7 +225,7 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     """
     import dask
 
-    from ..numerics.maps import choose_method, embed_2d_3d
+    from ..numerics.maps import choose_method, start_2d_3d
     from ..storage.labels import read_labels
     from ..storage.store import Store
     from .page import write_page
@@ -214,52 +239,55 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
     frame = read_labels(labels_dir, model=model.model_id).sort_values("row", ignore_index=True)
     say(f"report: {len(frame):,} labelled rows of model {model.model_id}")
 
-    # the map sample, reduced as the model reduces rows
+    # the map sample, reduced as the model reduces rows; its layouts start as soon as it is
+    # (in side processes, or the cluster's workers) and run while the rest is made here
     sample = content.map_sample(frame, params.sample, params.seed)
-    raw = {d: store.descriptors(d)[sample] for d in model.descriptors}
-    z, raw = dask.compute(model.reduce(raw), raw)  # one read: the rows kept for the evidence
-    z = np.asarray(z, dtype=np.float32)
-    known = evidence.Rows(sample, raw, z)
-    pos = np.searchsorted(frame["row"].to_numpy(), sample)
-    s_frame = frame.iloc[pos]
-    s_labels = s_frame["cluster"].to_numpy()
-    say(f"report: {len(sample):,} map rows read and reduced")
-
-    cards, consistency = cluster_cards_of(frame, model, z, s_labels,
-                                          s_frame["is_outlier"].to_numpy(bool), sample, names,
-                                          params)
-    frame = _with_z(frame, model, store, say, params.seed, known)
-    galleries, pixel_galleries, stats, dups = _galleries(frame, model, store, out, params, say)
-
-    t_map = time.perf_counter()
-    method = choose_method(params.map_method, len(z))
-    from .heartbeat import Heartbeat
-
-    # a layout is one call with no parts to count: the time so far while it runs
-    with Heartbeat(say, f"report: {method} map of {len(z):,} rows (2D and 3D) running"):
-        xy, xyz = embed_2d_3d(z, method=method, random_state=params.seed,
-                              submit=worker_submit())
-    map_seconds = time.perf_counter() - t_map
+    method = choose_method(params.map_method, len(sample))
+    side = method == "umap" and len(sample) >= SIDE_ROWS
+    with layout_submit() if side else contextlib.nullcontext(worker_submit()) as submit:
+        raw = {d: store.descriptors(d)[sample] for d in model.descriptors}
+        z, raw = dask.compute(model.reduce(raw), raw)  # one read: the rows kept for the evidence
+        z = np.asarray(z, dtype=np.float32)
+        say(f"report: {len(sample):,} map rows read and reduced")
+        t_map = time.perf_counter()
+        finish = start_2d_3d(z, method=method, random_state=params.seed, submit=submit)
+        what = f"report: {method} map of {len(z):,} rows (2D and 3D)"
+        if submit is None:  # made here, now
+            maps, map_seconds = _wait_maps(finish, say, what, t_map), time.perf_counter() - t_map
+        else:
+            say(f"{what} started beside the rest")
+        known = evidence.Rows(sample, raw, z)
+        pos = np.searchsorted(frame["row"].to_numpy(), sample)
+        s_frame = frame.iloc[pos]
+        s_labels = s_frame["cluster"].to_numpy()
+        cards, consistency = cluster_cards_of(frame, model, z, s_labels,
+                                              s_frame["is_outlier"].to_numpy(bool), sample,
+                                              names, params)
+        frame = _with_z(frame, model, store, say, params.seed, known)
+        galleries, pixel_galleries, stats, dups = _galleries(frame, model, store, out, params,
+                                                             say)
+        # images: every card and gallery image, their nearest rows (shown when one is
+        # enlarged), then a seeded share of the map's points for hover and selection
+        shown_items = [i for c in cards for g in c["groups"].values() for i in g]
+        shown_items += [i for g in galleries for i in g["shown"]]
+        shown_items += [i for g in pixel_galleries for i in g["shown"]]
+        shown_items += [i for g in dups["shown"] for i in g["rows"]]
+        shown = [i["id"] for i in shown_items]
+        near = evidence.row_evidence(model, store, frame, [i["row"] for i in shown_items],
+                                     known=known)
+        del known, raw
+        ids_of = dict(zip(frame["row"].to_numpy().tolist(), frame["image_id"].to_numpy()))
+        near_ids = [str(ids_of.get(int(r), "")) for r in near["neighbours"].ravel()]
+        say(f"report: the {len(near['rows']):,} shown rows' nearest rows from the outlier index")
+        s_ids = s_frame["image_id"].to_numpy().astype(str)
+        rng = np.random.default_rng([params.seed, 2])
+        hover_extra = s_ids[rng.permutation(len(s_ids))[:params.hover_images]]
+        wanted = list(dict.fromkeys(shown + [i for i in near_ids if i] + list(hover_extra)))
+        thumbs, img_counts = _thumbnails(source, wanted, out, say)
+        if submit is not None:  # its time: from its start until both layouts are back
+            maps, map_seconds = _wait_maps(finish, say, what, t_map), time.perf_counter() - t_map
     say(f"report: {method} map of {len(z):,} rows in {map_seconds:.1f} s")
-
-    # images: every card and gallery image, their nearest rows (shown when one is enlarged),
-    # then a seeded share of the map's points for hover and selection
-    shown_items = [i for c in cards for g in c["groups"].values() for i in g]
-    shown_items += [i for g in galleries for i in g["shown"]]
-    shown_items += [i for g in pixel_galleries for i in g["shown"]]
-    shown_items += [i for g in dups["shown"] for i in g["rows"]]
-    shown = [i["id"] for i in shown_items]
-    near = evidence.row_evidence(model, store, frame, [i["row"] for i in shown_items],
-                                 known=known)
-    del known, raw
-    ids_of = dict(zip(frame["row"].to_numpy().tolist(), frame["image_id"].to_numpy()))
-    near_ids = [str(ids_of.get(int(r), "")) for r in near["neighbours"].ravel()]
-    say(f"report: the {len(near['rows']):,} shown rows' nearest rows from the outlier index")
-    s_ids = s_frame["image_id"].to_numpy().astype(str)
-    rng = np.random.default_rng([params.seed, 2])
-    hover_extra = s_ids[rng.permutation(len(s_ids))[:params.hover_images]]
-    wanted = list(dict.fromkeys(shown + [i for i in near_ids if i] + list(hover_extra)))
-    thumbs, img_counts = _thumbnails(source, wanted, out, say)
+    xy, xyz = maps
 
     report = _report_dict(model, frame, cards, consistency, galleries, pixel_galleries, stats,
                           dups, params, img_counts, method, len(z), map_seconds, s_ids, thumbs)
@@ -271,6 +299,15 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
                   source, shown, thumbs)
     say(f"report: {out / 'index.html'} in {time.perf_counter() - t0:.1f} s")
     return report
+
+
+def _wait_maps(finish, say, what, since):
+    """``finish()`` of the map layouts, saying the time since they began while it waits: a
+    layout is one call with no parts to count."""
+    from .heartbeat import Heartbeat
+
+    with Heartbeat(say, f"{what} running", since=since):
+        return finish()
 
 
 def _thumbnails(source, wanted, out, say):

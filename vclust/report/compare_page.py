@@ -12,6 +12,7 @@ their own geometry, point for point the same images (hover shows the id).
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import shutil
@@ -120,7 +121,7 @@ def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, a
                        cross, proposal: dict, params, say=print) -> Path:
     """Write index.html, compare.js's data (data.js) and the assets into ``out``."""
     from ..numerics.maps import choose_method, embed
-    from . import worker_submit
+    from . import SIDE_ROWS, layout_submit, worker_submit
 
     out = Path(out)
     copy_assets(out)
@@ -129,19 +130,22 @@ def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, a
     rng = np.random.default_rng([params.seed, 7])
     sample = np.sort(rng.choice(n, size=min(params.map_sample, n), replace=False))
     ids = store.ids()[sample].astype(str)
-    # one 2D map per spec, each in a worker when a cluster is connected (a layout is one thread)
-    submit = worker_submit() or (lambda fn, *args: _Done(fn(*args)))
-    pending = {}
-    for spec, (_, z) in spaces.items():
-        zs = np.asarray(z[sample].compute(), dtype=np.float32)
-        method = choose_method(params.map_method, len(zs))
-        pending[spec] = (method, len(zs), submit(embed, zs, 2, method, params.seed))
-    maps = {}
-    for spec, (method, n_map, future) in pending.items():
-        xy = future.result()
-        maps[spec] = {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
-                      "method": method}
-        say(f"compare page: {method} map of {n_map:,} rows in {spec}'s space")
+    # one 2D map per spec, each in a worker of the cluster or a side process (a layout is one
+    # thread): the specs' layouts run two at a time on two cores
+    method = choose_method(params.map_method, len(sample))
+    side = method != "pca" and len(sample) >= SIDE_ROWS
+    with layout_submit() if side else contextlib.nullcontext(worker_submit()) as side:
+        submit = side or (lambda fn, *args: _Done(fn(*args)))
+        pending = {}
+        for spec, (_, z) in spaces.items():
+            zs = np.asarray(z[sample].compute(), dtype=np.float32)
+            pending[spec] = submit(embed, zs, 2, method, params.seed)
+        maps = {}
+        for spec, future in pending.items():
+            xy = future.result()
+            maps[spec] = {"x": np.round(xy[:, 0], 4).tolist(),
+                          "y": np.round(xy[:, 1], 4).tolist(), "method": method}
+            say(f"compare page: {method} map of {len(sample):,} rows in {spec}'s space")
     model_ids = [m["model_id"] for m in kept]
     ari = np.eye(len(kept))
     ami = np.eye(len(kept))

@@ -12,15 +12,18 @@ import time
 class Heartbeat:
     """``with Heartbeat(say, "report: umap map of 50,000 rows", expected=40):`` says the time so
     far every ``every`` seconds while the block runs (with ``expected`` seconds, the time left
-    at that estimate)."""
+    at that estimate). ``since``: the ``time.perf_counter()`` the phase began, when it began
+    before the block (the report's layouts run elsewhere while it does other work)."""
 
-    def __init__(self, say, what: str, expected: float | None = None, every: float = 10.0):
+    def __init__(self, say, what: str, expected: float | None = None, every: float = 10.0,
+                 since: float | None = None):
         self.say, self.what, self.expected, self.every = say, what, expected, every
+        self.since = since
         self._stop = threading.Event()
         self._thread = None
 
     def _run(self):
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() if self.since is None else self.since
         while not self._stop.wait(self.every):
             el = time.perf_counter() - t0
             if self.expected:
