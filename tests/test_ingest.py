@@ -102,6 +102,19 @@ def test_npy_is_read_in_blocks(tmp_path, monkeypatch):
     assert not any(isinstance(b, np.memmap) for b in blocks)
 
 
+def test_rows_of_zeros_are_stored_as_chunks_and_read_back(tmp_path):
+    """A block of all-zero rows (a black frame's descriptors, say) is written as a chunk like
+    any other: vclust opens arrays to write without zarr's comparison of every chunk with the
+    fill value (vclust.storage.fs.open_array), and the rows read back as written."""
+    x = X.copy()
+    x[:100] = 0.0
+    np.save(tmp_path / "osnet.npy", x)
+    ingest(tmp_path / "st", [tmp_path / "osnet.npy"], batch="b0", chunk_rows=100)
+    np.testing.assert_array_equal(_read(tmp_path / "st"), x)
+    chunks = tmp_path / "st" / "descriptors" / "osnet" / "c"
+    assert sorted(p.name for p in chunks.iterdir()) == ["0", "1", "2"]
+
+
 def test_case_folder(tmp_path):
     case = tmp_path / "case"
     (case / "descriptors").mkdir(parents=True)
