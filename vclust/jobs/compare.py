@@ -167,10 +167,13 @@ def read_set(store, name, log):
     import dask.array as da
     from dask.base import tokenize
 
+    from ..storage.rawrows import RawRows
+
     arr = store.array(name)
-    x = da.from_array(arr, chunks=arr.chunks, name=f"vclust-read-{name}-"
+    x = da.from_array(RawRows.of(arr) or arr, chunks=arr.chunks, name=f"vclust-read-{name}-"
                       + tokenize(str(store.path), name, arr.shape, store.ledger),
-                      getitem=functools.partial(_counting_getter, str(log), name))
+                      getitem=functools.partial(_counting_getter, str(log), name),
+                      meta=np.empty((0, 0), arr.dtype))
     return x[:store.n_rows]
 
 

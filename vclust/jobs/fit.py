@@ -41,12 +41,14 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     with ``here``) and they fit its memory budget; else None. ``first``: a progress line said
     before the read starts (when it does).
 
-    Zarr reads its chunks on its own I/O threads without dask: the read does not wait for
-    dask.array's import, which the command's other threads do meanwhile, and it is faster than
-    the same read as a dask graph (benchmarks/RESULTS.md, figures behind the code)."""
+    Read without dask (``rawrows.RawRows`` from the chunk files where the store allows it,
+    else zarr on its own I/O threads): the read does not wait for dask.array's import, which
+    the command's other threads do meanwhile, and it is faster than the same read as a dask
+    graph (benchmarks/RESULTS.md, figures behind the code)."""
     import dask
 
     from ..numerics.blocks import LOCAL_SCHEDULERS, compact_rows, memory_budget
+    from ..storage.rawrows import RawRows
 
     # only where this process was chosen to run the graphs (cluster.connect(here=...)): a fit
     # sent to a scheduler that has since gone must fail as such, not go on here
@@ -62,7 +64,9 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     out = {}
     for d in descriptors:
         arr = store.array(d)
-        x = arr[0:n] if rows is None else arr.get_orthogonal_selection((rows, slice(None)))
+        raw = RawRows.of(arr) if rows is None else None
+        x = (raw.read(0, n) if raw is not None else arr[0:n] if rows is None
+             else arr.get_orthogonal_selection((rows, slice(None))))
         out[d] = np.asarray(x, dtype=np.float32)
     say(f"read {nbytes / 1e6:.0f} MB of descriptors into memory")
     return {d: _blocks_of(x, compact_rows(x.shape[1]), f"rows-{d}-{id(x)}")

@@ -451,13 +451,12 @@ class Store:
         return self._group[f"descriptors/{name}"]
 
     def descriptors(self, name: str, start: int = 0, stop: int | None = None):
-        """Committed rows of one descriptor set as a dask array chunked as stored."""
-        import dask.array as da
+        """Committed rows of one descriptor set as a dask array chunked as stored (read from
+        the chunk files where ``rawrows.RawRows`` allows it, else by zarr)."""
+        from .rawrows import dask_rows
 
-        arr = self.array(name)
         stop = self.n_rows if stop is None else stop
-        x = da.from_zarr(arr)
-        return x[start:stop]
+        return dask_rows(self.array(name), f"descriptors-{name}")[start:stop]
 
     def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_rows if stop is None else stop

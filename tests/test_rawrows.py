@@ -1,0 +1,61 @@
+"""vclust.storage.rawrows: row ranges read from an uncompressed local store's chunk files are
+zarr's rows, bit for bit; stores it cannot read that way go to zarr; a damaged chunk file is an
+error, not zeros."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+from vclust.errors import InputError
+from vclust.storage.ingest import ingest
+from vclust.storage.rawrows import RawRows
+from vclust.storage.store import Store
+
+RNG = np.random.default_rng(3)
+X = RNG.normal(size=(1000, 24)).astype(np.float32)
+
+
+@pytest.fixture
+def stored(tmp_path):
+    np.save(tmp_path / "osnet.npy", X)
+    ingest(tmp_path / "st", [tmp_path / "osnet.npy"], batch="b0", chunk_rows=128)
+    return tmp_path / "st"
+
+
+def test_ranges_are_zarrs_rows(stored):
+    arr = Store.open(stored).array("osnet")
+    raw = RawRows.of(arr)
+    assert raw is not None
+    for a, b in [(0, 1000), (0, 128), (127, 129), (130, 131), (5, 900), (896, 1000), (999, 1000),
+                 (300, 300)]:
+        got = raw.read(a, b)
+        assert got.dtype == np.float32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, arr[a:b])
+        np.testing.assert_array_equal(got, X[a:b])
+    np.testing.assert_array_equal(raw[10:20, 3:7], X[10:20, 3:7])
+    # the dask arrays the commands read through, pickled as a worker gets them
+    x = Store.open(stored).descriptors("osnet", 100, 700)
+    assert any(isinstance(v, RawRows) for v in dict(x.__dask_graph__()).values())
+    np.testing.assert_array_equal(x.compute(), X[100:700])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(raw)).read(0, 1000), X)
+
+
+def test_a_missing_chunk_reads_as_fill_and_a_short_one_is_an_error(stored):
+    arr = Store.open(stored).array("osnet")
+    raw = RawRows.of(arr)
+    chunk = stored / "descriptors" / "osnet" / "c" / "2" / "0"
+    data = chunk.read_bytes()
+    chunk.unlink()  # as zarr leaves a chunk that was never written
+    np.testing.assert_array_equal(raw.read(200, 300), arr[200:300])
+    assert not raw.read(256, 300).any()
+    chunk.write_bytes(data[:1000])
+    with pytest.raises(InputError, match="ends before its rows 256..299; the store is damaged"):
+        raw.read(200, 300)
+
+
+def test_other_stores_go_to_zarr(tmp_path):
+    np.save(tmp_path / "osnet.npy", X)
+    ingest(tmp_path / "lz4", [tmp_path / "osnet.npy"], batch="b0", compression="lz4")
+    assert RawRows.of(Store.open(tmp_path / "lz4").array("osnet")) is None
+    np.testing.assert_array_equal(Store.open(tmp_path / "lz4").descriptors("osnet").compute(), X)
