@@ -115,6 +115,9 @@ def test_embed_2d_3d_umap_shared_graph(blobs, monkeypatch):
 
         elsewhere = {side(os.getpid).result() for _ in range(4)}
         xy3, xyz3 = maps.embed_2d_3d(X, "umap", random_state=3, submit=submit)
+        # a call that fails there is made here, and its own error is the caller's
+        with pytest.raises(ValueError, match="invalid literal for int"):
+            side(int, "x").result()
     assert elsewhere and os.getpid() not in elsewhere
     assert sorted(submitted) == [2, 3] and calls == [len(X)] * 3
     np.testing.assert_array_equal(xy, xy3)

@@ -15,6 +15,7 @@ threads' locks (Dask's, OpenBLAS's, numba's).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import subprocess
@@ -24,18 +25,22 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import count
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 
 class SideError(RuntimeError):
     """A side process failed: its last line of stderr."""
 
 
-def _run(folder: Path, n: int, running: set, fn, args):
+def _run(folder: Path, n: int, running: set, fn, args, here_on_failure=True):
     task, result = folder / f"task-{n}.pkl", folder / f"result-{n}.pkl"
     with open(task, "wb") as f:
         pickle.dump((fn, args), f, protocol=pickle.HIGHEST_PROTOCOL)
+    # the child imports what this process imports (a notebook may have put vclust on sys.path)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen([sys.executable, "-m", "vclust.report.side", str(task), str(result)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     running.add(proc)
     try:
         _, err = proc.communicate()
@@ -43,7 +48,13 @@ def _run(folder: Path, n: int, running: set, fn, args):
         running.discard(proc)
     if proc.returncode != 0 or not result.exists():
         last = (err.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise SideError(f"{getattr(fn, '__name__', fn)} in a side process: {last}")
+        if proc.returncode < 0 or here_on_failure is False:  # stopped, or asked to fail
+            raise SideError(f"{getattr(fn, '__name__', fn)} in a side process: {last}")
+        # a side process that could not start or import: the work is made here instead
+        log.warning("%s in a side process failed (%s); made in this process instead",
+                    getattr(fn, "__name__", fn), last)
+        task.unlink(missing_ok=True)
+        return fn(*args)
     with open(result, "rb") as f:
         out = pickle.load(f)
     task.unlink()
@@ -52,17 +63,19 @@ def _run(folder: Path, n: int, running: set, fn, args):
 
 
 @contextlib.contextmanager
-def side_submit(n: int = 2):
+def side_submit(n: int = 2, here_on_failure: bool = True):
     """``submit(fn, *args)`` -> a ``concurrent.futures.Future``: ``fn(*args)`` in a fresh
     process, at most ``n`` at a time (``fn`` importable by name; args and result picklable).
-    At the end of the ``with`` the calls still running are waited for, or stopped when it ends
-    with an error."""
+    A side process that fails (it could not start, import or run ``fn``) is logged and the
+    call made in this process instead, whose error, if any, is the future's; with
+    ``here_on_failure=False`` the future raises ``SideError``. At the end of the ``with`` the
+    calls still running are waited for, or stopped when it ends with an error."""
     numbered, running = count(), set()
     with tempfile.TemporaryDirectory(prefix="vclust-side-") as folder:
         pool = ThreadPoolExecutor(n, thread_name_prefix="vclust-side")
         try:
             yield lambda fn, *args: pool.submit(_run, Path(folder), next(numbered), running,
-                                                fn, args)
+                                                fn, args, here_on_failure)
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in list(running):
