@@ -267,7 +267,8 @@ def start_2d_3d(X, method: str = "auto", random_state: int | None = 0, submit=No
     """:func:`embed_2d_3d` begun: the UMAP graph built and both layouts handed to ``submit``
     (when given); returns ``finish()``, which gives (xy, xyz) as :func:`embed_2d_3d` does. The
     caller does other work between the two while the layouts run elsewhere (the report: its
-    cards, galleries and thumbnails). Without ``submit`` the maps are made by ``finish()``."""
+    cards, galleries and thumbnails). Without ``submit``, or for t-SNE and PCA, the maps are
+    made by ``finish()``, in this process."""
     X = _check_X(X)
     chosen = choose_method(method, len(X))
     if chosen == "umap" and submit is not None:

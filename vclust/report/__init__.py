@@ -252,7 +252,8 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         t_map = time.perf_counter()
         finish = start_2d_3d(z, method=method, random_state=params.seed, submit=submit)
         what = f"report: {method} map of {len(z):,} rows (2D and 3D)"
-        if submit is None:  # made here, now
+        beside = submit is not None and method == "umap"  # what start_2d_3d sends elsewhere
+        if not beside:  # made here, now
             maps, map_seconds = _wait_maps(finish, say, what, t_map), time.perf_counter() - t_map
         else:
             say(f"{what} started beside the rest")
@@ -284,7 +285,7 @@ def write_report(store_path, model, labels_dir, params, say=_quiet, inputs=None)
         hover_extra = s_ids[rng.permutation(len(s_ids))[:params.hover_images]]
         wanted = list(dict.fromkeys(shown + [i for i in near_ids if i] + list(hover_extra)))
         thumbs, img_counts = _thumbnails(source, wanted, out, say)
-        if submit is not None:  # its time: from its start until both layouts are back
+        if beside:  # its time: from its start until both layouts are back
             maps, map_seconds = _wait_maps(finish, say, what, t_map), time.perf_counter() - t_map
     say(f"report: {method} map of {len(z):,} rows in {map_seconds:.1f} s")
     xy, xyz = maps

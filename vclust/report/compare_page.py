@@ -133,9 +133,9 @@ def write_compare_page(out: Path, store, spaces: dict, kept: list[dict], runs, a
     # one 2D map per spec, each in a worker of the cluster or a side process (a layout is one
     # thread): the specs' layouts run two at a time on two cores
     method = choose_method(params.map_method, len(sample))
-    side = method != "pca" and len(sample) >= SIDE_ROWS
-    with layout_submit() if side else contextlib.nullcontext(worker_submit()) as side:
-        submit = side or (lambda fn, *args: _Done(fn(*args)))
+    use_side = method != "pca" and len(sample) >= SIDE_ROWS
+    with layout_submit() if use_side else contextlib.nullcontext(worker_submit()) as elsewhere:
+        submit = elsewhere or (lambda fn, *args: _Done(fn(*args)))
         pending = {}
         for spec, (_, z) in spaces.items():
             zs = np.asarray(z[sample].compute(), dtype=np.float32)
