@@ -113,6 +113,10 @@ def test_rows_of_zeros_are_stored_as_chunks_and_read_back(tmp_path):
     np.testing.assert_array_equal(_read(tmp_path / "st"), x)
     chunks = tmp_path / "st" / "descriptors" / "osnet" / "c"
     assert sorted(p.name for p in chunks.iterdir()) == ["0", "1", "2"]
+    # the setting was zarr's global one only while each array opened, on every writer thread
+    import zarr
+
+    assert zarr.config.get("array.write_empty_chunks") is False
 
 
 def test_case_folder(tmp_path):

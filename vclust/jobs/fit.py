@@ -64,9 +64,11 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     out = {}
     for d in descriptors:
         arr = store.array(d)
-        raw = RawRows.of(arr) if rows is None else None
-        x = (raw.read(0, n) if raw is not None else arr[0:n] if rows is None
-             else arr.get_orthogonal_selection((rows, slice(None))))
+        if rows is not None:
+            x = arr.get_orthogonal_selection((rows, slice(None)))
+        else:
+            raw = RawRows.of(arr)
+            x = raw.read(0, n) if raw is not None else arr[0:n]
         out[d] = np.asarray(x, dtype=np.float32)
     say(f"read {nbytes / 1e6:.0f} MB of descriptors into memory")
     return {d: _blocks_of(x, compact_rows(x.shape[1]), f"rows-{d}-{id(x)}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import threading
 from pathlib import Path
 
 from ..errors import EnvironmentFault, InputError
@@ -320,15 +321,20 @@ def open_array(path, mode: str = "r"):
     first compares each chunk with the fill value, to skip a chunk of zeros: for a float fill
     value of 0 it compares the bit patterns as numpy void elements, which was 47% of writing
     the efficientnet-b7 rows (16-18 s for 4.26 GB on one thread; benchmarks/RESULTS.md).
-    Descriptor chunks are never all zeros, and a stored chunk of zeros reads the same."""
+    Descriptor chunks are seldom all zeros, and a stored chunk of zeros reads the same. The
+    setting is zarr's global configuration, read when the array opens: set and restored under
+    a lock, so writers opening arrays on several threads never leave it changed."""
     import zarr
 
     target, opts = zarr_target(path)
     kw = {"storage_options": opts} if opts else {}
     if mode == "r":
         return zarr.open_array(target, mode=mode, **kw)
-    with zarr.config.set({"array.write_empty_chunks": True}):  # read when the array opens
+    with _WRITE_CONFIG_LOCK, zarr.config.set({"array.write_empty_chunks": True}):
         return zarr.open_array(target, mode=mode, **kw)
+
+
+_WRITE_CONFIG_LOCK = threading.Lock()
 
 
 def du(path) -> int:

@@ -66,9 +66,10 @@ def _check_block(block: np.ndarray, first_row: int) -> BlockCheck:
 
 
 def _read_rows(source: S.Source, start: int, stop: int) -> np.ndarray:
-    """Rows [start, stop) of a range-readable source; one piece as it comes (a pickle's or an
-    .npy's rows mapped from the file), not copied into new memory first: the copy was half of
-    the efficientnet-b7 pickle's validation (4.7-9.2 s against 3.4-4.4 s, benchmarks/RESULTS.md)."""
+    """Rows [start, stop) of a range-readable source: the one piece ``read_range`` gives (a
+    pickle's or an .npy's rows read into one buffer), not copied into another first: the copy
+    was half of the efficientnet-b7 pickle's validation (4.7-9.2 s against 3.4-4.4 s,
+    benchmarks/RESULTS.md)."""
     pieces = list(source.read_range(start, stop))
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 

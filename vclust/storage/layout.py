@@ -28,6 +28,18 @@ class ArrayLayout:
                            self.offset + start * row_bytes, (stop - start) * row_bytes)
 
 
+def read_into(f, buf: np.ndarray) -> bool:
+    """Fill the C-contiguous ``buf`` from the file ``f`` at its position; False when the file
+    ends first."""
+    view, got = memoryview(buf).cast("B"), 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            return False
+        got += n
+    return True
+
+
 def layout_blocks(path: Path, layout: ArrayLayout, block_rows: int):
     """Yield the rows of a raw array in ``path`` in order, ``block_rows`` at a time."""
     shape = layout.shape
@@ -51,13 +63,8 @@ def layout_blocks(path: Path, layout: ArrayLayout, block_rows: int):
             stop = min(n_rows, start + block_rows)
             buf = np.empty((stop - start, n_dims), dtype=layout.dtype)
             f.seek(layout.offset + start * row_bytes)
-            view = memoryview(buf).cast("B")
-            got = 0
-            while got < len(view):
-                n = f.readinto(view[got:])
-                if not n:
-                    raise InputError(f"{path}: truncated: data ends at row {start}")
-                got += n
+            if not read_into(f, buf):
+                raise InputError(f"{path}: truncated: data ends at row {start}")
             yield buf
 
 

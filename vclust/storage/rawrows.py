@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 from ..errors import InputError
+from .layout import read_into
 
 
 class RawRows:
@@ -79,13 +80,9 @@ class RawRows:
                 continue
             with f:
                 f.seek((lo - c * cr) * row_bytes)
-                view, got = memoryview(part).cast("B"), 0
-                while got < len(view):
-                    n = f.readinto(view[got:])
-                    if not n:
-                        raise InputError(f"{path}: chunk file ends before its rows "
-                                         f"{lo:,}..{hi - 1:,}; the store is damaged")
-                    got += n
+                if not read_into(f, part):
+                    raise InputError(f"{path}: chunk file ends before its rows "
+                                     f"{lo:,}..{hi - 1:,}; the store is damaged")
         return out
 
     def __getitem__(self, key):
