@@ -453,6 +453,52 @@ def test_in_process_graphs_run_blas_at_one_thread_a_block():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+_WIDTH_CHECK = """
+import threading, time
+
+# as vclust's import thread does in a fit: dask.threaded first imported away from the main thread
+t = threading.Thread(target=lambda: __import__("dask.threaded")); t.start(); t.join()
+
+import dask
+import dask.array as da
+from dask.system import CPU_COUNT
+
+from vclust.numerics.blocks import threads_get
+
+def width():
+    now, most, lock = [0], [0], threading.Lock()
+    def task(b):
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        time.sleep(0.02)
+        with lock:
+            now[0] -= 1
+        return b
+    with dask.config.set(scheduler=threads_get):
+        da.ones((48, 1), chunks=(1, 1)).map_blocks(task).sum().compute()
+    return most[0]  # tasks running at once
+
+main = width()
+other = []
+t = threading.Thread(target=lambda: other.append(width())); t.start(); t.join()
+print(CPU_COUNT, main, other[0])
+"""
+
+
+def test_in_process_graphs_run_on_as_many_threads_as_cores():
+    """dask takes the thread that first imported dask.threaded for the main one and gives any
+    other caller a pool of concurrent.futures' default width (cores + 4); vclust imports in the
+    background, so a fit's graphs ran on 6 threads on 2 cores (and 6 more for the outlier
+    reference's). threads_get names the width: as many threads as cores, from any thread."""
+    out = subprocess.run([sys.executable, "-c", _WIDTH_CHECK], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    cores, main, other = map(int, out.stdout.split())
+    assert 1 <= main <= cores and 1 <= other <= cores, out.stdout
+    assert max(main, other) == cores or cores > 8, out.stdout  # the cores are used, too
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 def test_gathered_rows_are_held_once(chunked):
     """The outlier scorer's reference rows gathered from the rows as given (outlier_rows.gather)

@@ -129,11 +129,26 @@ def one_blas_thread():
 def threads_get(dsk, keys, **kwargs):
     """dask's threaded scheduler (``dask.threaded.get``) with BLAS at one thread inside its
     tasks (``one_blas_thread``): the scheduler vclust sets for graphs run in this process
-    (``dask.config.set(scheduler=threads_get)``)."""
+    (``dask.config.set(scheduler=threads_get)``).
+
+    The thread count is given, as wide as the machine: dask takes the thread that first
+    imported ``dask.threaded`` for the main one, and from any other thread it makes a pool of
+    ``concurrent.futures``' default width (the cores + 4: 6 threads on 2 cores). vclust imports
+    in the background, so without this every graph of a fit ran on 6 threads, 12 with the
+    outlier reference's (benchmarks/RESULTS.md, the ninth session's fit)."""
+    import dask
     import dask.threaded
 
+    if kwargs.get("num_workers") is None and dask.config.get("pool", None) is None:
+        kwargs["num_workers"] = dask.config.get("num_workers", None) or _cores()
     with one_blas_thread():
         return dask.threaded.get(dsk, keys, **kwargs)
+
+
+def _cores() -> int:
+    from dask.system import CPU_COUNT
+
+    return CPU_COUNT
 
 
 def run_local(fn, jobs) -> list:
