@@ -33,6 +33,8 @@ def test_ranges_are_zarrs_rows(stored):
         assert got.dtype == np.float32 and got.flags.c_contiguous
         np.testing.assert_array_equal(got, arr[a:b])
         np.testing.assert_array_equal(got, X[a:b])
+        for threads in (2, 3, 16):  # runs of whole chunks side by side, more threads than chunks
+            np.testing.assert_array_equal(raw.read(a, b, threads=threads), X[a:b])
     np.testing.assert_array_equal(raw[10:20, 3:7], X[10:20, 3:7])
     # the dask arrays the commands read through, pickled as a worker gets them
     x = Store.open(stored).descriptors("osnet", 100, 700)
@@ -52,6 +54,12 @@ def test_a_missing_chunk_reads_as_fill_and_a_short_one_is_an_error(stored):
     chunk.write_bytes(data[:1000])
     with pytest.raises(InputError, match="ends before its rows 256..299; the store is damaged"):
         raw.read(200, 300)
+    with pytest.raises(InputError, match="ends before its rows 256..383; the store is damaged"):
+        raw.read(0, 1000, threads=2)  # a reading thread's error is the read's
+    chunk.unlink()
+    both = raw.read(0, 1000, threads=4)
+    assert not both[256:384].any()
+    np.testing.assert_array_equal(np.delete(both, np.s_[256:384], 0), np.delete(X, np.s_[256:384], 0))
 
 
 def test_other_stores_go_to_zarr(tmp_path):

@@ -41,11 +41,12 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     with ``here``) and they fit its memory budget; else None. ``first``: a progress line said
     before the read starts (when it does).
 
-    Read without dask (``rawrows.RawRows`` from the chunk files where the store allows it,
-    else zarr on its own I/O threads): the read does not wait for dask.array's import, which
+    Read without dask (``rawrows.RawRows`` from the chunk files where the store allows it, on
+    as many threads as cores; else zarr on its own I/O threads): the read does not wait for dask.array's import, which
     the command's other threads do meanwhile, and it is faster than the same read as a dask
     graph (benchmarks/RESULTS.md, figures behind the code)."""
     import dask
+    from dask.system import CPU_COUNT
 
     from ..numerics.blocks import LOCAL_SCHEDULERS, compact_rows, memory_budget
     from ..storage.rawrows import RawRows
@@ -68,7 +69,7 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
             x = arr.get_orthogonal_selection((rows, slice(None)))
         else:
             raw = RawRows.of(arr)
-            x = raw.read(0, n) if raw is not None else arr[0:n]
+            x = raw.read(0, n, threads=CPU_COUNT) if raw is not None else arr[0:n]
         out[d] = np.asarray(x, dtype=np.float32)
     say(f"read {nbytes / 1e6:.0f} MB of descriptors into memory")
     return {d: _blocks_of(x, compact_rows(x.shape[1]), f"rows-{d}-{id(x)}")

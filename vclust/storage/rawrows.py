@@ -60,17 +60,33 @@ class RawRows:
         except Exception:  # noqa: BLE001 - any doubt: zarr reads it
             return None
 
-    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, start: int, stop: int, out: np.ndarray | None = None,
+             threads: int = 1) -> np.ndarray:
         """Rows [start, stop) into ``out`` (C-contiguous, (stop - start, width)) or a new
-        array."""
+        array. ``threads`` > 1 reads that many runs of whole chunks side by side (``readinto``
+        releases the GIL; the kernel's copy and the first touch of ``out``'s pages are most of
+        a warm read's time, and one thread does them one page at a time)."""
         start, stop = max(0, int(start)), min(self.shape[0], int(stop))
-        width = self.shape[1]
         if out is None:
-            out = np.empty((max(0, stop - start), width), self.dtype)
-        row_bytes = width * self.dtype.itemsize
+            out = np.empty((max(0, stop - start), self.shape[1]), self.dtype)
         cr = self.chunk_rows
-        for c in range(start // cr, (stop - 1) // cr + 1) if stop > start else ():
-            lo, hi = max(start, c * cr), min(stop, (c + 1) * cr)
+        spans = [(c, max(start, c * cr), min(stop, (c + 1) * cr))
+                 for c in (range(start // cr, (stop - 1) // cr + 1) if stop > start else ())]
+        threads = max(1, min(int(threads), len(spans)))
+        runs = [spans[len(spans) * i // threads:len(spans) * (i + 1) // threads]
+                for i in range(threads)]
+        if threads == 1:
+            self._read_spans(spans, start, out)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="vclust-read") as pool:
+                list(pool.map(lambda run: self._read_spans(run, start, out), runs))
+        return out
+
+    def _read_spans(self, spans, start, out):
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        for c, lo, hi in spans:
             part = out[lo - start:hi - start]
             path = os.path.join(self.folder, self.keys[c])
             try:
@@ -79,11 +95,10 @@ class RawRows:
                 part[...] = self.fill
                 continue
             with f:
-                f.seek((lo - c * cr) * row_bytes)
+                f.seek((lo - c * self.chunk_rows) * row_bytes)
                 if not read_into(f, part):
                     raise InputError(f"{path}: chunk file ends before its rows "
                                      f"{lo:,}..{hi - 1:,}; the store is damaged")
-        return out
 
     def __getitem__(self, key):
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
