@@ -1,5 +1,6 @@
 """Cluster configs and real `dask scheduler` / `dask worker` processes."""
 
+import os
 import re
 import subprocess
 import sys
@@ -114,6 +115,44 @@ def test_local_workers_start_with_vclusts_malloc_settings(local_client):
         mine = worker_environ()
     assert mine["MALLOC_TRIM_THRESHOLD_"] == 1234 and mine["OMP_NUM_THREADS"] == 1
     assert mine["MALLOC_MMAP_THRESHOLD_"] == WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]
+
+
+_PARENT_ENV_CHECK = """
+import json, os
+from distributed import Client
+from vclust.jobs.cluster import local_cluster
+
+with local_cluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                   dashboard_address=None, memory_limit="1GB") as cluster, Client(cluster) as c:
+    keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    worker = list(c.run(lambda: {k: os.environ.get(k) for k in keys}).values())[0]
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+    print(json.dumps({"worker": worker, "here": {k: os.environ.get(k) for k in keys},
+                      "openmp_here": _openmp_effective_n_threads()}))
+"""
+
+
+def test_a_local_cluster_leaves_this_processs_thread_settings_as_they_were():
+    """distributed's nanny writes the workers' single-thread settings into the starting
+    process's os.environ; vclust puts them back once the workers started, so what a command
+    computes in its own process beside a LocalCluster (compare's k-means) keeps its threads.
+    The workers still get OMP_NUM_THREADS=1; a value the user set here stays."""
+    import json
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    env["MKL_NUM_THREADS"] = "3"
+    plain = subprocess.run([sys.executable, "-c", "from sklearn.utils._openmp_helpers import "
+                            "_openmp_effective_n_threads as f; print(f())"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", _PARENT_ENV_CHECK], env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["worker"]["OMP_NUM_THREADS"] == "1" and got["worker"]["OPENBLAS_NUM_THREADS"] == "1"
+    assert got["here"] == {"OMP_NUM_THREADS": None, "OPENBLAS_NUM_THREADS": None,
+                           "MKL_NUM_THREADS": "3"}
+    assert got["openmp_here"] == int(plain.stdout)
 
 
 def test_readme_gives_the_worker_export_line_the_code_uses():

@@ -134,12 +134,32 @@ def worker_env_hint(client) -> str | None:
 
 
 def local_cluster(**kwargs):
-    """A ``distributed.LocalCluster`` whose worker processes start with ``worker_environ()``."""
+    """A ``distributed.LocalCluster`` whose worker processes start with ``worker_environ()``.
+
+    distributed's nanny sets that environment in *this* process's ``os.environ`` before it
+    spawns a worker, and leaves it there: OMP_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1 then
+    held for everything the command computed here afterwards (`vclust compare` ran its
+    in-process k-means on one OpenMP thread, scikit-learn reading OMP_NUM_THREADS; RESULTS.md,
+    the tenth session). This process's own values are put back once the workers started."""
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
-        return LocalCluster(**kwargs)
+    env = worker_environ()
+    before = {k: os.environ.get(k) for k in env}
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            return LocalCluster(**kwargs)
+    finally:
+        restore_environ(before)
+
+
+def restore_environ(values: dict):
+    """``os.environ`` set back to ``values`` (None: the variable was not set)."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def slurm_cluster_kwargs(cfg: SlurmConfig) -> dict:
