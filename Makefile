@@ -49,13 +49,17 @@ demo: $(STAMP)
 # pytest exits 5 when no test ran: make treats any non-zero exit as failure. Two pytest-xdist
 # workers, each taking a whole test file at a time (so a file's module fixtures are made once);
 # TEST_WORKERS=0 runs the suite in this one process.
+# Each worker's BLAS and OpenMP at one thread (and the commands the tests start): two workers
+# on 2 cores, each at two threads, oversubscribe them (tests 338 s -> 293 s, user CPU 514 s ->
+# 426 s, benchmarks/RESULTS.md, the tenth session).
 TEST_WORKERS ?= 2
+TEST_ENV = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1)
 test: $(STAMP) browser services
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # while developing: everything but the tests marked slow (a minute or more each on 2 cores)
 test-fast: $(STAMP) browser services
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
