@@ -150,10 +150,10 @@ def local_cluster(**kwargs):
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
             return LocalCluster(**kwargs)
     finally:
-        restore_environ(before)
+        _restore_environ(before)
 
 
-def restore_environ(values: dict):
+def _restore_environ(values: dict):
     """``os.environ`` set back to ``values`` (None: the variable was not set)."""
     for key, value in values.items():
         if value is None:

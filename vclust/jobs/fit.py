@@ -42,9 +42,9 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     before the read starts (when it does).
 
     Read without dask (``rawrows.RawRows`` from the chunk files where the store allows it, on
-    as many threads as cores; else zarr on its own I/O threads): the read does not wait for dask.array's import, which
-    the command's other threads do meanwhile, and it is faster than the same read as a dask
-    graph (benchmarks/RESULTS.md, figures behind the code)."""
+    as many threads as cores; else zarr on its own I/O threads): the read does not wait for
+    dask.array's import, which the command's other threads do meanwhile, and it is faster than
+    the same read as a dask graph (benchmarks/RESULTS.md, figures behind the code)."""
     import dask
     from dask.system import CPU_COUNT
 

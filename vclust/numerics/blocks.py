@@ -135,20 +135,15 @@ def threads_get(dsk, keys, **kwargs):
     imported ``dask.threaded`` for the main one, and from any other thread it makes a pool of
     ``concurrent.futures``' default width (the cores + 4: 6 threads on 2 cores). vclust imports
     in the background, so without this every graph of a fit ran on 6 threads, 12 with the
-    outlier reference's (benchmarks/RESULTS.md, the ninth session's fit)."""
+    outlier reference's (benchmarks/RESULTS.md, "Threads")."""
     import dask
     import dask.threaded
-
-    if kwargs.get("num_workers") is None and dask.config.get("pool", None) is None:
-        kwargs["num_workers"] = dask.config.get("num_workers", None) or _cores()
-    with one_blas_thread():
-        return dask.threaded.get(dsk, keys, **kwargs)
-
-
-def _cores() -> int:
     from dask.system import CPU_COUNT
 
-    return CPU_COUNT
+    if kwargs.get("num_workers") is None and dask.config.get("pool", None) is None:
+        kwargs["num_workers"] = dask.config.get("num_workers", None) or CPU_COUNT
+    with one_blas_thread():
+        return dask.threaded.get(dsk, keys, **kwargs)
 
 
 def run_local(fn, jobs) -> list:

@@ -73,13 +73,13 @@ class RawRows:
         spans = [(c, max(start, c * cr), min(stop, (c + 1) * cr))
                  for c in (range(start // cr, (stop - 1) // cr + 1) if stop > start else ())]
         threads = max(1, min(int(threads), len(spans)))
-        runs = [spans[len(spans) * i // threads:len(spans) * (i + 1) // threads]
-                for i in range(threads)]
         if threads == 1:
             self._read_spans(spans, start, out)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
+            runs = [spans[len(spans) * i // threads:len(spans) * (i + 1) // threads]
+                    for i in range(threads)]
             with ThreadPoolExecutor(threads, thread_name_prefix="vclust-read") as pool:
                 list(pool.map(lambda run: self._read_spans(run, start, out), runs))
         return out
