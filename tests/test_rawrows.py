@@ -43,6 +43,36 @@ def test_ranges_are_zarrs_rows(stored):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(raw)).read(0, 1000), X)
 
 
+def test_a_row_range_reads_exactly_its_rows_unoptimised(stored, monkeypatch):
+    """A row range's blocks are the store's chunks cut at its ends, each read as exactly its
+    rows with no graph optimisation (the label computes its arrays unoptimised, so that they
+    share their reads: tests/test_jobs_e2e.py); a window of a window reads the rows under it."""
+    import dask
+
+    reads = []
+    read = RawRows.read
+
+    def counted(self, start, stop, *args, **kwargs):
+        reads.append((start, stop))
+        return read(self, start, stop, *args, **kwargs)
+
+    monkeypatch.setattr(RawRows, "read", counted)
+    x = Store.open(stored).descriptors("osnet", 100, 700)
+    assert x.chunks[0] == (28, 128, 128, 128, 128, 60)
+    blocks = x.to_delayed(optimize_graph=False).ravel()
+    got = dask.compute(*blocks, scheduler="sync")
+    np.testing.assert_array_equal(np.concatenate(got), X[100:700])
+    assert sorted(reads) == [(100, 128), (128, 256), (256, 384), (384, 512), (512, 640),
+                             (640, 700)]
+    raw = RawRows.of(Store.open(stored).array("osnet"))
+    inner = raw.window(100, 700).window(50, 60)
+    assert inner.shape == (10, 24)
+    np.testing.assert_array_equal(inner[2:8], X[152:158])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(inner))[0:10], X[150:160])
+    empty = Store.open(stored).descriptors("osnet", 300, 300)
+    assert empty.shape == (0, 24) and empty.compute().shape == (0, 24)
+
+
 def test_a_missing_chunk_reads_as_fill_and_a_short_one_is_an_error(stored):
     arr = Store.open(stored).array("osnet")
     raw = RawRows.of(arr)

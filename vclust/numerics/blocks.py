@@ -35,6 +35,18 @@ def row_offsets(X) -> list[int]:
     return list(np.cumsum((0,) + tuple(sizes[:-1])))
 
 
+def delayed_blocks(*arrays) -> list:
+    """Each dask array's row blocks as delayed objects, from the arrays' graphs as built (not
+    optimised). Optimised, arrays that share work (rows read from the store, their reduction)
+    each fuse a copy of it into their own tasks, one at a time (``to_delayed()``'s default) or
+    together (``dask.optimize``'s blockwise fusion does the same), and a computation that needs
+    them together runs it once per copy: a label of 416k efficientnet-b7 rows read every row 4
+    times and reduced it 3 times (benchmarks/RESULTS.md). Unoptimised, shared tasks stay
+    shared; the store's reads are exact row ranges of their own (``storage.rawrows.dask_rows``),
+    with no slicing left for optimisation to fuse into them."""
+    return [a.to_delayed(optimize_graph=False).ravel() for a in arrays]
+
+
 def map_blocks_reduce(func, X, *arrays, args=()):
     """``[func(block, *aligned_blocks, row0, *args) for each row block]`` in block order.
 

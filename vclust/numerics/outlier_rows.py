@@ -6,26 +6,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from .blocks import is_dask, one_blas_thread
+from .blocks import delayed_blocks, is_dask, one_blas_thread
 
 
-def raw_parts(raw, chunks):
+def raw_parts(raw, chunks, *aligned):
     """``raw`` cut into the row blocks ``chunks`` (numpy slices or delayed blocks; a dict per
     block for a mixture): the scoring rows are computed from them inside each task, so no
-    dask collection of them is computed twice."""
-    if raw is None:
-        return [None] * len(chunks)
+    dask collection of them is computed twice. With ``aligned`` (dask arrays chunked by
+    ``chunks``: the clustering rows, their clusters and distances), returns (parts, [their
+    delayed blocks]) from one optimised graph (``blocks.delayed_blocks``): they share the reads
+    of the rows as given, and each block's are read once."""
     offsets = np.cumsum((0,) + tuple(chunks[:-1]))
-
-    def cut(a):
-        if is_dask(a):
-            return list(a.rechunk({0: tuple(chunks), 1: -1}).to_delayed().ravel())
-        return [a[o:o + c] for o, c in zip(offsets, chunks)]
-
-    if isinstance(raw, dict):
-        parts = {k: cut(v) for k, v in raw.items()}
-        return [{k: parts[k][i] for k in raw} for i in range(len(chunks))]
-    return cut(raw)
+    items = raw if isinstance(raw, dict) else {"_": raw}
+    lazy = {k: a.rechunk({0: tuple(chunks), 1: -1}) for k, a in items.items() if is_dask(a)}
+    together = delayed_blocks(*aligned, *lazy.values())
+    cuts = dict(zip(lazy, together[len(aligned):]))
+    for k, a in items.items():
+        if a is not None and k not in cuts:
+            cuts[k] = [a[o:o + c] for o, c in zip(offsets, chunks)]
+    if raw is None:
+        parts = [None] * len(chunks)
+    elif isinstance(raw, dict):
+        parts = [{k: cuts[k][i] for k in raw} for i in range(len(chunks))]
+    else:
+        parts = cuts["_"]
+    return (parts, together[:len(aligned)]) if aligned else parts
 
 
 def gather(a, parts):

@@ -530,7 +530,8 @@ class OutlierScorer(Estimator):
         me = shared(self)
         tasks = []
         bounds = np.cumsum((0,) + tuple(X.chunks[0]))
-        for i, (x, r) in enumerate(zip(X.to_delayed().ravel(), raw_parts(raw, X.chunks[0]))):
+        raws, (xs,) = raw_parts(raw, X.chunks[0], X)
+        for i, (x, r) in enumerate(zip(xs, raws)):
             a, b = int(bounds[i]), int(bounds[i + 1])
             tasks.append(dask.delayed(_terms_task)(me, x, labels[a:b], dist[a:b], rows_abs[a:b], r))
         return np.concatenate(dask.compute(*tasks))
@@ -563,10 +564,9 @@ class OutlierScorer(Estimator):
         offsets = np.cumsum((row_offset,) + X.chunks[0][:-1])
         labels = labels.rechunk((X.chunks[0],))
         center_dist = center_dist.rechunk((X.chunks[0],))
-        raws = raw_parts(raw, X.chunks[0])
+        raws, aligned = raw_parts(raw, X.chunks[0], X, labels, center_dist)
         blocks = []
-        for i, (x, lab, dist) in enumerate(zip(X.to_delayed().ravel(), labels.to_delayed().ravel(),
-                                               center_dist.to_delayed().ravel())):
+        for i, (x, lab, dist) in enumerate(zip(*aligned)):
             res = dask.delayed(_score_task, pure=True)(me, x, lab, dist, int(offsets[i]), raws[i],
                                                        done)
             blocks.append(da.from_delayed(res, shape=(X.chunks[0][i], 6), dtype=np.float64))

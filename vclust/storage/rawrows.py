@@ -33,7 +33,8 @@ class RawRows:
     def __init__(self, folder: str, shape, dtype, chunk_rows: int, keys, fill):
         self.folder, self.shape, self.dtype = folder, tuple(shape), np.dtype(dtype)
         self.chunk_rows, self.keys, self.fill = int(chunk_rows), keys, fill
-        self.ndim = 2
+        # a window (``window``) of the array: its first row, and the whole array's rows
+        self.ndim, self.start, self.rows = 2, 0, self.shape[0]
 
     @classmethod
     def of(cls, arr) -> RawRows | None:
@@ -62,11 +63,11 @@ class RawRows:
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None,
              threads: int = 1) -> np.ndarray:
-        """Rows [start, stop) into ``out`` (C-contiguous, (stop - start, width)) or a new
-        array. ``threads`` > 1 reads that many runs of whole chunks side by side (``readinto``
+        """Rows [start, stop) of the whole array (a window's too) into ``out``
+        (C-contiguous, (stop - start, width)) or a new array. ``threads`` > 1 reads that many runs of whole chunks side by side (``readinto``
         releases the GIL; the kernel's copy and the first touch of ``out``'s pages are most of
         a warm read's time, and one thread does them one page at a time)."""
-        start, stop = max(0, int(start)), min(self.shape[0], int(stop))
+        start, stop = max(0, int(start)), min(self.rows, int(stop))
         if out is None:
             out = np.empty((max(0, stop - start), self.shape[1]), self.dtype)
         cr = self.chunk_rows
@@ -100,25 +101,42 @@ class RawRows:
                     raise InputError(f"{path}: chunk file ends before its rows "
                                      f"{lo:,}..{hi - 1:,}; the store is damaged")
 
+    def window(self, start: int, stop: int) -> RawRows:
+        """Rows [start, stop) as an array of their own: ``window[a:b]`` reads rows
+        start + a .. start + b of this one."""
+        win = object.__new__(RawRows)
+        win.__dict__.update(self.__dict__)
+        win.start = self.start + int(start)
+        win.shape = (int(stop) - int(start), self.shape[1])
+        return win
+
     def __getitem__(self, key):
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         if not isinstance(rows, slice) or rows.step not in (None, 1):
             raise TypeError("RawRows reads row ranges")
         start, stop, _ = rows.indices(self.shape[0])
-        block = self.read(start, stop)
+        block = self.read(self.start + start, self.start + stop)
         return block if cols == slice(None) else block[:, cols]
 
 
-def dask_rows(arr, name: str):
-    """The zarr array ``arr`` as a dask array chunked as stored: read from its chunk files
-    (``RawRows``) where it allows it, else by ``dask.array.from_zarr``."""
+def dask_rows(arr, name: str, start: int = 0, stop: int | None = None):
+    """Rows [start, stop) of the zarr array ``arr`` as a dask array in the store's chunks (the
+    first and last cut at start and stop): read from its chunk files (``RawRows``) where it
+    allows it, each block exactly its rows, else by ``dask.array.from_zarr`` (whole chunks,
+    decoded, then sliced). The blocks are the reads themselves, not slices of chunk reads that
+    only graph optimisation fuses: a graph left unoptimised, so that arrays computed together
+    share their reads (``numerics.blocks.delayed_blocks``), still reads each row once."""
     import dask.array as da
 
+    stop = arr.shape[0] if stop is None else stop
     raw = RawRows.of(arr)
     if raw is None:
-        return da.from_zarr(arr)
+        return da.from_zarr(arr)[start:stop]
     from dask.base import tokenize
 
-    return da.from_array(raw, chunks=(raw.chunk_rows, raw.shape[1]), lock=False, asarray=True,
-                         name=f"{name}-{tokenize(raw.folder, raw.shape, raw.chunk_rows)}",
-                         meta=np.empty((0, 0), raw.dtype))
+    cr = raw.chunk_rows
+    edges = [start] + list(range((start // cr + 1) * cr, stop, cr)) + [stop]
+    rows = tuple(b - a for a, b in zip(edges[:-1], edges[1:]) if b > a) or (0,)
+    return da.from_array(raw.window(start, stop), chunks=(rows, (raw.shape[1],)), lock=False,
+                         asarray=True, meta=np.empty((0, 0), raw.dtype),
+                         name=f"{name}-{tokenize(raw.folder, raw.shape, cr, start, stop)}")

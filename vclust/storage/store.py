@@ -456,7 +456,7 @@ class Store:
         from .rawrows import dask_rows
 
         stop = self.n_rows if stop is None else stop
-        return dask_rows(self.array(name), f"descriptors-{name}")[start:stop]
+        return dask_rows(self.array(name), f"descriptors-{name}", start, stop)
 
     def ids(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         stop = self.n_rows if stop is None else stop
