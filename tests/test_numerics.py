@@ -89,6 +89,29 @@ def test_moments_far_from_the_origin():
                                    rtol=1e-4, atol=1e-7 * np.abs(np.cov(x64.T)).max())
 
 
+def test_moments_corrections_in_row_slices_are_the_whole_products(monkeypatch):
+    """The scatter's rank-one corrections go in slices of OUTER_ROWS rows (no d x d temporary):
+    each element is the whole product's, bit for bit, for a width that leaves a partial slice;
+    and they are applied to every row (a slicing slip would leave rows uncorrected)."""
+    from vclust.numerics import preprocess as P
+
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3000, 300)) + rng.uniform(-3, 3, 300)).astype(np.float32)
+    monkeypatch.setattr(P, "OUTER_ROWS", 128)  # 300 columns: slices of 128, 128 and 44
+    blocks = [P._block_moments(x[a:a + 1000], a, True) for a in (0, 1000, 2000)]
+    merged = P._combine(P._combine(blocks[0], blocks[1]), blocks[2])
+    monkeypatch.setattr(P, "OUTER_ROWS", 10_000)  # one slice: the whole products
+    whole = [P._block_moments(x[a:a + 1000], a, True) for a in (0, 1000, 2000)]
+    for got, want in zip(blocks, whole):
+        assert got[2].dtype == np.float32 and np.array_equal(got[2], want[2])
+    ref = P._combine(P._combine(whole[0], whole[1]), whole[2])
+    assert merged[0] == ref[0] == 3000 and np.array_equal(merged[1], ref[1])
+    assert np.array_equal(merged[2], ref[2])
+    y = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    np.testing.assert_allclose(merged[2] / 3000, np.cov(y.T, bias=True), rtol=1e-3,
+                               atol=1e-6 * np.abs(np.cov(y.T)).max())
+
+
 def test_mixture_weights_equal_variance_and_state(blobs):
     x, _ = blobs
     sets = {"a": np.abs(x[:, :6]) * 10, "b": np.abs(x[:, 6:])}
