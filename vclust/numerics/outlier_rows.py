@@ -14,8 +14,8 @@ def raw_parts(raw, chunks, *aligned):
     block for a mixture): the scoring rows are computed from them inside each task, so no
     dask collection of them is computed twice. With ``aligned`` (dask arrays chunked by
     ``chunks``: the clustering rows, their clusters and distances), returns (parts, [their
-    delayed blocks]) from one optimised graph (``blocks.delayed_blocks``): they share the reads
-    of the rows as given, and each block's are read once."""
+    delayed blocks]), all from graphs left unoptimised (``blocks.delayed_blocks``): what they
+    share (each block's read of the rows as given, its reduction) runs once."""
     offsets = np.cumsum((0,) + tuple(chunks[:-1]))
     items = raw if isinstance(raw, dict) else {"_": raw}
     lazy = {k: a.rechunk({0: tuple(chunks), 1: -1}) for k, a in items.items() if is_dask(a)}

@@ -63,10 +63,11 @@ class RawRows:
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None,
              threads: int = 1) -> np.ndarray:
-        """Rows [start, stop) of the whole array (a window's too) into ``out``
-        (C-contiguous, (stop - start, width)) or a new array. ``threads`` > 1 reads that many runs of whole chunks side by side (``readinto``
-        releases the GIL; the kernel's copy and the first touch of ``out``'s pages are most of
-        a warm read's time, and one thread does them one page at a time)."""
+        """Rows [start, stop) of the whole array (a window's too) into ``out`` (C-contiguous,
+        (stop - start, width)) or a new array. ``threads`` > 1 reads that many runs of whole
+        chunks side by side (``readinto`` releases the GIL; the kernel's copy and the first
+        touch of ``out``'s pages are most of a warm read's time, and one thread does them one
+        page at a time)."""
         start, stop = max(0, int(start)), min(self.rows, int(stop))
         if out is None:
             out = np.empty((max(0, stop - start), self.shape[1]), self.dtype)
