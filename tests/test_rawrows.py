@@ -73,6 +73,33 @@ def test_a_row_range_reads_exactly_its_rows_unoptimised(stored, monkeypatch):
     assert empty.shape == (0, 24) and empty.compute().shape == (0, 24)
 
 
+def test_read_rows_reads_each_run_of_rows_exactly(stored, tmp_path, monkeypatch):
+    """``read_rows``: scattered rows (the report's shown rows) are zarr's rows, each run of
+    consecutive rows one read of exactly those rows; a compressed store's go through zarr."""
+    from vclust.storage.rawrows import read_rows
+
+    rows = np.array([0, 1, 2, 127, 128, 500, 998, 999])
+    reads = []
+    read = RawRows.read
+
+    def counted(self, start, stop, *args, **kwargs):
+        reads.append((start, stop))
+        return read(self, start, stop, *args, **kwargs)
+
+    monkeypatch.setattr(RawRows, "read", counted)
+    got = read_rows(Store.open(stored).array("osnet"), rows)
+    np.testing.assert_array_equal(got, X[rows])
+    assert reads == [(0, 3), (127, 129), (500, 501), (998, 1000)]
+    np.save(tmp_path / "osnet.npy", X)
+    ingest(tmp_path / "z", [tmp_path / "osnet.npy"], batch="b0", chunk_rows=128,
+           compression="zstd")
+    reads.clear()
+    arr = Store.open(tmp_path / "z").array("osnet")
+    assert RawRows.of(arr) is None
+    np.testing.assert_array_equal(read_rows(arr, rows), X[rows])
+    assert reads == [] and read_rows(arr, np.array([], np.int64)).shape == (0, 24)
+
+
 def test_a_missing_chunk_reads_as_fill_and_a_short_one_is_an_error(stored):
     arr = Store.open(stored).array("osnet")
     raw = RawRows.of(arr)

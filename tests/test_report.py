@@ -495,6 +495,46 @@ def test_z_asked_of_the_index_is_the_z_behind_the_stored_score(fitted):
     assert again["z"] == pytest.approx(asked["z"])
 
 
+def _held_until(name):
+    from distributed import Event
+
+    return Event(name).wait(120)
+
+
+def test_evidence_rows_are_read_here_while_the_workers_are_busy(fitted, local_client):
+    """The shown rows' evidence (a few hundred rows read, reduced and asked of the index) is made
+    in the report's own process: with both workers busy, as they are while they lay out the
+    maps, it does not wait for them (the 416k case's report waited about 25 s)."""
+    import threading
+
+    from distributed import Event
+
+    from vclust.storage.store import Store
+
+    model, store = fitted["model"], Store.open(fitted["store"])
+    frame = read_labels(fitted["labels"], model=model.model_id).sort_values("row", ignore_index=True)
+    rows = frame["row"].to_numpy()[3::50]
+    want = evidence.row_evidence(model, store, frame, rows)
+    held = Event("vclust-test-workers-held")
+    workers = list(local_client.scheduler_info()["workers"])
+    busy = [local_client.submit(_held_until, "vclust-test-workers-held", pure=False,
+                                workers=[w]) for w in workers]
+    got = {}
+    t = threading.Thread(target=lambda: got.update(evidence.row_evidence(model, store, frame,
+                                                                         rows)))
+    try:
+        t.start()
+        t.join(60)
+        assert not t.is_alive(), "the evidence waited for the busy workers"
+        assert not any(f.done() for f in busy)  # the workers were held all along
+    finally:
+        held.set()
+        local_client.gather(busy)
+        t.join()
+    assert (got["neighbours"] == want["neighbours"]).all()
+    np.testing.assert_array_equal(got["distances"], want["distances"])
+
+
 def test_z_asked_for_a_seeded_draw_when_many_scores_round_to_1(fitted, monkeypatch):
     """Past EXACT_Z_ROWS rows whose score rounds to 1, a seeded draw of them is asked; the rest
     rank after them in the galleries (their z only known to be above 14)."""

@@ -141,3 +141,21 @@ def dask_rows(arr, name: str, start: int = 0, stop: int | None = None):
     return da.from_array(raw.window(start, stop), chunks=(rows, (raw.shape[1],)), lock=False,
                          asarray=True, meta=np.empty((0, 0), raw.dtype),
                          name=f"{name}-{tokenize(raw.folder, raw.shape, cr, start, stop)}")
+
+
+def read_rows(arr, rows) -> np.ndarray:
+    """The rows ``rows`` (sorted, unique, absolute) of the zarr array ``arr``, in this process:
+    each run of consecutive rows read from the chunk files as exactly its rows where
+    ``RawRows`` allows it (a few hundred rows of a report: a few hundred small reads, not every
+    chunk they fall in), else by zarr (whole chunks, decoded)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    raw = RawRows.of(arr)
+    if raw is None:
+        return np.asarray(arr.get_orthogonal_selection((rows, slice(None))))
+    out = np.empty((len(rows), raw.shape[1]), raw.dtype)
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+        if b > a:
+            raw.read(int(rows[a]), int(rows[b - 1]) + 1, out=out[a:b])
+    return out
+
