@@ -43,20 +43,26 @@ def test_ranges_are_zarrs_rows(stored):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(raw)).read(0, 1000), X)
 
 
-def test_a_row_range_reads_exactly_its_rows_unoptimised(stored, monkeypatch):
+@pytest.fixture
+def reads(monkeypatch):
+    """The (start, stop) of every ``RawRows.read``, as they happen."""
+    seen = []
+    read = RawRows.read
+
+    def counted(self, start, stop, *args, **kwargs):
+        seen.append((start, stop))
+        return read(self, start, stop, *args, **kwargs)
+
+    monkeypatch.setattr(RawRows, "read", counted)
+    return seen
+
+
+def test_a_row_range_reads_exactly_its_rows_unoptimised(stored, reads):
     """A row range's blocks are the store's chunks cut at its ends, each read as exactly its
     rows with no graph optimisation (the label computes its arrays unoptimised, so that they
     share their reads: tests/test_jobs_e2e.py); a window of a window reads the rows under it."""
     import dask
 
-    reads = []
-    read = RawRows.read
-
-    def counted(self, start, stop, *args, **kwargs):
-        reads.append((start, stop))
-        return read(self, start, stop, *args, **kwargs)
-
-    monkeypatch.setattr(RawRows, "read", counted)
     x = Store.open(stored).descriptors("osnet", 100, 700)
     assert x.chunks[0] == (28, 128, 128, 128, 128, 60)
     blocks = x.to_delayed(optimize_graph=False).ravel()
@@ -73,20 +79,12 @@ def test_a_row_range_reads_exactly_its_rows_unoptimised(stored, monkeypatch):
     assert empty.shape == (0, 24) and empty.compute().shape == (0, 24)
 
 
-def test_read_rows_reads_each_run_of_rows_exactly(stored, tmp_path, monkeypatch):
+def test_read_rows_reads_each_run_of_rows_exactly(stored, tmp_path, reads):
     """``read_rows``: scattered rows (the report's shown rows) are zarr's rows, each run of
     consecutive rows one read of exactly those rows; a compressed store's go through zarr."""
     from vclust.storage.rawrows import read_rows
 
     rows = np.array([0, 1, 2, 127, 128, 500, 998, 999])
-    reads = []
-    read = RawRows.read
-
-    def counted(self, start, stop, *args, **kwargs):
-        reads.append((start, stop))
-        return read(self, start, stop, *args, **kwargs)
-
-    monkeypatch.setattr(RawRows, "read", counted)
     got = read_rows(Store.open(stored).array("osnet"), rows)
     np.testing.assert_array_equal(got, X[rows])
     assert reads == [(0, 3), (127, 129), (500, 501), (998, 1000)]
