@@ -49,7 +49,7 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     from dask.system import CPU_COUNT
 
     from ..numerics.blocks import LOCAL_SCHEDULERS, compact_rows, memory_budget
-    from ..storage.rawrows import RawRows
+    from ..storage.rawrows import RawRows, read_rows
 
     # only where this process was chosen to run the graphs (cluster.connect(here=...)): a fit
     # sent to a scheduler that has since gone must fail as such, not go on here
@@ -65,8 +65,8 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     out = {}
     for d in descriptors:
         arr = store.array(d)
-        if rows is not None:
-            x = arr.get_orthogonal_selection((rows, slice(None)))
+        if rows is not None:  # (sorted, unique: _sample_rows)
+            x = read_rows(arr, rows)
         else:
             raw = RawRows.of(arr)
             x = raw.read(0, n, threads=CPU_COUNT) if raw is not None else arr[0:n]

@@ -30,17 +30,10 @@ def _read(model, store, rows):
     """The rows as given and reduced, read and reduced in this process: a few hundred rows, not
     worth a task queued behind the workers' map layouts (the case's report waited about 25 s for
     them: benchmarks/RESULTS.md)."""
-    import dask
-    import dask.array as da
-
-    from ..numerics.blocks import threads_get
     from ..storage.rawrows import read_rows
 
     raw = {d: read_rows(store.array(d), rows) for d in model.descriptors}
-    x = model.reduce({d: da.from_array(v, chunks=(max(1, len(v)), v.shape[1]))
-                      for d, v in raw.items()})
-    with dask.config.set(scheduler=threads_get):
-        return raw, np.asarray(x.compute(), dtype=np.float32)
+    return raw, np.asarray(model.reduce(raw), dtype=np.float32)  # numpy in, numpy out
 
 
 def _rows_in_model_space(model, store, rows: np.ndarray, known: Rows | None = None):
