@@ -14,6 +14,12 @@ same arguments, so the graph is the same, bit for bit (tests/test_outliers.py ch
 pynndescent's own driver). ``install()`` swaps it in for the calls it covers, and only for the
 pynndescent versions in ``SUPPORTED``; anything else (an initial graph, sparse data, verbose
 progress, another version) goes to pynndescent's own driver.
+
+Also here, for the same reason: the conversion of a dense search tree into the arrays the
+queries walk (``convert_tree_format``), which every index's ``prepare`` runs. pynndescent 0.7.0
+walks the tree in Python, reading each node through numba's typed-list methods, which numba
+compiles again in every process: 1.8-2.2 s of a 50,000-row reference's ``prepare`` on this
+project's 2-core machine, 0.5 s with the cached copy (benchmarks/RESULTS.md, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ SUPPORTED = ("0.7.0",)
 _installed = False
 #: pynndescent's own dense euclidean search, before ``install`` routes its name to the copy below
 ORIGINAL_SEARCH = _S.search_dense_sqeuclidean
+#: pynndescent's own search tree conversion, before ``install`` routes its name to the one below
+ORIGINAL_CONVERT = P.convert_tree_format
 
 
 @numba.njit(cache=True)
@@ -89,6 +97,66 @@ def search_dense_sqeuclidean_nogil(index, query_points, tree_query_points, query
                                    visited, query_is_normalized, rng_state, _S.KERNEL_SQEUCLIDEAN)
 
 
+@numba.njit(cache=True)
+def _convert_dense_tree(tree_hyperplanes, tree_offsets, tree_children, tree_indices,
+                        hyperplanes, offsets, children, indices):
+    """pynndescent 0.7.0's ``rp_trees.recursive_convert`` (left in pure Python there, where
+    each node's item reads go through numba's typed-list methods, compiled afresh in every
+    process): the same pre-order numbering, written with an explicit stack and compiled once
+    into numba's disk cache. Fills ``hyperplanes``, ``offsets``, ``children``, ``indices``."""
+    n = len(tree_children)
+    stack_node = np.empty(n + 1, dtype=np.int64)
+    stack_parent = np.empty(n + 1, dtype=np.int64)
+    stack_node[0] = n - 1
+    stack_parent[0] = -1
+    top = 1
+    node_num = 0
+    leaf_start = 0
+    while top > 0:
+        top -= 1
+        tree_node = stack_node[top]
+        parent = stack_parent[top]
+        if parent >= 0:
+            children[parent, 1] = node_num
+        left, right = tree_children[tree_node]
+        if left < 0:
+            leaf = tree_indices[tree_node]
+            leaf_end = leaf_start + len(leaf)
+            children[node_num, 0] = -leaf_start
+            children[node_num, 1] = -leaf_end
+            indices[leaf_start:leaf_end] = leaf
+            leaf_start = leaf_end
+        else:
+            hyperplanes[node_num] = tree_hyperplanes[tree_node]
+            offsets[node_num] = tree_offsets[tree_node]
+            children[node_num, 0] = node_num + 1
+            stack_node[top] = right
+            stack_parent[top] = node_num
+            stack_node[top + 1] = left
+            stack_parent[top + 1] = -1
+            top += 2
+        node_num += 1
+
+
+def convert_tree_format(tree, data_size, data_dim):
+    """pynndescent 0.7.0's ``rp_trees.convert_tree_format`` for a dense float32 tree (the
+    search tree ``prepare`` makes for every dense index: the fit's outlier reference, a
+    report's map), through the cached ``_convert_dense_tree``: the same arrays, bit for bit
+    (tests/test_outliers.py). Any other tree goes to pynndescent's own."""
+    from pynndescent import rp_trees as R
+
+    if numba.typeof(tree.hyperplanes) != R.dense_hyperplanes_list_type:
+        return ORIGINAL_CONVERT(tree, data_size, data_dim)
+    n_nodes, _ = R.num_nodes_and_leaves(tree)
+    hyperplanes = np.zeros((n_nodes, data_dim), dtype=np.float32)
+    offsets = np.zeros(n_nodes, dtype=np.float32)
+    children = np.int32(-1) * np.ones((n_nodes, 2), dtype=np.int32)
+    indices = np.int32(-1) * np.ones(data_size, dtype=np.int32)
+    _convert_dense_tree(tree.hyperplanes, tree.offsets, tree.children, tree.indices,
+                        hyperplanes, offsets, children, indices)
+    return R.FlatTree(hyperplanes, offsets, children, indices, tree.leaf_size)
+
+
 def precompile() -> bool:
     """Compile the driver (or load it from numba's disk cache) for the one signature vclust's
     dense euclidean builds call it with (float32 rows, pynndescent's squared euclidean, an
@@ -110,10 +178,10 @@ def precompile() -> bool:
 
 
 def install() -> bool:
-    """Route pynndescent's dense NN-descent builds through the cached driver, and its dense
+    """Route pynndescent's dense NN-descent builds through the cached driver, its dense
     euclidean search (``search.search_dense_sqeuclidean``, looked up by name when an index is
-    prepared or restored) to the nogil copy above: the warm-up compiled both searches, and
-    every query ran the copy (idempotent). Returns whether they are in place (False
+    prepared or restored) to the nogil copy above (the warm-up compiled both searches, and
+    every query ran the copy), and its search tree conversion to the cached one (idempotent). Returns whether they are in place (False
     for a pynndescent version not in ``SUPPORTED``)."""
     global _installed
     if _installed:
@@ -138,6 +206,7 @@ def install() -> bool:
 
     nn_descent.original = original
     P.nn_descent = nn_descent
+    P.convert_tree_format = convert_tree_format
     _S.search_dense_sqeuclidean = search_dense_sqeuclidean_nogil
     _installed = True
     return True
