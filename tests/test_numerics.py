@@ -522,19 +522,24 @@ def test_in_process_graphs_run_on_as_many_threads_as_cores():
     assert max(main, other) == cores or cores > 8, out.stdout  # the cores are used, too
 
 
-@pytest.mark.parametrize("chunked", [False, True])
-def test_gathered_rows_are_held_once(chunked):
+@pytest.mark.parametrize("kind", ["numpy", "views", "tasks"])
+def test_gathered_rows_are_held_once(kind):
     """The outlier scorer's reference rows gathered from the rows as given (outlier_rows.gather)
-    are the rows at those positions, in order; from a numpy array (a fit in its own process)
-    the gather holds them once, not a second time for a concatenation (numpy's allocations, as
-    tracemalloc counts them); from dask blocks each block's pieces are joined (held twice)."""
+    are the rows at those positions, in order; from a numpy array (a fit in its own process),
+    or from dask blocks that are views of one (as fit.read_here holds the rows it read), the
+    gather holds them once, not a second time for a concatenation (numpy's allocations, as
+    tracemalloc counts them); from computed dask blocks each block's pieces are joined."""
     import tracemalloc
 
-    from vclust.numerics.outlier_rows import gather
+    from vclust.jobs.fit import _blocks_of
+    from vclust.numerics.outlier_rows import gather, in_memory
 
     x = np.random.default_rng(2).normal(size=(40_000, 200)).astype(np.float32)
     pos = np.flatnonzero(np.random.default_rng(3).random(len(x)) < 0.5)
-    a = da.from_array(x, chunks=(5_000, -1)) if chunked else x
+    a = {"numpy": lambda: x, "views": lambda: _blocks_of(x, 5_000, "gather-views"),
+         "tasks": lambda: da.from_array(x, chunks=(5_000, -1)) * 1}[kind]()
+    if kind != "numpy":
+        assert (in_memory(a) is x) == (kind == "views")
     tracemalloc.start()
     try:
         (got,) = gather(a, (pos,))
@@ -542,5 +547,5 @@ def test_gathered_rows_are_held_once(chunked):
     finally:
         tracemalloc.stop()
     np.testing.assert_array_equal(got, x[pos])
-    if not chunked:
+    if kind != "tasks":
         assert peak < 1.4 * got.nbytes, (peak, got.nbytes)

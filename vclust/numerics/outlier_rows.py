@@ -43,8 +43,9 @@ def gather(a, parts):
     arrays = a if isinstance(a, dict) else {"_": a}
 
     def pick(x):
-        if not is_dask(x):
-            return [tuple(np.asarray(x[p]) for p in parts)]
+        whole = in_memory(x) if is_dask(x) else x
+        if whole is not None:
+            return [tuple(np.asarray(whole[p]) for p in parts)]
         bounds = np.cumsum((0,) + tuple(x.chunks[0]))
         return [dask.delayed(_pick_task)(block, [p[(p >= bounds[i]) & (p < bounds[i + 1])]
                                                  - bounds[i] for p in parts])
@@ -55,6 +56,34 @@ def gather(a, parts):
     if isinstance(a, dict):
         return [{k: v[j] for k, v in done.items()} for j in range(len(parts))]
     return done["_"]
+
+
+def in_memory(x):
+    """The numpy array whose consecutive row views are every block of the dask array ``x``
+    (a graph of those views alone, as ``fit.read_here`` holds the rows it read), or None.
+    Rows gathered from it are taken at once, each part copied once into new memory: a task
+    per block and a concatenation touched that memory twice (the reference and threshold
+    rows of 416k osnet rows, 143 MB: 0.71-0.98 s -> 0.50 s in a fresh process, where new
+    memory is what costs; benchmarks/RESULTS.md, 2026-12-04)."""
+    from dask.core import flatten
+
+    keys = list(flatten(x.__dask_keys__()))
+    graph = x.__dask_graph__()
+    if len(graph) != len(keys):
+        return None
+    blocks = [getattr(graph.get(k), "value", graph.get(k)) for k in keys]
+    if not all(isinstance(b, np.ndarray) for b in blocks):
+        return None
+    base = blocks[0].base
+    if (not isinstance(base, np.ndarray) or base.shape != tuple(x.shape)
+            or base.dtype != x.dtype or not base.flags.c_contiguous):
+        return None
+    at, row = base.__array_interface__["data"][0], base.strides[0]
+    for b in blocks:
+        if b.base is not base or b.__array_interface__["data"][0] != at or b.shape[1:] != base.shape[1:]:
+            return None
+        at += b.shape[0] * row
+    return base if at == base.__array_interface__["data"][0] + base.shape[0] * row else None
 
 
 def _joined(blocks, n_parts):
