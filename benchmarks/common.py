@@ -85,8 +85,24 @@ def ensure_case(rows: int = ROWS, seed: int = 0) -> Path:
 
 
 def machine() -> str:
-    return (f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+    return (f"{os.cpu_count()} cores ({cpu()}), {psutil.virtual_memory().total / 2**30:.0f} GiB, "
             f"Python {sys.version.split()[0]}")
+
+
+def cpu() -> str:
+    """The processor's model name and its widest vector unit: the machines these benchmarks
+    ran on changed between sessions (a Xeon until 2026-12-04's eleventh session, float32 syrk at
+    305 GFLOP/s on two threads; then an AMD EPYC with AVX2, float64 GEMM at 80 GFLOP/s, every
+    command about twice as long), and a figure means little without it."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "processor unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "processor unknown")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
+                  if line.startswith("flags")), [])
+    return f"{name}, {'AVX-512' if 'avx512f' in flags else 'AVX2' if 'avx2' in flags else 'no AVX2'}"
 
 
 def write_section(name: str, text: str):
