@@ -140,9 +140,10 @@ def _convert_dense_tree(tree_hyperplanes, tree_offsets, tree_children, tree_indi
 
 def convert_tree_format(tree, data_size, data_dim):
     """pynndescent 0.7.0's ``rp_trees.convert_tree_format`` for a dense float32 tree (the
-    search tree ``prepare`` makes for every dense index: the fit's outlier reference, a
-    report's map), through the cached ``_convert_dense_tree``: the same arrays, bit for bit
-    (tests/test_outliers.py). Any other tree goes to pynndescent's own."""
+    search tree ``prepare`` makes for every dense index built here: the outlier reference of
+    `vclust fit` and of each `vclust compare` spec), through the cached ``_convert_dense_tree``:
+    the same arrays, bit for bit (tests/test_outliers.py). Any other tree goes to
+    pynndescent's own."""
     from pynndescent import rp_trees as R
 
     if numba.typeof(tree.hyperplanes) != R.dense_hyperplanes_list_type:
@@ -181,8 +182,8 @@ def install() -> bool:
     """Route pynndescent's dense NN-descent builds through the cached driver, its dense
     euclidean search (``search.search_dense_sqeuclidean``, looked up by name when an index is
     prepared or restored) to the nogil copy above (the warm-up compiled both searches, and
-    every query ran the copy), and its search tree conversion to the cached one (idempotent). Returns whether they are in place (False
-    for a pynndescent version not in ``SUPPORTED``)."""
+    every query ran the copy), and its search tree conversion to the cached one (idempotent).
+    Returns whether they are in place (False for a pynndescent version not in ``SUPPORTED``)."""
     global _installed
     if _installed:
         return True

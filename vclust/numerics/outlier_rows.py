@@ -71,7 +71,8 @@ def in_memory(x):
     graph = x.__dask_graph__()
     if len(graph) != len(keys):
         return None
-    blocks = [getattr(graph.get(k), "value", graph.get(k)) for k in keys]
+    blocks = [graph.get(k) for k in keys]
+    blocks = [getattr(b, "value", b) for b in blocks]  # dask's DataNode holds a literal there
     if not all(isinstance(b, np.ndarray) for b in blocks):
         return None
     base = blocks[0].base
@@ -80,7 +81,8 @@ def in_memory(x):
         return None
     at, row = base.__array_interface__["data"][0], base.strides[0]
     for b in blocks:
-        if b.base is not base or b.__array_interface__["data"][0] != at or b.shape[1:] != base.shape[1:]:
+        if (b.base is not base or b.__array_interface__["data"][0] != at
+                or b.shape[1:] != base.shape[1:]):
             return None
         at += b.shape[0] * row
     return base if at == base.__array_interface__["data"][0] + base.shape[0] * row else None
