@@ -43,6 +43,9 @@ def test_pynndescent_is_a_version_the_copied_driver_was_made_from():
     from vclust.numerics.annindex import enable_numba_cache
 
     assert pynndescent.__version__ in nndescent.SUPPORTED
+    from vclust.numerics.annindex import DEFERRED_KERNELS
+    assert pynndescent.__version__ in DEFERRED_KERNELS, \
+        "no list of the kernels vclust never runs for this pynndescent (annindex)"
     enable_numba_cache()
     assert nndescent.install(), "the copied NN-descent driver did not install"
 

@@ -335,6 +335,67 @@ def test_cached_search_tree_conversion_makes_pynndescents_arrays():
     np.testing.assert_array_equal(index.query(x, k=1)[0][:, 0], np.arange(len(x)))
 
 
+_DEFERRED_CHECK = """
+import json, sys
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from vclust.numerics import annindex, maps
+from vclust.numerics.annindex import enable_numba_cache, index_from_state, index_to_state
+
+enable_numba_cache("pynndescent", "umap")
+import pynndescent
+from pynndescent import NNDescent
+
+def kernels():
+    out = {}
+    for mod in [m for n, m in sorted(sys.modules.items()) if n.startswith("pynndescent.")]:
+        for attr, value in vars(mod).items():
+            if isinstance(value, Dispatcher) and value.py_func.__module__ == mod.__name__:
+                out[f"{mod.__name__}.{attr}"] = value
+    return out
+
+deferred = annindex.DEFERRED_KERNELS[pynndescent.__version__]
+at_import = {name for name, k in kernels().items() if k.signatures}
+x = np.random.default_rng(0).normal(size=(3000, 20)).astype(np.float32)
+index = annindex.prepare_index(NNDescent(x, n_neighbors=10, random_state=0, n_jobs=2,
+                                         compressed=False))
+found = index.query(x[:200], k=5)[0][:, 0]
+again = index_from_state(*index_to_state(index)).query(x[:200], k=5)[0][:, 0]
+maps.embed_2d_3d(x[:300, :8], "umap", random_state=0)
+ks = kernels()
+print(json.dumps({"missing": sorted(deferred - set(ks)),
+                  "at_import": sorted(at_import),
+                  "compiled_deferred": sorted(n for n in deferred if ks[n].signatures),
+                  "found_self": bool((found == np.arange(200)).all()
+                                     and (again == np.arange(200)).all())}))
+"""
+
+
+def test_kernels_vclust_never_runs_are_not_compiled_at_import():
+    """``enable_numba_cache`` imports pynndescent with the kernels in ``DEFERRED_KERNELS``
+    (hub and bit-packed trees, int8 distances) left to compile on first call, and every other
+    kernel as pynndescent declares it. In a fresh process: every deferred name is one of the
+    installed pynndescent's kernels (fails outside the listed versions); the kernels declared
+    with signatures vclust runs (the random generator, the euclidean trees) are compiled at
+    import as declared, none deferred is; and an index built, prepared, queried, saved and
+    restored, and a UMAP map, call none of the deferred (so the code compiled for every kernel
+    that runs, and every graph and answer, is what pynndescent's plain import gives)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _DEFERRED_CHECK], capture_output=True,
+                         text=True, check=True).stdout
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["missing"] == []
+    assert {"pynndescent.utils.tau_rand_int", "pynndescent.utils.norm",
+            "pynndescent.rp_trees.make_euclidean_tree",
+            "pynndescent.rp_trees.euclidean_random_projection_split"} <= set(got["at_import"])
+    from vclust.numerics.annindex import DEFERRED_KERNELS
+    assert not set(got["at_import"]) & set().union(*DEFERRED_KERNELS.values())
+    assert got["compiled_deferred"] == []
+    assert got["found_self"]
+
+
 def test_neighbour_answers_are_reused_and_equal_a_fresh_computation(synth_reduced, monkeypatch):
     """A second scorer on the same rows with other clusters (as `vclust compare` fits one per
     algorithm) builds no index and queries nothing again, and scores exactly as a scorer

@@ -21,6 +21,72 @@ _NUMBA_PACKAGES = ("pynndescent", "umap")
 _numba_cache_done: set = set()
 _NUMBA_CACHE_LOCK = threading.Lock()
 
+#: pynndescent kernels vclust never runs, by pynndescent version: hub trees (``prepare_index``
+#: builds a random projection search forest instead), bit-packed trees (binary data) and the
+#: int8 quantized distances. pynndescent declares them with explicit signatures, so importing
+#: it compiles them (a fresh numba cache: about 18 of the import's 27 s on this project's 2-core
+#: machine) or loads them from the disk cache (every process, each command and each worker).
+#: ``enable_numba_cache`` imports pynndescent with these left to compile on first call, which
+#: never comes. Every kernel vclust runs keeps its declared signature, so the same code is
+#: compiled for it and every graph and answer is the same, bit for bit (tests/test_outliers.py).
+#: A version not listed imports as it comes.
+DEFERRED_KERNELS = {
+    "0.7.0": frozenset(
+        [f"pynndescent.distances.quantized_int8_{kind}{norms}"
+         for kind in ("alternative_cosine", "alternative_dot", "direct_cosine")
+         for norms in ("", "_with_norms")]
+        + [f"pynndescent.rp_trees.{name}" for name in (
+            "angular_hub_split", "bit_hub_split", "euclidean_hub_split", "compute_global_degrees",
+            "get_top_k_hub_indices", "get_top_k_hub_indices_bit", "make_bit_hub_tree_recursive",
+            "make_hub_angular_tree", "make_hub_euclidean_tree",
+            "angular_bitpacked_random_projection_split", "make_bit_tree", "search_flat_bit_tree",
+            "select_side_bit")]),
+}
+
+
+def _deferring_njit(njit, deferred):
+    """``numba.njit`` that drops the signatures of the kernels named in ``deferred`` (module.name)
+    and passes every other use through unchanged, another thread's included."""
+
+    def deferring_njit(*args, **kwargs):
+        if not args or args[0] is None or callable(args[0]):
+            return njit(*args, **kwargs)
+
+        def decorate(func):
+            if f"{func.__module__}.{func.__name__}" in deferred:
+                return njit(*args[1:], **kwargs)(func)
+            return njit(*args, **kwargs)(func)
+
+        return decorate
+
+    return deferring_njit
+
+
+def _import_deferring(name: str):
+    """Import ``name`` (pynndescent, or umap-learn, which imports it), with the kernels in
+    ``DEFERRED_KERNELS`` for the installed pynndescent compiled only when called."""
+    import importlib
+    import sys
+
+    if "pynndescent" in sys.modules:
+        return importlib.import_module(name)
+    from importlib import metadata
+
+    import numba
+
+    try:
+        deferred = DEFERRED_KERNELS.get(metadata.version("pynndescent"))
+    except metadata.PackageNotFoundError:
+        deferred = None
+    if not deferred:
+        return importlib.import_module(name)
+    njit = numba.njit
+    numba.njit = _deferring_njit(njit, deferred)
+    try:
+        return importlib.import_module(name)
+    finally:
+        numba.njit = njit
+
 
 def enable_numba_cache(*packages: str) -> int:
     """Let numba keep the module-level kernels of pynndescent and umap-learn on disk.
@@ -63,7 +129,7 @@ def _enable_numba_cache(packages) -> int:
             continue
         _numba_cache_done.add(name)
         try:
-            package = importlib.import_module(name)
+            package = _import_deferring(name)
         except ImportError:
             continue
         for info in pkgutil.iter_modules(package.__path__):
