@@ -335,6 +335,71 @@ def test_cached_search_tree_conversion_makes_pynndescents_arrays():
     np.testing.assert_array_equal(index.query(x, k=1)[0][:, 0], np.arange(len(x)))
 
 
+def _random_graph(rng, n, k, negative):
+    """-1 padded neighbour rows without repeats (pynndescent's heaps hold none), values with
+    ties and, for ``negative``, below zero (as an inner-product distance is)."""
+    rows = np.full((n, k), -1, dtype=np.int32)
+    for i in range(n):
+        m = rng.integers(0, k + 1)
+        rows[i, :m] = rng.choice(n, size=m, replace=False)
+    values = rng.integers(0 if not negative else -20, 40, size=(n, k)).astype(np.float32) / 8
+    return rows, np.where(rows >= 0, values, np.float32(np.inf)).astype(np.float32)
+
+
+def test_search_graph_without_numba_is_pynndescents(monkeypatch):
+    """vclust.numerics.nndescent routes pynndescent's search graph assembly (symmetrise, prune,
+    relabel: ``build_search_graph``, ``permute_graph``, ``permute_rows``) to scipy and numpy,
+    which compile nothing: the arrays must be pynndescent's own, bit for bit and dtype for
+    dtype, on a real diversified k-NN graph and on random graphs with empty rows, ties,
+    negative values and rows pruned to their limit. pynndescent's kernels run as the Python
+    they are compiled from (``py_func``), so their compilation is not paid for the check."""
+    from pynndescent import pynndescent_, search_graph
+
+    from vclust.numerics import nndescent
+    from vclust.numerics.annindex import enable_numba_cache
+
+    enable_numba_cache()
+    assert nndescent.install()
+    assert (pynndescent_.build_search_graph, pynndescent_.permute_graph,
+            pynndescent_.permute_rows) == (nndescent.build_search_graph,
+                                           nndescent.permute_graph, nndescent.permute_rows)
+    for name in ("_insertion_sort_pairs", "_forward_csr", "_transpose_csr", "_merge_row",
+                 "_prune_row", "_merge_and_prune", "_permute_csr", "permute_rows"):
+        monkeypatch.setattr(search_graph, name, getattr(search_graph, name).py_func)
+    build, permute, permute_rows = nndescent.ORIGINAL_SEARCH_GRAPH
+    permute_rows = search_graph.permute_rows
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1500, 16)).astype(np.float32)
+    index = pynndescent_.NNDescent(x, n_neighbors=12, random_state=0, compressed=False)
+    real = pynndescent_.diversify_squared_euclidean(
+        index._neighbor_graph[0].copy(), index._neighbor_graph[1].copy(), x,
+        index.rng_state.copy(), 1.0)
+    cases = [(real, 18), (real, 4)] + [(_random_graph(rng, n, k, neg), md)
+                                       for n, k, neg, md in ((300, 9, False, 6),
+                                                             (200, 12, True, 3),
+                                                             (50, 4, False, 40))]
+    pruned = 0
+    for (rows, values), max_degree in cases:
+        want = build(rows, values, max_degree)
+        got = nndescent.build_search_graph(rows, values, max_degree)
+        unpruned = np.diff(build(rows, values, 10**6)[0])
+        pruned += int((unpruned > max_degree).any())
+        for a, b in zip(got, want):
+            assert np.asarray(a).dtype == np.asarray(b).dtype
+            np.testing.assert_array_equal(a, b)
+        order = rng.permutation(len(rows)).astype(np.int32)
+        for a, b in zip(nndescent.permute_graph(want[0], want[1], order),
+                        permute(want[0], want[1], order)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+    assert pruned >= 2  # the limit cut rows in some cases
+    order = rng.permutation(len(x)).astype(np.int32)
+    got, want = nndescent.permute_rows(x, order), permute_rows(x, order)
+    assert got.flags.c_contiguous and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
 _DEFERRED_CHECK = """
 import json, sys
 import numpy as np

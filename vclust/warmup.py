@@ -9,19 +9,21 @@ compiled for types, not sizes, so small data compiles what the real data runs.
 Compilation is single-threaded, so the work is two processes side by side (two cores), each
 compiling what the other does not:
 
-  build   the NN-descent driver (by its signature: no build needed), umap-learn's 2D and 3D
-          maps on their shared-graph path, builds on one, two and all threads as vclust and
-          umap-learn run them, `vclust pixels`' luma and statistics kernels
-          (vclust.numerics.pixel_kernels), then the outlier scorer as `vclust fit` and `vclust
-          label` run it (a sampled reference, past the size where pynndescent's forest takes
-          other kernels)
-  search  the forest an index is built from, and an index prepared, queried, saved and
-          restored (search graph, search forest, search kernel)
+  build   pynndescent's import (its kernels declared with signatures; the ones vclust never
+          runs are left out: ``annindex.DEFERRED_KERNELS``), the NN-descent driver (by its
+          signature: no build needed), builds on one, two and all threads as vclust and
+          umap-learn run them, then the outlier scorer as `vclust fit` and `vclust label` run
+          it (a sampled reference, past the size where pynndescent's forest takes other kernels)
+  search  `vclust pixels`' luma and statistics kernels (vclust.numerics.pixel_kernels) while
+          the build part imports pynndescent, then the forest an index is built from, and an
+          index prepared, queried, saved and restored (search graph, search forest, search
+          kernel), then umap-learn's 2D and 3D maps on their shared-graph path
 
 The search part needs built indexes but not the NN-descent kernels: its graphs are exact
-neighbours from numpy, of the types NN-descent returns. The build part's scorer waits until
-the search part's index is ready, and then loads those kernels from the disk cache instead of
-compiling them a second time beside it.
+neighbours from numpy, of the types NN-descent returns (the maps' graph too). The build part's
+scorer waits until the search part's index is ready, and then loads those kernels from the
+disk cache instead of compiling them a second time beside it; the search part waits for the
+build part's import of pynndescent the same way.
 
     python -m vclust.warmup      # prints how long each part took
 """
@@ -44,20 +46,22 @@ def warm(say=print) -> float:
     from .numerics.annindex import enable_numba_cache
 
     t0 = time.perf_counter()
-    # importing pynndescent compiles dozens of kernels from explicit signatures: here once,
-    # into the disk cache, before the child starts (it loads them instead of compiling them
-    # on the other core at the same time)
-    enable_numba_cache("pynndescent", "umap")
     with tempfile.TemporaryDirectory(prefix="vclust-warmup-") as tmp:
         ready = os.path.join(tmp, "search-index-ready")
+        imported = os.path.join(tmp, "pynndescent-imported")
         child = subprocess.Popen([sys.executable, "-m", "vclust.warmup", "--part", "search",
-                                  "--ready-file", ready])
+                                  "--ready-file", ready, "--imported-file", imported])
 
         def search_index_ready():
             while not os.path.exists(ready) and child.poll() is None:
                 time.sleep(0.05)
 
         try:
+            # importing pynndescent compiles the kernels it declares with signatures: here,
+            # into the disk cache, while the child compiles the pixel kernels (it then loads
+            # them instead of compiling them on the other core at the same time)
+            enable_numba_cache("pynndescent", "umap")
+            open(imported, "w").close()
             warm_part("build", say, search_index_ready)
         finally:
             code = child.wait()
@@ -68,13 +72,20 @@ def warm(say=print) -> float:
     return seconds
 
 
-def warm_part(part: str, say=print, signal=None) -> float:
+def warm_part(part: str, say=print, signal=None, imported=None) -> float:
     """One part of the warm-up in this process (``PARTS``). ``signal``: for the build part, a
     callable that returns once the search part's index is ready; for the search part, a file
-    to create then. Returns the seconds taken."""
+    to create then. ``imported``: for the search part, a file whose existence says that the
+    build part has imported pynndescent. Returns the seconds taken."""
     from .numerics.annindex import enable_numba_cache
 
     t0 = time.perf_counter()
+    if part == "search":
+        from .numerics import pixels
+
+        pixels.precompile()  # vclust's own kernels: no pynndescent needed
+        while imported and not os.path.exists(imported):
+            time.sleep(0.05)
     enable_numba_cache("pynndescent", "umap")
     {"build": _build, "search": _search}[part](signal)
     seconds = time.perf_counter() - t0
@@ -85,22 +96,17 @@ def warm_part(part: str, say=print, signal=None) -> float:
 def _build(search_index_ready=None):
     from pynndescent import NNDescent
 
-    from .numerics import maps, nndescent, pixels
+    from .numerics import nndescent
     from .numerics.kmeans import KMeans
     from .numerics.outliers import OutlierScorer
 
     nndescent.precompile()
     rng = np.random.default_rng(0)
-    # the report's maps (their graph from pynndescent at any row count), here on 600 rows:
-    # umap-learn's layouts run 500 epochs, seconds on thousands of rows
-    maps.embed_2d_3d(rng.normal(size=(600, 8)).astype(np.float32), "umap", random_state=0)
     # vclust builds on two threads (refindex.build_threads), umap-learn seeded on one and
     # unseeded on all (numerics/maps.py)
     x = rng.normal(size=(2000, 8)).astype(np.float32)
     for n_jobs, seed in ((2, 0), (1, 0), (-1, None)):
         NNDescent(x, n_neighbors=15, random_state=seed, n_jobs=n_jobs, compressed=False)
-    # `vclust pixels`' kernels, while the search part may still be building its index
-    pixels.precompile()
     if search_index_ready is not None:
         search_index_ready()
     # the outlier scorer as `vclust fit` and `vclust label` run it: the index's build and
@@ -131,6 +137,7 @@ def _search(ready_file=None):
     from pynndescent import NNDescent
     from pynndescent import pynndescent_ as P
 
+    from .numerics import maps
     from .numerics.annindex import index_from_state, index_to_state, prepare_index
 
     P.nn_descent = _exact_graph  # this process only: the build part compiles NN-descent
@@ -142,6 +149,10 @@ def _search(ready_file=None):
     if ready_file:
         open(ready_file, "w").close()
     index_from_state(*index_to_state(index)).query(x[:100], k=11)
+    # the report's maps (their graph from pynndescent at any row count; exact here), on 600
+    # rows: umap-learn's layouts run 500 epochs, seconds on thousands of rows
+    maps.embed_2d_3d(np.random.default_rng(0).normal(size=(600, 8)).astype(np.float32), "umap",
+                     random_state=0)
 
 
 def main(argv=None) -> int:
@@ -151,13 +162,15 @@ def main(argv=None) -> int:
         "\n\n")[0])
     parser.add_argument("--part", choices=PARTS, help="one part, in this process")
     parser.add_argument("--ready-file", help=argparse.SUPPRESS)  # the search part's signal
+    parser.add_argument("--imported-file", help=argparse.SUPPRESS)  # the build part's
     args = parser.parse_args(argv)
 
     def say(msg):
         print(msg, file=sys.stderr, flush=True)
 
     if args.part:
-        warm_part(args.part, say, args.ready_file if args.part == "search" else None)
+        warm_part(args.part, say, args.ready_file if args.part == "search" else None,
+                  args.imported_file)
     else:
         warm(say)
     return 0

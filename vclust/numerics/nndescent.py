@@ -36,6 +36,8 @@ _installed = False
 ORIGINAL_SEARCH = _S.search_dense_sqeuclidean
 #: pynndescent's own search tree conversion, before ``install`` routes its name to the one below
 ORIGINAL_CONVERT = P.convert_tree_format
+#: pynndescent's own search graph assembly (parallel numba kernels), before ``install``
+ORIGINAL_SEARCH_GRAPH = (P.build_search_graph, P.permute_graph, P.permute_rows)
 
 
 @numba.njit(cache=True)
@@ -124,10 +126,13 @@ def _convert_dense_tree(tree_hyperplanes, tree_offsets, tree_children, tree_indi
             leaf_end = leaf_start + len(leaf)
             children[node_num, 0] = -leaf_start
             children[node_num, 1] = -leaf_end
-            indices[leaf_start:leaf_end] = leaf
-            leaf_start = leaf_end
+            for j in range(leaf_end - leaf_start):  # element loops, not slice assignments:
+                indices[leaf_start + j] = leaf[j]  # those compile numba's shape-mismatch
+            leaf_start = leaf_end                    # message, 3 s of the install's warm-up
         else:
-            hyperplanes[node_num] = tree_hyperplanes[tree_node]
+            plane = tree_hyperplanes[tree_node]
+            for j in range(plane.shape[0]):
+                hyperplanes[node_num, j] = plane[j]
             offsets[node_num] = tree_offsets[tree_node]
             children[node_num, 0] = node_num + 1
             stack_node[top] = right
@@ -156,6 +161,79 @@ def convert_tree_format(tree, data_size, data_dim):
     _convert_dense_tree(tree.hyperplanes, tree.offsets, tree.children, tree.indices,
                         hyperplanes, offsets, children, indices)
     return R.FlatTree(hyperplanes, offsets, children, indices, tree.leaf_size)
+
+
+def _sortable(values):
+    """float32 values as int64 keys in the same order (IEEE-754 bits, negatives flipped)."""
+    bits = values.view(np.int32).astype(np.int64)
+    return np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+
+def build_search_graph(neighbor_indices, neighbor_distances, max_degree):
+    """pynndescent 0.7.0's ``search_graph.build_search_graph`` (every index's ``prepare``)
+    with scipy's sparse kernels and numpy, which need no compilation: pynndescent's four
+    parallel numba kernels for it took about 20 s of the install's warm-up on 2 cores, in
+    every fresh install. The same graph, bit for bit (tests/test_outliers.py): the -1 padded
+    rows as a CSR sorted by column, united with its transpose by scipy's ``maximum`` (an edge
+    one way only is compared with an implicit zero; zero results dropped), self loops dropped,
+    and each row of more than ``max_degree`` entries keeping those no larger than its
+    ``max_degree + 1``-th smallest. Returns ``(indptr, indices, min_distance)``."""
+    import scipy.sparse as sp
+
+    n = neighbor_indices.shape[0]
+    valid = neighbor_indices >= 0
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(valid.sum(axis=1), out=indptr[1:])
+    values = np.ascontiguousarray(neighbor_distances[valid], dtype=np.float32)
+    forward = sp.csr_array((values, neighbor_indices[valid].astype(np.int32), indptr),
+                           shape=(n, n))
+    forward.sort_indices()
+    min_distance = values.min() if values.shape[0] else np.float32(0.0)
+    union = forward.maximum(forward.T.tocsr())
+    union.sort_indices()
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(union.indptr))
+    keep = union.indices != rows
+    rows, cols, values = rows[keep], union.indices[keep], union.data[keep]
+    counts = np.bincount(rows, minlength=n)
+    over = counts > max_degree
+    if over.any():
+        # the (max_degree + 1)-th smallest value of each row over the limit, kept and below
+        starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        pick = over[rows]
+        order = np.lexsort((_sortable(values[pick]), rows[pick]))
+        sub_starts = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.where(over, counts, 0), out=sub_starts[1:])
+        cut = np.full(n, np.inf, dtype=np.float32)
+        heavy = np.flatnonzero(over)
+        cut[heavy] = values[pick][order[sub_starts[heavy] + max_degree]]
+        keep = values <= cut[rows]
+        rows, cols = rows[keep], cols[keep]
+    out_indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=out_indptr[1:])
+    return out_indptr, np.ascontiguousarray(cols, dtype=np.int32), min_distance
+
+
+def permute_graph(indptr, indices, order):
+    """pynndescent 0.7.0's ``search_graph.permute_graph`` in numpy: the CSR relabelled so that
+    new vertex ``a`` is old vertex ``order[a]``, each row's columns ascending."""
+    order = np.asarray(order, dtype=np.int64)
+    n = indptr.shape[0] - 1
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.arange(n, dtype=np.int64)
+    lengths = (indptr[order + 1] - indptr[order]).astype(np.int64)
+    new_indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_indptr[1:])
+    src = np.repeat(indptr[order] - new_indptr[:-1], lengths) + np.arange(new_indptr[n])
+    keys = np.repeat(np.arange(n, dtype=np.int64), lengths) * n + inverse[indices[src]]
+    keys.sort()
+    return new_indptr, (keys % n).astype(np.int32) if n else indices[:0].astype(np.int32)
+
+
+def permute_rows(data, order):
+    """pynndescent 0.7.0's ``search_graph.permute_rows`` (a parallel ``data[order]``) as
+    numpy's gather: the same C array, no compilation."""
+    return np.ascontiguousarray(data[order])
 
 
 def precompile() -> bool:
@@ -208,6 +286,9 @@ def install() -> bool:
     nn_descent.original = original
     P.nn_descent = nn_descent
     P.convert_tree_format = convert_tree_format
+    P.build_search_graph = build_search_graph
+    P.permute_graph = permute_graph
+    P.permute_rows = permute_rows
     _S.search_dense_sqeuclidean = search_dense_sqeuclidean_nogil
     _installed = True
     return True
