@@ -63,6 +63,9 @@ def warm(say=print) -> float:
             enable_numba_cache("pynndescent", "umap")
             open(imported, "w").close()
             warm_part("build", say, search_index_ready)
+        except BaseException:
+            child.kill()  # it may be waiting for the import that failed here
+            raise
         finally:
             code = child.wait()
     if code:

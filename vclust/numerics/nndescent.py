@@ -198,8 +198,6 @@ def build_search_graph(neighbor_indices, neighbor_distances, max_degree):
     over = counts > max_degree
     if over.any():
         # the (max_degree + 1)-th smallest value of each row over the limit, kept and below
-        starts = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=starts[1:])
         pick = over[rows]
         order = np.lexsort((_sortable(values[pick]), rows[pick]))
         sub_starts = np.zeros(n + 1, dtype=np.int64)
