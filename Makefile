@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	# compile pynndescent's and umap-learn's numba kernels into numba's disk cache once, here,
-	# instead of in the user's first fit and report (vclust/warmup.py; 37-57 s on the 2-core machines measured,
+	# instead of in the user's first fit and report (vclust/warmup.py; 37-67 s on the 2-core machines measured,
 	# benchmarks/RESULTS.md)
 	$(PY) -m vclust.warmup
 	touch $(STAMP)
