@@ -60,3 +60,41 @@ def test_freed_rows_give_the_same_model(store, descriptor, monkeypatch, tmp_path
         a, b = (dask.compute(*m.apply(sets, reasons=True)) for m in (kept, freed))
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("descriptor", ["osnet", "vdc_type+vdc_color*2"])
+def test_the_outlier_reference_is_prepared_once_from_the_rows_read(store, descriptor,
+                                                                    monkeypatch, tmp_path):
+    """A fit in its own process prepares the outlier reference from the numpy rows it read
+    (while dask.array and pynndescent import) and fits on dask views of those rows: the scorer
+    takes them for the rows it prepared on, and does not gather, project and query again."""
+    from vclust.numerics.outliers import OutlierScorer
+
+    calls = []
+    real = OutlierScorer.prepare
+
+    def counted(self, raw, *a, **kw):
+        calls.append(type(raw).__name__ if not isinstance(raw, dict)
+                     else {k: type(v).__name__ for k, v in raw.items()})
+        return real(self, raw, *a, **kw)
+
+    monkeypatch.setattr(OutlierScorer, "prepare", counted)
+    _fit(store, descriptor, 2**62, monkeypatch, tmp_path)
+    n_sets = len(descriptor.split("+"))
+    assert calls == [("ndarray" if n_sets == 1 else
+                      {d.split("*")[0]: "ndarray" for d in descriptor.split("+")})], calls
+
+
+def test_rows_held_are_the_prepared_rows_only_when_they_share_their_memory():
+    from vclust.jobs.fit import as_blocks
+    from vclust.numerics.outlier_rows import same_rows_held
+
+    x = np.random.default_rng(0).random((3000, 6)).astype(np.float32)
+    views = as_blocks({"a": x})["a"]
+    assert views.numblocks[0] > 1 or x.shape[0] <= 3000
+    assert same_rows_held(x, views) and same_rows_held(x, x)
+    assert not same_rows_held(x.copy(), views)  # equal rows, other memory
+    assert not same_rows_held(x[:2000], as_blocks({"a": x[:2000].copy()})["a"])
+    assert same_rows_held({"a": x, "b": x}, {"a": views, "b": views})
+    assert not same_rows_held({"a": x}, {"a": views, "b": views})
+    assert not same_rows_held(x, dask.array.from_array(x, chunks=500))  # copied blocks

@@ -35,11 +35,11 @@ def hold_sets(sets: dict, say=_quiet) -> dict:
 
 
 def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
-    """The descriptor sets read straight from Zarr into this process's memory, as dask arrays
-    in the blocks ``hold_sets`` gives them (``blocks.compact``), when the command runs in its
-    own process (dask's scheduler set to this process's threads, as ``cluster.connect`` does
-    with ``here``) and they fit its memory budget; else None. ``first``: a progress line said
-    before the read starts (when it does).
+    """The descriptor sets read straight from Zarr into this process's memory, as numpy arrays
+    (``as_blocks`` makes them the dask arrays the preprocessing takes), when the command runs
+    in its own process (dask's scheduler set to this process's threads, as ``cluster.connect``
+    does with ``here``) and they fit its memory budget; else None. ``first``: a progress line
+    said before the read starts (when it does).
 
     Read without dask (``rawrows.RawRows`` from the chunk files where the store allows it, on
     as many threads as cores; else zarr on its own I/O threads): the read does not wait for
@@ -48,7 +48,7 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
     import dask
     from dask.system import CPU_COUNT
 
-    from ..numerics.blocks import LOCAL_SCHEDULERS, compact_rows, memory_budget
+    from ..numerics.blocks import LOCAL_SCHEDULERS, memory_budget
     from ..storage.rawrows import RawRows, read_rows
 
     # only where this process was chosen to run the graphs (cluster.connect(here=...)): a fit
@@ -72,8 +72,16 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
             x = raw.read(0, n, threads=CPU_COUNT) if raw is not None else arr[0:n]
         out[d] = np.asarray(x, dtype=np.float32)
     say(f"read {nbytes / 1e6:.0f} MB of descriptors into memory")
+    return out
+
+
+def as_blocks(arrays: dict) -> dict:
+    """``read_here``'s numpy arrays as dask arrays in the blocks ``hold_sets`` gives them
+    (``blocks.compact``), each block a view of its array's rows."""
+    from ..numerics.blocks import compact_rows
+
     return {d: _blocks_of(x, compact_rows(x.shape[1]), f"rows-{d}-{id(x)}")
-            for d, x in out.items()}
+            for d, x in arrays.items()}
 
 
 def _blocks_of(x: np.ndarray, step: int, name: str):
@@ -172,14 +180,22 @@ def _prepare_outliers(scorer, raw, n, rows, projected):
     """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
     a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
     projection, the clustering's products) oversubscribes the cores, and its waiting threads
-    then cost far more than the work (benchmarks/RESULTS.md, figures behind the code)."""
+    then cost far more than the work (benchmarks/RESULTS.md, figures behind the code).
+
+    The reference rows are gathered and projected at once (vclust's numpy code: nothing of
+    scikit-learn, scipy, numba or pynndescent, which the import thread enters), while
+    pynndescent imports on vclust's import thread; the index waits for that import
+    (``imports.wait``) and never imports it here."""
     from . import imports
     from ..numerics.blocks import one_blas_thread
     from ..storage import indexcache
 
-    imports.wait()  # pynndescent (and scikit-learn) imported on the import thread, not here
+    def before_index():
+        projected()
+        imports.wait()  # pynndescent (and scikit-learn) imported on the import thread, not here
+
     with one_blas_thread():
-        return scorer.prepare(raw, n, rows, cache=indexcache, projected=projected)
+        return scorer.prepare(raw, n, rows, cache=indexcache, projected=before_index)
 
 
 def _projected_first(projected, prepared, say):
@@ -197,6 +213,43 @@ def _projected_first(projected, prepared, say):
     say("outliers: reference rows projected")
 
 
+def _read_and_prepare(store, descriptors, rows, scorer, say):
+    """(the descriptor sets as dask arrays, whether they were read into this process, the
+    future of ``_prepare_outliers``, its ``projected`` Event). The outlier scorer's reference
+    (rows, projection, index, their neighbours) depends on the descriptor rows only: one
+    thread prepares it while the fit preprocesses and clusters (``OutlierScorer.prepare``; it
+    imports pynndescent only when the index is not in the cache)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = len(rows) if rows is not None else store.n_rows
+    fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"
+               + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
+    projected = threading.Event()
+    outlier_thread = ThreadPoolExecutor(1, thread_name_prefix="vclust-outlier-reference")
+
+    def submit(sets):
+        raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
+        out = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows, projected.set)
+        outlier_thread.shutdown(wait=False)
+        return out
+
+    read = read_here(store, descriptors, rows, say, first=fitting)
+    if read is not None:
+        # the reference is gathered and projected from the numpy rows while dask.array (which
+        # the dask arrays below need) and pynndescent still import; the fit's raw rows are dask
+        # views of the same arrays, which the scorer takes for those it was prepared on
+        prepared = submit(read)
+        return as_blocks(read), True, prepared, projected
+    sets = {}
+    for d in descriptors:
+        x = store.descriptors(d)
+        sets[d] = x[rows] if rows is not None else x
+    say(fitting)
+    sets = hold_sets(sets, say)
+    return sets, False, submit(sets), projected
+
+
 def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
         sample_size: int = FIT_SAMPLE, say=_quiet):
     """Fit preprocessing, clusters and outlier scoring on the store's rows.
@@ -207,9 +260,6 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     too (vclust.model.core). Returns the unsaved ``Model``; ``model.info["metrics"]`` holds one
     row per k tried.
     """
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
     from . import imports
     from ..model.core import build_model, check_rows, fit_partition
     from ..storage import indexcache
@@ -223,37 +273,23 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
         store.array(d)  # clear error for an unknown set
     check_rows(store, ks)
     rows = _sample_rows(store.n_rows, params.sample, seed)
-    # the outlier scorer's reference (rows, projection, index, their neighbours) depends on the
-    # descriptor rows only: one thread prepares it while this one preprocesses and clusters
-    # (OutlierScorer.prepare; it imports pynndescent only when the index is not in the cache)
-    outlier_thread = ThreadPoolExecutor(1, thread_name_prefix="vclust-outlier-reference")
     if indexcache.empty():
         # it will build the index: pynndescent imports on vclust's import thread (after what
         # the command queued there) while this thread reads the rows (benchmarks/RESULTS.md)
         imports.background(enable_numba_cache)
     scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
-    n = len(rows) if rows is not None else store.n_rows
-    fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"
-               + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
-    sets = read_here(store, descriptors, rows, say, first=fitting)
-    here = sets is not None
-    if sets is None:
-        sets = {}
-        for d in descriptors:
-            x = store.descriptors(d)
-            sets[d] = x[rows] if rows is not None else x
-        say(fitting)
-        sets = hold_sets(sets, say)
+    sets, here, prepared, projected = _read_and_prepare(store, descriptors, rows, scorer, say)
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     raw_bytes = sum(x.nbytes for x in sets.values())
-    projected = threading.Event()
-    prepared = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows, projected.set)
-    outlier_thread.shutdown(wait=False)
     if raw_bytes > RELEASE_BYTES:
         _projected_first(projected, prepared, say)
-    # nothing imports in the background from here on: the preprocessing and the clustering
-    # may import scikit-learn, which pynndescent's import enters from another module
-    imports.wait()
+    if here:
+        # the reduction imports nothing the import thread may still be importing (it needs
+        # vclust's numpy code and dask.array, queued before pynndescent): it starts while
+        # pynndescent imports
+        imports.wait_for("vclust.numerics.preprocess")
+    else:
+        imports.wait()
     pre, z = reduce_sets(sets, descriptors, params, max_components, say)
     if here:  # the rows are in this process: the reduced rows computed once, as one array
         local = in_process(z)
@@ -276,6 +312,9 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     if local is not None:
         say(f"clustering in this process: {local.nbytes / 1e6:.0f} MB of reduced rows "
             f"(up to {IN_PROCESS_BYTES / 1e6:.0f} MB are clustered here, not as task graphs)")
+    # nothing imports in the background from here on: the clustering may import
+    # scikit-learn, which pynndescent's import enters from another module
+    imports.wait()
     # a k-range keeps the silhouette sample's distances for its every k; one k sums them as
     # they are made (metrics.silhouette_sampled)
     partition = fit_partition(z, params.algorithm, ks, local=local,

@@ -51,7 +51,11 @@ def gather(a, parts):
                                                  - bounds[i] for p in parts])
                 for i, block in enumerate(x.rechunk({1: -1}).to_delayed().ravel())]
 
-    done = dask.compute({k: pick(v) for k, v in arrays.items()})[0]
+    picked = {k: pick(v) for k, v in arrays.items()}
+    # rows in memory are taken as they are, with no scheduler and nothing imported (fit.py
+    # gathers the reference while dask.array and pynndescent import on another thread)
+    lazy = any(not isinstance(p, tuple) for v in picked.values() for p in v)
+    done = dask.compute(picked)[0] if lazy else picked
     done = {k: _joined(v, len(parts)) for k, v in done.items()}
     if isinstance(a, dict):
         return [{k: v[j] for k, v in done.items()} for j in range(len(parts))]
@@ -86,6 +90,24 @@ def in_memory(x):
             return None
         at += b.shape[0] * row
     return base if at == base.__array_interface__["data"][0] + base.shape[0] * row else None
+
+
+def same_rows_held(prepared, given) -> bool:
+    """True when ``given`` (what ``OutlierScorer.fit`` is handed as ``raw``) holds the very rows
+    ``prepare`` was given: the same object, or dask arrays whose blocks are views of those numpy
+    arrays (`vclust fit` prepares on the arrays it read and fits on their views, ``in_memory``)."""
+    if prepared is given:
+        return True
+    if isinstance(prepared, dict) or isinstance(given, dict):
+        return (isinstance(prepared, dict) and isinstance(given, dict)
+                and prepared.keys() == given.keys()
+                and all(same_rows_held(prepared[k], given[k]) for k in prepared))
+    if not (isinstance(prepared, np.ndarray) and is_dask(given)):
+        return False
+    held = in_memory(given)  # the array owning the blocks' memory: ``prepared`` or its base
+    return (held is not None and held.shape == prepared.shape and held.dtype == prepared.dtype
+            and held.strides == prepared.strides
+            and held.__array_interface__["data"][0] == prepared.__array_interface__["data"][0])
 
 
 def _joined(blocks, n_parts):

@@ -72,8 +72,8 @@ from . import DEFAULT_MAD_Z, outlier_state
 from .blocks import is_dask, row_uniform, shared
 from .estimator import Estimator
 from .outlier_rows import (Projected, fixed_context, gather, log_floor as _log, project_block,
-                           projection, raw_parts, robust as _robust, same_rows, shape_only,
-                           strongest as _strongest)
+                           projection, raw_parts, robust as _robust, same_rows, same_rows_held,
+                           shape_only, strongest as _strongest)
 from .refindex import ReferenceIndex, warm_up
 
 __all__ = ["OutlierScorer", "REASONS", "NOISE", "reason_bit", "reason_names", "warm_up"]
@@ -261,7 +261,7 @@ class OutlierScorer(Estimator):
 
     def _prepared_for(self, raw, n, row_index):
         prep = getattr(self, "_prepared", None)
-        if prep is None or prep["raw"] is not raw or prep["n"] != n:
+        if prep is None or prep["n"] != n or not same_rows_held(prep["raw"], raw):
             return None
         same = (prep["row_index"] is None and row_index is None) or (
             prep["row_index"] is not None and row_index is not None
