@@ -323,12 +323,13 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     del local
     if not prepared.done():
         say("outliers: waiting for the reference index")
+    ids = store.ids()  # the model's examples name rows by id: read while the index builds
     prepared.result()  # its error, if any, is the fit's
     fit_info = {"store": str(store.path), "descriptors": descriptors, "spec": params.descriptor,
                 "k_tried": ks, "pca_variance": params.pca_variance, "scaling": params.scaling,
                 "sample": params.sample, "seed": seed}
     model, _, _ = build_model(descriptors, pre, partition, scorer, z, raw, store=store,
-                              fit_info=fit_info, rows=rows, say=say)
+                              fit_info=fit_info, rows=rows, say=say, ids=ids)
     return model
 
 

@@ -128,13 +128,13 @@ def _distances(clusterer, z, labels):
 
 
 def build_model(descriptors, preprocess, partition: Partition, scorer, z, raw, *, store,
-                fit_info: dict, rows=None, say=_quiet, model_class=None):
+                fit_info: dict, rows=None, say=_quiet, model_class=None, ids=None):
     """The model of a partition: ``scorer`` (an ``OutlierScorer``, maybe ``prepare``d on
     ``raw`` already) fitted on the reduced rows ``z`` (dask) and the rows as given ``raw`` (an
     array or a dict of arrays of the same rows), HDBSCAN's noise flagged as outliers, and the
     model's ``info``: ``fit_info``, the metrics table, the fingerprint of ``store``, the drift
     profile and the cluster readings. ``rows``: the store rows fitted (a sample), or None for
-    every row."""
+    every row; ``ids``: ``store.ids()`` when the caller read them already."""
     import dask
     import dask.array as da
 
@@ -163,7 +163,8 @@ def build_model(descriptors, preprocess, partition: Partition, scorer, z, raw, *
         say(f"outliers: {flags.mean():.2%} of a seeded sample of {len(at)} rows above the "
             "threshold (every row is scored when labelled)")
     k = partition.k
-    ids = store.ids() if rows is None else store.ids()[rows]
+    ids = store.ids() if ids is None else ids
+    ids = ids if rows is None else ids[rows]
     info = {
         "fit": {**fit_info, "algorithm": cl.name, "k": k, "rows_fitted": n},
         "fingerprint": store_fingerprint(store),

@@ -229,8 +229,8 @@ class OutlierScorer(Estimator):
         reference and threshold rows gathered from ``raw`` (as ``fit`` takes it; ``n`` rows,
         ``row_index`` their absolute ids), the scorer's projection fitted on the reference
         (then ``projected()``, the gathered rows dropped), the reference index (``cache``: an
-        index cache across processes, or None) and each of those rows' nearest reference rows.
-        ``fit`` runs it itself when it was not run (or was run for other rows). Returns self."""
+        index cache across processes, or None), the faint term's origin and spread, and each
+        of those rows' nearest reference rows. ``fit`` runs it unless run for those rows."""
         if raw is None:
             raise ValueError("prepare needs the descriptor rows (raw=)")
         self._validate(n)
@@ -246,6 +246,7 @@ class OutlierScorer(Estimator):
         projected()
         rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
         self._set_reference(ref, rows_abs[pos], cache)
+        self._fit_faint(ref, raw)
         self.ref_index_.neighbours_cached(ref, self.ref_rows_, self.n_neighbors)
         if extra is not None:
             self.ref_index_.neighbours_cached(extra_own, rows_abs[extra], self.n_neighbors)
@@ -284,9 +285,8 @@ class OutlierScorer(Estimator):
         rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
         if raw is not None:
             same_rows(X, raw)
-            prep = self._prepared_for(raw, n, row_index)
-            if prep is None:
-                prep = self.prepare(raw, n, row_index, cache)._prepared
+            prep = (self._prepared_for(raw, n, row_index)  # prepared for these rows, or now
+                    or self.prepare(raw, n, row_index, cache)._prepared)
             pos, extra = prep["pos"], prep["extra"]
             got_z = gather(X, (pos,) if extra is None else (pos, extra))
             ref_z = np.ascontiguousarray(got_z[0], dtype=np.float32)
@@ -296,12 +296,12 @@ class OutlierScorer(Estimator):
             pos, extra = self._positions(n)
             got_z = gather(X, (pos,) if extra is None else (pos, extra))
             self.projection_ = None
+            self._fit_faint(None, None)  # no projection: no faint term (else ``prepare`` made it)
             ref_z = np.ascontiguousarray(got_z[0], dtype=np.float32)
             more = None if extra is None else (got_z[1],) * 2
             self._set_reference(ref_z, rows_abs[pos], cache)
         ref = self.reference_
         self.reference_z_ = None if raw is None else ref_z
-        self._fit_faint(ref, raw)
         # the group rank: the j-th reference neighbour stands for about k rows of the data
         self.tight_rank_ = int(np.clip(round(self.n_neighbors * len(ref) / n), 1, self.n_neighbors))
         lab, dist = dask.compute(labels, center_dist) if is_dask(labels) else (labels, center_dist)
