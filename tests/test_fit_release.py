@@ -86,13 +86,15 @@ def test_the_outlier_reference_is_prepared_once_from_the_rows_read(store, descri
 
 
 def test_rows_held_are_the_prepared_rows_only_when_they_share_their_memory():
-    from vclust.jobs.fit import as_blocks
+    from vclust.jobs.fit import _blocks_of, as_blocks
     from vclust.numerics.outlier_rows import same_rows_held
 
     x = np.random.default_rng(0).random((3000, 6)).astype(np.float32)
-    views = as_blocks({"a": x})["a"]
-    assert views.numblocks[0] > 1 or x.shape[0] <= 3000
+    views = _blocks_of(x, 500, "held-views")
+    assert views.numblocks == (6, 1)
     assert same_rows_held(x, views) and same_rows_held(x, x)
+    assert same_rows_held(x, as_blocks({"a": x})["a"])  # the blocks `vclust fit` makes
+    assert not same_rows_held(x, _blocks_of(x[:2500], 500, "fewer"))  # a part of the rows
     assert not same_rows_held(x.copy(), views)  # equal rows, other memory
     assert not same_rows_held(x[:2000], as_blocks({"a": x[:2000].copy()})["a"])
     assert same_rows_held({"a": x, "b": x}, {"a": views, "b": views})

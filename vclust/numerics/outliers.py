@@ -377,7 +377,7 @@ class OutlierScorer(Estimator):
             return
         zero = ({k: np.zeros((1, v.shape[1]), np.float32) for k, v in raw.items()}
                 if isinstance(raw, dict) else np.zeros((1, raw.shape[1]), np.float32))
-        self.origin_ = self.scoring_rows(zero)[0]
+        self.origin_ = fixed_context(self.scoring_rows, zero)[0]  # any caller: the same bits
         med, mad = _robust(_log(np.linalg.norm(np.asarray(ref, np.float64) - self.origin_, axis=1)))
         self.faint_norm_ = np.array([med, max(mad, FAINT_MAD_FLOOR)])
 
