@@ -37,10 +37,21 @@ def find_and_load(name, import_):
         if top in RACED:  # every module of a raced package, nested or not
             spans.append((threading.current_thread().name, top, name, t0, time.perf_counter()))
 bootstrap._find_and_load = find_and_load
+""" % (RACED,)
+COMMAND = RECORD + r"""
 from vclust.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "spans": spans}))
-""" % (RACED,)
+"""
+# the fit called as a library (no command queued dask.array first), in its own process's threads
+LIBRARY = RECORD + r"""
+import dask
+dask.config.set(scheduler="threads")
+from vclust.jobs import steps
+from vclust.jobs.params import FitParams
+steps.fit(sys.argv[1], FitParams(descriptor="osnet", k=4, seed=int(sys.argv[2]), algorithm="gmm"))
+print(json.dumps({"code": 0, "spans": spans}))
+"""
 
 
 def overlaps(spans) -> list:
@@ -57,7 +68,7 @@ def overlaps(spans) -> list:
 @pytest.mark.parametrize("run", range(6))
 def test_no_two_threads_import_one_package_at_once_during_a_fit(fitted, tmp_path, run):  # noqa: F811
     out = subprocess.run(
-        [sys.executable, "-c", RECORD, "-q", "fit", str(fitted / "store"), "--model",
+        [sys.executable, "-c", COMMAND, "-q", "fit", str(fitted / "store"), "--model",
          str(tmp_path / "model"), "--descriptor", "osnet", "--k", "4", "--algorithm", "gmm",
          "--seed", str(run)],
         capture_output=True, text=True, env={**ENV, "VCLUST_CACHE_DIR": "off"}, cwd=REPO,
@@ -69,6 +80,21 @@ def test_no_two_threads_import_one_package_at_once_during_a_fit(fitted, tmp_path
     threads = {s[0] for s in got["spans"]}
     assert "vclust-imports" in threads  # the background imports ran, on their one thread
     assert {"sklearn", "pynndescent"} <= {s[1] for s in got["spans"]}
+    assert overlaps(got["spans"]) == []
+
+
+@pytest.mark.parametrize("run", range(2))
+def test_no_two_threads_import_one_package_at_once_in_a_library_fit(fitted, run):  # noqa: F811
+    """``jobs.fit`` called from Python in a fresh interpreter: dask.array is imported on the
+    import thread before pynndescent, not on the calling thread beside it (it was: scipy's
+    modules on two threads at once)."""
+    out = subprocess.run([sys.executable, "-c", LIBRARY, str(fitted / "store"), str(run)],
+                         capture_output=True, text=True,
+                         env={**ENV, "VCLUST_CACHE_DIR": "off"}, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "vclust-imports" in {s[0] for s in got["spans"]}
+    assert {"sklearn", "pynndescent", "scipy"} <= {s[1] for s in got["spans"]}
     assert overlaps(got["spans"]) == []
 
 

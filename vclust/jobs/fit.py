@@ -78,8 +78,10 @@ def read_here(store, descriptors, rows, say=_quiet, first=None) -> dict | None:
 def as_blocks(arrays: dict) -> dict:
     """``read_here``'s numpy arrays as dask arrays in the blocks ``hold_sets`` gives them
     (``blocks.compact``), each block a view of its array's rows."""
+    from . import imports
     from ..numerics.blocks import compact_rows
 
+    imports.wait_for("dask.array")  # imported on the import thread, not beside it
     return {d: _blocks_of(x, compact_rows(x.shape[1]), f"rows-{d}-{id(x)}")
             for d, x in arrays.items()}
 
@@ -222,6 +224,8 @@ def _read_and_prepare(store, descriptors, rows, scorer, say):
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from . import imports
+
     n = len(rows) if rows is not None else store.n_rows
     fitting = (f"fitting on {n} rows of {'+'.join(descriptors)}"
                + (f" (seeded sample of {store.n_rows})" if rows is not None else ""))
@@ -241,6 +245,7 @@ def _read_and_prepare(store, descriptors, rows, scorer, say):
         # views of the same arrays, which the scorer takes for those it was prepared on
         prepared = submit(read)
         return as_blocks(read), True, prepared, projected
+    imports.wait_for("dask.array")
     sets = {}
     for d in descriptors:
         x = store.descriptors(d)
@@ -273,6 +278,10 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
         store.array(d)  # clear error for an unknown set
     check_rows(store, ks)
     rows = _sample_rows(store.n_rows, params.sample, seed)
+    # dask.array on the import thread before pynndescent (a no-op where the command queued it
+    # already): a library call would otherwise import it here, beside pynndescent's import,
+    # and both enter scipy and numba
+    imports.background("dask.array")
     if indexcache.empty():
         # it will build the index: pynndescent imports on vclust's import thread (after what
         # the command queued there) while this thread reads the rows (benchmarks/RESULTS.md)
