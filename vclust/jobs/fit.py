@@ -265,6 +265,18 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
     too (vclust.model.core). Returns the unsaved ``Model``; ``model.info["metrics"]`` holds one
     row per k tried.
     """
+    from ..numerics.blocks import one_blas_thread
+
+    # BLAS at one thread for the whole fit, not only while the outlier thread prepares: OpenBLAS's
+    # thread count is one setting for the process, and a product or eigendecomposition on this
+    # thread sums in another order at two threads, so the model's last bits depended on whether
+    # the outlier thread was inside its prepare at that moment (the same rows fitted after an
+    # ingest in one process gave other components than in a fresh one; RESULTS.md)
+    with one_blas_thread():
+        return _fit(store_path, params, max_components, sample_size, say)
+
+
+def _fit(store_path, params, max_components, sample_size, say):
     from . import imports
     from ..model.core import build_model, check_rows, fit_partition
     from ..storage import indexcache
