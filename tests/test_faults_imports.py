@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from .test_faults import ENV, REPO, fitted  # noqa: F401
+from .test_faults import ENV, REPO, fitted, small_case  # noqa: F401
 
 RACED = ("sklearn", "pynndescent", "numba", "scipy", "llvmlite")
 
@@ -49,8 +49,9 @@ import dask
 dask.config.set(scheduler="threads")
 from vclust.jobs import steps
 from vclust.jobs.params import FitParams
-steps.fit(sys.argv[1], FitParams(descriptor="osnet", k=4, seed=int(sys.argv[2]), algorithm="gmm"))
-print(json.dumps({"code": 0, "spans": spans}))
+model = steps.fit(sys.argv[1], FitParams(descriptor="osnet", k=4, seed=int(sys.argv[2]),
+                                         algorithm="gmm"))
+print(json.dumps({"code": 0, "spans": spans, "dims": model.preprocess.n_features_in_}))
 """
 
 
@@ -113,3 +114,31 @@ def test_background_imports_run_in_order_on_one_thread():
     imports.background("json", "vclust.no_such_module")  # a failure stays quiet
     imports.wait_for("vclust.no_such_module")
     imports.wait()
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A store of 600 rows of 1,100 columns: at LEADING_EIGH_DIMS and more, the fit's two
+    eigendecompositions (the reduction's, the outlier projection's) are scipy's, imported on the
+    import thread and waited for by both threads."""
+    from vclust.numerics import LEADING_EIGH_DIMS
+    from vclust.storage.ingest import ingest
+
+    root = tmp_path_factory.mktemp("wide")
+    files, ids = small_case(root / "case", dims=1100)
+    assert 1100 >= LEADING_EIGH_DIMS
+    ingest(root / "store", files, ids_csv=ids, batch="b0")
+    return root / "store"
+
+
+def test_no_two_threads_import_one_package_at_once_in_a_wide_sets_fit(wide):
+    out = subprocess.run([sys.executable, "-c", LIBRARY, str(wide), "0"],
+                         capture_output=True, text=True,
+                         env={**ENV, "VCLUST_CACHE_DIR": "off"}, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["dims"] == 1100
+    # scipy.linalg on the import thread, which the projection's and the reduction's threads
+    # wait for (the outlier thread imported it itself beside dask.array's import before)
+    assert {s[0] for s in got["spans"] if s[2] == "scipy.linalg"} == {"vclust-imports"}
+    assert overlaps(got["spans"]) == []

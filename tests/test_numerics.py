@@ -1,6 +1,7 @@
 """Preprocessing, KMeans, metrics and the comparison algorithms against scikit-learn."""
 
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,38 @@ def test_randomized_pca_close_to_exact(blobs):
     rnd = Preprocessor(standardize=False, l2=False, n_components=4, svd_method="randomized").fit(
         da.from_array(x, chunks=(1000, -1)))
     np.testing.assert_allclose(rnd.explained_variance_, exact.explained_variance_, rtol=1e-3)
+
+
+def test_a_wide_set_takes_only_the_components_it_can_keep(monkeypatch):
+    """At LEADING_EIGH_DIMS columns and more, the covariance gives only its leading
+    ``max_components`` pairs (scipy's syevr): the components and variance shares are numpy's
+    full decomposition's, to rounding, and every shortcut a variance target can take (the cap,
+    fewer components, every column) keeps its meaning."""
+    import scipy.linalg
+
+    from vclust.numerics import preprocess as pp
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((3000, 1100)) * np.linspace(3, 0.05, 1100)).astype(np.float32)
+    calls = []
+    real = scipy.linalg.eigh
+    monkeypatch.setattr(scipy.linalg, "eigh", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    for kw in (dict(pca_variance=0.95, max_components=64),  # the cap
+               dict(pca_variance=0.2, max_components=256),  # the target, under the cap
+               dict(n_components=10)):
+        leading = Preprocessor(**kw).fit(x)
+        assert calls.pop()["subset_by_index"][1] == 1099
+        with monkeypatch.context() as m:
+            m.setattr(pp, "LEADING_EIGH_DIMS", 10**9)
+            full = Preprocessor(**kw).fit(x)
+        assert not calls
+        assert leading.n_components_ == full.n_components_ > 1
+        np.testing.assert_allclose(leading.components_, full.components_, atol=1e-9)
+        np.testing.assert_allclose(leading.explained_variance_ratio_,
+                                   full.explained_variance_ratio_, rtol=1e-10)
+        assert leading.total_variance_ == pytest.approx(full.total_variance_, rel=1e-12)
+    every = Preprocessor(pca_variance=None).fit(x)  # every column kept: all of the pairs
+    assert not calls and every.components_ is None and len(every.explained_variance_) == 1100
 
 
 def test_constant_columns_and_nan():
@@ -427,6 +460,40 @@ def test_a_blas_loaded_after_the_first_limit_is_limited_too():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+def test_a_blas_loaded_while_the_limit_holds_is_limited_at_the_next_entry():
+    """A fit holds one_blas_thread from start to end, and scipy's OpenBLAS arrives during it
+    (scipy.linalg, for a wide set's eigendecomposition): the next entry, nested, limits it too,
+    and the last exit gives every library its own count back."""
+    import json
+
+    code = (
+        "import json\n"
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from vclust.numerics.blocks import one_blas_thread\n"
+        "def counts():\n"
+        "    return [i['num_threads'] for i in sorted(threadpool_info(),\n"
+        "            key=lambda i: i['filepath']) if i['user_api'] == 'blas']\n"
+        "seen = {}\n"
+        "with one_blas_thread():\n"
+        "    import scipy.linalg  # noqa: F401 - a second BLAS arrives while the limit holds\n"
+        "    seen['arrived'] = counts()\n"
+        "    with one_blas_thread():\n"
+        "        seen['nested'] = counts()\n"
+        "    seen['nested left'] = counts()\n"
+        "seen['all left'] = counts()\n"
+        "print(json.dumps(seen))\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert sorted(seen["arrived"]) == [1, 2], seen  # numpy's limited, scipy's not yet
+    assert seen["nested"] == [1, 1], seen
+    assert seen["nested left"] == [1, 1], seen  # still inside the outer one
+    assert seen["all left"] == [2, 2], seen
 
 
 _BLAS_CHECK = """

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..numerics import DEFAULT_MAX_COMPONENTS, FIT_SAMPLE
+from ..numerics import DEFAULT_MAX_COMPONENTS, FIT_SAMPLE, LEADING_EIGH_DIMS
 
 
 def _quiet(_msg):
@@ -178,7 +178,7 @@ def _quietly(fn):
         pass
 
 
-def _prepare_outliers(scorer, raw, n, rows, projected):
+def _prepare_outliers(scorer, raw, n, rows, projected, wide):
     """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
     a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
     projection, the clustering's products) oversubscribes the cores, and its waiting threads
@@ -196,6 +196,8 @@ def _prepare_outliers(scorer, raw, n, rows, projected):
         projected()
         imports.wait()  # pynndescent (and scikit-learn) imported on the import thread, not here
 
+    if wide:  # its projection's eigendecomposition is scipy's (queued by ``fit``)
+        imports.wait_for("scipy.linalg")
     with one_blas_thread():
         return scorer.prepare(raw, n, rows, cache=indexcache, projected=before_index)
 
@@ -215,7 +217,7 @@ def _projected_first(projected, prepared, say):
     say("outliers: reference rows projected")
 
 
-def _read_and_prepare(store, descriptors, rows, scorer, say):
+def _read_and_prepare(store, descriptors, rows, scorer, say, wide):
     """(the descriptor sets as dask arrays, whether they were read into this process, the
     future of ``_prepare_outliers``, its ``projected`` Event). The outlier scorer's reference
     (rows, projection, index, their neighbours) depends on the descriptor rows only: one
@@ -234,7 +236,7 @@ def _read_and_prepare(store, descriptors, rows, scorer, say):
 
     def submit(sets):
         raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
-        out = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows, projected.set)
+        out = outlier_thread.submit(_prepare_outliers, scorer, raw, n, rows, projected.set, wide)
         outlier_thread.shutdown(wait=False)
         return out
 
@@ -294,12 +296,16 @@ def _fit(store_path, params, max_components, sample_size, say):
     # already): a library call would otherwise import it here, beside pynndescent's import,
     # and both enter scipy and numba
     imports.background("dask.array")
+    wide = any(store.array(d).shape[1] >= LEADING_EIGH_DIMS for d in descriptors)
+    if wide:  # its eigendecompositions take scipy's (preprocess._leading_eigh), imported there
+        imports.background("scipy.linalg")
     if indexcache.empty():
         # it will build the index: pynndescent imports on vclust's import thread (after what
         # the command queued there) while this thread reads the rows (benchmarks/RESULTS.md)
         imports.background(enable_numba_cache)
     scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
-    sets, here, prepared, projected = _read_and_prepare(store, descriptors, rows, scorer, say)
+    sets, here, prepared, projected = _read_and_prepare(store, descriptors, rows, scorer, say,
+                                                        wide)
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     raw_bytes = sum(x.nbytes for x in sets.values())
     if raw_bytes > RELEASE_BYTES:
@@ -311,6 +317,8 @@ def _fit(store_path, params, max_components, sample_size, say):
         imports.wait_for("vclust.numerics.preprocess")
     else:
         imports.wait()
+    if wide:
+        imports.wait_for("scipy.linalg")
     pre, z = reduce_sets(sets, descriptors, params, max_components, say)
     if here:  # the rows are in this process: the reduced rows computed once, as one array
         local = in_process(z)

@@ -12,5 +12,11 @@ FIT_SAMPLE = 20_000
 ALGORITHMS = ("kmeans", "minibatch", "gmm", "bisecting", "agglomerative", "hdbscan")
 #: the reduced rows (and the outlier scorer's projection) keep at most this many components
 DEFAULT_MAX_COMPONENTS = 256
+#: covariance matrices at least this wide are decomposed for the components a fit can keep only
+#: (``preprocess._leading_eigh``, scipy's syevr): numpy's full eigendecomposition of
+#: efficientnet-b7's 2,560 columns took 3.4 s at one BLAS thread, its leading 256 pairs
+#: 1.7-1.9 s (benchmarks/RESULTS.md); narrower sets take a fraction of a second either way and
+#: keep numpy's
+LEADING_EIGH_DIMS = 1024
 DEFAULT_PCA_VARIANCE = 0.95  # chosen on real CNN descriptors: docs/preprocessing.md
 DEFAULT_MAD_Z = 4.0  # is_outlier: combined z above median + DEFAULT_MAD_Z MADs of the fit rows'

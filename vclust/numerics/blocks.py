@@ -101,7 +101,7 @@ def map_blocks_state(func, X, states=None, args=()):
 
 _POOL = None
 _BLAS_LOCK = threading.Lock()
-_BLAS = {"users": 0, "limit": None, "controller": None, "modules": None}
+_BLAS = {"users": 0, "limits": [], "controller": None, "modules": None}
 # modules whose import loads a BLAS of its own (numpy's and scipy's OpenBLAS are two libraries;
 # scipy.special loads scipy's without scipy.linalg, faiss brings a third): the controller is made
 # again when one of them has been imported since
@@ -116,17 +116,20 @@ def one_blas_thread():
     two-thread BLAS from two pool threads put four busy threads on two cores, and OpenBLAS's
     waiting threads spin (benchmarks/RESULTS.md, figures behind the code). Counted: the
     first caller limits, the last one out restores, so overlapping callers on other threads do
-    not undo each other."""
-    with _BLAS_LOCK:
-        if _BLAS["users"] == 0:
-            import sys
+    not undo each other. A BLAS loaded while the limit holds (scipy's, imported during a fit
+    that holds it throughout) is limited too, at the next entry."""
+    import sys
 
-            loaded = tuple(m in sys.modules for m in _BLAS_MODULES)
+    with _BLAS_LOCK:
+        loaded = tuple(m in sys.modules for m in _BLAS_MODULES)
+        if _BLAS["users"] == 0 or _BLAS["modules"] != loaded:
             if _BLAS["modules"] != loaded:  # a BLAS may have been loaded since
                 from threadpoolctl import ThreadpoolController
 
                 _BLAS["controller"], _BLAS["modules"] = ThreadpoolController(), loaded
-            _BLAS["limit"] = _BLAS["controller"].limit(limits=1, user_api="blas")
+            # when nested, the new controller's limit keeps as "original" the one already
+            # held, and its restore is undone by the outer one's (restored last, first made)
+            _BLAS["limits"].append(_BLAS["controller"].limit(limits=1, user_api="blas"))
         _BLAS["users"] += 1
     try:
         yield
@@ -134,8 +137,9 @@ def one_blas_thread():
         with _BLAS_LOCK:
             _BLAS["users"] -= 1
             if _BLAS["users"] == 0:
-                _BLAS["limit"].restore_original_limits()
-                _BLAS["limit"] = None
+                for limit in reversed(_BLAS["limits"]):
+                    limit.restore_original_limits()
+                _BLAS["limits"].clear()
 
 
 def threads_get(dsk, keys, **kwargs):

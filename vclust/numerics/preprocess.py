@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import DEFAULT_MAX_COMPONENTS, DEFAULT_PCA_VARIANCE
+from . import DEFAULT_MAX_COMPONENTS, DEFAULT_PCA_VARIANCE, LEADING_EIGH_DIMS
 from .blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, scratch
 from .estimator import Estimator
 
@@ -112,6 +112,27 @@ def _block_sketch(block, row0, l2, mean, scale, q):
     return (xs.T @ y).astype(np.float64)
 
 
+def _leading_eigh(mat, m):
+    """(eigenvalues in descending order, clipped at 0; their eigenvectors as columns) of the
+    symmetric ``mat``: the leading ``m`` pairs (LAPACK's syevr through scipy) when ``mat`` is
+    at least LEADING_EIGH_DIMS wide and ``m`` under half of it, else all of them (numpy). The
+    variance shares divide by the trace, not by the eigenvalues' sum, so they are the same
+    either way. BLAS at one thread (``one_blas_thread``): scipy's OpenBLAS is a library of its
+    own, and a decomposition's last bits depend on its thread count. A caller on a thread beside
+    background imports imports scipy.linalg first (vclust.jobs.fit does)."""
+    from .blocks import one_blas_thread
+
+    d = mat.shape[0]
+    if d >= LEADING_EIGH_DIMS and m < d // 2:
+        from scipy.linalg import eigh
+
+        with one_blas_thread():
+            evals, evecs = eigh(mat, subset_by_index=[d - m, d - 1], driver="evr")
+    else:
+        evals, evecs = np.linalg.eigh(mat)
+    return evals[::-1].clip(min=0), evecs[:, ::-1]
+
+
 class Preprocessor(Estimator):
     """L2 / standardise / PCA for one descriptor set, with scikit-learn's estimator interface
     (``fit``, ``transform``, ``fit_transform``, ``get_params``) but not its base classes
@@ -173,8 +194,7 @@ class Preprocessor(Estimator):
             scale = np.sqrt(var) if self.standardize else np.ones(d)
             scale[scale < 1e-12] = 1.0
             mat = cov / np.outer(scale, scale)
-            evals, evecs = np.linalg.eigh(mat)
-            evals, evecs = evals[::-1].clip(min=0), evecs[:, ::-1]
+            evals, evecs = _leading_eigh(mat, self._most_components(d))
             total = float(np.trace(mat))
         else:
             n, mean, scale, evals, evecs, total = self._fit_randomized(X)
@@ -201,6 +221,12 @@ class Preprocessor(Estimator):
         self.n_features_in_ = d
         self._build()
         return self
+
+    def _most_components(self, d):
+        """The most components this fit can keep: all ``d`` when it keeps every column."""
+        if self.pca_variance is None and self.n_components is None:
+            return d
+        return max(1, min(self.n_components or self.max_components, self.max_components, d))
 
     def _fit_randomized(self, X):
         d = X.shape[1]
