@@ -496,6 +496,48 @@ def test_a_blas_loaded_while_the_limit_holds_is_limited_at_the_next_entry():
     assert seen["all left"] == [2, 2], seen
 
 
+def test_one_blas_thread_takes_from_any_thread():
+    """threadpoolctl (3.6 on) lets the one Python thread inside a limit control a pthreads
+    OpenBLAS and ignores a limit set from any other meanwhile: the fit held one_blas_thread
+    on its main thread, scipy's OpenBLAS arrived, and the outlier thread's limit on it was
+    ignored (it kept two threads, and the scorer's eigendecomposition summed in another
+    order). one_blas_thread sets OpenBLAS's process-wide count itself, from any thread, while
+    the calling thread or another holds a limit of its own (scikit-learn's, this module's), and
+    gives each library its count back."""
+    import json
+
+    code = (
+        "import json, threading\n"
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info, threadpool_limits\n"
+        "from vclust.numerics.blocks import one_blas_thread\n"
+        "def counts():\n"
+        "    return sorted(i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas')\n"
+        "seen = {}\n"
+        "def other(key):\n"
+        "    with one_blas_thread():\n"
+        "        seen[key] = counts()\n"
+        "def on_another_thread(key):\n"
+        "    t = threading.Thread(target=other, args=(key,))\n"
+        "    t.start(); t.join()\n"
+        "with one_blas_thread():  # as a fit holds it on its main thread\n"
+        "    import scipy.linalg  # noqa: F401 - scipy's OpenBLAS arrives meanwhile\n"
+        "    on_another_thread('fit: another thread, after scipy arrived')\n"
+        "seen['fit: after'] = counts()\n"
+        "with threadpool_limits(2, user_api='blas'):  # scikit-learn's, on the main thread\n"
+        "    on_another_thread('another thread, beside a threadpoolctl limit')\n"
+        "    seen['threadpoolctl limit: after'] = counts()\n"
+        "print(json.dumps(seen))\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "fit: another thread, after scipy arrived": [1, 1], "fit: after": [2, 2],
+        "another thread, beside a threadpoolctl limit": [1, 1],
+        "threadpoolctl limit: after": [2, 2]}, out.stdout
+
+
 _BLAS_CHECK = """
 from contextlib import ExitStack
 

@@ -276,6 +276,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     from ..model import succession
     from ..model.bundle import Model
     from ..model.registry import Registry
+    from ..numerics.blocks import one_blas_thread
     from ..numerics.outliers import warm_up
     from ..report.content import identity_of
 
@@ -309,15 +310,20 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     warming.start()
     log = out / "reads.log"
     log.unlink(missing_ok=True)
-    reduced, raw_sets = _reduce_sets(store, names, params, log, say)
-    spaces = {spec: _space(spec, reduced, say) for spec in params.descriptors}
     runs, kept = [], []
-    for spec, (pre, z) in spaces.items():
-        raw = {n: raw_sets[n] for n in parse_spec(spec)}
-        for m, rows in _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir,
-                                 current, prev, groups, warming, say):
-            kept.append(m)
-            runs.extend(rows)
+    # the models made here at the BLAS threads `vclust fit` makes them at (one, throughout):
+    # a kept model is then the one `vclust fit` makes of its spec, algorithm and k, to the bit,
+    # its outlier scores included (at two threads the reduction's and the scorer's products
+    # and eigendecompositions summed in another order)
+    with one_blas_thread():
+        reduced, raw_sets = _reduce_sets(store, names, params, log, say)
+        spaces = {spec: _space(spec, reduced, say) for spec in params.descriptors}
+        for spec, (pre, z) in spaces.items():
+            raw = {n: raw_sets[n] for n in parse_spec(spec)}
+            for m, rows in _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir,
+                                     current, prev, groups, warming, say):
+                kept.append(m)
+                runs.extend(rows)
     _outliers_as_labelled(kept, runs, labels_dir)
     agree_f = _agreement(kept, out / "contingency")
     cross_f = _cross_metrics(spaces, kept, params, say)

@@ -101,11 +101,54 @@ def map_blocks_state(func, X, states=None, args=()):
 
 _POOL = None
 _BLAS_LOCK = threading.Lock()
-_BLAS = {"users": 0, "limits": [], "controller": None, "modules": None}
+# users: callers inside; libs: {library path: (threadpoolctl's controller of it, its setter)};
+# before: {library path: its count when limited}, while a caller is inside; modules: those
+# seen loaded when the libraries were last listed
+_BLAS = {"users": 0, "libs": {}, "before": {}, "modules": None}
 # modules whose import loads a BLAS of its own (numpy's and scipy's OpenBLAS are two libraries;
-# scipy.special loads scipy's without scipy.linalg, faiss brings a third): the controller is made
-# again when one of them has been imported since
+# scipy.special loads scipy's without scipy.linalg, faiss brings a third): the libraries are
+# listed again when one of them has been imported since
 _BLAS_MODULES = ("numpy", "scipy.special", "scipy.linalg", "sklearn", "faiss")
+# OpenBLAS's own process-wide setter, under the names its builds export (numpy's and scipy's
+# wheels prefix "scipy_", numpy's 64-bit-integer build suffixes "64_")
+_OPENBLAS_SETTERS = tuple(f"{p}openblas_set_num_threads{s}" for p in ("", "scipy_")
+                          for s in ("", "64_"))
+
+
+def _imported(module) -> bool:
+    """True for a module imported to its end: one another thread is still importing is in
+    sys.modules before the BLAS it loads (vclust imports in the background)."""
+    spec = getattr(module, "__spec__", None)
+    return module is not None and not getattr(spec, "_initializing", False)
+
+
+def _setter(lib):
+    """A function that sets ``lib``'s thread count for the whole process, from any thread.
+
+    threadpoolctl (3.6 on) lets one Python thread control a pthreads OpenBLAS and silently
+    ignores a limit set from any other while that one lives: the fit's outlier thread asked
+    for one thread on scipy's OpenBLAS and it kept two, so the scorer's eigendecomposition,
+    and the model's last bits, depended on which thread had set a limit first
+    (benchmarks/RESULTS.md). vclust's callers are counted under one lock and do not fight, so
+    OpenBLAS's own setter is called (ctypes, the library already loaded); other libraries go
+    through threadpoolctl."""
+    if lib.internal_api == "openblas" and getattr(lib, "threading_layer", None) != "openmp":
+        import ctypes
+        import os
+
+        dll = ctypes.CDLL(lib.filepath, mode=os.RTLD_NOLOAD)
+        for name in _OPENBLAS_SETTERS:
+            fn = getattr(dll, name, None)
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_int], None
+                return fn
+    return lib.set_num_threads
+
+
+def _blas_libraries():
+    from threadpoolctl import ThreadpoolController
+
+    return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
 
 
 @contextmanager
@@ -117,19 +160,21 @@ def one_blas_thread():
     waiting threads spin (benchmarks/RESULTS.md, figures behind the code). Counted: the
     first caller limits, the last one out restores, so overlapping callers on other threads do
     not undo each other. A BLAS loaded while the limit holds (scipy's, imported during a fit
-    that holds it throughout) is limited too, at the next entry."""
+    that holds it throughout) is limited too, at the next entry, from whichever thread
+    (``_setter``)."""
     import sys
 
     with _BLAS_LOCK:
-        loaded = tuple(m in sys.modules for m in _BLAS_MODULES)
-        if _BLAS["users"] == 0 or _BLAS["modules"] != loaded:
-            if _BLAS["modules"] != loaded:  # a BLAS may have been loaded since
-                from threadpoolctl import ThreadpoolController
-
-                _BLAS["controller"], _BLAS["modules"] = ThreadpoolController(), loaded
-            # when nested, the new controller's limit keeps as "original" the one already
-            # held, and its restore is undone by the outer one's (restored last, first made)
-            _BLAS["limits"].append(_BLAS["controller"].limit(limits=1, user_api="blas"))
+        loaded = tuple(_imported(sys.modules.get(m)) for m in _BLAS_MODULES)
+        if _BLAS["modules"] != loaded:  # a BLAS may have been loaded since: list them again
+            _BLAS["modules"] = loaded
+            for lib in _blas_libraries():
+                if lib.filepath not in _BLAS["libs"]:
+                    _BLAS["libs"][lib.filepath] = (lib, _setter(lib))
+        for path, (lib, setter) in _BLAS["libs"].items():
+            if path not in _BLAS["before"]:  # the first caller in, or a library new since
+                _BLAS["before"][path] = lib.num_threads
+                setter(1)
         _BLAS["users"] += 1
     try:
         yield
@@ -137,9 +182,9 @@ def one_blas_thread():
         with _BLAS_LOCK:
             _BLAS["users"] -= 1
             if _BLAS["users"] == 0:
-                for limit in reversed(_BLAS["limits"]):
-                    limit.restore_original_limits()
-                _BLAS["limits"].clear()
+                for path, before in _BLAS["before"].items():
+                    _BLAS["libs"][path][1](before)
+                _BLAS["before"].clear()
 
 
 def threads_get(dsk, keys, **kwargs):
