@@ -4,7 +4,8 @@ target, fitted on numpy or dask arrays in as few passes as possible.
 ``svd_method="covariance"`` (the default for sets up to 4096 dims) reads the rows once: every
 block returns its count, mean and centred scatter matrix (float32 BLAS on the block, combined in
 float64 with the parallel-variance formula of Chan et al.), then the eigendecomposition runs on
-the client. ``"randomized"`` (wider sets) never forms the d x d matrix: a mean pass, a few
+the client (for the components a fit can keep only, from LEADING_EIGH_DIMS columns up:
+``_leading_eigh``). ``"randomized"`` (wider sets) never forms the d x d matrix: a mean pass, a few
 power-iteration passes with a d x l sketch, and a last pass for the small projected matrix.
 The projection is one matrix product per block.
 """
