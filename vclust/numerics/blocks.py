@@ -136,7 +136,10 @@ def _setter(lib):
         import ctypes
         import os
 
-        dll = ctypes.CDLL(lib.filepath, mode=os.RTLD_NOLOAD)
+        try:
+            dll = ctypes.CDLL(lib.filepath, mode=getattr(os, "RTLD_NOLOAD", 0))
+        except OSError:  # not reachable by its path: threadpoolctl's, as before
+            return lib.set_num_threads
         for name in _OPENBLAS_SETTERS:
             fn = getattr(dll, name, None)
             if fn is not None:
