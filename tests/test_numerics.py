@@ -462,12 +462,21 @@ def test_a_blas_loaded_after_the_first_limit_is_limited_too():
     assert out.stdout.strip() == "1"
 
 
+def _blas_counts_seen(code: str) -> dict:
+    """What ``code`` prints as JSON, run in a fresh interpreter at two OpenBLAS threads."""
+    import json
+
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def test_a_blas_loaded_while_the_limit_holds_is_limited_at_the_next_entry():
     """A fit holds one_blas_thread from start to end, and scipy's OpenBLAS arrives during it
     (scipy.linalg, for a wide set's eigendecomposition): the next entry, nested, limits it too,
     and the last exit gives every library its own count back."""
-    import json
-
     code = (
         "import json\n"
         "import numpy as np\n"
@@ -485,11 +494,7 @@ def test_a_blas_loaded_while_the_limit_holds_is_limited_at_the_next_entry():
         "    seen['nested left'] = counts()\n"
         "seen['all left'] = counts()\n"
         "print(json.dumps(seen))\n")
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
-    seen = json.loads(out.stdout)
+    seen = _blas_counts_seen(code)
     assert sorted(seen["arrived"]) == [1, 2], seen  # numpy's limited, scipy's not yet
     assert seen["nested"] == [1, 1], seen
     assert seen["nested left"] == [1, 1], seen  # still inside the outer one
@@ -504,8 +509,6 @@ def test_one_blas_thread_takes_from_any_thread():
     order). one_blas_thread sets OpenBLAS's process-wide count itself, from any thread, while
     the calling thread or another holds a limit of its own (scikit-learn's, this module's), and
     gives each library its count back."""
-    import json
-
     code = (
         "import json, threading\n"
         "import numpy as np\n"
@@ -528,14 +531,10 @@ def test_one_blas_thread_takes_from_any_thread():
         "    on_another_thread('another thread, beside a threadpoolctl limit')\n"
         "    seen['threadpoolctl limit: after'] = counts()\n"
         "print(json.dumps(seen))\n")
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {
+    assert _blas_counts_seen(code) == {
         "fit: another thread, after scipy arrived": [1, 1], "fit: after": [2, 2],
         "another thread, beside a threadpoolctl limit": [1, 1],
-        "threadpoolctl limit: after": [2, 2]}, out.stdout
+        "threadpoolctl limit: after": [2, 2]}
 
 
 _BLAS_CHECK = """
