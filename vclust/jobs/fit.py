@@ -179,17 +179,16 @@ def _quietly(fn):
 
 
 def _prepare_outliers(scorer, raw, n, rows, projected, wide):
-    """``scorer.prepare`` with BLAS at one thread while it runs (``blocks.one_blas_thread``,
-    a process-wide setting): OpenBLAS called from two threads at two threads each (this one's
-    projection, the clustering's products) oversubscribes the cores, and its waiting threads
-    then cost far more than the work (benchmarks/RESULTS.md, figures behind the code).
+    """``scorer.prepare`` on the fit's outlier thread. BLAS is at one thread throughout: ``fit``
+    holds ``blocks.one_blas_thread`` for this thread's whole life (it waits for its result
+    inside), so this projection and the clustering's products do not oversubscribe the cores
+    (benchmarks/RESULTS.md, figures behind the code).
 
-    The reference rows are gathered and projected at once (vclust's numpy code: nothing of
-    scikit-learn, scipy, numba or pynndescent, which the import thread enters), while
-    pynndescent imports on vclust's import thread; the index waits for that import
-    (``imports.wait``) and never imports it here."""
+    The reference rows are gathered and projected at once (vclust's numpy code, and scipy.linalg
+    for a ``wide`` set, imported on the import thread first: nothing of scikit-learn, numba or
+    pynndescent, which the import thread enters), while pynndescent imports on vclust's import
+    thread; the index waits for that import (``imports.wait``) and never imports it here."""
     from . import imports
-    from ..numerics.blocks import one_blas_thread
     from ..storage import indexcache
 
     def before_index():
@@ -198,8 +197,7 @@ def _prepare_outliers(scorer, raw, n, rows, projected, wide):
 
     if wide:  # its projection's eigendecomposition is scipy's (queued by ``fit``)
         imports.wait_for("scipy.linalg")
-    with one_blas_thread():
-        return scorer.prepare(raw, n, rows, cache=indexcache, projected=before_index)
+    return scorer.prepare(raw, n, rows, cache=indexcache, projected=before_index)
 
 
 def _projected_first(projected, prepared, say):
