@@ -383,7 +383,30 @@ def test_each_algorithm_end_to_end(blobs, name):
                                np.linalg.norm(x - cl.cluster_centers_[labels], axis=1), rtol=1e-4)
 
 
-def test_gmm_on_wide_rows_models_the_columns_of_most_variance(figure):
+def test_nearest_sample_rows_on_threads_are_the_one_calls_bit_for_bit(monkeypatch):
+    """The agglomerative tree's nearest sample row of every row, found in blocks on this
+    process's threads (``nearest_anchor_local``), is the one call's label for every row, ties
+    included. Rows halfway between two anchors are ties up to rounding: blocks cut anywhere
+    else than at the call's own slices give some of them the other anchor."""
+    from vclust.numerics import algorithms
+    from vclust.numerics.blocks import one_blas_thread
+
+    monkeypatch.setattr(algorithms, "PREDICT_ROWS", 1_000)  # blocks of one slice (8,192 rows)
+    rng = np.random.default_rng(2)
+    anchors = rng.normal(size=(2_000, 39)).astype(np.float32)
+    i, j = rng.integers(0, len(anchors), (2, 30_001))
+    x = (anchors[i] + anchors[j]) / 2
+    idx = np.arange(len(anchors), dtype=np.int32)
+    with one_blas_thread():
+        one = algorithms.nearest_anchor(x, anchors, idx)
+        local = algorithms.nearest_anchor_local(x, anchors, idx)
+        cut_elsewhere = np.concatenate([algorithms.nearest_anchor(x[s:s + 1_000], anchors, idx)
+                                        for s in range(0, len(x), 1_000)])
+    assert (one != cut_elsewhere).sum() > 0  # the case has ties a cut can flip
+    np.testing.assert_array_equal(local, one)
+    assert set(one.tolist()) <= set(i.tolist()) | set(j.tolist())
+
+def test_gmm_on_wide_rows_models_the_columns_of_most_variance(figure, monkeypatch):
     """Rows wider than GMM_WIDE columns: gmm models the GMM_DIMS columns of most variance,
     also when they lie in two blocks (a mixture: each set's components, set after set); the
     labels are scikit-learn's GaussianMixture on those columns, the distances are to centres
@@ -413,6 +436,10 @@ def test_gmm_on_wide_rows_models_the_columns_of_most_variance(figure):
     np.testing.assert_allclose(dist, np.linalg.norm(x - cl.cluster_centers_[labels], axis=1),
                                rtol=1e-4)
     again = load_clusterer(*cl.to_state())
+    np.testing.assert_array_equal(again.predict_block(x)[0], labels)
+    from vclust.numerics import algorithms
+
+    monkeypatch.setattr(algorithms, "GMM_ROWS", 97)  # slices of 97 rows, the last one short
     np.testing.assert_array_equal(again.predict_block(x)[0], labels)
     narrow = fit_gmm(x[:, :50], k, random_state=0)
     assert "columns" not in narrow.arrays and narrow.arrays["means"].shape == (k, 50)
