@@ -779,6 +779,12 @@ def test_every_term_that_fired_is_recorded(relu_case):
     names = reason_names(int(mask[j]), int(reason[j]))
     assert names[0] == REASONS[reason[j]] and len(names) >= 2 and "" not in names
     assert reason_names(0, 0) == []
+    # the labels' column: every row's own list, named as reason_names names it
+    from vclust.numerics.outliers import reason_lists
+
+    lists = reason_lists(mask, reason)
+    assert lists == [reason_names(int(m), int(r)) for m, r in zip(mask, reason)]
+    assert len({id(a) for a in lists}) == len(lists) and any(len(a) >= 2 for a in lists)
 
 
 def test_a_scorer_is_the_same_wherever_it_was_fitted(relu_case, tmp_path, monkeypatch):

@@ -106,7 +106,7 @@ def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, 
                  mask, pixel_bounds=None):
     import pandas as pd
 
-    from ..numerics.outliers import REASONS, reason_names
+    from ..numerics.outliers import REASONS, reason_lists
     from ..storage.store import read_delivered_ids, read_ids
 
     n = len(labels)
@@ -114,7 +114,7 @@ def _label_frame(store_path: str, row0: int, labels, dist, score, flag, reason, 
     delivered = read_delivered_ids(store_path, row0, row0 + n)  # what the CSV export writes
     why = np.asarray(REASONS, dtype=object)[reason.astype(np.int64)]
     # every reason that fired, strongest first; a pixel reason leads (the plain evidence)
-    reasons = [reason_names(int(m), int(r)) for m, r in zip(mask, reason)]
+    reasons = reason_lists(mask, reason)
     flag = flag.astype(bool)
     if pixel_bounds is not None:  # the pixels' plain evidence flags a row whatever the descriptors say
         from ..numerics.pixels import PIXEL_REASONS, pixel_reasons
