@@ -780,7 +780,7 @@ def test_every_term_that_fired_is_recorded(relu_case):
     assert names[0] == REASONS[reason[j]] and len(names) >= 2 and "" not in names
     assert reason_names(0, 0) == []
     # the labels' column: every row's own list, named as reason_names names it
-    from vclust.numerics.outliers import reason_lists
+    from vclust.jobs.steps import reason_lists
 
     lists = reason_lists(mask, reason)
     assert lists == [reason_names(int(m), int(r)) for m, r in zip(mask, reason)]

@@ -106,17 +106,6 @@ def reason_names(mask: int, strongest: int = 0) -> list:
                     if i != strongest and mask & reason_bit(i)]
 
 
-def reason_lists(mask, strongest) -> list:
-    """``reason_names`` of every row (arrays ``mask``, ``strongest``), each row its own list.
-    Named once per distinct pair, a handful: 0.16 s against 0.61 s for 416,314 rows named
-    one by one (benchmarks/RESULTS.md, the sixteenth session)."""
-    span = 64  # above every REASONS index
-    pairs, at = np.unique(np.asarray(mask, np.int64) * span + np.asarray(strongest, np.int64),
-                          return_inverse=True)
-    named = [reason_names(int(p // span), int(p % span)) for p in pairs]
-    return [list(named[i]) for i in at.ravel().tolist()]
-
-
 class OutlierScorer(Estimator):
     """Outlier scores in [0, 1]; see the module docstring for the formula.
 
