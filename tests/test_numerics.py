@@ -406,6 +406,7 @@ def test_nearest_sample_rows_on_threads_are_the_one_calls_bit_for_bit(monkeypatc
     np.testing.assert_array_equal(local, one)
     assert set(one.tolist()) <= set(i.tolist()) | set(j.tolist())
 
+
 def test_gmm_on_wide_rows_models_the_columns_of_most_variance(figure, monkeypatch):
     """Rows wider than GMM_WIDE columns: gmm models the GMM_DIMS columns of most variance,
     also when they lie in two blocks (a mixture: each set's components, set after set); the

@@ -67,8 +67,8 @@ def nearest_anchor_local(x, anchors, anchor_labels):
     """``nearest_anchor`` of a large numpy array on this process's threads (``run_local``),
     with every row's label bit for bit the one call's: the array is split at multiples of
     that call's slice, so each slice's matrix product is the same rows in the same order.
-    At 416,314 rows against 20,000 anchors of 256 columns, 26.9 s on two threads against
-    50.5 s on one (benchmarks/RESULTS.md, the sixteenth session). Not for a thread of
+    At 416,314 rows against 20,000 anchors of 256 columns, 26.5 s on two threads against
+    49.5 s on one (benchmarks/RESULTS.md, the sixteenth session). Not for a thread of
     ``run_local``'s own pool (it waits on that pool)."""
     step = _nearest_step(len(anchors))
     per = step * max(1, PREDICT_ROWS // step)
