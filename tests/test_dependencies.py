@@ -192,3 +192,30 @@ def test_sklearn_rows_give_scikit_learns_kmeans_bit_for_bit(dims, dtype):
         np.testing.assert_array_equal(labels[0], km.labels_)
         assert (inertia, n_iter) == (float(km.inertia_), km.n_iter_), (k, max_iter, tol)
     assert ready.X is X
+
+
+def test_a_module_still_being_imported_is_seen_as_not_imported(tmp_path, monkeypatch):
+    """``blocks._imported`` reads importlib's private ``module.__spec__._initializing``: on a
+    Python in INITIALIZING_PYTHONS, a module seen from inside its own import (as another thread
+    sees one vclust imports in the background) is not imported yet, and is once its import
+    ends. Fails, never skips, on another Python or where the name is gone."""
+    import sys
+
+    from vclust.numerics import blocks
+
+    low, high = blocks.INITIALIZING_PYTHONS
+    assert low <= sys.version_info[:2] < high, \
+        f"Python {sys.version_info[:2]} is outside {blocks.INITIALIZING_PYTHONS}"
+    (tmp_path / "vclust_half_imported.py").write_text(
+        "import sys\n"
+        "from vclust.numerics.blocks import _imported\n"
+        "SEEN_DURING = _imported(sys.modules[__name__])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import vclust_half_imported as mod
+
+    try:
+        assert mod.SEEN_DURING is False
+        assert blocks._imported(mod) is True
+        assert blocks._imported(None) is False
+    finally:
+        sys.modules.pop("vclust_half_imported", None)

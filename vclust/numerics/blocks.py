@@ -115,9 +115,15 @@ _OPENBLAS_SETTERS = tuple(f"{p}openblas_set_num_threads{s}" for p in ("", "scipy
                           for s in ("", "64_"))
 
 
+#: CPython versions whose import system marks a module still being imported with the private
+#: ``module.__spec__._initializing`` (``_imported``); tests/test_dependencies.py fails outside
+INITIALIZING_PYTHONS = ((3, 10), (3, 14))  # from, up to but not including
+
+
 def _imported(module) -> bool:
     """True for a module imported to its end: one another thread is still importing is in
-    sys.modules before the BLAS it loads (vclust imports in the background)."""
+    sys.modules before the BLAS it loads (vclust imports in the background). Reads importlib's
+    private ``_initializing`` (INITIALIZING_PYTHONS)."""
     spec = getattr(module, "__spec__", None)
     return module is not None and not getattr(spec, "_initializing", False)
 
