@@ -50,6 +50,32 @@ def test_pynndescent_is_a_version_the_copied_driver_was_made_from():
     assert nndescent.install(), "the copied NN-descent driver did not install"
 
 
+def test_a_process_that_loads_the_driver_from_the_cache_then_builds_an_index_runs():
+    """The warm-up's build part loads the copied NN-descent driver (``nndescent.precompile``)
+    and then pynndescent's parallel forest kernels from numba's disk cache. Without numba's
+    threads started first, such a process aborted in LLVM ("Symbol not found:
+    allocate_sched"): a second ``make install`` did, every time. Run twice in fresh
+    processes, so that the second loads from a warm cache even where the first compiled."""
+    import subprocess
+    import sys
+
+    code = """
+import numpy as np
+from vclust.numerics import nndescent
+from vclust.numerics.annindex import enable_numba_cache
+enable_numba_cache()
+assert nndescent.precompile()
+from pynndescent import NNDescent
+x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
+print(NNDescent(x, n_neighbors=15, random_state=0, n_jobs=2).neighbor_graph[0].shape)
+"""
+    for _ in range(2):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == "(2000, 15)"
+
+
 def test_the_index_keeps_its_build_forest_and_prepares_a_one_tree_search_forest_without_it(
         monkeypatch):
     """annindex.prepare_index sets pynndescent's ``_rp_forest`` to None before ``prepare``, so

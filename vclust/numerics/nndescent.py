@@ -246,6 +246,11 @@ def precompile() -> bool:
     from pynndescent.distances import fast_distance_alternatives
     from pynndescent.kernels import select_kernel
 
+    # numba's threading layer first, as every build does (the driver's thread count above): a
+    # process that loaded this driver from the disk cache and then pynndescent's parallel
+    # forest kernels from it, threads not started, aborted in LLVM ("Symbol not found:
+    # allocate_sched"): a second warm-up over a warm cache did (numba 0.68.1)
+    numba.get_num_threads()
     dist = fast_distance_alternatives["euclidean"]["dist"]
     data = np.zeros((2, 2), dtype=np.float32)
     args = (data, 1, np.zeros(3, dtype=np.int64), 1, dist, 1, 0.001,
