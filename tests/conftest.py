@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,6 +83,35 @@ def dask_processes(tmp_path_factory):
         stop_processes(procs)
 
 
+# ----------------------------------------------------------------------------- disk
+
+# A whole run writes about 2.6 GB under pytest's base folder (cases, Zarr stores, zips of
+# photos), and pytest keeps what a session wrote until the session ends: a CI run on a disk with
+# 1.7 GB free failed half-way with "No space left on device" (2026-12-05). A function's folder
+# goes when its test passes (tmp_path_retention_policy = "failed", pyproject.toml); these hooks do
+# the same for a module fixture's folders when its module is done, unless a test of that module
+# failed (then the folders stay for a look, as pytest keeps a failed test's).
+_MODULE_DIRS: dict[int, list] = {}
+_FAILED_FILES: set[str] = set()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    if fixturedef.scope != "module":
+        return (yield)
+    base = request.getfixturevalue("tmp_path_factory").getbasetemp()
+    before = set(base.iterdir())
+    try:
+        return (yield)
+    finally:  # the folders this fixture made itself (those of its dependencies were made before)
+        _MODULE_DIRS.setdefault(id(fixturedef), []).extend(set(base.iterdir()) - before)
+
+
+def pytest_fixture_post_finalizer(fixturedef, request):
+    folders = _MODULE_DIRS.pop(id(fixturedef), [])
+    if folders and request.node.nodeid.split("::")[0] not in _FAILED_FILES:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- measured figures
@@ -98,6 +128,8 @@ def figure(request):
 
 
 def pytest_runtest_logreport(report):
+    if report.failed:  # its module's folders are kept (see "disk" above)
+        _FAILED_FILES.add(report.nodeid.split("::")[0])
     if report.when == "teardown":  # the last report of a test carries all its properties
         _FIGURES.extend(v for k, v in report.user_properties if k == "figure")
 
