@@ -442,6 +442,31 @@ def test_full_disk_gives_one_line_and_keeps_the_store(tmp_path):
             _umount(mnt)
 
 
+def test_synth_on_a_full_disk_removes_what_it_was_writing(tmp_path):
+    """`vclust synth` that fills the disk (a 2 MB tmpfs as root; else EFBIG from a file size
+    limit) ends in one line, exit 4, and removes the case files it was writing and the folders
+    it made, so the disk has its room back; a file of the user's in the folder stays."""
+    mnt = tmp_path / "mnt"
+    mounted = _mount_tmpfs(mnt, "2m")
+    try:
+        mnt.mkdir(exist_ok=True)
+        limit = None if mounted else _fsize_limit(1 << 20)
+        out = run_cli(["synth", mnt / "new" / "case", "--rows", "20000"], preexec_fn=limit)
+        line = assert_one_line(out, 4)
+        assert "were removed" in line
+        assert not (mnt / "new").exists()
+        mine = mnt / "mine"
+        mine.mkdir()
+        (mine / "notes.txt").write_text("kept")
+        out = run_cli(["synth", mine, "--rows", "20000"], preexec_fn=limit)
+        assert_one_line(out, 4)
+        assert [p.name for p in mine.rglob("*")] == ["notes.txt"]
+        assert (mine / "notes.txt").read_text() == "kept"
+    finally:
+        if mounted:
+            _umount(mnt)
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

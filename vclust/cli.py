@@ -458,7 +458,7 @@ KEPT = {
     "run": "steps finished before the fault are kept and recorded; the next run of the same "
            "batch resumes at the step in progress",
     "demo": "steps finished before the fault are kept; the step in progress wrote nothing",
-    "synth": "the case folder may be incomplete: remove it",
+    "synth": "the files of the case it was writing were removed",
 }
 
 

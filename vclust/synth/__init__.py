@@ -239,6 +239,9 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
         from ..errors import InputError
 
         raise InputError(f"{out}: is a file; the case is written to a folder, pick a folder path")
+    # the folders this call makes, removed again (when left empty) if it fails
+    made = [d for d in (*reversed((out / "descriptors").parents), out / "descriptors")
+            if not d.exists()]
     (out / "descriptors").mkdir(parents=True, exist_ok=True)
     world = _World(n_rows, seed, outlier_share)
     files, tails = {}, {}
@@ -278,14 +281,27 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
                 next_report += chunk_rows
         if pictures is not None:
             pictures.close()
-    finally:
-        if pictures is not None:
-            pictures.abort()  # an unfinished zip is removed (no-op once closed)
         for f, fh in files.items():
             fh.write(tails[f])
-            fh.close()
-        paths_f.close()
-        truth_f.close()
+        for fh in (*files.values(), paths_f, truth_f):
+            fh.close()  # the last buffered bytes: a full disk can fail here too
+    except BaseException:
+        # a half-written case is of no use and may fill the disk: what this call was writing
+        # goes (a disk full, a Ctrl-C; the error itself is the caller's to report)
+        if pictures is not None:
+            pictures.abort()  # an unfinished zip is removed (no-op once closed)
+        for fh in (*files.values(), paths_f, truth_f):
+            try:
+                fh.close()
+            except OSError:
+                pass
+            Path(fh.name).unlink(missing_ok=True)
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # not empty: something else is in it
+        raise
     log.info("synthetic case of %d rows written to %s", n_rows, out)
     summary = {"out_dir": str(out), "rows": n_rows, "seed": seed,
                "descriptors": {f: d for f, (d, _) in FAMILIES.items()}, "outliers": counts}
