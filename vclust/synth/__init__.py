@@ -228,7 +228,8 @@ def generate_case(out_dir, n_rows: int = 2000, seed: int = 0, *, chunk_rows: int
 
     ``chunk_rows`` only sets how often progress is reported; the output depends on ``seed``
     and ``n_rows`` alone. ``images`` also writes ``veriwild.zip`` (its path is the summary's
-    ``"images"``); the descriptors are the same either way.
+    ``"images"``); the descriptors are the same either way. A run that fails (a full disk, an
+    interrupt) removes the files it was writing and the folders it made, and raises.
     """
     import pandas as pd
 
