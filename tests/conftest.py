@@ -107,6 +107,28 @@ def pytest_fixture_setup(fixturedef, request):
         _MODULE_DIRS.setdefault(id(fixturedef), []).extend(set(base.iterdir()) - before)
 
 
+def _free_disk():
+    import tempfile
+
+    root = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
+    return root, shutil.disk_usage(root).free / 1e9
+
+
+def pytest_report_header(config):
+    root, free = _free_disk()
+    return f"disk: {free:.1f} GB free under {root}"
+
+
+def pytest_sessionstart(session):
+    """Low free space said first, even with -q: a run out of disk fails in every test that
+    writes, far from the cause."""
+    root, free = _free_disk()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if free < 2 and reporter is not None and not hasattr(session.config, "workerinput"):
+        reporter.write_line(f"WARNING: {free:.1f} GB free under {root}; the run writes up to "
+                            "about 0.5 GB at a time there", yellow=True, bold=True)
+
+
 def pytest_fixture_post_finalizer(fixturedef, request):
     folders = _MODULE_DIRS.pop(id(fixturedef), [])
     if folders and request.node.nodeid.split("::")[0] not in _FAILED_FILES:
