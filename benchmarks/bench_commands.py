@@ -13,8 +13,10 @@ Cold: the first run after an install. The install step (`make install`) runs
 `python -m vclust.warmup`, which fills numba's disk cache; so cold here is a fresh
 NUMBA_CACHE_DIR filled by that same warm-up, an empty outlier index cache (VCLUST_CACHE_DIR,
 vclust/storage/indexcache.py), and the OS page cache dropped (when this process may: root)
-before each cold run, of vclust and of the peer alike. Warm: three more runs; the median is
-reported. A warm fit finds the reference index its cold run cached (a user's second fit of the
+before each cold run, of vclust and of the peer alike; three cold runs (--cold), the median
+reported, as one cold run moved by 1-2 s from run to run (benchmarks/RESULTS.md, 2026-12-05).
+Warm: three more runs (--warm); the median is reported. vclust and the peer alternate run by
+run, so the machine's drift over minutes falls on both. A warm fit finds the reference index its cold run cached (a user's second fit of the
 same rows: another k, another algorithm); "index cache off" is the warm fit that builds it every
 time (VCLUST_CACHE_DIR=off). Phases come from each command's own progress lines (first warm run).
 """
@@ -127,6 +129,9 @@ def prepare(rows: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=ROWS)
+    ap.add_argument("--cold", type=int, default=3,
+                    help="cold runs of each command (each after an install's state: page cache "
+                         "dropped, no outlier index cached); the median is reported")
     ap.add_argument("--warm", type=int, default=3)
     ap.add_argument("--only", action="append", default=[], metavar="TEXT",
                     help="run only the commands whose name contains TEXT (repeatable); the "
@@ -179,25 +184,32 @@ def main():
     dropped = None
     rows = []
     for name, argv, peer_args, *extra in commands:
-        res = {"name": name}
         run_env = dict(env, **(extra[0] if extra else {}))
-        for kind, make in (("vclust", lambda i: vclust_cmd() + argv(str(work / f"out-{i}"))),
-                           ("peer", lambda i: [sys.executable, str(peer), *peer_args])):
-            if kind == "peer" and peer_args is None:
-                continue
-            times, first = [], None
-            for i in range(1 + args.warm):
+        kinds = [("vclust", lambda i: vclust_cmd() + argv(str(work / f"out-{i}")))]
+        if peer_args is not None:
+            kinds.append(("peer", lambda i: [sys.executable, str(peer), *peer_args]))
+        times = {kind: ([], []) for kind, _ in kinds}
+        first = {}
+        # vclust and its peer alternate, run by run: the machine's speed drifts over minutes.
+        # Between the cold runs and the warm ones each runs once untimed (run -1): the peer's
+        # last cold run dropped the page cache under vclust's rows.
+        for i in [*range(args.cold), -1, *range(args.cold, args.cold + args.warm)]:
+            cold = 0 <= i < args.cold
+            for kind, make in kinds:
                 shutil.rmtree(work / f"out-{i}", ignore_errors=True)
-                if i == 0:  # as after an install: no outlier index cached, no page cache
-                    shutil.rmtree(index_cache, ignore_errors=True)
+                if cold:  # as after an install: no page cache, and no outlier index cached
+                    if kind == "vclust":  # (the one the warm runs find is vclust's last cold)
+                        shutil.rmtree(index_cache, ignore_errors=True)
                     dropped = drop_page_cache()
                 wall, peak, out = run_measured(make(i), env=run_env)
-                times.append(wall)
-                if i == 1:
-                    first = out
-                print(f"{name} / {kind} run {i}: {wall:.1f} s", flush=True)
-            res[kind] = (times[0], times[1:], first)
-        rows.append(res)
+                if i < 0:
+                    continue
+                times[kind][0 if cold else 1].append(wall)
+                if i == args.cold:
+                    first[kind] = out
+                print(f"{name} / {kind} {'cold' if cold else 'warm'} run {i}: {wall:.1f} s",
+                      flush=True)
+        rows.append({"name": name, **{k: (*times[k], first[k]) for k in times}})
     lines = [f"## Whole commands, cold and warm (bench_commands.py, {time.strftime('%Y-%m-%d')})",
              "",
              f"Each command as a fresh process on {machine()}; osnet rows of the synthetic case.",
@@ -205,26 +217,33 @@ def main():
              f"`python -m vclust.warmup`, {install_warmup:.0f} s, into a fresh NUMBA_CACHE_DIR"
              + ", an empty outlier index cache"
              + ("; the OS page cache dropped before it" if dropped else
-                "; the OS page cache could not be dropped here") + f"). Warm: {args.warm} more "
+                "; the OS page cache could not be dropped here") + f"), {args.cold} runs, "
+             f"median. Warm: {args.warm} more "
              "runs, median; a warm fit finds the outlier reference index (and the fit's "
              "neighbour answers) its cold run cached, as a second fit of the same rows does; "
              "\"index cache off\" builds them in every run (VCLUST_CACHE_DIR=off). The peer: a "
              "whole-process scikit-learn script (np.load, normalize, PCA(0.95), KMeans(k, "
-             "n_init=1), CH, DB for each k; no outlier work).",
+             "n_init=1), CH, DB for each k; no outlier work), run after each vclust run "
+             "in the same state.",
              "",
-             "| command | vclust cold | vclust warm (median; runs) | scikit-learn script cold "
-             "| scikit-learn warm (median) | warm ratio |",
-             "|---|---|---|---|---|---|"]
+             "| command | vclust cold (median; runs) | vclust warm (median; runs) "
+             "| scikit-learn script cold (median; runs) | script warm (median; runs) "
+             "| warm ratio | cold ratio |",
+             "|---|---|---|---|---|---|---|"]
+
+    def runs(v):
+        return f"{statistics.median(v):.1f} s ({', '.join(f'{x:.1f}' for x in v)})"
+
     for r in rows:
         vc, vw, _ = r["vclust"]
-        cells = [r["name"], f"{vc:.1f} s",
-                 f"{statistics.median(vw):.1f} s ({', '.join(f'{x:.1f}' for x in vw)})"]
+        cells = [r["name"], runs(vc), runs(vw)]
         if "peer" in r:
             pc, pw, _ = r["peer"]
-            cells += [f"{pc:.1f} s", f"{statistics.median(pw):.1f} s",
-                      f"{statistics.median(vw) / statistics.median(pw):.2f}x"]
+            cells += [runs(pc), runs(pw),
+                      f"{statistics.median(vw) / statistics.median(pw):.2f}x",
+                      f"{statistics.median(vc) / statistics.median(pc):.2f}x"]
         else:
-            cells += ["-", "-", "-"]
+            cells += ["-", "-", "-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Phases (first warm run; seconds since the command started):", ""]
     for r in rows:
