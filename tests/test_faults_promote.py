@@ -300,7 +300,9 @@ def test_promote_on_an_s3_registry_and_labels(built, s3_bucket):
     from vclust.model.bundle import Model
     from vclust.model.registry import save_model
 
-    from .test_s3 import bucket_keys, cli
+    from vclust.storage.fs import as_path
+
+    from .test_s3 import bucket_keys, cli, held
 
     reg, labels = f"{s3_bucket}/reg", f"{s3_bucket}/labels"
     local = Registry(built["root"] / "registry")
@@ -318,6 +320,8 @@ def test_promote_on_an_s3_registry_and_labels(built, s3_bucket):
     again = cli(["promote", "--registry", reg, "--labels", labels, ids["B"]])
     assert again.returncode == 0 and json.loads(again.stdout)["unchanged"], again.stderr
     keys = bucket_keys(s3_bucket)
-    assert "reg/promote.json" not in keys and not any(k.startswith("reg/registry.lock/")
-                                                     for k in keys)
+    assert "reg/promote.json" not in keys  # the journal done with
+    # the registry lock released: its last generation left, marked released
+    assert len([k for k in keys if k.startswith("reg/registry.lock/")]) == 1
+    assert not held(as_path(f"{s3_bucket}/reg/registry.lock"))
     assert len([k for k in keys if k.endswith("/manifest.json")]) == 3  # A, B, B's successor

@@ -31,6 +31,19 @@ def env():
     return {**_ENV, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
 
 
+def held(lock_dir) -> list:
+    """The generations of an S3 store lock that are not marked released (the last one stays
+    after a release, marked: vclust.storage.store._remote_lock)."""
+    out = []
+    for p in (lock_dir.iterdir() if lock_dir.is_dir() else []):
+        try:
+            if not json.loads(p.read_text()).get("released"):
+                out.append(p.name)
+        except FileNotFoundError:  # an older generation its writer deleted meanwhile
+            pass
+    return out
+
+
 def cli(args, timeout=180, **kw):
     return subprocess.run(VCLUST + [str(a) for a in args], capture_output=True, text=True,
                           timeout=timeout, env=env(), cwd=REPO, **kw)
@@ -107,7 +120,10 @@ def test_commands_end_to_end_on_s3(case, s3_bucket, tmp_path):
     for b in ("b0", "b1"):  # one commit record per batch, the run's
         assert len([k for k in keys if k.startswith(f"labels/_commits/model={model_id}/"
                                                     f"batch={b}/")]) == 1, keys
-    assert not any(k.startswith("store.lock") for k in keys)  # the lock was released
+    from vclust.storage.fs import as_path
+
+    lock_keys = [k for k in keys if k.startswith("store.lock/")]
+    assert len(lock_keys) == 1 and not held(as_path(f"{s3_bucket}/store.lock")), keys  # released
     assert local_files(tmp_path) == {"labels.csv"} | {
         f for f in local_files(tmp_path) if f.startswith("report/")}
     assert (tmp_path / "report" / "index.html").is_file()
@@ -174,7 +190,17 @@ def test_nightly_job_on_s3_and_idempotent(case, s3_bucket, tmp_path):
     again = cli(["run", job])
     assert again.returncode == first.returncode, again.stderr
     assert "already processed" in again.stderr
-    assert bucket_keys(s3_bucket) == keys  # nothing written the second time
+    # nothing written the second time, but for the lock it took and released: a lock's last
+    # generation stays, marked released, and the next writer's is one higher
+    def unlocked(ks):
+        return [k for k in ks if ".lock/" not in k]
+
+    again_keys = bucket_keys(s3_bucket)
+    assert unlocked(again_keys) == unlocked(keys)
+    from vclust.storage.fs import as_path
+
+    for folder in {k.rsplit("/", 1)[0] for k in again_keys if ".lock/" in k}:
+        assert not held(as_path(f"{s3_bucket}/{folder}")), folder
 
 
 # --------------------------------------------------------------------------- a killed append
@@ -213,7 +239,7 @@ def test_ingest_sigkilled_mid_append_on_s3_recovers(case, s3_bucket, tmp_path):
 
         def seen():
             if point == "locked":
-                return any(True for _ in lock_dir.iterdir())
+                return bool(held(lock_dir))
             return chunks.is_dir() and sum(1 for _ in chunks.iterdir()) >= 20
 
         proc = subprocess.Popen([sys.executable, "-c", code, store, str(big[0]), str(big_ids)],
@@ -228,13 +254,13 @@ def test_ingest_sigkilled_mid_append_on_s3_recovers(case, s3_bucket, tmp_path):
         if reached[point]:  # killed before its commit record: the store as it was
             assert now["ledger"] == before["ledger"] and now["ids"] == before["ids"]
             np.testing.assert_array_equal(now["osnet"], before["osnet"])
-            assert any(True for _ in lock_dir.iterdir())  # its lock is left behind
+            assert held(lock_dir)  # its lock is left behind
         ingest(store, big, ids_csv=big_ids, batch="big", chunk_rows=1024)  # takes over
         after = _content(store)
         assert [b["id"] for b in after["ledger"]] == ["b0", "big"]
         assert after["ids"] == before["ids"] + pd.read_csv(big_ids)["paths"].tolist()
         np.testing.assert_array_equal(after["osnet"], np.concatenate([before["osnet"], x_big]))
-        assert not any(True for _ in lock_dir.iterdir())
+        assert not held(lock_dir)
     assert reached["locked"], reached
 
 
@@ -258,8 +284,9 @@ def test_s3_lock_race_never_gives_two_holders(s3_bucket, tmp_path):
                               cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for _ in range(4)]
     def plant_dead_holder(i):
-        if i % 2:
-            (lock_dir / "000000000007").write_text(json.dumps(
+        if i % 2:  # above the last round's released generation: the next writer's to take over
+            top = max([int(p.name) for p in lock_dir.iterdir()] if lock_dir.is_dir() else [0])
+            (lock_dir / f"{top + 1:012d}").write_text(json.dumps(
                 {"pid": dead, "host": socket.gethostname(), "since": 0,
                  "expires": time.time() + 600}))
 
@@ -268,7 +295,60 @@ def test_s3_lock_race_never_gives_two_holders(s3_bucket, tmp_path):
     assert "overlap" not in flat, results
     assert all(r in ("held", "refused") for r in flat), results
     assert all("held" in round_ for round_ in results), results
-    assert not any(True for _ in lock_dir.iterdir())  # every holder released its generation
+    assert not held(lock_dir)  # every holder released its generation
+    assert len(list(lock_dir.iterdir())) == 1  # the last, marked released; the older deleted
+
+
+def test_s3_lock_is_not_taken_twice_by_a_writer_whose_listing_predates_a_release(
+        s3_bucket, monkeypatch):
+    """The order the race test once caught, played through on the S3 server: writer E lists
+    the lock (a dead holder's generation 7) and decides to create generation 8, but is slower
+    than writer A, who takes 8 over and releases it; writer C then takes the lock. E's
+    conditional PUT of 8 comes after that: it must not give E the lock beside C. (When a
+    release deleted the highest generation, C took 1 in the emptied folder and E's PUT of 8
+    succeeded: two holders.)"""
+    import threading
+
+    from vclust.errors import StoreLockedError
+    from vclust.storage import fs as F
+    from vclust.storage.fs import as_path
+    from vclust.storage.store import store_lock
+
+    store = f"{s3_bucket}/store"
+    lock_dir = as_path(store + ".lock")
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    (lock_dir / "000000000007").write_text(json.dumps(
+        {"pid": dead, "host": socket.gethostname(), "since": 0, "expires": time.time() + 600}))
+    real_put, go, listed = F.put_if_absent, threading.Event(), threading.Event()
+
+    def put_if_absent(path, data):
+        if threading.current_thread().name == "writer-E" and not go.is_set():
+            listed.set()  # E has listed and chosen its generation; it waits here
+            assert go.wait(30)
+        return real_put(path, data)
+
+    monkeypatch.setattr(F, "put_if_absent", put_if_absent)
+    outcome = []
+
+    def writer_e():
+        try:
+            with store_lock(store):
+                outcome.append("held")
+        except StoreLockedError:
+            outcome.append("refused")
+
+    e = threading.Thread(target=writer_e, name="writer-E")
+    e.start()
+    assert listed.wait(30)
+    with store_lock(store):  # A takes the dead holder's lock over, and releases it
+        pass
+    with store_lock(store):  # C holds the lock while E's PUT goes out
+        go.set()
+        e.join(30)
+        assert outcome == ["refused"], outcome
+        assert len(held(lock_dir)) == 1
+    assert not held(lock_dir)
 
 
 def test_two_ingests_at_once_on_s3_lose_nothing(case, s3_bucket, tmp_path):

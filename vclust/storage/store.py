@@ -16,7 +16,8 @@ a descriptor set's columns) and every folder is a Zarr group, so the store opens
 ``xarray.open_zarr(STORE)`` gives ids, delivered_ids and batch, ``group="descriptors"`` the
 descriptor sets, ``group="pixels/<batch>"`` a batch's pixel statistics.
     STORE.lock                   beside the store while a writer holds it (on an object store:
-                                 STORE.lock/<generation>, see ``store_lock``)
+                                 STORE.lock/<generation>, see ``store_lock``; the last one
+                                 stays, marked released)
 
 The ledger (a list in the group attributes) is the source of truth for what is stored: the rows
 of batch *i* are ``ledger[i]["start"]:ledger[i]["stop"]``. An append resizes the arrays, writes
@@ -167,8 +168,11 @@ def _generations(lock_dir) -> list:
 
 
 def _stale(held: dict) -> bool:
-    """A remote lock whose holder is gone: a dead process on this host (at once, as the flock
-    rule), or a lease not renewed in time (a holder on another host)."""
+    """A remote lock generation no one holds: released, or its holder gone (a dead process on
+    this host, at once, as the flock rule; or a lease not renewed in time, a holder on another
+    host)."""
+    if held.get("released"):
+        return True
     if held.get("host") == socket.gethostname() and held.get("pid") and \
             not pid_alive(int(held["pid"])):
         return True
@@ -181,13 +185,21 @@ def _remote_lock(path):
 
     The lock is a sequence of generation objects ``STORE.lock/<n>``. To take it, a writer lists
     them: if the highest names a live holder it is refused (one line, exit 2, as locally);
-    otherwise (none, or a holder that is gone: ``_stale``) it creates generation n + 1 with a
-    conditional PUT (``If-None-Match: *``, ``fs.put_if_absent``). The object store lets exactly
-    one of several racing writers create it; the others list again and are refused. The holder
-    renews its lease (``expires``) from a thread every quarter lease; releasing deletes its
-    generation and any older one. Before its commit (``Store.commit_batch``) a holder checks
-    that its generation is still the highest (``check_held``): a holder whose lease expired
-    while it was stalled and was taken over then stops with exit 4 instead of committing.
+    otherwise (none, a released one, or a holder that is gone: ``_stale``) it creates generation
+    n + 1 with a conditional PUT (``If-None-Match: *``, ``fs.put_if_absent``). The object store
+    lets exactly one of several racing writers create it; the others list again and are
+    refused. The winner holds the lock only if its generation is still the highest when it lists
+    again; then it deletes the older ones. The highest generation is never deleted: releasing
+    overwrites it with a released mark (and deletes the older ones), so the numbers only grow
+    and a number is never created twice while it could be the highest. (Before, releasing
+    deleted it: a writer whose listing predated a release could then create that number again
+    beside a newer holder of generation 1, and two held the lock: the suite's race test caught
+    it on 2026-12-05, and tests/test_s3.py now plays that order through.) A generation created below the highest (a number
+    deleted since that listing) is given back and the writer lists again. The holder renews its
+    lease (``expires``) from a thread every quarter lease. Before its commit
+    (``Store.commit_batch``) a holder checks that its generation is still the highest
+    (``check_held``): a holder whose lease expired while it was stalled and was taken over then
+    stops with exit 4 instead of committing.
     Limits (docs/faults.md): a server that ignores ``If-None-Match`` gives no mutual exclusion;
     the check before the commit and the commit are two requests, so a holder stalled for a
     whole lease exactly between them could still commit beside its successor.
@@ -208,13 +220,21 @@ def _remote_lock(path):
                 held = {}
             if not _stale(held):
                 _refuse(path, lock_dir, held)
-            log.warning("taking over the lock of %s left by process %s on %s", path,
-                        held.get("pid", "?"), held.get("host", "?"))
+            if not held.get("released"):
+                log.warning("taking over the lock of %s left by process %s on %s", path,
+                            held.get("pid", "?"), held.get("host", "?"))
             gen = top + 1
         mine = lock_dir / f"{gen:012d}"
         if F.put_if_absent(mine, json.dumps({**info, "expires": time.time() + lease}).encode()):
-            break
+            newer = [g for g, _ in _generations(lock_dir) if g > gen]
+            if not newer:
+                break
+            # a number deleted since this writer listed, below the highest: give it back
+            mine.unlink(missing_ok=True)
         # another writer created this generation first: list again (and be refused)
+    for g, obj in _generations(lock_dir):  # the older generations, released or gone
+        if g < gen:
+            obj.unlink(missing_ok=True)
     stop = threading.Event()
 
     def renew():
@@ -233,8 +253,11 @@ def _remote_lock(path):
         stop.set()
         beat.join()  # a renewal in flight must land before the delete, never after it
         _HELD.pop(str(path), None)
+        # the highest generation stays, marked released: the next writer takes gen + 1
+        mine.write_text(json.dumps({"released": True, "pid": info["pid"], "host": info["host"],
+                                    "since": info["since"], "until": time.time()}))
         for g, obj in _generations(lock_dir):
-            if g <= gen:
+            if g < gen:
                 obj.unlink(missing_ok=True)
 
 
