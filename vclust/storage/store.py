@@ -226,15 +226,16 @@ def _remote_lock(path):
             gen = top + 1
         mine = lock_dir / f"{gen:012d}"
         if F.put_if_absent(mine, json.dumps({**info, "expires": time.time() + lease}).encode()):
-            newer = [g for g, _ in _generations(lock_dir) if g > gen]
+            try:
+                newer = [g for g, _ in _generations(lock_dir) if g > gen]
+            except BaseException:
+                mine.unlink(missing_ok=True)  # not known to hold it: never leave it held
+                raise
             if not newer:
                 break
             # a number deleted since this writer listed, below the highest: give it back
             mine.unlink(missing_ok=True)
         # another writer created this generation first: list again (and be refused)
-    for g, obj in _generations(lock_dir):  # the older generations, released or gone
-        if g < gen:
-            obj.unlink(missing_ok=True)
     stop = threading.Event()
 
     def renew():
@@ -248,10 +249,16 @@ def _remote_lock(path):
     beat.start()
     _HELD[str(path)] = (lock_dir, gen)
     try:
+        try:  # the older generations, released or gone (left, they are only clutter)
+            for g, obj in _generations(lock_dir):
+                if g < gen:
+                    obj.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove the older lock generations of %s (%s)", path, exc)
         yield
     finally:
         stop.set()
-        beat.join()  # a renewal in flight must land before the delete, never after it
+        beat.join()  # a renewal in flight must land before the released mark, never after it
         _HELD.pop(str(path), None)
         # the highest generation stays, marked released: the next writer takes gen + 1
         mine.write_text(json.dumps({"released": True, "pid": info["pid"], "host": info["host"],
