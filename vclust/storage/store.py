@@ -191,12 +191,12 @@ def _remote_lock(path):
     refused. The winner holds the lock only if its generation is still the highest when it lists
     again; then it deletes the older ones. The highest generation is never deleted: releasing
     overwrites it with a released mark (and deletes the older ones), so the numbers only grow
-    and a number is never created twice while it could be the highest. (Before, releasing
-    deleted it: a writer whose listing predated a release could then create that number again
-    beside a newer holder of generation 1, and two held the lock: the suite's race test caught
-    it on 2026-12-05, and tests/test_s3.py now plays that order through.) A generation created below the highest (a number
-    deleted since that listing) is given back and the writer lists again. The holder renews its
-    lease (``expires``) from a thread every quarter lease. Before its commit
+    and a number is never created twice while it could be the highest. (When a release deleted
+    it, a writer whose listing predated the release could create that number again beside a
+    newer holder of generation 1: two held the lock; tests/test_s3.py plays that order.) A
+    generation created below the highest (a number deleted since that listing) is given back
+    and the writer lists again. The holder renews its lease (``expires``) from a thread every
+    quarter lease. Before its commit
     (``Store.commit_batch``) a holder checks that its generation is still the highest
     (``check_held``): a holder whose lease expired while it was stalled and was taken over then
     stops with exit 4 instead of committing.
@@ -250,9 +250,7 @@ def _remote_lock(path):
     _HELD[str(path)] = (lock_dir, gen)
     try:
         try:  # the older generations, released or gone (left, they are only clutter)
-            for g, obj in _generations(lock_dir):
-                if g < gen:
-                    obj.unlink(missing_ok=True)
+            _drop_older(lock_dir, gen)
         except OSError as exc:
             log.warning("could not remove the older lock generations of %s (%s)", path, exc)
         yield
@@ -263,9 +261,14 @@ def _remote_lock(path):
         # the highest generation stays, marked released: the next writer takes gen + 1
         mine.write_text(json.dumps({"released": True, "pid": info["pid"], "host": info["host"],
                                     "since": info["since"], "until": time.time()}))
-        for g, obj in _generations(lock_dir):
-            if g < gen:
-                obj.unlink(missing_ok=True)
+        _drop_older(lock_dir, gen)
+
+
+def _drop_older(lock_dir, gen: int) -> None:
+    """Delete the lock generations below ``gen``."""
+    for g, obj in _generations(lock_dir):
+        if g < gen:
+            obj.unlink(missing_ok=True)
 
 
 def check_held(path) -> None:
