@@ -282,8 +282,13 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
     same model: thresholds, normalisation and the index the labelling restores. The second
     imports neither pynndescent nor scikit-learn (python -X importtime lists every import):
     its KMeans (under 64 columns) and its estimators are vclust's, and its index is restored
-    only when a query needs it."""
+    only when a query needs it. Neither imports xarray, which dask.array imports wherever it is
+    installed (the test extra installs it) and a command never uses (cli.NOT_IMPORTED)."""
+    import importlib.util
+
     from vclust.model.bundle import Model
+
+    assert importlib.util.find_spec("xarray") is not None, "the test extra installs xarray"
 
     store = tmp_path / "store"
     _ingest(store, case, "fit")
@@ -296,8 +301,12 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
             capture_output=True, text=True, timeout=300, env=env)
         assert out.returncode == 0, out.stderr
         runs.append(out.stderr)
-        imported.append({line.rsplit("|", 1)[-1].strip().split(".")[0]
-                         for line in out.stderr.splitlines() if line.startswith("import time:")})
+        modules = {line.rsplit("|", 1)[-1].strip()
+                   for line in out.stderr.splitlines() if line.startswith("import time:")}
+        # dask.array.core imports xarray where it is installed
+        assert "dask.array.core" in modules, i
+        assert not [m for m in modules if m.partition(".")[0] == "xarray"], i
+        imported.append({m.split(".")[0] for m in modules})
     assert "from the cache" not in runs[0] and "taken from the cache" in runs[1]
     assert int(re.search(r"preprocessed: (\d+) components", runs[1]).group(1)) < 64
     assert {"pynndescent", "sklearn"} <= imported[0]  # the first built the index

@@ -565,6 +565,15 @@ def _quiet_stdout():
         pass
 
 
+#: optional packages that dask imports whenever they are installed, for what a vclust command
+#: never hands it: dask.array imports xarray to recognise xarray objects (0.35-0.5 s of every
+#: command that imports dask.array where xarray is installed, as `make install` installs it for
+#: the tests; benchmarks/RESULTS.md, 2026-12-05). The command's own process marks them absent
+#: (``sys.modules[name] = None``: ``import xarray`` raises ImportError there, which dask takes
+#: as "not installed"); the library, a notebook and dask's workers are left as they are.
+NOT_IMPORTED = ("xarray",)
+
+
 def run() -> None:
     """The ``vclust`` script and ``python -m vclust``: ``main()``, then out of the process.
 
@@ -577,6 +586,8 @@ def run() -> None:
     import atexit
     import os
 
+    for name in NOT_IMPORTED:
+        sys.modules.setdefault(name, None)
     code = main()
     try:
         sys.stdout.flush()
