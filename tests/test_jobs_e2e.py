@@ -283,7 +283,7 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
     imports neither pynndescent nor scikit-learn (python -X importtime lists every import):
     its KMeans (under 64 columns) and its estimators are vclust's, and its index is restored
     only when a query needs it. Neither imports xarray, which dask.array imports wherever it is
-    installed (the test extra installs it) and a command never uses (cli.NOT_IMPORTED)."""
+    installed (the test extra installs it) and a command never uses (jobs.imports.NOT_IMPORTED)."""
     import importlib.util
 
     from vclust.model.bundle import Model

@@ -126,11 +126,8 @@ def cmd_info(args, say):
 
 
 def _prefetch(*modules):
-    """Import ``modules`` in the background while the command opens its inputs: dask.array
-    is slow to import (with numba, which it imports through pydata-sparse), and the store's
-    first reads wait on the disk, not on Python (benchmarks/RESULTS.md, figures behind the
-    code). On vclust's one import thread (vclust.jobs.imports: two threads importing at once can
-    see a module half made)."""
+    """Import ``modules`` on vclust's one import thread (jobs.imports) while the command opens
+    its inputs: dask.array is slow to import, and the store's first reads wait on the disk."""
     from .jobs import imports
 
     imports.background(*modules)
@@ -565,29 +562,21 @@ def _quiet_stdout():
         pass
 
 
-#: optional packages that dask imports whenever they are installed, for what a vclust command
-#: never hands it: dask.array imports xarray to recognise xarray objects (0.35-0.5 s of every
-#: command that imports dask.array where xarray is installed, as `make install` installs it for
-#: the tests; benchmarks/RESULTS.md, 2026-12-05). The command's own process marks them absent
-#: (``sys.modules[name] = None``: ``import xarray`` raises ImportError there, which dask takes
-#: as "not installed"); the library, a notebook and dask's workers are left as they are.
-NOT_IMPORTED = ("xarray",)
-
-
 def run() -> None:
-    """The ``vclust`` script and ``python -m vclust``: ``main()``, then out of the process.
+    """The ``vclust`` script and ``python -m vclust``: ``main()`` (no ``imports.NOT_IMPORTED``
+    imported), then out of the process.
 
     What the interpreter would run at exit runs here (flushing the output, the atexit handlers:
     logging's, distributed's), then the process ends with ``os._exit``, skipping the teardown of
     every module and object, a noticeable part of a short command's wall time
-    (benchmarks/RESULTS.md, figures behind the code). Every command
-    has finished its work, written and closed its files before ``main`` returns; the only
-    threads left are idle pools and daemon threads."""
+    (benchmarks/RESULTS.md, figures behind the code). Every command has finished its work,
+    written and closed its files before ``main`` returns; the only threads left are idle pools
+    and daemon threads."""
     import atexit
     import os
 
-    for name in NOT_IMPORTED:
-        sys.modules.setdefault(name, None)
+    from .jobs import imports
+    imports.mark_not_imported()
     code = main()
     try:
         sys.stdout.flush()

@@ -36,6 +36,11 @@ _WORK: "queue.SimpleQueue | None" = None
 _QUEUED: list[Future] = []
 _BY_NAME: dict[str, Future] = {}
 THREAD_NAME = "vclust-imports"
+#: optional packages that dask imports whenever they are installed, for what a vclust command
+#: never hands it: dask.array imports xarray to recognise xarray objects (0.35-0.5 s of every
+#: command that imports dask.array where xarray is installed, as `make install` installs it for
+#: the tests; benchmarks/RESULTS.md, 2026-12-05)
+NOT_IMPORTED = ("xarray",)
 
 
 def _run(what):
@@ -92,3 +97,13 @@ def wait_for(name: str) -> None:
     fut = _BY_NAME.get(name)
     if fut is not None and not threading.current_thread().name == THREAD_NAME:
         fut.result()
+
+
+def mark_not_imported() -> None:
+    """In a command's own process (``cli.run``): ``NOT_IMPORTED`` marked absent
+    (``sys.modules[name] = None``: ``import xarray`` raises ImportError there, which dask takes
+    as "not installed"). The library, a notebook and dask's workers are left as they are."""
+    import sys
+
+    for name in NOT_IMPORTED:
+        sys.modules.setdefault(name, None)
