@@ -37,9 +37,9 @@ _QUEUED: list[Future] = []
 _BY_NAME: dict[str, Future] = {}
 THREAD_NAME = "vclust-imports"
 #: optional packages that dask imports whenever they are installed, for what a vclust command
-#: never hands it: dask.array imports xarray to recognise xarray objects (0.35-0.5 s of every
-#: command that imports dask.array where xarray is installed, as `make install` installs it for
-#: the tests; benchmarks/RESULTS.md, 2026-12-05)
+#: never hands it: dask.array imports xarray to recognise xarray objects (about 0.55 s of
+#: `import dask.array` where xarray is installed, as `make install` installs it for the tests,
+#: half of it pandas; 0.3 s of a fit whose index is cached; benchmarks/RESULTS.md, 2026-12-05)
 NOT_IMPORTED = ("xarray",)
 
 
