@@ -196,10 +196,9 @@ def _remote_lock(path):
     newer holder of generation 1: two held the lock; tests/test_s3.py plays that order.) A
     generation created below the highest (a number deleted since that listing) is given back
     and the writer lists again. The holder renews its lease (``expires``) from a thread every
-    quarter lease. Before its commit
-    (``Store.commit_batch``) a holder checks that its generation is still the highest
-    (``check_held``): a holder whose lease expired while it was stalled and was taken over then
-    stops with exit 4 instead of committing.
+    quarter lease. Before its commit (``Store.commit_batch``) a holder checks that its
+    generation is still the highest (``check_held``): a holder whose lease expired while it was
+    stalled and was taken over then stops with exit 4 instead of committing.
     Limits (docs/faults.md): a server that ignores ``If-None-Match`` gives no mutual exclusion;
     the check before the commit and the commit are two requests, so a holder stalled for a
     whole lease exactly between them could still commit beside its successor.
