@@ -37,7 +37,7 @@ _QUEUED: list[Future] = []
 _BY_NAME: dict[str, Future] = {}
 THREAD_NAME = "vclust-imports"
 #: optional packages that dask imports whenever they are installed, for what a vclust command
-#: never hands it: dask.array imports xarray to recognise xarray objects (about 0.55 s of
+#: never hands it: dask.array imports xarray to recognise xarray objects (about 0.6 s of
 #: `import dask.array` where xarray is installed, as `make install` installs it for the tests,
 #: half of it pandas; 0.3 s of a fit whose index is cached; benchmarks/RESULTS.md, 2026-12-05)
 NOT_IMPORTED = ("xarray",)
