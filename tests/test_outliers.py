@@ -609,7 +609,7 @@ def test_index_cache_across_processes_gives_the_same_scorer(synth_reduced, tmp_p
     first = _fit_fresh_process(z, labels, dist, centers, x)
     assert first.index_source_ == "built"
     entries = sorted(p.name for p in (tmp_path / "cache" / "outlier-index").iterdir())
-    assert len(entries) == 3  # the index, the reference rows' answers, the threshold sample's
+    assert len(entries) == 2  # the index (with its graph), the threshold sample's answers
     expected = first.score(z, labels, dist, reasons=True, raw=x)
 
     queries = []
@@ -634,8 +634,43 @@ def test_index_cache_across_processes_gives_the_same_scorer(synth_reduced, tmp_p
     other = OutlierScorer(reference_size=3000, threshold_rows="reference", random_state=1)
     other.fit(z, labels, dist, centers, raw=x, cache=indexcache)
     assert other.index_source_ == "built"
-    assert len(list((tmp_path / "cache" / "outlier-index").iterdir())) == 6
+    assert len(list((tmp_path / "cache" / "outlier-index").iterdir())) == 4
     assert indexcache.entry_name(("a", 1)) != indexcache.entry_name(("a", 2))
+
+
+def test_a_sampled_reference_is_normalised_on_its_graph_and_queries_only_outsiders(
+        synth_reduced, monkeypatch):
+    """With a sampled reference, the fit asks the index about the threshold rows only: each
+    reference row's neighbours (which set the terms' medians and MADs) come from the build's
+    graph, and they are its true nearest reference rows. With every row in the reference, the
+    reference rows are queried as a label queries them (their terms set the fit's flags)."""
+    import pynndescent
+
+    z, labels, dist, centers, _, x = synth_reduced
+    asked = []
+    real_query = pynndescent.NNDescent.query
+    monkeypatch.setattr(pynndescent.NNDescent, "query",
+                        lambda self, q, *a, **kw: asked.append(len(q)) or real_query(self, q, *a, **kw))
+    refindex.clear_memos()
+    sc = OutlierScorer(reference_size=3000, threshold_rows="reference", random_state=0).fit(
+        z, labels, dist, centers, raw=x)
+    m = len(sc.ref_rows_)
+    assert sum(asked) == len(sc.fit_rows_) and not np.isin(sc.ref_rows_, sc.fit_rows_).any()
+    # the graph's answers against exact ones: each reference row's 10 nearest others
+    ref = sc.reference_.astype(np.float64)
+    d2 = (ref ** 2).sum(1)[:, None] - 2 * ref @ ref.T + (ref ** 2).sum(1)[None, :]
+    np.fill_diagonal(d2, np.inf)
+    exact = np.argsort(d2, axis=1)[:, :sc.n_neighbors]
+    got = sc.neighbours(sc.reference_, sc.ref_rows_)[0]
+    found = np.mean([len(np.intersect1d(a, b)) for a, b in zip(got, exact)]) / sc.n_neighbors
+    assert found > 0.98, found
+
+    asked.clear()
+    refindex.clear_memos()
+    every = OutlierScorer(reference_size=20_000, threshold_rows="reference", random_state=0)
+    every.fit(z, labels, dist, centers, raw=x)
+    assert len(every.ref_rows_) == len(z) and sum(asked) == len(z)
+    assert m < len(z)
 
 
 def test_index_cache_unreadable_entry_is_rebuilt_and_off_writes_nothing(synth_reduced, tmp_path,

@@ -247,7 +247,7 @@ class OutlierScorer(Estimator):
         rows_abs = np.arange(n) if row_index is None else np.asarray(row_index)
         self._set_reference(ref, rows_abs[pos], cache)
         self._fit_faint(ref, raw)
-        self.ref_index_.neighbours_cached(ref, self.ref_rows_, self.n_neighbors)
+        self.ref_index_.reference_answers(self.n_neighbors, sampled=len(pos) < n)
         if extra is not None:
             self.ref_index_.neighbours_cached(extra_own, rows_abs[extra], self.n_neighbors)
         self._prepared = {"raw": raw, "n": n, "row_index": row_index, "pos": pos,
@@ -309,8 +309,8 @@ class OutlierScorer(Estimator):
         n_clusters = int(lab.max()) + 1 if centers is None else len(centers)
         self._fit_clusters(lab, dist, n_clusters)
         self._fit_own_centres(ref, lab[pos], n_clusters)
-        # normalisation of each component on the reference rows, queried as every row is
-        self.ref_index_.neighbours_cached(ref, self.ref_rows_, self.n_neighbors)
+        # normalisation of each component on the reference rows
+        self.ref_index_.reference_answers(self.n_neighbors, sampled=len(pos) < n)
         comp = self._components(ref, ref_z, self.ref_rows_)
         self.knn_norm_ = np.array(_robust(comp["knn"]))
         self.lof_norm_ = np.array(_robust(comp["lof"]))

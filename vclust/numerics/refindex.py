@@ -221,6 +221,25 @@ class ReferenceIndex:
         idx = np.argsort(np.where(own_entry | (gi < 0), np.inf, gd), axis=1, kind="stable")[:, :k]
         return np.take_along_axis(gi, idx, 1), np.take_along_axis(gd, idx, 1)
 
+    def reference_answers(self, k, sampled):
+        """Each reference row's k nearest other reference rows (they set every outlier term's
+        median and MAD), into NEIGHBOUR_MEMO as ``neighbours(rows, ids, k)`` answers them.
+        When the reference is a sample of the rows (``sampled``), from the build's graph, no
+        query: the threshold is set on rows from outside it, queried as every row is. When it
+        is all the rows, their terms also set the threshold and the fit's flags, so they are
+        queried as a later label queries them (and so is a graph that leaves a row short)."""
+        graph = None if self._entry is None else self._entry.graph
+        if sampled and graph is not None and graph[0] is not None:
+            idx, dist = self.own_neighbours(k)
+            if idx.shape[1] == k and (idx >= 0).all():
+                out = (idx.astype(np.int32), np.ascontiguousarray(dist, dtype=np.float32))
+                for a in out:
+                    a.flags.writeable = False
+                key = (self.fingerprint(), k, digest(self.rows), digest(self.ids))
+                NEIGHBOUR_MEMO.put(key, out, out[0].nbytes + out[1].nbytes)
+                return out
+        return self.neighbours_cached(self.rows, self.ids, k)
+
     # ------------------------------------------------------------------ state
 
     def state(self):
