@@ -282,13 +282,15 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
     same model: thresholds, normalisation and the index the labelling restores. The second
     imports neither pynndescent nor scikit-learn (python -X importtime lists every import):
     its KMeans (under 64 columns) and its estimators are vclust's, and its index is restored
-    only when a query needs it. Neither imports xarray, which dask.array imports wherever it is
-    installed (the test extra installs it) and a command never uses (jobs.imports.NOT_IMPORTED)."""
+    only when a query needs it, so it imports no numba either. Neither imports xarray or
+    pydata's sparse, which dask.array imports wherever they are installed (the test extra
+    installs xarray, dask-ml sparse) and a command never uses (jobs.imports.NOT_IMPORTED)."""
     import importlib.util
 
     from vclust.model.bundle import Model
 
-    assert importlib.util.find_spec("xarray") is not None, "the test extra installs xarray"
+    for name in ("xarray", "sparse"):
+        assert importlib.util.find_spec(name) is not None, f"{name} is installed here"
 
     store = tmp_path / "store"
     _ingest(store, case, "fit")
@@ -303,14 +305,16 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
         runs.append(out.stderr)
         modules = {line.rsplit("|", 1)[-1].strip()
                    for line in out.stderr.splitlines() if line.startswith("import time:")}
-        # dask.array.core imports xarray where it is installed
-        assert "dask.array.core" in modules, i
-        assert not [m for m in modules if m.partition(".")[0] == "xarray"], i
+        # dask.array.core imports xarray, dask.array.chunk_types sparse where installed
+        assert {"dask.array.core", "dask.array.chunk_types"} <= modules, i
+        # (an import refused as absent still writes its own line: what counts is what it loads)
+        assert not [m for m in modules if m.partition(".")[0] == "xarray"
+                    or m.startswith("sparse.")], i
         imported.append({m.split(".")[0] for m in modules})
     assert "from the cache" not in runs[0] and "taken from the cache" in runs[1]
     assert int(re.search(r"preprocessed: (\d+) components", runs[1]).group(1)) < 64
     assert {"pynndescent", "sklearn"} <= imported[0]  # the first built the index
-    assert not {"pynndescent", "sklearn"} & imported[1], imported[1] & {"pynndescent", "sklearn"}
+    assert not {"pynndescent", "sklearn", "numba"} & imported[1], imported[1] & {"numba", "sklearn"}
     assert list((tmp_path / "cache" / "outlier-index").iterdir())
     first, second = (Model.load(tmp_path / f"m{i}").outliers for i in (0, 1))
     np.testing.assert_array_equal(first.ref_rows_, second.ref_rows_)

@@ -39,8 +39,10 @@ THREAD_NAME = "vclust-imports"
 #: optional packages that dask imports whenever they are installed, for what a vclust command
 #: never hands it: dask.array imports xarray to recognise xarray objects (about 0.6 s of
 #: `import dask.array` where xarray is installed, as `make install` installs it for the tests,
-#: half of it pandas; 0.3 s of a fit whose index is cached; benchmarks/RESULTS.md, 2026-12-05)
-NOT_IMPORTED = ("xarray",)
+#: half of it pandas; 0.3 s of a fit whose index is cached) and pydata's sparse to register its
+#: arrays (installed for dask-ml's dask-glm; about 0.2 s, most of it numba, which a command
+#: that builds or queries no index never needs otherwise) (benchmarks/RESULTS.md, 2026-12-05)
+NOT_IMPORTED = ("xarray", "sparse")
 
 
 def _run(what):
@@ -101,8 +103,8 @@ def wait_for(name: str) -> None:
 
 def mark_not_imported() -> None:
     """In a command's own process (``cli.run``): ``NOT_IMPORTED`` marked absent
-    (``sys.modules[name] = None``: ``import xarray`` raises ImportError there, which dask takes
-    as "not installed"). The library, a notebook and dask's workers are left as they are."""
+    (``sys.modules[name] = None``: ``import xarray`` or ``import sparse`` raises ImportError
+    there, which dask takes as "not installed"). The library, a notebook and dask's workers are left as they are."""
     import sys
 
     for name in NOT_IMPORTED:
