@@ -39,10 +39,11 @@ THREAD_NAME = "vclust-imports"
 #: optional packages that dask imports whenever they are installed, for what a vclust command
 #: never hands it: dask.array imports xarray to recognise xarray objects (about 0.6 s of
 #: `import dask.array` where xarray is installed, as `make install` installs it for the tests,
-#: half of it pandas; 0.3 s of a fit whose index is cached) and pydata's sparse to register its
+#: half of it pandas; 0.3 s of a fit whose index is cached), pydata's sparse to register its
 #: arrays (installed for dask-ml's dask-glm; about 0.2 s, most of it numba, which a command
-#: that builds or queries no index never needs otherwise) (benchmarks/RESULTS.md, 2026-12-05)
-NOT_IMPORTED = ("xarray", "sparse")
+#: that builds or queries no index never needs otherwise) and scipy.fftpack for dask.array.fft
+#: (with scipy.fft and scipy.special: about 0.08 s) (benchmarks/RESULTS.md, 2026-12-05)
+NOT_IMPORTED = ("xarray", "sparse", "scipy.fftpack")
 
 
 def _run(what):
