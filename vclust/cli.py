@@ -563,8 +563,8 @@ def _quiet_stdout():
 
 
 def run() -> None:
-    """The ``vclust`` script and ``python -m vclust``: ``main()`` (no ``imports.NOT_IMPORTED``
-    imported), then out of the process.
+    """The ``vclust`` script and ``python -m vclust``: ``main()`` (dask's imports of
+    ``imports.NOT_IMPORTED`` refused), then out of the process.
 
     What the interpreter would run at exit runs here (flushing the output, the atexit handlers:
     logging's, distributed's), then the process ends with ``os._exit``, skipping the teardown of

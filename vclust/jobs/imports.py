@@ -37,12 +37,14 @@ _QUEUED: list[Future] = []
 _BY_NAME: dict[str, Future] = {}
 THREAD_NAME = "vclust-imports"
 #: optional packages that dask imports whenever they are installed, for what a vclust command
-#: never hands it: dask.array imports xarray to recognise xarray objects (about 0.6 s of
-#: `import dask.array` where xarray is installed, as `make install` installs it for the tests,
-#: half of it pandas; 0.3 s of a fit whose index is cached), pydata's sparse to register its
-#: arrays (installed for dask-ml's dask-glm; about 0.2 s, most of it numba, which a command
-#: that builds or queries no index never needs otherwise) and scipy.fftpack for dask.array.fft
-#: (with scipy.fft and scipy.special: about 0.08 s) (benchmarks/RESULTS.md, 2026-12-05)
+#: never hands it, refused to dask in a command's own process: dask.array imports xarray to
+#: recognise xarray objects (about 0.6 s of `import dask.array` where xarray is installed, as
+#: `make install` installs it for the tests, half of it pandas; 0.3 s of a fit whose index is
+#: cached), pydata's sparse to register its arrays (installed for dask-ml's dask-glm; about
+#: 0.2 s, most of it numba, which a command that builds or queries no index never needs) and
+#: scipy.fftpack for dask.array.fft (with scipy.fft and scipy.special: about 0.08 s)
+#: (benchmarks/RESULTS.md, 2026-12-05). Others may import them: numba loads sparse's numba
+#: extension when it first compiles.
 NOT_IMPORTED = ("xarray", "sparse", "scipy.fftpack")
 
 
@@ -102,11 +104,32 @@ def wait_for(name: str) -> None:
         fut.result()
 
 
+class _RefusedToDask:
+    """A meta path finder: an import of one of ``NOT_IMPORTED`` raises ImportError (which dask
+    takes as "not installed") when the code asking for it is dask's own; anyone else's import
+    goes on to the other finders."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name not in NOT_IMPORTED:
+            return None
+        import sys
+
+        frame = sys._getframe(1)
+        while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (
+                "importlib", "_frozen_importlib", "_frozen_importlib_external"):
+            frame = frame.f_back
+        if frame is not None and frame.f_globals.get("__name__", "").startswith("dask."):
+            raise ModuleNotFoundError(f"{name} is not imported for dask in a vclust command",
+                                      name=name)
+        return None
+
+
 def mark_not_imported() -> None:
-    """In a command's own process (``cli.run``): ``NOT_IMPORTED`` marked absent
-    (``sys.modules[name] = None``: ``import xarray`` or ``import sparse`` raises ImportError
-    there, which dask takes as "not installed"). The library, a notebook and dask's workers are left as they are."""
+    """In a command's own process (``cli.run``): dask's imports of ``NOT_IMPORTED`` refused
+    (``_RefusedToDask``, first on ``sys.meta_path``). The library, a notebook and dask's
+    workers are left as they are."""
     import sys
 
-    for name in NOT_IMPORTED:
-        sys.modules.setdefault(name, None)
+    if not any(isinstance(f, _RefusedToDask) for f in sys.meta_path):
+        sys.meta_path.insert(0, _RefusedToDask())
