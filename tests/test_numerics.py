@@ -383,6 +383,32 @@ def test_each_algorithm_end_to_end(blobs, name):
                                np.linalg.norm(x - cl.cluster_centers_[labels], axis=1), rtol=1e-4)
 
 
+def test_agglomerative_on_separate_groups_warns_nothing_and_finds_them():
+    """Groups far apart give the tree's 10-neighbour graph one component each; scikit-learn
+    joins them and warns, which a command would print to the analyst at every k-range. The cut
+    says nothing and still finds the groups."""
+    import warnings
+
+    from sklearn.metrics import adjusted_rand_score
+
+    from vclust.numerics.algorithms import AgglomerativeTree
+    from vclust.numerics.blocks import sample_rows
+
+    rng = np.random.default_rng(4)
+    truth = np.repeat(np.arange(6), 300)
+    x = (rng.normal(size=(6, 8)) * 50)[truth] + rng.normal(size=(len(truth), 8))
+    tree = AgglomerativeTree(x, sample_size=1200, random_state=0)
+    from scipy.sparse.csgraph import connected_components
+
+    assert connected_components(tree.conn)[0] >= 6  # the case the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cl = tree.cut(6)
+    sample_truth = truth[sample_rows(x, 1200, 0, stream=21)[1]]  # the tree's sample
+    assert adjusted_rand_score(sample_truth, cl.arrays["anchor_labels"]) == 1.0
+    assert adjusted_rand_score(truth, tree.labels(x, cl)) == 1.0
+
+
 def test_nearest_sample_rows_on_threads_are_the_one_calls_bit_for_bit(monkeypatch):
     """The agglomerative tree's nearest sample row of every row, found in blocks on this
     process's threads (``nearest_anchor_local``), is the one call's label for every row, ties

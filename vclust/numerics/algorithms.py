@@ -259,11 +259,18 @@ class AgglomerativeTree:
         self._nearest = None
 
     def cut(self, n_clusters) -> FittedClusterer:
+        import warnings
+
         from sklearn.cluster import AgglomerativeClustering
 
-        labels = AgglomerativeClustering(n_clusters, linkage="ward", connectivity=self.conn,
-                                         memory=self.memory, compute_full_tree=True
-                                         ).fit_predict(self.sample).astype(np.int32)
+        with warnings.catch_warnings():
+            # a 10-neighbour graph of well-separated groups has several components, which
+            # scikit-learn joins by their nearest rows and says so: expected, nothing to act on
+            warnings.filterwarnings("ignore", "the number of connected components",
+                                    UserWarning)
+            labels = AgglomerativeClustering(n_clusters, linkage="ward", connectivity=self.conn,
+                                             memory=self.memory, compute_full_tree=True
+                                             ).fit_predict(self.sample).astype(np.int32)
         return FittedClusterer("agglomerative", centres_of(self.sample, labels, n_clusters),
                                self.params, {"anchors": self.sample.astype(np.float32),
                                              "anchor_labels": labels})
