@@ -44,7 +44,7 @@ THREAD_NAME = "vclust-imports"
 #: 0.2 s, most of it numba, which a command that builds or queries no index never needs) and
 #: scipy.fftpack for dask.array.fft (with scipy.fft and scipy.special: about 0.08 s)
 #: (benchmarks/RESULTS.md, 2026-12-05). Others may import them: numba loads sparse's numba
-#: extension when it first compiles.
+#: extension when it readies its CPU target (to compile, or to load a cached kernel).
 NOT_IMPORTED = ("xarray", "sparse", "scipy.fftpack")
 
 

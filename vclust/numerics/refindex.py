@@ -230,17 +230,13 @@ class ReferenceIndex:
         queried as a later label queries them (and so is a graph that leaves a row short)."""
         graph = None if self._entry is None else self._entry.graph
         if sampled and graph is not None and graph[0] is not None:
-            key = (self.fingerprint(), k, digest(self.rows), digest(self.ids))
+            key = self._memo_key(self.rows, self.ids, k)
             hit = NEIGHBOUR_MEMO.get(key)  # ``prepare`` took them, ``fit`` asks again
             if hit is not None:
                 return hit
             idx, dist = self.own_neighbours(k)
             if idx.shape[1] == k and (idx >= 0).all():
-                out = (idx.astype(np.int32), np.ascontiguousarray(dist, dtype=np.float32))
-                for a in out:
-                    a.flags.writeable = False
-                NEIGHBOUR_MEMO.put(key, out, out[0].nbytes + out[1].nbytes)
-                return out
+                return _remember(key, idx, dist)
         return self.neighbours_cached(self.rows, self.ids, k)
 
     # ------------------------------------------------------------------ state
@@ -291,43 +287,48 @@ class ReferenceIndex:
         parts = list(_query_pool().map(part, range(0, n, QUERY_PART)))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
+    def _memo_key(self, x, ids, k):
+        """NEIGHBOUR_MEMO's key of the question: these rows (float32) with these ids, k."""
+        return (self.fingerprint(), k, digest(x), digest(np.asarray(ids)))
+
     def neighbours(self, x, ids, k):
         """(positions (n, k) int32, distances (n, k)) of the k nearest reference rows to the
         scoring rows ``x`` (absolute ids ``ids``), skipping a row's own reference entry."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        key = (self.fingerprint(), k, digest(x), digest(np.asarray(ids)))
+        key = self._memo_key(x, ids, k)
         hit = NEIGHBOUR_MEMO.get(key)
         if hit is not None:
             return hit
         idx, dist = self.query(x, k + 1)
         is_self = self.ids[idx] == np.asarray(ids)[:, None]
         order = np.argsort(is_self, axis=1, kind="stable")[:, :k]  # self entries move last
-        out = (np.take_along_axis(idx, order, 1).astype(np.int32),
-               np.take_along_axis(dist, order, 1))
-        for a in out:
-            a.flags.writeable = False  # shared by every later caller with the same question
-        NEIGHBOUR_MEMO.put(key, out, out[0].nbytes + out[1].nbytes)
-        return out
+        return _remember(key, np.take_along_axis(idx, order, 1), np.take_along_axis(dist, order, 1))
 
     def neighbours_cached(self, x, ids, k):
         """``neighbours`` for a question the fit asks (the reference rows, the threshold
         sample), answered from the injected cache when an earlier process asked it."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        key = (self.fingerprint(), k, digest(x), digest(np.asarray(ids)))
+        key = self._memo_key(x, ids, k)
         if self.cache is None:
             return self.neighbours(x, ids, k)
         disk_key = self._disk_key(("neighbours", self.graph_neighbors, self.random_state) + key)
         if NEIGHBOUR_MEMO.get(key) is None:
             hit = self.cache.load(disk_key)
             if hit is not None and hit["arrays"]["idx"].shape == (len(x), k):
-                out = (hit["arrays"]["idx"].astype(np.int32), hit["arrays"]["dist"])
-                for a in out:
-                    a.flags.writeable = False
-                NEIGHBOUR_MEMO.put(key, out, out[0].nbytes + out[1].nbytes)
-                return out
+                return _remember(key, hit["arrays"]["idx"], hit["arrays"]["dist"])
         out = self.neighbours(x, ids, k)
         self.cache.save(disk_key, {}, {"idx": out[0], "dist": out[1]})
         return out
+
+
+def _remember(key, idx, dist):
+    """(positions int32, distances float32) of a question's answer, kept in NEIGHBOUR_MEMO
+    under ``key`` and read only: shared by every later caller with the same question."""
+    out = (idx.astype(np.int32), np.ascontiguousarray(dist, dtype=np.float32))
+    for a in out:
+        a.flags.writeable = False
+    NEIGHBOUR_MEMO.put(key, out, out[0].nbytes + out[1].nbytes)
+    return out
 
 
 def _query_pool():
