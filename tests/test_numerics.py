@@ -103,6 +103,61 @@ def test_constant_columns_and_nan():
         Preprocessor().fit(da.from_array(x, chunks=(50, -1)))
 
 
+def _covariance_sample_rows(n, rows, seed):
+    from vclust.numerics.blocks import row_uniform
+    from vclust.numerics.preprocess import COVARIANCE_STREAM
+
+    return row_uniform(np.arange(n), seed, COVARIANCE_STREAM) < rows / n
+
+
+def test_the_covariance_is_measured_on_its_seeded_sample_whatever_the_chunking():
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((6000, 10)) * np.arange(1, 11)).astype(np.float32)
+    x[:3000] += 5  # the sample must come from every block, not the first rows
+    keep = _covariance_sample_rows(6000, 1500, 4)
+    pre = Preprocessor(l2=False, pca_variance=None, covariance_rows=1500, random_state=4)
+    one = pre.fit(x)
+    sk = PCA().fit(x[keep])  # the sample's own PCA, by another library
+    np.testing.assert_allclose(one.mean_, x[keep].mean(axis=0, dtype=np.float64), atol=1e-5)
+    np.testing.assert_allclose(one.explained_variance_, sk.explained_variance_, rtol=1e-4)
+    for chunks in (6000, 777):
+        other = Preprocessor(l2=False, pca_variance=None, covariance_rows=1500,
+                             random_state=4).fit(da.from_array(x, chunks=(chunks, -1)))
+        np.testing.assert_allclose(other.explained_variance_, one.explained_variance_, rtol=1e-5)
+    # "auto" samples above max(COVARIANCE_MIN_ROWS, 40 per column) only; None takes every row
+    from vclust.numerics import COVARIANCE_MIN_ROWS
+
+    big = np.repeat(x, COVARIANCE_MIN_ROWS // 6000 + 2, axis=0)[:, :4]
+    big += rng.standard_normal(big.shape).astype(np.float32)
+    auto = Preprocessor(l2=False, pca_variance=None, random_state=4).fit(big)
+    sampled = _covariance_sample_rows(len(big), COVARIANCE_MIN_ROWS, 4)
+    assert 0.5 < sampled.mean() < 0.95
+    np.testing.assert_allclose(auto.mean_, big[sampled].mean(axis=0, dtype=np.float64), atol=1e-4)
+    every = Preprocessor(l2=False, pca_variance=None, covariance_rows=None).fit(big)
+    np.testing.assert_allclose(every.mean_, big.mean(axis=0, dtype=np.float64), atol=1e-4)
+    small = Preprocessor(l2=False, pca_variance=None, random_state=4).fit(x)  # under the rule
+    np.testing.assert_allclose(small.mean_, x.mean(axis=0, dtype=np.float64), atol=1e-5)
+    with pytest.raises(ValueError, match="covariance_rows"):
+        Preprocessor(covariance_rows=1).fit(x)
+
+
+def test_a_sampled_covariance_still_refuses_nan_outside_its_sample():
+    x = np.random.default_rng(0).random((4000, 6)).astype(np.float32)
+    outside = np.flatnonzero(~_covariance_sample_rows(4000, 400, 0))
+    x[outside[7], 2] = np.inf
+    with pytest.raises(ValueError, match="1 row"):
+        Preprocessor(covariance_rows=400).fit(da.from_array(x, chunks=(1000, -1)))
+
+
+def test_the_outlier_projection_takes_every_reference_row():
+    from vclust.numerics.outlier_rows import projection
+
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((60_000, 6)) * [5, 4, 3, 2, 1, 0.5]).astype(np.float32)
+    got = projection(x, 0.95, 256, 0)
+    np.testing.assert_allclose(got.mean_, x.mean(axis=0, dtype=np.float64), atol=1e-5)
+
+
 def test_moments_far_from_the_origin():
     """Blocks are centred on float32 column sums: rows whose mean dwarfs their spread (ReLU
     features, offsets) still give the float64 covariance to float32 precision."""

@@ -18,5 +18,11 @@ DEFAULT_MAX_COMPONENTS = 256
 #: 1.7-1.9 s (benchmarks/RESULTS.md); narrower sets take a fraction of a second either way and
 #: keep numpy's
 LEADING_EIGH_DIMS = 1024
+#: a set's covariance (its PCA) is measured on a seeded sample of at most
+#: max(COVARIANCE_MIN_ROWS, COVARIANCE_ROWS_PER_DIM x its columns) rows, every row when it has
+#: fewer: efficientnet-b7's 416k x 2560 scatter took 26 of its fit's 48 s, and 102k rows keep
+#: its partition and its outlier scores (docs/preprocessing.md, the evidence)
+COVARIANCE_ROWS_PER_DIM = 40
+COVARIANCE_MIN_ROWS = 50_000
 DEFAULT_PCA_VARIANCE = 0.95  # chosen on real CNN descriptors: docs/preprocessing.md
 DEFAULT_MAD_Z = 4.0  # is_outlier: combined z above median + DEFAULT_MAD_Z MADs of the fit rows'

@@ -174,11 +174,12 @@ def _pick_task(block, locals_):
 
 def projection(raw, pca_variance, max_components, random_state):
     """The scorer's own rows: the descriptor rows as given, centred and projected (no L2); a
-    dict of sets is a mixture (each set reduced, weighted to equal total variance)."""
+    dict of sets is a mixture (each set reduced, weighted to equal total variance). ``raw``
+    is the reference, a seeded sample already: its covariance takes every one of its rows."""
     from .preprocess import MixturePreprocessor, Preprocessor
 
     kw = dict(l2=False, standardize=False, pca_variance=pca_variance,
-              max_components=max_components, random_state=random_state)
+              max_components=max_components, covariance_rows=None, random_state=random_state)
     if isinstance(raw, dict):
         return MixturePreprocessor({name: Preprocessor(**kw) for name in raw}).fit(raw)
     return Preprocessor(**kw).fit(raw)

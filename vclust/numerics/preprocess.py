@@ -3,10 +3,13 @@ target, fitted on numpy or dask arrays in as few passes as possible.
 
 ``svd_method="covariance"`` (the default for sets up to 4096 dims) reads the rows once: every
 block returns its count, mean and centred scatter matrix (float32 BLAS on the block, combined in
-float64 with the parallel-variance formula of Chan et al.), then the eigendecomposition runs on
-the client (for the components a fit can keep only, from LEADING_EIGH_DIMS columns up:
-``_leading_eigh``). ``"randomized"`` (wider sets) never forms the d x d matrix: a mean pass, a few
-power-iteration passes with a d x l sketch, and a last pass for the small projected matrix.
+float64 with the parallel-variance formula of Chan et al.) of its rows in the covariance
+sample, then the eigendecomposition runs on the client (for the components a fit can keep only,
+from LEADING_EIGH_DIMS columns up: ``_leading_eigh``). The sample (``covariance_rows``) is every
+row up to max(50,000, 40 per column) rows, else a seeded share of every block, drawn per
+absolute row so it is the same whatever the chunking (docs/preprocessing.md has the evidence).
+``"randomized"`` (wider sets) never forms the d x d matrix: a mean pass, a few power-iteration
+passes with a d x l sketch over every row, and a last pass for the small projected matrix.
 The projection is one matrix product per block.
 """
 
@@ -14,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import DEFAULT_MAX_COMPONENTS, DEFAULT_PCA_VARIANCE, LEADING_EIGH_DIMS
-from .blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, scratch
+from . import (COVARIANCE_MIN_ROWS, COVARIANCE_ROWS_PER_DIM, DEFAULT_MAX_COMPONENTS,
+               DEFAULT_PCA_VARIANCE, LEADING_EIGH_DIMS)
+from .blocks import check_2d, is_dask, map_blocks_reduce, map_blocks_tree, row_uniform, scratch
 from .estimator import Estimator
 
 MAX_COVARIANCE_DIMS = 4096
@@ -25,6 +29,8 @@ MAX_COVARIANCE_DIMS = 4096
 #: new memory. The same values, element by element: efficientnet-b7's moments (416k x 2560)
 #: 11.3-11.5 s -> 10.4-10.6 s, bit-equal (benchmarks/RESULTS.md)
 OUTER_ROWS = 256
+#: ``row_uniform``'s stream of the covariance sample (the outlier reference's is 31)
+COVARIANCE_STREAM = 41
 
 
 def _norms(x):
@@ -38,8 +44,9 @@ def _l2(block, out=None):
     return np.divide(block, _norms(block), out=out)
 
 
-def _block_moments(block, row0, l2):
-    """(n, mean float64, centred scatter float32, n_bad) of one block.
+def _block_moments(block, row0, l2, share=1.0, seed=0):
+    """(n, mean float64, centred scatter float32, n_bad) of one block's rows in the covariance
+    sample (those whose ``row_uniform`` draw is under ``share``; all of them at 1).
 
     The block is centred on its float32 column sums (one BLAS call), into a per-thread scratch
     buffer, and the small residual mean of the centred rows corrects the scatter: a block costs
@@ -47,6 +54,14 @@ def _block_moments(block, row0, l2):
     (benchmarks/RESULTS.md has the per-block figures).
     NaN/Inf anywhere makes the column sums non-finite; only then are bad rows counted."""
     x = np.asarray(block, dtype=np.float32)
+    if share < 1:
+        # every row is still checked for NaN/Inf (one matrix-vector product), only the sample
+        # enters the moments
+        if not np.isfinite(np.ones(x.shape[0], np.float32) @ x).all():
+            bad = int((~np.isfinite(x).all(axis=1)).sum())
+            if bad:
+                return x.shape[0], None, None, bad
+        x = x[row_uniform(np.arange(row0, row0 + x.shape[0]), seed, COVARIANCE_STREAM) < share]
     n = x.shape[0]
     if not n:
         return 0, None, None, 0
@@ -86,9 +101,11 @@ def _combine(a, b):
     return n, ma + delta * (nb / n), scatter, 0
 
 
-def _moments(X, l2):
-    """(n, mean, scatter) in one pass, merged on the workers (``map_blocks_tree``)."""
-    n, mean, scatter, bad = map_blocks_tree(_block_moments, _combine, X, args=(l2,))
+def _moments(X, l2, rows=None, seed=0):
+    """(n, mean, scatter) of ``rows`` (about; None: all) of X's rows in one pass, merged on the
+    workers (``map_blocks_tree``). Every row is looked at for NaN/Inf, sampled or not."""
+    share = 1.0 if rows is None or rows >= X.shape[0] else rows / X.shape[0]
+    n, mean, scatter, bad = map_blocks_tree(_block_moments, _combine, X, args=(l2, share, seed))
     if scatter is not None:
         scatter = np.asarray(scatter, dtype=np.float64)  # a single block comes back as float32
     if bad:
@@ -155,18 +172,24 @@ class Preprocessor(Estimator):
         Cap on the number of components.
     svd_method : {"auto", "covariance", "randomized"}
         "auto" uses the covariance for up to 4096 columns.
+    covariance_rows : "auto", int or None
+        The covariance is measured on a seeded sample of about this many rows (None: every
+        row); "auto" takes max(COVARIANCE_MIN_ROWS, COVARIANCE_ROWS_PER_DIM x columns)
+        (docs/preprocessing.md). The projection is applied to every row either way.
     random_state : int
-        Seed of the randomized sketch.
+        Seed of the randomized sketch and of the covariance sample.
     """
 
     def __init__(self, *, l2=True, standardize=False, pca_variance=DEFAULT_PCA_VARIANCE, n_components=None,
-                 max_components=DEFAULT_MAX_COMPONENTS, svd_method="auto", random_state=0):
+                 max_components=DEFAULT_MAX_COMPONENTS, svd_method="auto", covariance_rows="auto",
+                 random_state=0):
         self.l2 = l2
         self.standardize = standardize
         self.pca_variance = pca_variance
         self.n_components = n_components
         self.max_components = max_components
         self.svd_method = svd_method
+        self.covariance_rows = covariance_rows
         self.random_state = random_state
 
     def fit_transform(self, X, y=None):
@@ -181,6 +204,9 @@ class Preprocessor(Estimator):
                              f"got {self.svd_method!r}")
         if X.shape[0] < 2:
             raise ValueError(f"need at least 2 rows to fit; got {X.shape[0]}")
+        rows = self.covariance_rows
+        if not (rows is None or rows == "auto" or (isinstance(rows, int) and rows >= 2)):
+            raise ValueError(f"covariance_rows must be 'auto', None or an int >= 2; got {rows!r}")
 
     def fit(self, X, y=None):
         self._validate(X)
@@ -189,7 +215,9 @@ class Preprocessor(Estimator):
         if method == "auto":
             method = "covariance" if d <= MAX_COVARIANCE_DIMS else "randomized"
         if method == "covariance" or self.pca_variance is None:
-            n, mean, scatter = _moments(X, self.l2)
+            n, mean, scatter = _moments(X, self.l2, self._covariance_rows(d), self.random_state)
+            if n < 2:  # a sample that drew fewer than two rows: every row instead
+                n, mean, scatter = _moments(X, self.l2)
             cov = scatter / (n - 1)
             var = np.diag(scatter) / n  # population variance, as StandardScaler
             scale = np.sqrt(var) if self.standardize else np.ones(d)
@@ -222,6 +250,12 @@ class Preprocessor(Estimator):
         self.n_features_in_ = d
         self._build()
         return self
+
+    def _covariance_rows(self, d):
+        """Rows the covariance is measured on (None: all of them)."""
+        if self.covariance_rows == "auto":
+            return max(COVARIANCE_MIN_ROWS, COVARIANCE_ROWS_PER_DIM * d)
+        return self.covariance_rows
 
     def _most_components(self, d):
         """The most components this fit can keep: all ``d`` when it keeps every column."""
