@@ -137,8 +137,12 @@ def test_the_covariance_is_measured_on_its_seeded_sample_whatever_the_chunking()
     np.testing.assert_allclose(every.mean_, big.mean(axis=0, dtype=np.float64), atol=1e-4)
     small = Preprocessor(l2=False, pca_variance=None, random_state=4).fit(x)  # under the rule
     np.testing.assert_allclose(small.mean_, x.mean(axis=0, dtype=np.float64), atol=1e-5)
-    with pytest.raises(ValueError, match="covariance_rows"):
-        Preprocessor(covariance_rows=1).fit(x)
+    np.testing.assert_array_equal(Preprocessor(l2=False, pca_variance=None, random_state=4,
+                                               covariance_rows=np.int64(1500)).fit(x).mean_,
+                                  one.mean_)
+    for bad in (1, True, 0.5, "all"):
+        with pytest.raises(ValueError, match="covariance_rows"):
+            Preprocessor(covariance_rows=bad).fit(x)
 
 
 def test_a_sampled_covariance_still_refuses_nan_outside_its_sample():

@@ -15,6 +15,8 @@ The projection is one matrix product per block.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import (COVARIANCE_MIN_ROWS, COVARIANCE_ROWS_PER_DIM, DEFAULT_MAX_COMPONENTS,
@@ -205,7 +207,8 @@ class Preprocessor(Estimator):
         if X.shape[0] < 2:
             raise ValueError(f"need at least 2 rows to fit; got {X.shape[0]}")
         rows = self.covariance_rows
-        if not (rows is None or rows == "auto" or (isinstance(rows, int) and rows >= 2)):
+        whole = isinstance(rows, numbers.Integral) and not isinstance(rows, bool)
+        if not (rows is None or (isinstance(rows, str) and rows == "auto") or (whole and rows >= 2)):
             raise ValueError(f"covariance_rows must be 'auto', None or an int >= 2; got {rows!r}")
 
     def fit(self, X, y=None):
