@@ -154,3 +154,16 @@ def test_compare_on_an_s3_store(s3_bucket, tmp_path):
     out = s3_cli(["compare", f"{s3_bucket}/nothing", "--registry", reg, "--labels", labels,
                   "--descriptor", "osnet", "--out", tmp_path / "cmp2"])
     assert_one_line(out, 2, "no such store")
+
+
+def test_an_option_of_another_command_is_refused_not_taken_for_a_longer_one(fitted, tmp_path):  # noqa: F811
+    """`label --out DIR` names the labels; `fit --out DIR` was taken as an abbreviation of
+    --outlier-z and refused as "invalid float value: DIR". No option is abbreviated now."""
+    out = run_cli(["fit", fitted / "store", "--descriptor", "osnet", "--registry",
+                   tmp_path / "reg", "--out", tmp_path / "model"])
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "unrecognized arguments: --out" in out.stderr.strip().splitlines()[-1], out.stderr
+    assert not (tmp_path / "reg").exists() and not (tmp_path / "model").exists()
+    out = run_cli(["label", fitted / "store", "--model", fitted / "model", "--al", "--out",
+                   tmp_path / "labels"])
+    assert out.returncode == 2 and "unrecognized arguments: --al" in out.stderr, out.stderr

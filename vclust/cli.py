@@ -270,7 +270,7 @@ def _add_model_source(p):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vclust",
+        prog="vclust", allow_abbrev=False,
         description="Cluster and screen image descriptors at scale, out of core, on Dask.",
         epilog="STORE, LABELS_DIR and registry DIRs may be s3://bucket/prefix URLs (credentials "
                "and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, "
@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     _data_commands(sub)
     _model_commands(sub)
     _job_commands(sub)
+    for command in sub.choices.values():  # `fit --out DIR` is refused, not taken for --outlier-z
+        command.allow_abbrev = False
     return p
 
 
@@ -442,10 +444,9 @@ def _setup_logging(verbose: bool, debug: bool = False):
 KEPT = {
     "ingest": "the store keeps every committed batch (the unfinished append is rolled back by "
               "the next write)",
-    "fit": "no model was written",
+    "fit": "no model was written", "export": "the CSV was not written",
     "label": "batches labelled before the fault are kept whole; the batch in progress was not "
              "written",
-    "export": "the CSV was not written",
     "report": "the store, model and labels are unchanged, and so is the report already in --out "
               "(a report is swapped in whole)",
     "compare": "models registered before the fault are kept (none made current); labels are "
@@ -455,8 +456,7 @@ KEPT = {
     "run": "steps finished before the fault are kept and recorded; the next run of the same "
            "batch resumes at the step in progress",
     "demo": "steps finished before the fault are kept; the step in progress wrote nothing",
-    "synth": "the files of the case it was writing were removed",
-}
+    "synth": "the files of the case it was writing were removed"}
 
 
 def _scheduler_lost(exc) -> bool:
