@@ -476,7 +476,7 @@ def test_nearest_sample_rows_on_threads_are_the_one_calls_bit_for_bit(monkeypatc
     from vclust.numerics import algorithms
     from vclust.numerics.blocks import one_blas_thread
 
-    monkeypatch.setattr(algorithms, "PREDICT_ROWS", 1_000)  # blocks of one slice (8,192 rows)
+    monkeypatch.setattr(algorithms, "PREDICT_ROWS", 1_000)  # blocks of one slice (1,048 rows)
     rng = np.random.default_rng(2)
     anchors = rng.normal(size=(2_000, 39)).astype(np.float32)
     i, j = rng.integers(0, len(anchors), (2, 30_001))

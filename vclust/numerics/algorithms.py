@@ -32,13 +32,20 @@ from .kmeans import KMeans, assign
 
 #: float32 cells of the (rows, anchors) distance slice ``nearest_anchor`` fills at a time
 NEAREST_CELLS = 2**24
+#: rows narrower than NARROW_DIMS columns fill slices of NARROW_CELLS cells (8 MB): the matrix
+#: product is cheap there, and the slice's add and argmin ran at memory speed. 100,000 rows
+#: against 20,000 anchors, one thread: 13 columns 2.30 -> 1.41 s, 24 2.80 -> 1.89 s, 38 3.35
+#: -> 2.48 s, 62 4.33 -> 3.87 s, the same labels; at 256 columns small slices were slower
+#: (benchmarks/RESULTS.md)
+NARROW_DIMS, NARROW_CELLS = 64, 2**21
 
 
 def nearest_anchor(block, anchors, anchor_labels):
     """Label of the nearest anchor row for each row (brute force in row slices).
 
-    Each slice's ||a||^2 - 2 x.a^T goes into one reused buffer of NEAREST_CELLS cells (64 MB),
-    written by the matrix product and shifted in place, then its argmin: faster than
+    Each slice's ||a||^2 - 2 x.a^T goes into one reused buffer (NEAREST_CELLS cells, 64 MB;
+    NARROW_CELLS under NARROW_DIMS columns), written by the matrix product and shifted in
+    place, then its argmin: faster than
     building the same values with two temporaries per slice (benchmarks/RESULTS.md, figures behind the code), with the
     same labels: scaling by -2 is exact, so every distance is bit for bit the one
     ||a||^2 - 2 x.a^T gives."""
@@ -47,7 +54,7 @@ def nearest_anchor(block, anchors, anchor_labels):
     m2 = np.ascontiguousarray((-2.0 * a).T)
     asq = np.einsum("ij,ij->i", a, a)
     out = np.empty(len(x), np.int32)
-    step = _nearest_step(len(a))
+    step = _nearest_step(*a.shape)
     buf = np.empty((min(step, len(x)), len(a)), np.float32)
     for s in range(0, len(x), step):
         xs = x[s:s + step]
@@ -58,8 +65,10 @@ def nearest_anchor(block, anchors, anchor_labels):
     return out
 
 
-def _nearest_step(n_anchors: int) -> int:
-    """Rows of one ``nearest_anchor`` slice against ``n_anchors`` anchors."""
+def _nearest_step(n_anchors: int, dims: int) -> int:
+    """Rows of one ``nearest_anchor`` slice against ``n_anchors`` anchors of ``dims`` columns."""
+    if dims < NARROW_DIMS:
+        return int(np.clip(NARROW_CELLS // max(n_anchors, 1), 64, 8192))
     return int(np.clip(NEAREST_CELLS // max(n_anchors, 1), 256, 8192))
 
 
@@ -70,7 +79,7 @@ def nearest_anchor_local(x, anchors, anchor_labels):
     At 416,314 rows against 20,000 anchors of 256 columns, 26.5 s on two threads against
     49.5 s on one (benchmarks/RESULTS.md, the sixteenth session). Not for a thread of
     ``run_local``'s own pool (it waits on that pool)."""
-    step = _nearest_step(len(anchors))
+    step = _nearest_step(*np.shape(anchors))
     per = step * max(1, PREDICT_ROWS // step)
     if len(x) <= per:
         return nearest_anchor(x, anchors, anchor_labels)
