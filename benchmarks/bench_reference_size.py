@@ -55,7 +55,9 @@ def cases(n):
         yield f"real: aloi ({len(x):,} rows)", x, np.where(y == 1, "anomaly", ""), k
 
 
-def run(x, kind, k, sizes):
+def run(x, kind, k, sizes, option="reference_size"):
+    """Every case clustered once, scored with each value of the scorer's ``option`` (the
+    reference size here; bench_scorer_options.py passes others)."""
     z = Preprocessor().fit(x).transform(x)
     km = KMeans(k, random_state=0).fit(z)
     labels, dist = km.predict_block(z)
@@ -63,7 +65,7 @@ def run(x, kind, k, sizes):
     out = {}
     for size in sizes:
         t0 = time.perf_counter()
-        sc = OutlierScorer(random_state=0, threshold_rows="reference", reference_size=size).fit(
+        sc = OutlierScorer(random_state=0, threshold_rows="reference", **{option: size}).fit(
             z, labels, dist, km.cluster_centers_, raw=x)
         t1 = time.perf_counter()
         s, f = sc.score(z, labels, dist, raw=x)
@@ -71,8 +73,16 @@ def run(x, kind, k, sizes):
         out[size] = {"auc": {g: kind_auc(s, kind, g) for g in kinds},
                      "flagged": float(f[kind == ""].mean()),
                      "kind_flagged": {g: float(f[kind == g].mean()) for g in kinds},
-                     "fit_s": t1 - t0, "score_s": t2 - t1, "ref": len(sc.ref_rows_)}
+                     "fit_s": t1 - t0, "score_s": t2 - t1, "ref": len(sc.ref_rows_),
+                     "columns": _columns(sc.projection_)}
     return out
+
+
+def _columns(projection):
+    """Columns of the scorer's own rows: one set's, or a mixture's sets' together."""
+    if hasattr(projection, "n_components_"):
+        return int(projection.n_components_)
+    return int(sum(p.n_components_ for p in projection.preprocessors.values()))
 
 
 def main():

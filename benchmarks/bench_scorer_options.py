@@ -29,7 +29,6 @@ Each case is preprocessed and clustered once (as `vclust fit` does); only the sc
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,36 +36,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_outlier_matrix import kind_auc, real_sets  # noqa: E402
-from bench_reference_size import cases  # noqa: E402
-
-TOLERANCE_AUC = 0.005
-TOLERANCE_FLAGGED = 0.0025
-
-
-def run(x, kind, k, option, values):
-    from vclust.numerics.kmeans import KMeans
-    from vclust.numerics.outliers import OutlierScorer
-    from vclust.numerics.preprocess import Preprocessor
-
-    z = Preprocessor().fit(x).transform(x)
-    km = KMeans(k, random_state=0).fit(z)
-    labels, dist = km.predict_block(z)
-    kinds = [g for g in np.unique(kind) if g]
-    out = {}
-    for v in values:
-        t0 = time.perf_counter()
-        sc = OutlierScorer(random_state=0, threshold_rows="reference", **{option: v}).fit(
-            z, labels, dist, km.cluster_centers_, raw=x)
-        t1 = time.perf_counter()
-        s, f = sc.score(z, labels, dist, raw=x)
-        t2 = time.perf_counter()
-        out[v] = {"auc": {g: kind_auc(s, kind, g) for g in kinds},
-                  "flagged": float(f[kind == ""].mean()),
-                  "columns": int(sc.projection_.n_components_ if hasattr(sc.projection_, "n_components_")
-                                 else sum(p.n_components_ for p in sc.projection_.preprocessors.values())),
-                  "fit_s": t1 - t0, "score_s": t2 - t1}
-    return out
+from bench_outlier_matrix import real_sets  # noqa: E402
+from bench_reference_size import TOLERANCE_AUC, TOLERANCE_FLAGGED, cases, run  # noqa: E402
 
 
 def knn_auc(x, y):
@@ -97,7 +68,7 @@ def main():
     todo += [(name, x, kind, k, None) for name, x, kind, k in cases(args.n)
              if not name.startswith("real")]
     for name, x, kind, k, y in todo:
-        out = run(x, kind, k, args.option, values)
+        out = run(x, kind, k, values, option=args.option)
         peer = knn_auc(x, y) if y is not None else None
         for g in out[base]["auc"]:
             print(f"| {name} | {g}" + (f" (10-NN {peer:.4f})" if peer is not None else "") + " | "
