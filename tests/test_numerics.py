@@ -120,6 +120,7 @@ def test_the_covariance_is_measured_on_its_seeded_sample_whatever_the_chunking()
     sk = PCA().fit(x[keep])  # the sample's own PCA, by another library
     np.testing.assert_allclose(one.mean_, x[keep].mean(axis=0, dtype=np.float64), atol=1e-5)
     np.testing.assert_allclose(one.explained_variance_, sk.explained_variance_, rtol=1e-4)
+    assert one.sampled_note(6000) == f" (covariance from {keep.sum():,} of 6,000 rows)"
     for chunks in (6000, 777):
         other = Preprocessor(l2=False, pca_variance=None, covariance_rows=1500,
                              random_state=4).fit(da.from_array(x, chunks=(chunks, -1)))
@@ -135,6 +136,7 @@ def test_the_covariance_is_measured_on_its_seeded_sample_whatever_the_chunking()
     np.testing.assert_allclose(auto.mean_, big[sampled].mean(axis=0, dtype=np.float64), atol=1e-4)
     every = Preprocessor(l2=False, pca_variance=None, covariance_rows=None).fit(big)
     np.testing.assert_allclose(every.mean_, big.mean(axis=0, dtype=np.float64), atol=1e-4)
+    assert every.sampled_note(len(big)) == ""
     small = Preprocessor(l2=False, pca_variance=None, random_state=4).fit(x)  # under the rule
     np.testing.assert_allclose(small.mean_, x.mean(axis=0, dtype=np.float64), atol=1e-5)
     np.testing.assert_array_equal(Preprocessor(l2=False, pca_variance=None, random_state=4,

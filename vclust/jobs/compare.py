@@ -220,8 +220,8 @@ def _reduce_sets(store, names, params, log, say):
         raw[name] = x if name in keep else read_set(store, name, log)
         del x
         say(f"{name}: {pre.n_components_} components keep "
-            f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance "
-            f"({time.perf_counter() - t0:.1f} s)")
+            f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance"
+            f"{pre.sampled_note(store.n_rows)} ({time.perf_counter() - t0:.1f} s)")
         out[name] = (pre, z)
     return out, raw
 

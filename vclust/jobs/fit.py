@@ -371,7 +371,8 @@ def reduce_sets(sets: dict, descriptors, params, max_components=MAX_COMPONENTS, 
     if len(descriptors) == 1:
         pre = Preprocessor(**kw).fit(sets[descriptors[0]])
         say(f"preprocessed: {pre.n_components_} components keep "
-            f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance")
+            f"{float(np.sum(pre.explained_variance_ratio_)):.3f} of the variance"
+            + pre.sampled_note(sets[descriptors[0]].shape[0]))
         return pre, pre.transform(sets[descriptors[0]])
     pre = MixturePreprocessor({d: Preprocessor(**kw) for d in descriptors},
                               params.weights).fit(sets)

@@ -221,6 +221,7 @@ class Preprocessor(Estimator):
             n, mean, scatter = _moments(X, self.l2, self._covariance_rows(d), self.random_state)
             if n < 2:  # a sample that drew fewer than two rows: every row instead
                 n, mean, scatter = _moments(X, self.l2)
+            self.covariance_rows_ = int(n)  # rows the covariance was measured on
             cov = scatter / (n - 1)
             var = np.diag(scatter) / n  # population variance, as StandardScaler
             scale = np.sqrt(var) if self.standardize else np.ones(d)
@@ -230,6 +231,7 @@ class Preprocessor(Estimator):
             total = float(np.trace(mat))
         else:
             n, mean, scale, evals, evecs, total = self._fit_randomized(X)
+            self.covariance_rows_ = int(n)
         self.mean_ = mean
         self.scale_ = scale
         self.total_variance_ = total
@@ -253,6 +255,12 @@ class Preprocessor(Estimator):
         self.n_features_in_ = d
         self._build()
         return self
+
+    def sampled_note(self, n_rows) -> str:
+        """" (covariance from N of M rows)" after a fit on a sample of its rows, else "" (the
+        progress line of a fit says so)."""
+        n = getattr(self, "covariance_rows_", n_rows)
+        return f" (covariance from {n:,} of {n_rows:,} rows)" if n < n_rows else ""
 
     def _covariance_rows(self, d):
         """Rows the covariance is measured on (None: all of them)."""
