@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_outlier_matrix import kind_auc, real_sets  # noqa: E402
+from bench_outlier_matrix import SHARED, kind_auc, real_sets  # noqa: E402
 from bench_reference_size import cases  # noqa: E402
 
 
@@ -70,11 +70,11 @@ def compare(name, x, k, rows_list, kind=None, truth=None, seeds=(0,)):
     full = side(x, None, k, kind, 0)
     # k-means' own drift: every row's covariance, the k-means seeded 1 instead of 0
     drift = adjusted_rand_score(full["labels"], side(x, None, k, None, 0, km_seed=1)["labels"])
-    lines = []
     for rows in rows_list:
         for seed in seeds:
             s = side(x, rows, k, kind, seed)
-            cells = [name, f"{rows:,}" if rows else "rule", str(seed),
+            asked = f"{s['pre'].covariance_rows_:,} (the rule)" if rows == "auto" else f"{rows:,}"
+            cells = [name, asked, str(seed),
                      f"{captured(x, s['pre'], full['pre']):.5f}",
                      f"{full['columns']} / {s['columns']}",
                      f"{adjusted_rand_score(full['labels'], s['labels']):.3f} ({drift:.3f})"]
@@ -90,18 +90,13 @@ def compare(name, x, k, rows_list, kind=None, truth=None, seeds=(0,)):
             else:
                 cells += ["-", "-"]
             cells.append(f"{full['pca_s']:.2f} / {s['pca_s']:.2f}")
-            line = "| " + " | ".join(cells) + " |"
-            print(line, flush=True)
-            lines.append(line)
-    return lines
+            print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--case", action="store_true", help="also the bench case's efficientnet-b7")
     args = ap.parse_args()
-    import vclust.numerics.preprocess as pp
-
     print("| case | covariance rows | sample seed | captured | columns all / sample | ARI all vs "
           "sample (k-means seed 0 vs 1) | ARI vs truth all / sample | ROC-AUC all / sample | inliers flagged all / "
           "sample | PCA fit s all / sample |\n|---|---|---|---|---|---|---|---|---|---|")
@@ -109,25 +104,22 @@ def main():
         kind = np.where(y == 1, "anomaly", "")
         if name.startswith("mvtec"):
             per = np.concatenate([np.full(len(np.load(f)["y"]), i) for i, f in enumerate(
-                sorted((Path(__file__).resolve().parents[2] / "shared/data/real-descriptors")
-                       .glob("*.npz")))])
+                sorted((SHARED / "real-descriptors").glob("*.npz")))])  # as real_sets stacks
             compare(name, x, 15, [2 * x.shape[1], 5 * x.shape[1]], kind, per, seeds=(0, 1, 2))
         elif name == "aloi":
             compare(name, x, k, [10 * x.shape[1], 40 * x.shape[1], 200 * x.shape[1]], kind,
                     seeds=(0, 1, 2))
     for name, x, kind, k in cases(200_000):
         if not name.startswith(("real", "held")):
-            rule = max(pp.COVARIANCE_MIN_ROWS, pp.COVARIANCE_ROWS_PER_DIM * x.shape[1])
-            compare(name, x, k, [rule], kind)
+            compare(name, x, k, ["auto"], kind)
     if args.case:
         from common import DATA, ROWS
         from vclust.storage.store import Store
 
         store = Store.open(DATA / f"case-run-{ROWS}" / "store")
         x = np.asarray(store.array("efficientnet-b7")[:], dtype=np.float32)
-        rule = max(pp.COVARIANCE_MIN_ROWS, pp.COVARIANCE_ROWS_PER_DIM * x.shape[1])
         for k in (7, 12):
-            compare(f"bench case efficientnet-b7 k={k}", x, k, [rule])
+            compare(f"bench case efficientnet-b7 k={k}", x, k, ["auto"])
 
 
 if __name__ == "__main__":
