@@ -167,3 +167,31 @@ def test_an_option_of_another_command_is_refused_not_taken_for_a_longer_one(fitt
     out = run_cli(["label", fitted / "store", "--model", fitted / "model", "--al", "--out",
                    tmp_path / "labels"])
     assert out.returncode == 2 and "unrecognized arguments: --al" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("bad", ["descriptor", "k", "store"])
+def test_a_fit_refuses_a_wrong_set_k_or_store_before_any_cluster_starts(fitted, tmp_path, bad):  # noqa: F811
+    """A misspelt set name started a LocalCluster (2-3 s, two worker processes) before the fit
+    said "no descriptor set"; the store, the sets and the rows for k are checked first now."""
+    store = tmp_path / "none" if bad == "store" else fitted / "store"
+    name = "osnett" if bad == "descriptor" else "osnet"
+    k = "100000" if bad == "k" else "4"
+    out = run_cli(["fit", store, "--descriptor", name, "--k", k, "--registry", tmp_path / "reg"])
+    match = {"descriptor": "no descriptor set 'osnett'", "k": "too few for k=100000",
+             "store": "not a vclust store"}[bad]
+    assert_one_line(out, 2, match)
+    assert "dask:" not in out.stderr, out.stderr  # neither a cluster nor this process's threads
+    assert not (tmp_path / "reg" / "models").exists()
+
+
+def test_a_report_of_a_store_that_is_not_there_is_refused_before_any_cluster_starts(fitted, tmp_path):  # noqa: F811
+    """The report's store was opened only on the cluster it had started (2 s, two workers)."""
+    from vclust.jobs import steps as jobs
+    from vclust.model.bundle import Model
+
+    jobs.label(fitted / "store", Model.load(fitted / "model"), tmp_path / "labels",
+               all_batches=True)
+    out = run_cli(["report", tmp_path / "none", "--model", fitted / "model", "--labels",
+                   tmp_path / "labels", "--out", tmp_path / "report"])
+    assert_one_line(out, 2, "not a vclust store")
+    assert "dask:" not in out.stderr and not (tmp_path / "report").exists(), out.stderr

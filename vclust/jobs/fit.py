@@ -386,17 +386,28 @@ def reduce_sets(sets: dict, descriptors, params, max_components=MAX_COMPONENTS, 
 FIT_HERE_BYTES = 8 * 2**30
 
 
-def fit_here(store_path, params) -> str | None:
-    """Why ``vclust fit`` may run in this process (``cluster.connect(here=...)``), or None when
-    its rows are too large for that (``FIT_HERE_BYTES``) or the store is unknown."""
-    from ..numerics.blocks import memory_budget
+def check_fit(store_path, params):
+    """The cheap checks of ``vclust fit`` before any cluster starts (one InputError line each,
+    as the fit itself would raise them): the store, every descriptor set named, the rows for
+    the largest k. Returns the opened store."""
+    from ..model.core import check_rows
     from ..storage.store import Store
 
-    try:
-        store = Store.open(store_path)
-        width = sum(int(store.array(d).shape[1]) for d in params.descriptors)
-    except Exception:  # noqa: BLE001 - the fit itself reports it, as one line
-        return None
+    store = Store.open(store_path)
+    for d in params.descriptors:
+        store.array(d)
+    check_rows(store, params.ks)
+    return store
+
+
+def fit_here(store_path, params) -> str | None:
+    """Why ``vclust fit`` may run in this process (``cluster.connect(here=...)``), or None when
+    its rows are too large for that (``FIT_HERE_BYTES``). Its checks come first
+    (``check_fit``): bad input is one InputError line before any cluster starts."""
+    from ..numerics.blocks import memory_budget
+
+    store = check_fit(store_path, params)
+    width = sum(int(store.array(d).shape[1]) for d in params.descriptors)
     rows = store.n_rows if params.sample is None else min(params.sample, store.n_rows)
     size = rows * width * 4
     limit = min(FIT_HERE_BYTES, memory_budget())

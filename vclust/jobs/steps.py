@@ -208,10 +208,14 @@ def _here(rows: int, size: int, done: str, limit: int = LABEL_HERE_BYTES) -> str
 def store_here(store_path, descriptors, done: str) -> str | None:
     """Why a command reading the store's rows of ``descriptors`` (names) may run in this
     process: `vclust report` (the model's sets) and `vclust compare` (every set its specs name),
-    as `vclust label` of as many rows (``LABEL_HERE_BYTES``); None when the rows are larger, or
-    the store cannot be opened (the command reports that)."""
-    rows, size = _store_bytes(store_path, descriptors)
-    return None if rows is None else _here(rows, size, done)
+    as `vclust label` of as many rows (``LABEL_HERE_BYTES``); None when the rows are larger.
+    A store that cannot be opened, or lacks a set, is one InputError line here, before any
+    cluster starts."""
+    from ..storage.store import Store
+
+    store = Store.open(store_path)
+    width = sum(int(store.array(d).shape[1]) for d in descriptors)
+    return _here(store.n_rows, store.n_rows * width * 4, done)
 
 
 def _store_bytes(store_path, descriptors=None) -> tuple[int | None, int]:
