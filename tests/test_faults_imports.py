@@ -116,6 +116,49 @@ def test_background_imports_run_in_order_on_one_thread():
     imports.wait()
 
 
+DEFERRED_CHECK = r"""
+import inspect, sys, threading
+sys.setswitchinterval(1e-6)
+from vclust.jobs import imports
+imports.mark_not_imported()
+if sys.argv[1] == "elsewhere":  # imported by anyone but scikit-learn: executed as usual
+    import scipy.stats
+    assert type(sys.modules["scipy.stats"]) is type(sys), type(sys.modules["scipy.stats"])
+import numpy as np
+import pynndescent  # imports sklearn.utils.fixes, which imports scipy.stats
+import sklearn.utils.fixes as fixes
+stats = sys.modules["scipy.stats"]
+assert stats is sys.modules["scipy"].stats
+if sys.argv[1] == "sklearn":
+    assert type(stats).__name__ == "_Deferred", type(stats)
+    assert "scipy.stats._stats_py" not in sys.modules  # imported, not executed
+    got, start = [], threading.Barrier(6)
+    def use(i):  # six threads at its first use: each waits for the whole module
+        start.wait()
+        got.append(fixes._mode(np.array([i, i, 7]))[0][0] if i % 2 else stats.norm.cdf(0.0))
+    threads = [threading.Thread(target=use, args=(i,)) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(got) == [0.5, 0.5, 0.5, 1, 3, 5], got
+assert type(stats) is type(sys) and "scipy.stats._stats_py" in sys.modules
+import scipy.stats as again
+assert again is stats and type(stats.__loader__).__name__ == "SourceFileLoader"
+assert "def mode" in inspect.getsource(stats.mode)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("importer", ["sklearn", "elsewhere"])
+def test_scipy_stats_is_executed_on_first_use_and_whole_on_every_thread(importer):
+    """scikit-learn imports scipy.stats at its top for one helper a command never calls (0.4 s
+    of a small `vclust label`): in a command's process it is executed on first use instead
+    (jobs.imports.DEFERRED). Six threads that use it first at once all get the whole module;
+    an import of it by anyone else is an ordinary one."""
+    out = subprocess.run([sys.executable, "-c", DEFERRED_CHECK, importer], capture_output=True,
+                         text=True, timeout=120, env=ENV, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def wide(tmp_path_factory):
     """A store of 600 rows of 1,100 columns: at LEADING_EIGH_DIMS and more, the fit's two

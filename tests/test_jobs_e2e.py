@@ -285,7 +285,8 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
     only when a query needs it, so it imports no numba either. Neither imports xarray,
     pydata's sparse or scipy.fftpack, which dask.array imports wherever they are installed (the
     test extra installs xarray, dask-ml sparse) and a command never uses
-    (jobs.imports.NOT_IMPORTED)."""
+    (jobs.imports.NOT_IMPORTED), nor executes scipy.stats, which scikit-learn imports for a
+    helper a command never calls (jobs.imports.DEFERRED)."""
     import importlib.util
 
     from vclust.model.bundle import Model
@@ -312,6 +313,8 @@ def test_a_second_fit_takes_the_outlier_index_from_the_cache(case, tmp_path):
         assert not [m for m in modules if m.partition(".")[0] == "xarray"
                     or m.startswith("scipy.fftpack.")], i
         assert "Warning" not in out.stderr, i  # numba loads sparse's extension unrefused
+        # scikit-learn's import of scipy.stats: the module made, not executed (DEFERRED)
+        assert not [m for m in modules if m.startswith("scipy.stats.")], i
         imported.append(modules)
     assert "from the cache" not in runs[0] and "taken from the cache" in runs[1]
     assert int(re.search(r"preprocessed: (\d+) components", runs[1]).group(1)) < 64

@@ -113,23 +113,95 @@ class _RefusedToDask:
     def find_spec(name, path=None, target=None):
         if name not in NOT_IMPORTED:
             return None
-        import sys
-
-        frame = sys._getframe(1)
-        while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (
-                "importlib", "_frozen_importlib", "_frozen_importlib_external"):
-            frame = frame.f_back
-        if frame is not None and frame.f_globals.get("__name__", "").startswith("dask."):
+        if _importer_name().startswith("dask."):
             raise ModuleNotFoundError(f"{name} is not imported for dask in a vclust command",
                                       name=name)
         return None
 
 
-def mark_not_imported() -> None:
-    """In a command's own process (``cli.run``): dask's imports of ``NOT_IMPORTED`` refused
-    (``_RefusedToDask``, first on ``sys.meta_path``). The library, a notebook and dask's
-    workers are left as they are."""
+#: modules imported at a package's top for a helper a command never calls, loaded on first
+#: use instead in a command's own process ({module: the package importing it}): scikit-learn's
+#: ``utils.fixes`` imports scipy.stats for one function (``_mode``), and every command that
+#: builds or queries an outlier index imports scikit-learn through pynndescent: about 0.4 s
+#: of a `vclust label` of a small store (benchmarks/RESULTS.md, 2026-12-05)
+DEFERRED = {"scipy.stats": "sklearn."}
+_DEFER_LOCK = threading.RLock()
+
+
+class _Deferred(type(importlib)):
+    """A module imported, not yet executed: its first attribute read executes it, under a lock
+    (another thread's read waits for the whole module; the executing thread's own reads during
+    it, as its submodules' imports make, see the module as it is so far)."""
+
+    def __getattribute__(self, attr):
+        with _DEFER_LOCK:
+            if type(self) is _Deferred:
+                spec = object.__getattribute__(self, "__spec__")
+                if not getattr(spec, "_vclust_running", False):
+                    spec._vclust_running = True
+                    loader = spec.loader.loader
+                    try:
+                        loader.exec_module(self)
+                    finally:
+                        object.__setattr__(self, "__class__", type(importlib))
+                        spec.loader = loader
+                        object.__setattr__(self, "__loader__", loader)
+        return object.__getattribute__(self, attr)
+
+
+class _DeferringLoader:
+    """The loader of a ``DEFERRED`` module: the module object is made now, executed on first
+    use (``_Deferred``) by the loader found for it."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__class__ = _Deferred
+
+    def __getattr__(self, name):  # get_source, is_package ... as the real loader's
+        return getattr(self.loader, name)
+
+
+def _importer_name() -> str:
     import sys
 
-    if not any(isinstance(f, _RefusedToDask) for f in sys.meta_path):
-        sys.meta_path.insert(0, _RefusedToDask())
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] in (
+            "importlib", "_frozen_importlib", "_frozen_importlib_external"):
+        frame = frame.f_back
+    return "" if frame is None else frame.f_globals.get("__name__", "")
+
+
+class _Deferring:
+    """A meta path finder: a ``DEFERRED`` module imported by its package gets a
+    ``_DeferringLoader``; any other import goes on to the other finders."""
+
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name not in DEFERRED or not _importer_name().startswith(DEFERRED[name]):
+            return None
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(name, path, target)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _DeferringLoader(spec.loader)
+        return spec
+
+
+def _refused_or_deferred(finder) -> bool:
+    return isinstance(finder, (_RefusedToDask, _Deferring))
+
+
+def mark_not_imported() -> None:
+    """In a command's own process (``cli.run``): dask's imports of ``NOT_IMPORTED`` refused
+    (``_RefusedToDask``) and ``DEFERRED`` modules executed on first use (``_Deferring``), both
+    first on ``sys.meta_path``. The library, a notebook and dask's workers are left as they
+    are."""
+    import sys
+
+    if not any(_refused_or_deferred(f) for f in sys.meta_path):
+        sys.meta_path[:0] = [_RefusedToDask(), _Deferring()]
