@@ -117,6 +117,35 @@ def test_local_workers_start_with_vclusts_malloc_settings(local_client):
     assert mine["MALLOC_MMAP_THRESHOLD_"] == WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]
 
 
+def test_local_workers_import_as_a_commands_process_does(local_client):
+    """A LocalCluster's worker imports pynndescent (and so scikit-learn) to score outliers:
+    scipy.stats, which scikit-learn imports at its top for a helper vclust never calls, is
+    made but not executed there, and dask's optional imports are refused, as in a command's
+    own process (jobs.worker_setup, the workers' preload: about 1 CPU-s a worker). A preload
+    the user configured is kept, before vclust's."""
+    import dask
+
+    from vclust.jobs.cluster import WORKER_PRELOAD, worker_preload
+
+    def imported():
+        import sys
+
+        import dask.array  # noqa: F401
+        import pynndescent  # noqa: F401
+
+        finders = [type(f).__name__ for f in sys.meta_path]
+        return (finders, type(sys.modules["scipy.stats"]).__name__,
+                sorted(m for m in sys.modules if m.startswith(("scipy.stats.", "xarray"))))
+
+    for finders, stats, executed in local_client.run(imported).values():
+        assert {"_RefusedToDask", "_Deferring"} <= set(finders), finders
+        assert stats == "_Deferred" and executed == [], (stats, executed[:5])
+    with dask.config.set({"distributed.worker.preload": ["mine"]}):
+        assert worker_preload() == ["mine", WORKER_PRELOAD]
+    with dask.config.set({"distributed.worker.preload": "mine"}):
+        assert worker_preload() == ["mine", WORKER_PRELOAD]
+
+
 _PARENT_ENV_CHECK = """
 import json, os
 from distributed import Client

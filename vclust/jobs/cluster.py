@@ -72,6 +72,19 @@ def resolve(scheduler: str | None = None, cluster_file=None, timeout: float | No
     return LocalConfig()
 
 
+#: imported by every worker process of a LocalCluster vclust starts, after any the user
+#: configured (distributed.worker.preload)
+WORKER_PRELOAD = "vclust.jobs.worker_setup"
+
+
+def worker_preload() -> list:
+    import dask
+
+    preload = dask.config.get("distributed.worker.preload", default=None) or []
+    preload = [preload] if isinstance(preload, str) else list(preload)
+    return preload + [WORKER_PRELOAD] if WORKER_PRELOAD not in preload else preload
+
+
 def local_cluster_kwargs(cfg: LocalConfig) -> dict:
     """LocalCluster arguments sized to this machine: one single-threaded worker process per core
     (numpy kernels release the GIL, but separate processes keep the BLAS and the GIL-bound
@@ -134,7 +147,8 @@ def worker_env_hint(client) -> str | None:
 
 
 def local_cluster(**kwargs):
-    """A ``distributed.LocalCluster`` whose worker processes start with ``worker_environ()``.
+    """A ``distributed.LocalCluster`` whose worker processes start with ``worker_environ()``
+    and import ``WORKER_PRELOAD`` first.
 
     distributed's nanny sets that environment in *this* process's ``os.environ`` before it
     spawns a worker, and leaves it there: OMP_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1 then
@@ -145,6 +159,8 @@ def local_cluster(**kwargs):
     from distributed import LocalCluster
 
     env = worker_environ()
+    if kwargs.get("processes", True) and "preload" not in kwargs:  # not into this process
+        kwargs["preload"] = worker_preload()
     before = {k: os.environ.get(k) for k in env}
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):

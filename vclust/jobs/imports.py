@@ -199,8 +199,9 @@ def _refused_or_deferred(finder) -> bool:
 def mark_not_imported() -> None:
     """In a command's own process (``cli.run``): dask's imports of ``NOT_IMPORTED`` refused
     (``_RefusedToDask``) and ``DEFERRED`` modules executed on first use (``_Deferring``), both
-    first on ``sys.meta_path``. The library, a notebook and dask's workers are left as they
-    are."""
+    first on ``sys.meta_path``; and in the worker processes of a LocalCluster vclust starts
+    (``worker_setup``). The library in a notebook's process, and workers started elsewhere,
+    are left as they are."""
     import sys
 
     if not any(_refused_or_deferred(f) for f in sys.meta_path):
