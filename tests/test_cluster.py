@@ -131,7 +131,10 @@ def test_local_workers_import_as_a_commands_process_does(local_client):
         import sys
 
         import dask.array  # noqa: F401
-        import pynndescent  # noqa: F401
+
+        from vclust.numerics.annindex import enable_numba_cache
+
+        enable_numba_cache()  # pynndescent imported as vclust imports it (annindex)
 
         finders = [type(f).__name__ for f in sys.meta_path]
         return (finders, type(sys.modules["scipy.stats"]).__name__,

@@ -125,7 +125,8 @@ if sys.argv[1] == "elsewhere":  # imported by anyone but scikit-learn: executed 
     import scipy.stats
     assert type(sys.modules["scipy.stats"]) is type(sys), type(sys.modules["scipy.stats"])
 import numpy as np
-import pynndescent  # imports sklearn.utils.fixes, which imports scipy.stats
+from vclust.numerics.annindex import enable_numba_cache
+enable_numba_cache()  # pynndescent as vclust imports it: sklearn.utils.fixes, then scipy.stats
 import sklearn.utils.fixes as fixes
 stats = sys.modules["scipy.stats"]
 assert stats is sys.modules["scipy"].stats
