@@ -142,6 +142,11 @@ class _Deferred(type(importlib)):
                     loader = spec.loader.loader
                     try:
                         loader.exec_module(self)
+                    except BaseException:  # as a failed import: not left half made
+                        import sys
+
+                        sys.modules.pop(spec.name, None)
+                        raise
                     finally:
                         object.__setattr__(self, "__class__", type(importlib))
                         spec.loader = loader
