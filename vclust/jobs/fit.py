@@ -278,17 +278,13 @@ def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
 
 def _fit(store_path, params, max_components, sample_size, say):
     from . import imports
-    from ..model.core import build_model, check_rows, fit_partition
+    from ..model.core import build_model, fit_partition
     from ..storage import indexcache
     from ..numerics.annindex import enable_numba_cache
     from ..numerics.outliers import OutlierScorer
-    from ..storage.store import Store
 
     descriptors, ks, seed = params.descriptors, params.ks, params.seed
-    store = Store.open(store_path)
-    for d in descriptors:
-        store.array(d)  # clear error for an unknown set
-    check_rows(store, ks)
+    store = check_fit(store_path, params)  # also for library callers that skip fit_here
     rows = _sample_rows(store.n_rows, params.sample, seed)
     # dask.array on the import thread before pynndescent (a no-op where the command queued it
     # already): a library call would otherwise import it here, beside pynndescent's import,
