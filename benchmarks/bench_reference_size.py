@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_outlier_matrix import kind_auc, real_sets  # noqa: E402
 from outlier_families import KINDS, make_set, plant_into  # noqa: E402
 
+from vclust.numerics import refindex  # noqa: E402
 from vclust.numerics.kmeans import KMeans  # noqa: E402
 from vclust.numerics.outliers import OutlierScorer  # noqa: E402
 from vclust.numerics.preprocess import Preprocessor  # noqa: E402
@@ -64,8 +65,12 @@ def run(x, kind, k, sizes, option="reference_size"):
     kinds = [g for g in np.unique(kind) if g]
     out = {}
     for size in sizes:
+        options = {option: size}
+        if option == "query_epsilon":  # a module constant of the index, not a scorer option
+            refindex.QUERY_EPSILON = options.pop(option)
+            refindex.clear_memos()  # answers remembered from another epsilon
         t0 = time.perf_counter()
-        sc = OutlierScorer(random_state=0, threshold_rows="reference", **{option: size}).fit(
+        sc = OutlierScorer(random_state=0, threshold_rows="reference", **options).fit(
             z, labels, dist, km.cluster_centers_, raw=x)
         t1 = time.perf_counter()
         s, f = sc.score(z, labels, dist, raw=x)

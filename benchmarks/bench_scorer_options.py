@@ -15,6 +15,9 @@ on every case and kind its ROC-AUC is at least the first value's - 0.005 and it 
                    It also sets the group term's reach (groups of up to index_neighbors - 1
                    reference rows), which no case here plants: 20 passed this rule and lost
                    a far group of 22 rows (tests/test_outliers.py); judge that too
+  query_epsilon    how far past its best candidate a query walks the graph
+                   (``refindex.QUERY_EPSILON``, pynndescent's 0.1): every query's cost
+                   (the fit's threshold sample, each label's every row)
 
 Cases:
   real        the 12 anomaly-dev sets and the 15 stacked MVTec ResNet-18 categories
@@ -25,6 +28,7 @@ Each case is preprocessed and clustered once (as `vclust fit` does); only the sc
 
     python benchmarks/bench_scorer_options.py --option pca_variance --values 0.99 0.97 0.95
     python benchmarks/bench_scorer_options.py --option index_neighbors --values 30 20
+    python benchmarks/bench_scorer_options.py --option query_epsilon --values 0.1 0.05
 """
 
 import argparse
@@ -48,13 +52,13 @@ def knn_auc(x, y):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--option", choices=["pca_variance", "index_neighbors"],
+    ap.add_argument("--option", choices=["pca_variance", "index_neighbors", "query_epsilon"],
                     default="pca_variance")
     ap.add_argument("--values", nargs="+", default=["0.99", "0.97", "0.95"],
                     help="the first is the one the others are judged against")
     ap.add_argument("--n", type=int, default=200_000)
     args = ap.parse_args()
-    kind_of = float if args.option == "pca_variance" else int
+    kind_of = int if args.option == "index_neighbors" else float
     values = [kind_of(v) for v in args.values]
     base = values[0]
     print("| case | kind | " + " | ".join(f"ROC-AUC {v}" for v in values)

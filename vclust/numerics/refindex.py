@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 FIT_CACHE_VERSION = 2
 #: rows per query call: a block's rows are queried in parts of this size, side by side
 QUERY_PART = 4096
+#: pynndescent's query ``epsilon`` (its default): how far past the best candidate so far a
+#: query keeps walking the graph. 0.05 costs a query about a third less and passes the
+#: scorer's evidence rule, but its shorter walk turns on the last bits of the query row,
+#: which depend on the rows projected with it: a row scored in chunks of 500 got another
+#: score than in one call (benchmarks/RESULTS.md, 2026-12-05)
+QUERY_EPSILON = 0.1
 #: leaves of the one-tree search forest (annindex.prepare_index) a query starts from: with one,
 #: a query landing in a leaf of fewer rows than it asks for is topped up with random rows drawn
 #: from the call's random state, so its answer can depend on the rows queried with it; three
@@ -278,10 +284,10 @@ class ReferenceIndex:
         by side on threads (the search releases the GIL)."""
         n = len(x)
         if n <= QUERY_PART:
-            return self.nn().query(x, k=k)
+            return self.nn().query(x, k=k, epsilon=QUERY_EPSILON)
 
         def part(a):
-            i, d = self.nn().query(x[a:a + QUERY_PART], k=k)
+            i, d = self.nn().query(x[a:a + QUERY_PART], k=k, epsilon=QUERY_EPSILON)
             return i.copy(), d.copy()  # the thread's query workspace holds them till its next
 
         parts = list(_query_pool().map(part, range(0, n, QUERY_PART)))
