@@ -44,7 +44,7 @@ FIT_CACHE_VERSION = 2
 #: rows per query call: a block's rows are queried in parts of this size, side by side
 QUERY_PART = 4096
 #: pynndescent's query ``epsilon`` (its default): how far past the best candidate so far a
-#: query keeps walking the graph. 0.05 costs a query about a third less and passes the
+#: query keeps walking the graph. 0.05 costs a query a quarter to a third less and passes the
 #: scorer's evidence rule, but its shorter walk turns on the last bits of the query row,
 #: which depend on the rows projected with it: a row scored in chunks of 500 got another
 #: score than in one call (benchmarks/RESULTS.md, 2026-12-05)
