@@ -382,6 +382,11 @@ def reduce_sets(sets: dict, descriptors, params, max_components=MAX_COMPONENTS, 
 FIT_HERE_BYTES = 8 * 2**30
 
 
+def row_bytes(store, descriptors) -> int:
+    """Bytes of one row of the store's sets ``descriptors`` (names), as float32."""
+    return 4 * sum(int(store.array(d).shape[1]) for d in descriptors)
+
+
 def check_fit(store_path, params):
     """The cheap checks of ``vclust fit`` before any cluster starts (one InputError line each,
     as the fit itself would raise them): the store, every descriptor set named, the rows for
@@ -403,9 +408,8 @@ def fit_here(store_path, params) -> str | None:
     from ..numerics.blocks import memory_budget
 
     store = check_fit(store_path, params)
-    width = sum(int(store.array(d).shape[1]) for d in params.descriptors)
     rows = store.n_rows if params.sample is None else min(params.sample, store.n_rows)
-    size = rows * width * 4
+    size = rows * row_bytes(store, params.descriptors)
     limit = min(FIT_HERE_BYTES, memory_budget())
     if size > limit:
         return None

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InputError
 # the steps in one namespace for the CLI and the runner (``jobs.fit``, ``jobs.save_model``, ...)
 from ..model.registry import resolve_model, save_model  # noqa: F401
-from .fit import fit, fit_here  # noqa: F401
+from .fit import fit, fit_here, row_bytes  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,8 @@ def label_here(store_path, model, batches=None, all_batches=False) -> str | None
     store = Store.open(store_path)
     chosen = store.choose_batches(batches, all_batches)
     rows = sum(b - a for a, b in (store.batch_rows(c) for c in chosen))
-    width = sum(int(store.array(d).shape[1]) for d in model.descriptors)
-    return _here(rows, rows * width * 4, "labelled", LABEL_STREAM_BYTES)
+    return _here(rows, rows * row_bytes(store, model.descriptors), "labelled",
+                 LABEL_STREAM_BYTES)
 
 
 def _here(rows: int, size: int, done: str, limit: int = LABEL_HERE_BYTES) -> str | None:
@@ -214,8 +214,7 @@ def store_here(store_path, descriptors, done: str) -> str | None:
     from ..storage.store import Store
 
     store = Store.open(store_path)
-    width = sum(int(store.array(d).shape[1]) for d in descriptors)
-    return _here(store.n_rows, store.n_rows * width * 4, done)
+    return _here(store.n_rows, store.n_rows * row_bytes(store, descriptors), done)
 
 
 def _store_bytes(store_path, descriptors=None) -> tuple[int | None, int]:
@@ -225,11 +224,11 @@ def _store_bytes(store_path, descriptors=None) -> tuple[int | None, int]:
 
     try:
         store = Store.open(store_path)
-        names = store.names if descriptors is None else descriptors
-        width = sum(int(store.array(d).shape[1]) for d in names)
+        size = store.n_rows * row_bytes(store, store.names if descriptors is None
+                                        else descriptors)
     except Exception:  # noqa: BLE001 - the command itself says what is wrong, as one line
         return None, 0
-    return store.n_rows, store.n_rows * width * 4
+    return store.n_rows, size
 
 
 def _source_bytes(sources) -> int | None:
