@@ -252,7 +252,8 @@ def test_label_scores_each_row_block_once(case, tmp_path, monkeypatch):
             return original(self, x, *args, **kwargs)
 
         reads, reduced = [], {}
-        read, reduce = rawrows.RawRows.read, Preprocessor.transform_block
+        read = rawrows.RawRows.read
+        reduce, exact = Preprocessor.transform_block, Preprocessor.transform_exact
 
         def counted_read(self, start, stop, *args, **kwargs):
             reads.append(stop - start)
@@ -263,9 +264,14 @@ def test_label_scores_each_row_block_once(case, tmp_path, monkeypatch):
                 reduced.setdefault(id(self), []).append(len(x))
             return reduce(self, x)
 
+        def counted_exact(self, x):  # the scorer's projection (the same bits in any block)
+            reduced.setdefault(id(self), []).append(len(x))
+            return exact(self, x)
+
         monkeypatch.setattr(OutlierScorer, "score_block", counted)
         monkeypatch.setattr(rawrows.RawRows, "read", counted_read)
         monkeypatch.setattr(Preprocessor, "transform_block", counted_reduce)
+        monkeypatch.setattr(Preprocessor, "transform_exact", counted_exact)
         jobs.label(store, model, tmp_path / "labels", all_batches=True)
     s = Store.open(store)
     blocks = [len(s.descriptors("vdc_color", *s.batch_rows(b)).chunks[0]) for b in ("fit", "same")]

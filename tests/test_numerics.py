@@ -772,3 +772,32 @@ def test_gathered_rows_are_held_once(kind):
     np.testing.assert_array_equal(got, x[pos])
     if kind != "tasks":
         assert peak < 1.4 * got.nbytes, (peak, got.nbytes)
+
+
+@pytest.mark.parametrize("l2", [False, True])
+def test_exact_transform_gives_a_row_the_same_bits_whatever_rows_come_with_it(l2):
+    """The outlier scorer's rows (``transform_exact``): a float32 product's last bits follow
+    OpenBLAS's blocking, so a row projected with 499 others differs from the same row
+    projected with 2,999; a short nearest-neighbour walk turns on those bits."""
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(5)
+    x = (rng.normal(size=(3000, 400)) + 3).astype(np.float32)
+    pre = Preprocessor(l2=l2, standardize=False, n_components=100).fit(x)
+    whole = pre.transform_exact(x)
+    assert whole.dtype == np.float32 and whole.shape == (3000, 100)
+    np.testing.assert_allclose(whole, pre.transform_block(x), rtol=0, atol=1e-4 * np.abs(whole).max())
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            for size in (1, 7, 500, 2048):
+                parts = np.concatenate([pre.transform_exact(x[a:a + size])
+                                        for a in range(0, len(x), size)])
+                assert (parts != whole).any(axis=1).sum() == 0, (threads, size)
+    mix = MixturePreprocessor({"a": Preprocessor(l2=l2, n_components=20),
+                               "b": Preprocessor(l2=l2, n_components=30)}).fit(
+        {"a": x[:, :100], "b": x[:, 100:]})
+    sets = {"a": x[:, :100], "b": x[:, 100:]}
+    one = mix.transform_exact(sets)
+    np.testing.assert_array_equal(np.concatenate([mix.transform_exact({k: v[a:a + 500] for k, v in sets.items()})
+                                                  for a in range(0, 3000, 500)]), one)
+    np.testing.assert_allclose(one, mix.transform(sets), rtol=0, atol=1e-4 * np.abs(one).max())

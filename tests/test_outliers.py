@@ -630,11 +630,20 @@ def test_index_cache_across_processes_gives_the_same_scorer(synth_reduced, tmp_p
     for key, a in first.ref_index_.state()[1].items():
         np.testing.assert_array_equal(again.ref_index_.state()[1][key], a, err_msg=key)
 
+    # answers walked with another query epsilon are another question: asked again, the index kept
+    monkeypatch.setenv("VCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(refindex, "QUERY_EPSILON", refindex.QUERY_EPSILON * 2)
+    monkeypatch.setattr(pynndescent.NNDescent, "query",
+                        lambda self, *a, **kw: queries.append(1) or real_query(self, *a, **kw))
+    walked = _fit_fresh_process(z, labels, dist, centers, x)
+    assert walked.index_source_ == "cache" and queries
+    monkeypatch.undo()
+
     monkeypatch.setenv("VCLUST_CACHE_DIR", str(tmp_path / "cache"))
     other = OutlierScorer(reference_size=3000, threshold_rows="reference", random_state=1)
     other.fit(z, labels, dist, centers, raw=x, cache=indexcache)
     assert other.index_source_ == "built"
-    assert len(list((tmp_path / "cache" / "outlier-index").iterdir())) == 4
+    assert len(list((tmp_path / "cache" / "outlier-index").iterdir())) == 5  # two answers of the first reference
     assert indexcache.entry_name(("a", 1)) != indexcache.entry_name(("a", 2))
 
 

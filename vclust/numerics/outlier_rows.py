@@ -154,10 +154,11 @@ def project_all(projection_, raw, chunks):
 
 def project_block(projection_, block):
     """The scoring rows (float32) of one numpy block of the rows as given (a dict of blocks for
-    a mixture) by a scorer's fitted ``projection_``."""
+    a mixture) by a scorer's fitted ``projection_``: a row's bits are the same whatever rows
+    are projected with it (``Preprocessor.transform_exact``), so its neighbours are too."""
     if isinstance(block, dict):
         block = {k: np.asarray(v) for k, v in block.items()}
-    return np.asarray(projection_.transform(block), dtype=np.float32)
+    return projection_.transform_exact(block)
 
 
 def same_rows(X, raw):

@@ -35,6 +35,10 @@ OUTER_ROWS = 256
 COVARIANCE_STREAM = 41
 
 
+#: rows per float64 product of ``Preprocessor.transform_exact`` (2,560 columns: 84 MB)
+EXACT_ROWS = 4096
+
+
 def _norms(x):
     """Each row's Euclidean norm (1 for a zero row), as a column; no (n, d) temporary."""
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))[:, None]
@@ -316,6 +320,25 @@ class Preprocessor(Estimator):
         y -= self._b
         return y
 
+    def transform_exact(self, block):
+        """``transform_block`` with the same bits for a row whatever rows come with it: the
+        product in float64, rounded once to float32. A float32 product's last bits follow
+        OpenBLAS's blocking, which follows the number of rows and threads (about half the
+        rows of a 10,000-row block differ in chunks of 500), and a short nearest-neighbour
+        walk turns on them. Twice the float32 product's CPU (benchmarks/RESULTS.md,
+        2026-12-05); the outlier scorer's rows are made so."""
+        x = np.asarray(block, dtype=np.float32)
+        w = self._w.astype(np.float64)
+        out = np.empty((len(x), w.shape[1]), dtype=np.float32)
+        for a in range(0, len(x), EXACT_ROWS):  # a float64 copy of a part at a time
+            part = x[a:a + EXACT_ROWS]
+            y = part.astype(np.float64) @ w
+            if self.l2:
+                y /= _norms(part)
+            y -= self._b.astype(np.float64)
+            out[a:a + EXACT_ROWS] = y
+        return out
+
     def transform(self, X):
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features; the preprocessor was fitted on "
@@ -386,6 +409,11 @@ class MixturePreprocessor:
             self.weights_[name] = np.sqrt(w) / np.sqrt(kept) if kept > 0 else np.sqrt(w)
         self.n_components_ = sum(p.n_components_ for p in self.preprocessors.values())
         return self
+
+    def transform_exact(self, sets: dict):
+        """``transform`` of numpy blocks, each set's part by ``Preprocessor.transform_exact``."""
+        return np.concatenate([self.preprocessors[n].transform_exact(sets[n])
+                               * np.float32(self.weights_[n]) for n in self.preprocessors], axis=1)
 
     def transform(self, sets: dict):
         import dask.array as da

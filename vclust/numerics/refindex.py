@@ -43,12 +43,12 @@ log = logging.getLogger(__name__)
 FIT_CACHE_VERSION = 2
 #: rows per query call: a block's rows are queried in parts of this size, side by side
 QUERY_PART = 4096
-#: pynndescent's query ``epsilon`` (its default): how far past the best candidate so far a
-#: query keeps walking the graph. 0.05 costs a query a quarter to a third less and passes the
-#: scorer's evidence rule, but its shorter walk turns on the last bits of the query row,
-#: which depend on the rows projected with it: a row scored in chunks of 500 got another
-#: score than in one call (benchmarks/RESULTS.md, 2026-12-05)
-QUERY_EPSILON = 0.1
+#: pynndescent's query ``epsilon`` (its default 0.1): how far past the best candidate so far
+#: a query keeps walking the graph. 0.05 costs a query a quarter to a third less and passes
+#: the scorer's evidence rule (benchmarks/RESULTS.md, 2026-12-05). Its shorter walk turns on
+#: the last bits of the query row, so the scoring rows are projected to the same bits
+#: whatever rows come with them (outlier_rows.project_block)
+QUERY_EPSILON = 0.05
 #: leaves of the one-tree search forest (annindex.prepare_index) a query starts from: with one,
 #: a query landing in a leaf of fewer rows than it asks for is topped up with random rows drawn
 #: from the call's random state, so its answer can depend on the rows queried with it; three
@@ -317,7 +317,8 @@ class ReferenceIndex:
         key = self._memo_key(x, ids, k)
         if self.cache is None:
             return self.neighbours(x, ids, k)
-        disk_key = self._disk_key(("neighbours", self.graph_neighbors, self.random_state) + key)
+        disk_key = self._disk_key(("neighbours", self.graph_neighbors, self.random_state,
+                                   QUERY_EPSILON) + key)
         if NEIGHBOUR_MEMO.get(key) is None:
             hit = self.cache.load(disk_key)
             if hit is not None and hit["arrays"]["idx"].shape == (len(x), k):
