@@ -325,7 +325,7 @@ class Preprocessor(Estimator):
         product in float64, rounded once to float32. A float32 product's last bits follow
         OpenBLAS's blocking, which follows the number of rows and threads (about half the
         rows of a 10,000-row block differ in chunks of 500), and a short nearest-neighbour
-        walk turns on them. Twice the float32 product's CPU (benchmarks/RESULTS.md,
+        walk turns on them. 2.2-2.5 times the float32 product's CPU (benchmarks/RESULTS.md,
         2026-12-05); the outlier scorer's rows are made so."""
         x = np.asarray(block, dtype=np.float32)
         w = self._w.astype(np.float64)
