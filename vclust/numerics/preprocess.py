@@ -328,14 +328,14 @@ class Preprocessor(Estimator):
         walk turns on them. 2.2-2.5 times the float32 product's CPU (benchmarks/RESULTS.md,
         2026-12-05); the outlier scorer's rows are made so."""
         x = np.asarray(block, dtype=np.float32)
-        w = self._w.astype(np.float64)
+        w, b = self._w.astype(np.float64), self._b.astype(np.float64)
         out = np.empty((len(x), w.shape[1]), dtype=np.float32)
         for a in range(0, len(x), EXACT_ROWS):  # a float64 copy of a part at a time
             part = x[a:a + EXACT_ROWS]
             y = part.astype(np.float64) @ w
             if self.l2:
                 y /= _norms(part)
-            y -= self._b.astype(np.float64)
+            y -= b
             out[a:a + EXACT_ROWS] = y
         return out
 
