@@ -43,7 +43,7 @@ services:
 
 install: $(STAMP) browser
 
-demo: $(STAMP)
+demo: $(STAMP) bytecode
 	$(VENV)/bin/vclust demo --out demo-out
 
 # pytest exits 5 when no test ran: make treats any non-zero exit as failure. Two pytest-xdist
@@ -52,12 +52,13 @@ demo: $(STAMP)
 # Each worker's BLAS and OpenMP at one thread (and the commands the tests start): two workers
 # on 2 cores, each at two threads, oversubscribe them (tests 338 s -> 293 s, user CPU 514 s ->
 # 426 s, benchmarks/RESULTS.md, the tenth session).
-# bytecode: vclust and the tests compiled to __pycache__ first. The install is editable, so pip
-# compiles none of vclust, and where PYTHONDONTWRITEBYTECODE is set (this project's machines have
-# it) every process the suite starts compiled the vclust modules it imports from source again:
-# `vclust fit` of a 3,000-row store 1.35 -> 1.23 CPU-s, `vclust info` 0.58 -> 0.55 (six pairs
-# each), in about 450 Python processes a run (benchmarks/RESULTS.md). A source edited later is
-# newer than its .pyc and compiled again as usual.
+# bytecode: vclust and the tests compiled to __pycache__ before the suite, the demo and the
+# benchmarks run. The install is editable, so pip compiles none of vclust, and where
+# PYTHONDONTWRITEBYTECODE is set (this project's machines have it) every process compiled the
+# vclust modules it imports from source again: `vclust fit` of a 3,000-row store 1.35 -> 1.23
+# CPU-s, `vclust info` 0.58 -> 0.55 (six pairs each); a suite run starts about 450 Python
+# processes (benchmarks/RESULTS.md). A source edited later is newer than its .pyc and is
+# compiled again as usual.
 TEST_WORKERS ?= 2
 TEST_ENV = $(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1)
 bytecode:
@@ -70,7 +71,7 @@ test: $(STAMP) browser services bytecode
 test-fast: $(STAMP) browser services bytecode
 	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
-bench: $(STAMP)
+bench: $(STAMP) bytecode
 	$(PY) benchmarks/run_all.py
 
 clean:
