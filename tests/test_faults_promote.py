@@ -170,6 +170,26 @@ def test_the_same_promote_twice_changes_nothing_the_second_time(fresh):
     assert _state(f) == after_first
 
 
+def test_a_first_promote_imports_no_scipy(built, tmp_path):
+    """The first promote of a registry (nothing current, no labels to renumber) switches
+    `current` and nothing else: it loads no clustering library. scipy.sparse, which the k-means
+    module imported at its top for one Lloyd pass, was 0.15 of such a promote's 0.41 s
+    (benchmarks/RESULTS.md)."""
+    reg = tmp_path / "registry"
+    shutil.copytree(built["root"] / "registry", reg)
+    code = ("import json, sys\nfrom vclust.cli import main\ncode = main(sys.argv[1:])\n"
+            "print(json.dumps([code, sorted(m for m in ('scipy', 'sklearn', 'numba', "
+            "'pynndescent') if m in sys.modules)]))")
+    out = subprocess.run([sys.executable, "-c", code, "promote", "--registry", str(reg),
+                          built["ids"]["C"]], capture_output=True, text=True, env=ENV,
+                         cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    code, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert code == 0, out.stderr
+    assert Registry(reg).current() == built["ids"]["C"]
+    assert loaded == []
+
+
 KILL_AT = r"""
 import os, signal, sys
 from vclust.model import registry, succession
