@@ -56,7 +56,7 @@ demo: $(STAMP) bytecode
 # benchmarks run. The install is editable, so pip compiles none of vclust, and where
 # PYTHONDONTWRITEBYTECODE is set (this project's machines have it) every process compiled the
 # vclust modules it imports from source again: `vclust fit` of a 3,000-row store 1.35 -> 1.23
-# CPU-s, `vclust info` 0.58 -> 0.55 (six pairs each); a suite run starts about 450 Python
+# CPU-s, `vclust info` 0.58 -> 0.55 (six pairs each); a suite run starts about 370 Python
 # processes (benchmarks/RESULTS.md). A source edited later is newer than its .pyc and is
 # compiled again as usual.
 TEST_WORKERS ?= 2
