@@ -20,15 +20,22 @@ from tests.clusters import local_reference, slurm_node, ssh_server, stop_process
 os.environ["VCLUST_CACHE_DIR"] = "off"
 
 
+#: what the tests' tasks on the local_client workers import (the first cluster of a pytest
+#: process starts the server that forks the workers of every later one)
+TASK_MODULES = ("pandas", "pyarrow.parquet", "sklearn", "pynndescent", "vclust.numerics.outliers",
+                "vclust.numerics.kmeans")
+
+
 @pytest.fixture(scope="module")
 def local_client():
     """A real LocalCluster, started as vclust starts it: two single-threaded worker processes
-    on 127.0.0.1."""
+    on 127.0.0.1, forked from this pytest process's one server (vclust.jobs.workerstart),
+    which has imported what the files' tasks import."""
     from distributed import Client
 
     from vclust.jobs.cluster import local_cluster
 
-    with local_cluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+    with local_cluster(preload_modules=TASK_MODULES, n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=None, memory_limit="3GB") as cluster:
         with Client(cluster) as client:
             yield client

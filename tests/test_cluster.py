@@ -187,6 +187,66 @@ def test_a_local_cluster_leaves_this_processs_thread_settings_as_they_were():
     assert got["openmp_here"] == int(plain.stdout)
 
 
+_FORKED_CHECK = """
+import json, os
+
+import dask
+from distributed import Client
+
+from vclust.jobs.cluster import local_cluster
+
+
+def seen():
+    import sys
+
+    return {"parent": os.getppid(), "zarr": "zarr" in sys.modules,
+            "later": os.environ.get("VCLUST_TEST_LATER"),
+            "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def one():
+    with local_cluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                       dashboard_address=None, memory_limit="1GB") as cluster, Client(cluster) as c:
+        return list(c.run(seen).values())[0]
+
+
+if __name__ == "__main__":
+    out = {"me": os.getpid(), "first": one()}
+    os.environ["VCLUST_TEST_LATER"] = "set after the first cluster"
+    out["second"] = one()
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": 1234}}):
+        out["other_malloc"] = one()
+    del os.environ["VCLUST_TEST_GONE"]
+    out["removed"] = one()
+    print(json.dumps(out))
+"""
+
+
+def test_local_workers_fork_from_one_server_unless_their_start_settings_changed(tmp_path):
+    """A LocalCluster's workers are forked from one server process that imported what every
+    worker imports (zarr here, which nothing else in a worker imports), and every later cluster
+    of the process forks from it too, a variable set since reaching its workers. A cluster whose
+    pre-spawn settings differ (read once at a process's start) or for which a variable the server
+    saw is gone gets spawned workers, with its own settings."""
+    import json
+
+    from vclust.jobs.config import WORKER_ENV
+
+    script = tmp_path / "forked.py"
+    script.write_text(_FORKED_CHECK)
+    env = {**os.environ, "VCLUST_TEST_GONE": "removed before the last cluster"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    first, second = got["first"], got["second"]
+    assert first["parent"] != got["me"] and first["zarr"], got
+    assert first["trim"] == str(WORKER_ENV["MALLOC_TRIM_THRESHOLD_"]) and first["later"] is None
+    assert second["parent"] == first["parent"] and second["later"] == "set after the first cluster"
+    assert got["other_malloc"]["parent"] == got["me"] and got["other_malloc"]["trim"] == "1234"
+    assert got["removed"]["parent"] == got["me"], got
+
+
 def test_readme_gives_the_worker_export_line_the_code_uses():
     from vclust.jobs.config import WORKER_EXPORT
 

@@ -146,9 +146,10 @@ def worker_env_hint(client) -> str | None:
             f"and KMeans passes several times slower); start them after: {WORKER_EXPORT}")
 
 
-def local_cluster(**kwargs):
+def local_cluster(preload_modules=(), **kwargs):
     """A ``distributed.LocalCluster`` whose worker processes start with ``worker_environ()``
-    and import ``WORKER_PRELOAD`` first.
+    and import ``WORKER_PRELOAD`` first, forked from a server process that has imported
+    ``workerstart.BASE_PRELOAD`` and ``preload_modules`` (``workerstart.start_method``).
 
     distributed's nanny sets that environment in *this* process's ``os.environ`` before it
     spawns a worker, and leaves it there: OMP_NUM_THREADS=1 and OPENBLAS_NUM_THREADS=1 then
@@ -159,11 +160,19 @@ def local_cluster(**kwargs):
     from distributed import LocalCluster
 
     env = worker_environ()
-    if kwargs.get("processes", True) and "preload" not in kwargs:  # not into this process
-        kwargs["preload"] = worker_preload()
+    method = dask.config.get("distributed.worker.multiprocessing-method")
+    if kwargs.get("processes", True):  # not into this process
+        if "preload" not in kwargs:
+            kwargs["preload"] = worker_preload()
+        from .workerstart import start_method
+
+        method, changed = start_method(env, preload_modules)
+        if changed:
+            kwargs["env"] = {**changed, **(kwargs.get("env") or {})}
     before = {k: os.environ.get(k) for k in env}
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env,
+                              "distributed.worker.multiprocessing-method": method}):
             return LocalCluster(**kwargs)
     finally:
         _restore_environ(before)

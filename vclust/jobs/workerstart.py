@@ -1,0 +1,53 @@
+"""How the worker processes of a LocalCluster that vclust starts come to be: forked from one
+server process that has imported what every vclust worker imports, instead of each spawned as
+a new interpreter that imports it all again (multiprocessing's "forkserver" start method,
+which distributed supports through ``distributed.worker.multiprocessing-method``).
+
+The server is started with the first such cluster of a process and serves every later one.
+A forked worker holds what the server was started with in the places that are read once at
+a process's start (the malloc settings and the thread counts of ``worker_environ()``,
+PYTHONHASHSEED), so a later cluster forks from it only when its pre-spawn environment is the
+same and no variable the server saw has been removed since; variables set or changed since
+are handed to its workers (the nanny's ``env``). Otherwise, or when the user configured
+another start method, workers start as configured. A worker restarted after its cluster
+started (one killed, say) is spawned.
+
+The test suite's eleven files with a LocalCluster fixture: 193 -> 157 s and 182 -> 146 s
+wall, 367 -> 295 and 344 -> 273 CPU-s (two alternating pairs); `vclust ingest` of the 416k
+case, three pairs, median 17.9 -> 15.8 s (benchmarks/RESULTS.md, 2026-12-05)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+#: what the server imports, in this order: vclust's worker set-up first, so that dask.array's
+#: optional imports are refused in the server as in a spawned worker (worker_setup)
+BASE_PRELOAD = ("vclust.jobs.worker_setup", "numpy", "dask.array", "distributed", "zarr")
+
+_server: dict = {}  # the pre-spawn environment and os.environ the server was started with
+
+
+def start_method(pre_spawn: dict, preload=()) -> tuple[str, dict]:
+    """The start method for a new LocalCluster's workers, and the variables to hand them:
+    ``("forkserver", {...})`` or ``(configured method, {})``. ``preload``: modules the server
+    imports besides ``BASE_PRELOAD`` (only when this call starts it)."""
+    import dask
+
+    configured = dask.config.get("distributed.worker.multiprocessing-method")
+    if configured != "spawn":  # the user chose one: theirs
+        return configured, {}
+    pre = {k: str(v) for k, v in pre_spawn.items()}
+    if not _server:
+        from distributed.utils import get_mp_context
+
+        with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+            get_mp_context()  # distributed sets its own server preload once; ours replaces it
+        modules = list(dict.fromkeys(BASE_PRELOAD + tuple(preload)))
+        multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
+        _server.update(pre=pre, environ={**os.environ, **pre}, preload=modules)
+        return "forkserver", {}
+    if _server["pre"] != pre or any(k not in os.environ for k in _server["environ"] if k not in pre):
+        return configured, {}
+    return "forkserver", {k: v for k, v in os.environ.items()
+                          if k not in pre and _server["environ"].get(k) != v}
