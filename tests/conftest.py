@@ -35,8 +35,9 @@ def local_client():
 
     from vclust.jobs.cluster import local_cluster
 
-    with local_cluster(preload_modules=TASK_MODULES, n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None, memory_limit="3GB") as cluster:
+    with local_cluster(preload_modules=TASK_MODULES, n_workers=2, threads_per_worker=1,
+                       processes=True, host="127.0.0.1", dashboard_address=None,
+                       memory_limit="3GB") as cluster:
         with Client(cluster) as client:
             yield client
 

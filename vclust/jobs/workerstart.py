@@ -45,7 +45,7 @@ def start_method(pre_spawn: dict, preload=()) -> tuple[str, dict]:
             get_mp_context()  # distributed sets its own server preload once; ours replaces it
         modules = list(dict.fromkeys(BASE_PRELOAD + tuple(preload)))
         multiprocessing.get_context("forkserver").set_forkserver_preload(modules)
-        _server.update(pre=pre, environ={**os.environ, **pre}, preload=modules)
+        _server.update(pre=pre, environ={**os.environ, **pre})
         return "forkserver", {}
     if _server["pre"] != pre or any(k not in os.environ for k in _server["environ"] if k not in pre):
         return configured, {}
