@@ -13,6 +13,7 @@ import pytest
 # the one-node SLURM, the SSH server and the LocalCluster reference of tests/test_slurm.py and
 # tests/test_ssh.py (tests/clusters.py): session fixtures, registered here so both share one each
 from tests.clusters import local_reference, slurm_node, ssh_server, stop_processes  # noqa: E402,F401
+from vclust.jobs.workerstart import SCORING_PRELOAD  # noqa: E402
 
 # the outlier index's disk cache (vclust/storage/indexcache.py) stays off in the suite, so every
 # test and every command it runs builds what it checks; the tests of the cache turn it on in a
@@ -21,9 +22,10 @@ os.environ["VCLUST_CACHE_DIR"] = "off"
 
 
 #: what the tests' tasks on the local_client workers import (the first cluster of a pytest
-#: process starts the server that forks the workers of every later one)
-TASK_MODULES = ("pandas", "pyarrow.parquet", "sklearn", "pynndescent", "vclust.numerics.outliers",
-                "vclust.numerics.kmeans")
+#: process starts the server that forks the workers of every later one): what a `vclust label`
+#: cluster's server imports, pynndescent as vclust imports it (a plain import compiled the
+#: kernels vclust never runs, 15.9 s where the install's warm-up left them out)
+TASK_MODULES = SCORING_PRELOAD
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,9 @@ VCLUST = [sys.executable, "-m", "vclust.cli"]
 ENV = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def run_cli(args, timeout=120, **kw):
+def run_cli(args, timeout=120, env=None, **kw):
     return subprocess.run(VCLUST + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, cwd=REPO, **kw)
+                          timeout=timeout, env=ENV if env is None else env, cwd=REPO, **kw)
 
 
 def assert_one_line(out, code, match=None):
@@ -583,21 +583,28 @@ def labelled_store(tmp_path_factory):
 def test_small_label_runs_in_this_process_and_equals_the_cluster_run(labelled_store, tmp_path):
     """With no cluster named, a batch this small is labelled in the command's own process
     (no LocalCluster to start); the labels equal the fault-free ones. Naming a cluster config
-    still starts the cluster."""
+    still starts the cluster, whose worker holds pynndescent (imported as vclust imports it:
+    the kernels vclust never runs not compiled) and the outlier module from its start: it was
+    forked from a server that imported them (workerstart.SCORING_PRELOAD)."""
     from vclust.storage.labels import read_labels
+
+    from .worker_start_probe import probe_env, probed
 
     root, ref = labelled_store
     cfg = tmp_path / "local.yaml"
     cfg.write_text("kind: local\nn_workers: 1\nthreads_per_worker: 1\n")
+    env = {**ENV, **probe_env(tmp_path / "probe")}
     for extra, where in (([], "dask: in this process"), (["--cluster", str(cfg)], "dask: local")):
         out = tmp_path / f"labels{len(extra)}"
         res = subprocess.run(VCLUST + ["label", str(root / "store"), "--model",
                                        str(root / "model"), "--out", str(out), "--all", *extra],
-                             env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         assert where in res.stderr, res.stderr
         got = read_labels(out).sort_values("row", ignore_index=True)
         pd.testing.assert_frame_equal(got, ref)
+    assert probed(tmp_path / "probe") == [
+        {"pynndescent": True, "umap": False, "outliers": True, "deferred_signatures": 0}]
 
 
 def test_small_fit_runs_in_this_process_and_matches_the_cluster_fit(labelled_store, tmp_path):
@@ -607,18 +614,24 @@ def test_small_fit_runs_in_this_process_and_matches_the_cluster_fit(labelled_sto
     before any work, with exit 2 and one line."""
     from vclust.model.bundle import Model
 
+    from .worker_start_probe import probe_env, probed
+
     root, _ = labelled_store
     cfg = tmp_path / "local.yaml"
     cfg.write_text("kind: local\nn_workers: 2\nthreads_per_worker: 1\n")
+    env = {**ENV, **probe_env(tmp_path / "probe")}
     models = {}
     for extra, where in (([], "dask: in this process"), (["--cluster", str(cfg)], "dask: local")):
         out = tmp_path / f"model{len(extra)}"
         res = subprocess.run(VCLUST + ["fit", str(root / "store"), "--descriptor", "osnet",
                                        "--k", "4", "--model", str(out), *extra],
-                             env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         assert where in res.stderr, res.stderr
         models[where] = Model.load(out)
+    # a fit builds its index in its own process: its workers' server imports none of it
+    assert probed(tmp_path / "probe") == [
+        {"pynndescent": False, "umap": False, "outliers": False, "deferred_signatures": None}] * 2
     here, there = models.values()
     np.testing.assert_array_equal(here.outliers.ref_rows_, there.outliers.ref_rows_)
     np.testing.assert_allclose(here.clusterer.cluster_centers_, there.clusterer.cluster_centers_,

@@ -158,18 +158,23 @@ def test_a_report_refuses_to_replace_a_folder_that_is_not_a_report(night, tmp_pa
 def test_a_small_report_runs_in_its_own_process_and_equals_the_cluster_one(night, tmp_path):
     """With no cluster named, `vclust report` of a store this small runs on the command's own
     threads (no LocalCluster to start); the report is the one a LocalCluster of two worker
-    processes makes, but for when it was made and how long its map took."""
+    processes makes, but for when it was made and how long its map took. Those workers hold
+    pynndescent (as vclust imports it), umap-learn and the outlier module from their start:
+    forked from a server that imported them (workerstart.MAPS_PRELOAD)."""
     import json
+
+    from .worker_start_probe import probe_env, probed
 
     root = night["root"]
     cfg = tmp_path / "local.yaml"
     cfg.write_text("kind: local\nn_workers: 2\nthreads_per_worker: 1\n")
+    env = {**ENV, **probe_env(tmp_path / "probe")}
     reports = {}
     for extra, where in (([], "dask: in this process"), (["--cluster", cfg], "dask: local")):
         out = tmp_path / f"report{len(extra)}"
         res = run_cli(["report", root / "store", "--registry", root / "registry", "--labels",
                        root / "labels", "--out", out, "--map-method", "pca", "--images",
-                       root / "images.zip", "--seed", "3", *extra], timeout=300)
+                       root / "images.zip", "--seed", "3", *extra], timeout=300, env=env)
         assert res.returncode == 0, res.stderr
         assert where in res.stderr, res.stderr
         page = json.loads((out / "report.json").read_text())
@@ -178,3 +183,5 @@ def test_a_small_report_runs_in_its_own_process_and_equals_the_cluster_one(night
         reports[where] = page
     here, there = reports.values()
     assert here == there
+    assert probed(tmp_path / "probe") == [
+        {"pynndescent": True, "umap": True, "outliers": True, "deferred_signatures": 0}] * 2

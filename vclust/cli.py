@@ -71,14 +71,14 @@ def print_metrics(model, file=sys.stdout):
 
 
 def _connect(args, say, here=None, paths=None):
-    from .jobs import imports
+    from .jobs import imports, workerstart
     from .jobs.cluster import connect
 
     if here is None or args.scheduler or args.cluster or os.environ.get("VCLUST_SCHEDULER"):
         imports.wait()  # distributed enters dask from elsewhere than dask.array: not at once
-
-    return connect(args.scheduler, args.cluster, announce=say,
-                   timeout=getattr(args, "scheduler_timeout", None), here=here, paths=paths)
+    return connect(args.scheduler, args.cluster, announce=say, here=here, paths=paths,
+                   timeout=getattr(args, "scheduler_timeout", None),
+                   preload=workerstart.preload_for(args.command))
 
 
 # --------------------------------------------------------------------------- commands

@@ -174,7 +174,8 @@ def label(store, labels_dir, *, registry=None, model=None, client=None, **option
     p = options_of(P.LabelParams, **options)
     steps.check_labels_out(str(labels_dir))
     m = load_model(registry, model)
-    with compute(client, here=steps.label_here(str(store), m, p.batches, p.all)):
+    with compute(client, here=steps.label_here(str(store), m, p.batches, p.all),
+                 command="label"):
         return steps.label(str(store), m, str(labels_dir), batches=p.batches, all_batches=p.all,
                            say=say, params=p)
 
@@ -269,6 +270,6 @@ def compare(store, descriptors, *, registry, labels_dir, out, client=None,
     descriptors = [descriptors] if isinstance(descriptors, str) else list(descriptors)
     p = options_of(P.CompareParams, descriptors=descriptors, out=str(out), **options)
     check(str(store), p, str(registry), str(labels_dir))
-    with compute(client):
+    with compute(client, command="compare"):
         run(str(store), p, str(registry), str(labels_dir), say=say)
     return read_comparison(p.out)

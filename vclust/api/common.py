@@ -48,9 +48,10 @@ def current_client():
 
 
 @contextmanager
-def compute(client=None, here: str | None = None):
+def compute(client=None, here: str | None = None, command: str | None = None):
     """Where a step's graphs run: ``client``, else the client in use, else as the command
-    line (``cluster.connect``; ``here``: why the step may run on this process's threads)."""
+    line (``cluster.connect``; ``here``: why the step may run on this process's threads;
+    ``command``: the CLI command the step is, for what a LocalCluster's server preloads)."""
     if client is not None:
         with client.as_current():
             yield client
@@ -61,7 +62,9 @@ def compute(client=None, here: str | None = None):
         return
     from ..jobs.cluster import connect
 
-    with connect(announce=say, here=here) as started:
+    from ..jobs.workerstart import preload_for
+
+    with connect(announce=say, here=here, preload=preload_for(command)) as started:
         yield started
 
 

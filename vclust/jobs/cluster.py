@@ -334,8 +334,9 @@ def check_worker_paths(client, paths: dict) -> None:
                     "s3://")
 
 
-def _start(cfg: ClusterConfig):
-    """(cluster or None, client)."""
+def _start(cfg: ClusterConfig, preload=()):
+    """(cluster or None, client). ``preload``: what a LocalCluster's server imports besides
+    ``workerstart.BASE_PRELOAD`` (``connect``)."""
     from distributed import Client
 
     if isinstance(cfg, SchedulerConfig):
@@ -356,7 +357,7 @@ def _start(cfg: ClusterConfig):
                 kept="nothing was changed") from None
         return None, client
     if isinstance(cfg, LocalConfig):
-        cluster = local_cluster(**local_cluster_kwargs(cfg))
+        cluster = local_cluster(preload, **local_cluster_kwargs(cfg))
     elif isinstance(cfg, SlurmConfig):
         cluster = make_slurm_cluster(cfg)
         cluster.scale(jobs=cfg.n_jobs)
@@ -422,7 +423,8 @@ def __getattr__(name):  # PEP 562: ``cluster.S3Environ`` without importing distr
 
 @contextmanager
 def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
-            timeout: float | None = None, here: str | None = None, paths: dict | None = None):
+            timeout: float | None = None, here: str | None = None, paths: dict | None = None,
+            preload=()):
     """Yield a ``distributed.Client``; close what was started on exit.
 
     ``announce(text)`` is called with the dashboard address (the CLI prints it). ``timeout``:
@@ -432,7 +434,8 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
     says why (announced). ``paths``: the local paths the workers read or write ({what: path}),
     checked on the workers of any cluster but a LocalCluster (``check_worker_paths``, exit 2).
     SLURM and SSH clusters wait for their first worker up to the config's ``start_timeout``
-    (then exit 4).
+    (then exit 4). ``preload``: modules a LocalCluster's workers import at their first tasks,
+    imported once in the server they are forked from (``workerstart.preload_for``).
     """
     cfg = resolve(scheduler, cluster_file, timeout)
     s3_env = apply_s3(cfg)
@@ -448,7 +451,7 @@ def connect(scheduler: str | None = None, cluster_file=None, *, announce=None,
         with dask.config.set({"scheduler": threads_get, "array.rechunk.method": "tasks"}):
             yield None
         return
-    cluster, client = _start(cfg)
+    cluster, client = _start(cfg, preload)
     try:
         if s3_env and cfg.kind != "local":  # workers started elsewhere: set it there too
             client.register_plugin(_s3_environ_class()(s3_env), name="vclust-s3-environ")

@@ -158,9 +158,10 @@ def run_spec(spec: JobSpec, dry_run=False, scheduler=None, cluster_file=None, sa
         print(json.dumps(plan(spec, scheduler, cluster_file, timeout), indent=2))
         return 0
     from .cluster import connect
+    from .workerstart import preload_for
 
     with connect(scheduler or spec.scheduler, cluster_file or spec.cluster, announce=say,
-                 timeout=timeout, here=here):
+                 timeout=timeout, here=here, preload=preload_for("run")):
         return _run_steps(spec, say)
 
 

@@ -24,6 +24,28 @@ import os
 #: what the server imports, in this order: vclust's worker set-up first, so that dask.array's
 #: optional imports are refused in the server as in a spawned worker (worker_setup)
 BASE_PRELOAD = ("vclust.jobs.worker_setup", "numpy", "dask.array", "distributed", "zarr")
+#: what a worker imports at its first task where it scores outliers and writes labels: imported
+#: once in the server instead of once in each worker. `vclust label` of 1,500 rows on a
+#: LocalCluster of two workers, six alternating pairs: 8.2-10.4 -> 5.6-6.6 CPU-s
+#: (benchmarks/RESULTS.md, 2026-12-05). A command whose workers never import them (ingest,
+#: pixels, a fit: its index is built in the command's own process) does not wait for the
+#: server to import them.
+SCORING_PRELOAD = ("pandas", "pyarrow.parquet", "vclust.jobs.worker_index",
+                   "vclust.numerics.outliers", "vclust.numerics.kmeans")
+#: the same and umap-learn, for commands whose workers also draw maps: a report of 3,000 rows,
+#: three rounds, 17.6-20.2 CPU-s with no preload, 16.8-17.0 with SCORING_PRELOAD, 15.4-16.3
+#: with this (benchmarks/RESULTS.md, 2026-12-06)
+MAPS_PRELOAD = SCORING_PRELOAD + ("vclust.jobs.worker_maps",)
+#: the server's preload besides BASE_PRELOAD, by command (``preload_for``); `vclust run`'s
+#: nightly job labels and reports
+COMMAND_PRELOAD = {"label": SCORING_PRELOAD, "report": MAPS_PRELOAD, "compare": MAPS_PRELOAD,
+                   "run": MAPS_PRELOAD}
+
+
+def preload_for(command: str | None) -> tuple:
+    """What the server of ``command``'s LocalCluster imports besides BASE_PRELOAD."""
+    return COMMAND_PRELOAD.get(command, ())
+
 
 _server: dict = {}  # the pre-spawn environment and os.environ the server was started with
 
