@@ -61,7 +61,6 @@ def compute(client=None, here: str | None = None, command: str | None = None):
         yield existing
         return
     from ..jobs.cluster import connect
-
     from ..jobs.workerstart import preload_for
 
     with connect(announce=say, here=here, preload=preload_for(command)) as started:
