@@ -247,6 +247,27 @@ def test_local_workers_fork_from_one_server_unless_their_start_settings_changed(
     assert got["removed"]["parent"] == got["me"], got
 
 
+def test_a_commands_server_preloads_umap_only_when_its_map_may_be_umap():
+    """What a command's LocalCluster server imports before it forks the workers: the scoring
+    modules for label; the same and umap-learn for report, compare and the nightly run, unless
+    the map is asked for as PCA or t-SNE; nothing more for ingest, pixels and fit. (The report
+    of test_faults_jobs checks, on real workers, that the command passes its map method.)"""
+    from vclust.jobs.workerstart import MAPS_PRELOAD, SCORING_PRELOAD, preload_for
+
+    assert "vclust.jobs.worker_maps" in MAPS_PRELOAD
+    assert "vclust.jobs.worker_maps" not in SCORING_PRELOAD
+    assert "vclust.jobs.worker_index" in SCORING_PRELOAD
+    for command in ("report", "compare"):
+        for method in (None, "auto", "umap"):
+            assert preload_for(command, method) == MAPS_PRELOAD, (command, method)
+        for method in ("pca", "tsne"):
+            assert preload_for(command, method) == SCORING_PRELOAD, (command, method)
+    assert preload_for("run") == MAPS_PRELOAD
+    assert preload_for("label") == preload_for("label", "pca") == SCORING_PRELOAD
+    for command in ("ingest", "pixels", "fit", None):
+        assert preload_for(command) == ()
+
+
 def test_readme_gives_the_worker_export_line_the_code_uses():
     from vclust.jobs.config import WORKER_EXPORT
 

@@ -159,8 +159,8 @@ def test_a_small_report_runs_in_its_own_process_and_equals_the_cluster_one(night
     """With no cluster named, `vclust report` of a store this small runs on the command's own
     threads (no LocalCluster to start); the report is the one a LocalCluster of two worker
     processes makes, but for when it was made and how long its map took. Those workers hold
-    pynndescent (as vclust imports it), umap-learn and the outlier module from their start:
-    forked from a server that imported them (workerstart.MAPS_PRELOAD)."""
+    pynndescent (as vclust imports it) and the outlier module from their start: forked from a
+    server that imported them. Its map is PCA, so not umap-learn (workerstart.preload_for)."""
     import json
 
     from .worker_start_probe import probe_env, probed
@@ -184,4 +184,4 @@ def test_a_small_report_runs_in_its_own_process_and_equals_the_cluster_one(night
     here, there = reports.values()
     assert here == there
     assert probed(tmp_path / "probe") == [
-        {"pynndescent": True, "umap": True, "outliers": True, "deferred_signatures": 0}] * 2
+        {"pynndescent": True, "umap": False, "outliers": True, "deferred_signatures": 0}] * 2

@@ -78,7 +78,7 @@ def _connect(args, say, here=None, paths=None):
         imports.wait()  # distributed enters dask from elsewhere than dask.array: not at once
     return connect(args.scheduler, args.cluster, announce=say, here=here, paths=paths,
                    timeout=getattr(args, "scheduler_timeout", None),
-                   preload=workerstart.preload_for(args.command))
+                   preload=workerstart.preload_for(args.command, vars(args).get("map_method")))
 
 
 # --------------------------------------------------------------------------- commands

@@ -270,6 +270,6 @@ def compare(store, descriptors, *, registry, labels_dir, out, client=None,
     descriptors = [descriptors] if isinstance(descriptors, str) else list(descriptors)
     p = options_of(P.CompareParams, descriptors=descriptors, out=str(out), **options)
     check(str(store), p, str(registry), str(labels_dir))
-    with compute(client, command="compare"):
+    with compute(client, command="compare", map_method=p.map_method):
         run(str(store), p, str(registry), str(labels_dir), say=say)
     return read_comparison(p.out)

@@ -48,10 +48,11 @@ def current_client():
 
 
 @contextmanager
-def compute(client=None, here: str | None = None, command: str | None = None):
+def compute(client=None, here: str | None = None, command: str | None = None,
+            map_method: str | None = None):
     """Where a step's graphs run: ``client``, else the client in use, else as the command
     line (``cluster.connect``; ``here``: why the step may run on this process's threads;
-    ``command``: the CLI command the step is, for what a LocalCluster's server preloads)."""
+    ``command`` and its ``map_method``: for what a LocalCluster's server preloads)."""
     if client is not None:
         with client.as_current():
             yield client
@@ -63,7 +64,7 @@ def compute(client=None, here: str | None = None, command: str | None = None):
     from ..jobs.cluster import connect
     from ..jobs.workerstart import preload_for
 
-    with connect(announce=say, here=here, preload=preload_for(command)) as started:
+    with connect(announce=say, here=here, preload=preload_for(command, map_method)) as started:
         yield started
 
 

@@ -42,9 +42,18 @@ COMMAND_PRELOAD = {"label": SCORING_PRELOAD, "report": MAPS_PRELOAD, "compare": 
                    "run": MAPS_PRELOAD}
 
 
-def preload_for(command: str | None) -> tuple:
-    """What the server of ``command``'s LocalCluster imports besides BASE_PRELOAD."""
-    return COMMAND_PRELOAD.get(command, ())
+#: map methods whose workers never import umap-learn (``preload_for``)
+NO_UMAP_MAPS = ("pca", "tsne")
+
+
+def preload_for(command: str | None, map_method: str | None = None) -> tuple:
+    """What the server of ``command``'s LocalCluster imports besides BASE_PRELOAD. A report or
+    compare whose map is asked for as PCA or t-SNE (``map_method``) leaves umap-learn out
+    (about 3 s of the server's CPU before the workers fork); "auto" may choose UMAP."""
+    preload = COMMAND_PRELOAD.get(command, ())
+    if map_method in NO_UMAP_MAPS and preload == MAPS_PRELOAD:
+        return SCORING_PRELOAD
+    return preload
 
 
 _server: dict = {}  # the pre-spawn environment and os.environ the server was started with
