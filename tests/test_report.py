@@ -564,3 +564,24 @@ def test_z_asked_for_a_seeded_draw_when_many_scores_round_to_1(fitted, monkeypat
         known = [z for z in zs if z is not None]
         assert zs[:len(known)] == sorted(known, reverse=True)  # asked first, worst first
         assert all(z is None for z in zs[len(known):])
+
+
+def test_a_row_without_an_image_is_named_on_its_tile():
+    """A report without --images (or a row whose image is missing) names each row on its tile
+    by its id's last part, the full id and "(no image)" in its title; a row with a thumbnail
+    shows the thumbnail. The enlarged and selected views (report.js) and the compare page name
+    them the same way."""
+    from pathlib import Path
+
+    from vclust.report.page import _thumb
+
+    long_name = "a" * 30 + ".jpg"
+    tile = _thumb({"id": "veriwild/101/05745/032093.jpg", "outlier": "empty"}, {})
+    assert re.search(r'<div class="ph" title="[^"]*032093\.jpg[^"]*\(no image\)">032093\.jpg</div>',
+                     tile), tile
+    assert '<span class="badge"' in tile and "empty" in tile
+    assert ">" + "a" * 23 + "…</div>" in _thumb({"id": "x/" + long_name}, {})
+    shown = _thumb({"id": "bottle/0001"}, {"bottle/0001": "t0.jpg"})
+    assert 'src="thumbs/t0.jpg"' in shown and 'class="ph"' not in shown
+    js = (Path(__file__).resolve().parents[1] / "vclust/report/assets/report.js").read_text()
+    assert "esc(tail(id))" in js and "(no image)" in js

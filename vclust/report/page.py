@@ -67,13 +67,19 @@ def _thumb(item: dict, thumbs: dict, caption: str = "") -> str:
                + (f" — outlier: {why}" if why else ""))
     if name:
         img = f'<img class="thumb" src="thumbs/{_e(name)}" alt="{_e(item["id"])}" title="{title}">'
-    else:
-        img = f'<div class="ph" title="{title}">no image</div>'
+    else:  # the row named on its tile (a report without --images is all tiles)
+        img = f'<div class="ph" title="{title} (no image)">{_e(_tail(item["id"]))}</div>'
     badge = f'<span class="badge" title="flagged: {_e(why)}">{_e(why)}</span>' if why else ""
     cap = f"<figcaption>{_e(caption)}</figcaption>" if caption else ""
     cls = "t out" if why else "t"
     return (f'<figure class="{cls}" data-id="{_e(item["id"])}" tabindex="0">{img}{badge}{cap}'
             "</figure>")
+
+
+def _tail(image_id: str, width: int = 24) -> str:
+    """The last part of an image id (its file name), at most ``width`` characters."""
+    tail = str(image_id).rstrip("/").rsplit("/", 1)[-1]
+    return tail if len(tail) <= width else tail[:width - 1] + "…"
 
 
 def _card(c: dict, thumbs: dict) -> str:

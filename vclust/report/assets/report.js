@@ -103,10 +103,15 @@
 
   // ---- one image anywhere: a figure that opens the enlarged view
   function info(id) { return ROWS[id] || null; }
+  // a row without an image is named on its tile by its id's last part (page.py's _tail)
+  function tail(id) {
+    var t = String(id).replace(/\/+$/, "").split("/").pop();
+    return t.length > 24 ? t.slice(0, 23) + "\u2026" : t;
+  }
   function figure(id, caption) {
     var r = info(id), thumb = r && r[3] ? "thumbs/" + r[3] : null, why = r ? r[1] : "";
     var img = thumb ? '<img class="thumb-lazy" loading="lazy" src="' + esc(thumb) + '" alt="' + esc(id) + '" title="' + esc(id) + '">'
-      : '<div class="ph" title="' + esc(id) + '">no image</div>';
+      : '<div class="ph" title="' + esc(id) + ' (no image)">' + esc(tail(id)) + "</div>";
     return '<figure class="t' + (why ? " out" : "") + '" data-id="' + esc(id) + '" tabindex="0">' + img +
       (why ? '<span class="badge">' + esc(why) + "</span>" : "") +
       (caption ? "<figcaption>" + esc(caption) + "</figcaption>" : "") + "</figure>";
