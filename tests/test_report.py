@@ -585,3 +585,18 @@ def test_a_row_without_an_image_is_named_on_its_tile():
     assert 'src="thumbs/t0.jpg"' in shown and 'class="ph"' not in shown
     js = (Path(__file__).resolve().parents[1] / "vclust/report/assets/report.js").read_text()
     assert "esc(tail(id))" in js and "(no image)" in js
+
+
+def test_the_cluster_table_leaves_out_columns_no_cluster_has():
+    """No --truth: no "known attributes" column; ids without folders (no vehicle to follow): no
+    "identity consistency" column. With them, both, one cell per cluster."""
+    from vclust.report.page import _cluster_table
+
+    bare = [{"id": i, "size": 10, "share": 0.5, "outlier_share": 0.1} for i in range(2)]
+    page = _cluster_table(bare)
+    assert "known attributes" not in page and "identity consistency" not in page
+    assert page.count("<td") == 2 * 5
+    full = [dict(c, identity_consistency=0.9, reading="colour red (80%)") for c in bare]
+    page = _cluster_table(full)
+    assert "<th>identity consistency</th>" in page and "known attributes</th>" in page
+    assert page.count("<td") == 2 * 7 and page.count("colour red (80%)") == 2

@@ -126,6 +126,10 @@ def _metrics_table(model: dict) -> str:
 
 
 def _cluster_table(clusters: list[dict]) -> str:
+    """The clusters' table; the identity consistency and known attributes columns only when
+    some cluster has one (ids with folders; ``--truth``)."""
+    ident = any(c.get("identity_consistency") is not None for c in clusters)
+    known = any(c.get("reading") for c in clusters)
     rows = []
     for c in clusters:
         rows.append(
@@ -134,11 +138,13 @@ def _cluster_table(clusters: list[dict]) -> str:
             f'<td class="l t-name" data-cluster="{c["id"]}">{_e(c.get("name") or "")}</td>'
             f'<td>{c["size"]:,}</td>'
             f'<td>{_pct(c["share"])}</td><td>{_pct(c["outlier_share"])}</td>'
-            f'<td>{_fmt(c.get("identity_consistency"), 2)}</td>'
-            f'<td class="l">{_e(c.get("reading") or "")}</td></tr>')
+            + (f'<td>{_fmt(c.get("identity_consistency"), 2)}</td>' if ident else "")
+            + (f'<td class="l">{_e(c.get("reading") or "")}</td>' if known else "") + "</tr>")
     return ('<table><caption>Clusters</caption><tr><th class="l">cluster</th><th class="l">name'
-            '</th><th>images</th><th>share</th><th>outliers</th><th>identity consistency</th>'
-            '<th class="l">known attributes</th></tr>' + "".join(rows) + "</table>")
+            '</th><th>images</th><th>share</th><th>outliers</th>'
+            + ("<th>identity consistency</th>" if ident else "")
+            + ('<th class="l">known attributes</th>' if known else "") + "</tr>"
+            + "".join(rows) + "</table>")
 
 
 def _galleries(galleries: list[dict], thumbs: dict) -> str:
