@@ -48,8 +48,9 @@ NO_UMAP_MAPS = ("pca", "tsne")
 
 def preload_for(command: str | None, map_method: str | None = None) -> tuple:
     """What the server of ``command``'s LocalCluster imports besides BASE_PRELOAD. A report or
-    compare whose map is asked for as PCA or t-SNE (``map_method``) leaves umap-learn out
-    (about 3 s of the server's CPU before the workers fork); "auto" may choose UMAP."""
+    compare whose map is asked for as PCA or t-SNE (``map_method``) leaves umap-learn out (a
+    3,000-row report: 0.2-1.9 CPU-s less in three pairs, benchmarks/RESULTS.md); "auto" may
+    choose UMAP."""
     preload = COMMAND_PRELOAD.get(command, ())
     if map_method in NO_UMAP_MAPS and preload == MAPS_PRELOAD:
         return SCORING_PRELOAD
