@@ -477,3 +477,35 @@ def test_fit_and_compare_make_the_same_model(compared, tmp_path, spec):
     np.testing.assert_array_equal(mine["is_outlier"].to_numpy(), theirs["is_outlier"].to_numpy())
     np.testing.assert_array_equal(mine["outlier_reason"].to_numpy(),
                                   theirs["outlier_reason"].to_numpy())
+
+
+def test_the_proposal_ties_the_same_partition_whatever_its_last_bits():
+    """Two kept models with the same partition (ARI 1.0: two specs or algorithms found it)
+    score the same CH and DB but for their last bits, which follow the clusters' numbering and
+    the machine's kernels. Those bits do not decide: the tie goes to the order given. A real
+    difference still does."""
+    import pandas as pd
+
+    from vclust.jobs.compare import propose
+
+    kept = [{"model_id": m, "k": 10, "descriptor": d, "algorithm": a}
+            for m, d, a in (("a", "osnet", "kmeans"), ("b", "vdc_color", "gmm"),
+                            ("c", "vdc_type", "kmeans"))]
+
+    def cross(ch_b, db_b):
+        rows = []
+        for space in ("osnet", "vdc_color", "vdc_type"):
+            for m, ch, db in (("a", 83760.74942556719, 0.21408427408099934),
+                              ("b", ch_b, db_b), ("c", 70000.0, 0.4)):
+                rows.append({"model_id": m, "space": space, "calinski_harabasz": ch,
+                             "davies_bouldin": db})
+        return pd.DataFrame(rows)
+
+    agreement = pd.DataFrame({"model_a": ["a", "a", "b"], "model_b": ["b", "c", "c"],
+                              "ari": [1.0, 0.5, 0.5]})
+    # b's CH a bit higher and its DB a bit lower than a's: without the rounding b wins both
+    last_bits = propose(kept, cross(83760.7494255672, 0.2140842740809993), agreement)
+    assert last_bits["model_id"] == "a", last_bits["scores"]
+    assert last_bits["scores"]["a"]["mean_rank"] == last_bits["scores"]["b"]["mean_rank"]
+    better = propose(kept, cross(83761.0, 0.21408427408099934), agreement)
+    assert better["model_id"] == "b", better["scores"]

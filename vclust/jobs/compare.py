@@ -33,7 +33,10 @@ The proposal rule (``propose``): each kept model is ranked (1) by its mean rank 
 the spaces in cross_metrics, (2) by its mean rank of DB across them, and (3) by its mean ARI
 with the other kept models (a partition that other sets and algorithms also find is less an
 artefact of one space); the best mean of the three ranks wins, ties to fewer clusters, then to
-the order of the specs and algorithms given.
+the order of the specs and algorithms given. CH, DB and mean ARI are compared to
+``PROPOSAL_DIGITS`` significant digits: the same partition reached by two specs or algorithms
+(ARI 1.0) scores the same but for its last bits, which follow the clusters' numbering and the
+machine's kernels, and the tie rule decides between such models, not those bits.
 """
 
 from __future__ import annotations
@@ -524,6 +527,16 @@ def _write_csv(frame, path: Path):
     replace_with(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
+#: significant digits to which ``propose`` compares CH, DB and mean ARI (module docstring)
+PROPOSAL_DIGITS = 9
+
+
+def _to_digits(values):
+    """``values`` (a pandas frame or series of floats) rounded to PROPOSAL_DIGITS significant
+    digits, so that scores equal but for their last bits rank as ties."""
+    return values.map(lambda v: float(f"{v:.{PROPOSAL_DIGITS}g}"))
+
+
 def propose(kept: list[dict], cross, agreement) -> dict:
     """The model to promote, by the rule of the module docstring, with the reasons."""
     if not kept:
@@ -532,8 +545,8 @@ def propose(kept: list[dict], cross, agreement) -> dict:
     order = {m: i for i, m in enumerate(ids)}
     ch = cross.pivot(index="model_id", columns="space", values="calinski_harabasz").loc[ids]
     db = cross.pivot(index="model_id", columns="space", values="davies_bouldin").loc[ids]
-    rank_ch = (-ch).rank(axis=0, method="min").mean(axis=1)
-    rank_db = db.rank(axis=0, method="min").mean(axis=1)
+    rank_ch = (-_to_digits(ch)).rank(axis=0, method="min").mean(axis=1)
+    rank_db = _to_digits(db).rank(axis=0, method="min").mean(axis=1)
     mean_ari = {}
     for m in ids:
         pairs = agreement[(agreement["model_a"] == m) | (agreement["model_b"] == m)]
@@ -541,7 +554,7 @@ def propose(kept: list[dict], cross, agreement) -> dict:
     import pandas as pd
 
     ari = pd.Series(mean_ari).loc[ids]
-    rank_ari = (-ari).rank(method="min")
+    rank_ari = (-_to_digits(ari)).rank(method="min")
     score = (rank_ch.rank(method="min") + rank_db.rank(method="min") + rank_ari) / 3
     k_of = {m["model_id"]: m["k"] for m in kept}
     best = sorted(ids, key=lambda m: (score[m], k_of[m], order[m]))[0]
