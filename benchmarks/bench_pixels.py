@@ -100,14 +100,6 @@ def plain_loop(zip_path: Path, ids: list[str]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def children_cpu() -> float:
-    """CPU seconds of every finished (and waited for) descendant of this process."""
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def main():
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     zip_path, ids = make_zip(rows)
@@ -117,14 +109,14 @@ def main():
     # the fixed cost (interpreters, imports, the cluster's start-up) from the same command on a
     # 100-image batch, so the CPU of the pixel pass itself can be told from it
     tiny = make_store(100, ids[:100], "tiny")
-    cpu0 = children_cpu()
-    run_measured(vclust_cmd() + ["pixels", str(tiny), "--images", str(zip_path), "--all"])
-    fixed_cpu = children_cpu() - cpu0
-    cpu0 = children_cpu()
+    fixed, whole_run = {}, {}
+    run_measured(vclust_cmd() + ["pixels", str(tiny), "--images", str(zip_path), "--all"],
+                 stats=fixed)
+    fixed_cpu = fixed["cpu"]
     load_v = os.getloadavg()[0]
     wall, peak, out = run_measured(vclust_cmd() + ["pixels", str(store), "--images",
-                                                   str(zip_path), "--all"])
-    cpu = children_cpu() - cpu0  # the CLI, its scheduler and workers, start-up included
+                                                   str(zip_path), "--all"], stats=whole_run)
+    cpu = whole_run["cpu"]  # the CLI, its scheduler and workers, start-up included
     pass_cpu = max(cpu - fixed_cpu, 1e-9)
     stamps = [float(m.group(1)) for m in re.finditer(r"\[\s*([\d.]+)s\] pixels: batch b0", out.stderr)]
     work = stamps[-1] - stamps[0] if len(stamps) >= 2 else wall

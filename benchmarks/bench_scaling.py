@@ -2,8 +2,10 @@
 512-dim descriptor set (synthetic osnet-like rows: a 12-centre Gaussian mixture, seed 0) at
 4,163, 41,631 and 416,314 rows (0.01x, 0.1x and 1x the brief's 416,314), each command whole on
 a LocalCluster of 2 single-threaded workers (``--cluster``): wall time, CPU time (user + system
-of the command and every process it waited for: getrusage of the children, which counts the
-work whatever else shares the cores), peak RSS of the process tree, and the CLI's phase lines.
+of every process of the command's tree, polled: ``common.PeakMemory.cpu``, which counts the
+work whatever else shares the cores; the workers are forked from a forkserver nobody waits
+for, so getrusage of the children, used until 2026-12-06, missed them), peak RSS of the process
+tree, and the CLI's phase lines.
 
     .venv/bin/python benchmarks/bench_scaling.py [--sizes 4163,41631,416314] [--out FILE]
         [--stages ingest,fit,label]
@@ -17,7 +19,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import sys
 import tempfile
@@ -74,11 +75,10 @@ def measure(size: int, root: Path, only=None, keep=lambda done: None) -> list[di
     for stage, cmd in stages.items():
         if only and stage not in only:
             continue
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         load = os.getloadavg()[0]
-        wall, peak, out = run_measured(cmd)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        stats = {}
+        wall, peak, out = run_measured(cmd, stats=stats)
+        cpu = stats["cpu"]
         records.append({"rows": size, "stage": stage, "wall_s": round(wall, 2),
                         "cpu_s": round(cpu, 2), "peak_rss_gib": round(peak / 2**30, 3),
                         "load_before": round(load, 1), "phases": phases(out.stderr)})
