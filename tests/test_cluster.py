@@ -266,6 +266,12 @@ def test_a_commands_server_preloads_umap_only_when_its_map_may_be_umap():
     assert preload_for("label") == preload_for("label", "pca") == SCORING_PRELOAD
     for command in ("ingest", "pixels", "fit", None):
         assert preload_for(command) == ()
+    # what the maps' preload module imports, in a fresh interpreter as the server is (the
+    # LocalCluster test of test_faults_jobs runs a PCA map, so its workers no longer show it)
+    out = subprocess.run([sys.executable, "-c", "import sys, vclust.jobs.worker_maps; "
+                          "print('umap' in sys.modules, 'pynndescent' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split() == ["True", "True"], out.stderr[-2000:]
 
 
 def test_readme_gives_the_worker_export_line_the_code_uses():
