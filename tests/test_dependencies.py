@@ -169,11 +169,11 @@ def test_the_pure_python_unpickler_vclust_scans_with_is_there(tmp_path):
     assert hasattr(u, "_unframer") and isinstance(pickle._Unpickler.dispatch, dict)
 
 
-def test_scikit_learn_is_a_version_whose_private_single_runs_kmeans_calls():
+def test_scikit_learn_is_a_version_whose_private_names_vclust_calls():
     """kmeans.SklearnRows calls scikit-learn's private ``_kmeans_single_lloyd``,
-    ``_kmeans_single_elkan`` and ``_openmp_effective_n_threads``: the installed version must
-    be in SKLEARN_SUPPORTED (pyproject.toml's range), the names there with the parameters
-    passed."""
+    ``_kmeans_single_elkan`` and ``_openmp_effective_n_threads``, and numerics.ward its
+    ``_fix_connectivity`` and ``_hc_cut``: the installed version must be in SKLEARN_SUPPORTED
+    (pyproject.toml's range), the names there with the parameters passed."""
     import inspect
 
     import sklearn
@@ -192,6 +192,12 @@ def test_scikit_learn_is_a_version_whose_private_single_runs_kmeans_calls():
         assert params == ["X", "sample_weight", "centers_init", "max_iter", "verbose", "tol",
                           "n_threads"], (name, params)
     assert _openmp_effective_n_threads() >= 1
+    from sklearn.cluster import _agglomerative
+
+    assert list(inspect.signature(_agglomerative._fix_connectivity).parameters) == [
+        "X", "connectivity", "affinity"]
+    assert list(inspect.signature(_agglomerative._hc_cut).parameters) == [
+        "n_clusters", "children", "n_leaves"]
 
 
 @pytest.mark.parametrize("dims", [70, 130], ids=["lloyd", "elkan"])

@@ -164,10 +164,12 @@ def test_luma_and_histogram_are_pillows_for_every_colour():
         assert hist.tolist() == want.histogram()
 
 
-def test_the_warm_up_compiles_what_vclust_pixels_runs(tmp_path):
-    """The install's warm-up (vclust.numerics.pixels.precompile) fills numba's disk cache with
-    the kernels for the argument types of every path `vclust pixels` takes (a JPEG decoded by
-    libjpeg-turbo, a PNG by Pillow, a Pillow luma given): a later process compiles nothing."""
+def test_the_warm_up_compiles_what_vclust_pixels_and_the_ward_tree_run(tmp_path):
+    """The install's warm-up of vclust's own kernels (vclust.warmup.precompile_own) fills
+    numba's disk cache with them for the argument types of every path `vclust pixels` takes (a
+    JPEG decoded by libjpeg-turbo, a PNG by Pillow, a Pillow luma given) and of the Ward tree's
+    merge loop (vclust.numerics.ward, float32 rows given): a later process compiles
+    nothing."""
     import json
     import os
     import subprocess
@@ -175,8 +177,8 @@ def test_the_warm_up_compiles_what_vclust_pixels_runs(tmp_path):
 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     run = dict(env=env, capture_output=True, text=True, timeout=300)
-    out = subprocess.run([sys.executable, "-c", "from vclust.numerics.pixels import precompile; "
-                          "precompile()"], **run)
+    out = subprocess.run([sys.executable, "-c", "from vclust.warmup import precompile_own; "
+                          "precompile_own()"], **run)
     assert out.returncode == 0, out.stderr
     photo = _photos()["china"].crop((0, 0, 257, 211))
     png = io.BytesIO()
@@ -193,12 +195,17 @@ rows = [row_stats("ok", open(r"{tmp_path}/a." + ext, "rb").read()) for ext in ("
 rgb = np.asarray(Image.open(r"{tmp_path}/a.png").convert("RGB"))
 luma = Image.fromarray(rgb).convert("L")
 image_stats(rgb, np.asarray(luma), luma.histogram())
+from sklearn.neighbors import kneighbors_graph
+from vclust.numerics import ward
+x = np.random.default_rng(7).normal(size=(300, 20)).astype(np.float32)
+ward.ward_children(x, kneighbors_graph(x, 10, include_self=False))
 print(json.dumps([[r[0] for r in rows]] + [[sum(f.stats.cache_hits.values()),
-                  sum(f.stats.cache_misses.values())] for f in (K.luma_histogram, K.stats)]))
+                  sum(f.stats.cache_misses.values())]
+                  for f in (K.luma_histogram, K.stats, ward._merge)]))
 """
     out = subprocess.run([sys.executable, "-c", code], **run)
     assert out.returncode == 0, out.stderr
-    readable, luma_kernel, stats_kernel = json.loads(out.stdout)
+    readable, *kernels = json.loads(out.stdout)
     assert readable == [1, 1]
-    assert luma_kernel[0] >= 1 and stats_kernel[0] >= 1  # loaded from the cache ...
-    assert luma_kernel[1] == 0 and stats_kernel[1] == 0  # ... and nothing compiled
+    assert all(hits >= 1 for hits, _ in kernels)  # loaded from the cache ...
+    assert all(misses == 0 for _, misses in kernels)  # ... and nothing compiled

@@ -14,10 +14,11 @@ compiling what the other does not:
           signature: no build needed), builds on one, two and all threads as vclust and
           umap-learn run them, then the outlier scorer as `vclust fit` and `vclust label` run
           it (a sampled reference, past the size where pynndescent's forest takes other kernels)
-  search  `vclust pixels`' luma and statistics kernels (vclust.numerics.pixel_kernels) while
-          the build part imports pynndescent, then the forest an index is built from, and an
-          index prepared, queried, saved and restored (search graph, search forest, search
-          kernel), then umap-learn's 2D and 3D maps on their shared-graph path
+  search  `vclust pixels`' luma and statistics kernels (vclust.numerics.pixel_kernels) and the
+          Ward tree's merge loop (vclust.numerics.ward) while the build part imports
+          pynndescent, then the forest an index is built from, and an index prepared,
+          queried, saved and restored (search graph, search forest, search kernel), then
+          umap-learn's 2D and 3D maps on their shared-graph path
 
 The search part needs built indexes but not the NN-descent kernels: its graphs are exact
 neighbours from numpy, of the types NN-descent returns (the maps' graph too). The build part's
@@ -75,6 +76,15 @@ def warm(say=print) -> float:
     return seconds
 
 
+def precompile_own() -> None:
+    """vclust's own kernels (``pixels.precompile``, ``ward.precompile``) into numba's disk
+    cache: the search part compiles them first."""
+    from .numerics import pixels, ward
+
+    pixels.precompile()
+    ward.precompile()
+
+
 def warm_part(part: str, say=print, signal=None, imported=None) -> float:
     """One part of the warm-up in this process (``PARTS``). ``signal``: for the build part, a
     callable that returns once the search part's index is ready; for the search part, a file
@@ -84,9 +94,7 @@ def warm_part(part: str, say=print, signal=None, imported=None) -> float:
 
     t0 = time.perf_counter()
     if part == "search":
-        from .numerics import pixels
-
-        pixels.precompile()  # vclust's own kernels: no pynndescent needed
+        precompile_own()  # no pynndescent needed
         while imported and not os.path.exists(imported):
             time.sleep(0.05)
     enable_numba_cache("pynndescent", "umap")

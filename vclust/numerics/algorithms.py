@@ -95,6 +95,7 @@ def distance_to_centre(x, labels, centres) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", d, d)).astype(np.float32)
 
 
+
 #: rows per block when one large numpy array is predicted on this process's threads
 PREDICT_ROWS = 32_768
 #: rows of one slice of ``FittedClusterer._gmm_labels``
@@ -249,37 +250,28 @@ def fit_gmm(sample, n_clusters, random_state=0):
 class AgglomerativeTree:
     """Ward linkage with a 10-nearest-neighbour connectivity graph on a seeded sample of X
     (the sample ``fit_algorithm`` draws), built once and cut at any k: a k-range builds one
-    tree (scikit-learn's ``memory`` keeps it between cuts). ``labels(X, clusterer)`` gives
-    every row of X its nearest sample row's label, the nearest sample row found once per X."""
+    tree. The tree is scikit-learn's ``ward_tree`` and each cut ``AgglomerativeClustering``'s
+    labels, merge for merge and label for label, built by vclust.numerics.ward (compiled: 0.8
+    s against 10 s for 20,000 rows of 38 columns). ``labels(X, clusterer)`` gives every row of
+    X its nearest sample row's label, the nearest sample row found once per X."""
 
-    def __init__(self, X, sample_size=FIT_SAMPLE, random_state=0, memory=None):
-        import tempfile
-
+    def __init__(self, X, sample_size=FIT_SAMPLE, random_state=0):
         from sklearn.neighbors import kneighbors_graph
 
         sample, _ = sample_rows(X, sample_size, random_state, stream=21)
         self.sample = sample.astype(np.float64)
         self.conn = kneighbors_graph(self.sample, n_neighbors=min(10, len(sample) - 1),
                                      include_self=False)
-        self._tmp = None if memory is not None else tempfile.TemporaryDirectory(
-            prefix="vclust-ward-")
-        self.memory = memory if memory is not None else self._tmp.name
         self.params = {"sample_size": int(len(sample)), "random_state": int(random_state)}
+        self._tree = None
         self._nearest = None
 
     def cut(self, n_clusters) -> FittedClusterer:
-        import warnings
+        from .ward import cut, ward_children
 
-        from sklearn.cluster import AgglomerativeClustering
-
-        with warnings.catch_warnings():
-            # a 10-neighbour graph of well-separated groups has several components, which
-            # scikit-learn joins by their nearest rows and says so: expected, nothing to act on
-            warnings.filterwarnings("ignore", "the number of connected components",
-                                    UserWarning)
-            labels = AgglomerativeClustering(n_clusters, linkage="ward", connectivity=self.conn,
-                                             memory=self.memory, compute_full_tree=True
-                                             ).fit_predict(self.sample).astype(np.int32)
+        if self._tree is None:
+            self._tree = ward_children(self.sample, self.conn)
+        labels = cut(self._tree[0], self._tree[2], n_clusters).astype(np.int32)
         return FittedClusterer("agglomerative", centres_of(self.sample, labels, n_clusters),
                                self.params, {"anchors": self.sample.astype(np.float32),
                                              "anchor_labels": labels})

@@ -238,8 +238,9 @@ def _weighted_kmeans(x, w, k, n_init, seed, max_iter=300, tol=1e-4):
 
 
 #: scikit-learn versions whose private single runs (``_kmeans_single_lloyd``,
-#: ``_kmeans_single_elkan``) and OpenMP thread count ``SklearnRows`` calls: pyproject.toml
-#: holds the same range, and tests/test_dependencies.py fails outside it
+#: ``_kmeans_single_elkan``) and OpenMP thread count ``SklearnRows`` calls (and the Ward
+#: tree's graph completion and cut, vclust.numerics.ward): pyproject.toml holds the same
+#: range, and tests/test_dependencies.py fails outside it
 SKLEARN_SUPPORTED = ">=1.4,<1.10"
 
 
