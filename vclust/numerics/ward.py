@@ -3,9 +3,10 @@ for merge.
 
 scikit-learn's ``ward_tree`` with a connectivity graph keeps its candidate merges in a Python
 heap of ``(inertia, i, j)`` tuples and pops them one by one: on 20,000 sample rows 1.2 million
-pops at about 4 us each, 8.5 s of a tree of 38 columns and 13 s of 256 (the cut of each k after
-it is 0.03 s). `vclust compare`'s grid builds one such tree per spec, single-threaded while the
-other core waits (benchmarks/RESULTS.md). ``ward_children`` runs the same merge loop on arrays:
+pops at about 4 us each; 10 s for a tree of 38 columns and 16 s of 256, on one thread (the
+cut of each k after it is 0.03 s). `vclust compare`'s grid builds one such tree per spec, and
+`vclust fit --algorithm agglomerative` one per k-range: 1.1 s and 4 s compiled
+(benchmarks/RESULTS.md). ``ward_children`` runs the same merge loop on arrays:
 
 - the candidates are the same: every edge of the graph as scikit-learn prepares it
   (``_fix_connectivity``: made symmetric, completed between its connected components), then,
