@@ -95,7 +95,6 @@ def distance_to_centre(x, labels, centres) -> np.ndarray:
     return np.sqrt(np.einsum("ij,ij->i", d, d)).astype(np.float32)
 
 
-
 #: rows per block when one large numpy array is predicted on this process's threads
 PREDICT_ROWS = 32_768
 #: rows of one slice of ``FittedClusterer._gmm_labels``
@@ -251,8 +250,8 @@ class AgglomerativeTree:
     """Ward linkage with a 10-nearest-neighbour connectivity graph on a seeded sample of X
     (the sample ``fit_algorithm`` draws), built once and cut at any k: a k-range builds one
     tree. The tree is scikit-learn's ``ward_tree`` and each cut ``AgglomerativeClustering``'s
-    labels, merge for merge and label for label, built by vclust.numerics.ward (compiled: 0.8
-    s against 10 s for 20,000 rows of 38 columns). ``labels(X, clusterer)`` gives every row of
+    labels, merge for merge and label for label, built by vclust.numerics.ward (compiled:
+    about 1 s against 10 s for 20,000 rows of 38 columns). ``labels(X, clusterer)`` gives every row of
     X its nearest sample row's label, the nearest sample row found once per X."""
 
     def __init__(self, X, sample_size=FIT_SAMPLE, random_state=0):
