@@ -229,7 +229,7 @@ def ward_children(X, connectivity):
         # scikit-learn says so in a warning that asks nothing of the user
         warnings.filterwarnings("ignore", "the number of connected components", UserWarning)
         graph, n_components = _fix_connectivity(X, connectivity, affinity="euclidean")
-    rows = graph.rows if hasattr(graph, "rows") else graph.tolil().rows
+    rows = graph.rows  # list of lists, as _fix_connectivity returns it and ward_tree reads it
     indptr = np.zeros(len(rows) + 1, np.int64)
     indptr[1:] = np.cumsum([len(r) for r in rows])
     indices = np.fromiter((c for r in rows for c in r), np.int64, count=int(indptr[-1]))
