@@ -18,17 +18,26 @@ from vclust.synth import generate_case
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("release")
     generate_case(root / "case", n_rows=1500, seed=11, images=False)
-    jobs.ingest(root / "store", IngestParams(sources=[str(root / "case")], batch="b0"))
+    # chunks of 500 rows: a fit that streams them reads three chunks into one block
+    jobs.ingest(root / "store", IngestParams(sources=[str(root / "case")], batch="b0",
+                                             chunk_rows=500))
     return root / "store"
 
 
-def _fit(store, descriptor, release_bytes, monkeypatch, tmp_path):
+_STREAMS = fitmod._streams
+
+
+def _fit(store, descriptor, release_bytes, monkeypatch, tmp_path, stream=False):
+    """A fit in this process; ``stream``: large rows (over ``release_bytes``) read from the
+    store on each pass (as `vclust fit` does from a local uncompressed store), else into memory
+    and freed once reduced (as from a compressed or remote store)."""
     lines = []
     monkeypatch.setattr(fitmod, "RELEASE_BYTES", release_bytes)
+    monkeypatch.setattr(fitmod, "_streams", _STREAMS if stream else lambda *a: False)
     with dask.config.set(scheduler="threads"):  # as `vclust fit` runs a small fit: here
         model = jobs.fit(store, FitParams(descriptor=descriptor, k_range="3:5", seed=0),
                          say=lines.append)
-    out = tmp_path / f"m{release_bytes}-{descriptor.replace('*', 'x')}"
+    out = tmp_path / f"m{release_bytes}-{int(stream)}-{descriptor.replace('*', 'x')}"
     jobs.save_model(model, out)
     return Model.load(out), lines
 
@@ -37,8 +46,14 @@ def _fit(store, descriptor, release_bytes, monkeypatch, tmp_path):
 def test_freed_rows_give_the_same_model(store, descriptor, monkeypatch, tmp_path):
     kept, kept_lines = _fit(store, descriptor, 2**62, monkeypatch, tmp_path)
     freed, freed_lines = _fit(store, descriptor, 0, monkeypatch, tmp_path)
+    streamed, streamed_lines = _fit(store, descriptor, 0, monkeypatch, tmp_path, stream=True)
     assert any(m.startswith("descriptor rows freed") for m in freed_lines), freed_lines
     assert not any(m.startswith("descriptor rows freed") for m in kept_lines), kept_lines
+    assert not any(m.startswith("streaming") for m in kept_lines + freed_lines)
+    assert any(m.startswith("streaming") for m in streamed_lines), streamed_lines
+    # streamed rows are not held, so neither freed nor waited for before the preprocessing
+    assert not any(m.startswith(("descriptor rows freed", "outliers: reference rows projected"))
+                   for m in streamed_lines), streamed_lines
     # rows to be freed: the reference rows are projected before the preprocessing starts
     order = [next(i for i, m in enumerate(freed_lines) if m.startswith(p))
              for p in ("outliers: reference rows projected", "preprocessed")]
@@ -46,17 +61,20 @@ def test_freed_rows_give_the_same_model(store, descriptor, monkeypatch, tmp_path
     assert not any(m.startswith("outliers: reference rows projected") for m in kept_lines)
     # every metric to the bit: the fit holds BLAS at one thread throughout, so its sums do not
     # depend on when the outlier thread, which sets it process-wide, prepares
-    assert freed.info["metrics"] == kept.info["metrics"]
-    np.testing.assert_array_equal(freed.clusterer.cluster_centers_, kept.clusterer.cluster_centers_)
-    np.testing.assert_array_equal(freed.outliers.ref_rows_, kept.outliers.ref_rows_)
-    assert freed.outliers.threshold_z_ == kept.outliers.threshold_z_
-    # every row labelled and scored by both models alike (the scorer reads the raw rows too)
+    for other in (freed, streamed):
+        assert other.info["metrics"] == kept.info["metrics"]
+        np.testing.assert_array_equal(other.clusterer.cluster_centers_,
+                                      kept.clusterer.cluster_centers_)
+        np.testing.assert_array_equal(other.outliers.ref_rows_, kept.outliers.ref_rows_)
+        assert other.outliers.threshold_z_ == kept.outliers.threshold_z_
+    # every row labelled and scored by the models alike (the scorer reads the raw rows too)
     st = Store.open(store)
     sets = {d: st.descriptors(d) for d in kept.descriptors}
     with dask.config.set(scheduler="threads"):
-        a, b = (dask.compute(*m.apply(sets, reasons=True)) for m in (kept, freed))
-    for x, y in zip(a, b):
+        a, b, c = (dask.compute(*m.apply(sets, reasons=True)) for m in (kept, freed, streamed))
+    for x, y, z in zip(a, b, c):
         np.testing.assert_array_equal(x, y)
+        np.testing.assert_array_equal(x, z)
 
 
 @pytest.mark.parametrize("descriptor", ["osnet", "vdc_type+vdc_color*2"])

@@ -1,6 +1,7 @@
-"""``vclust fit``: the store's rows read (into this process or worker memory), the outlier
-reference prepared on a thread meanwhile (its rows gathered and projected first, for rows over
-RELEASE_BYTES), the rows reduced, then the fit core
+"""``vclust fit``: the store's rows read (into this process or worker memory; rows over
+RELEASE_BYTES in a local uncompressed store are streamed from it on each pass instead), the
+outlier reference prepared on a thread meanwhile (its rows gathered and projected first, for
+rows read into memory over RELEASE_BYTES), the rows reduced, then the fit core
 (vclust.model.core) makes the partition and the model. ``vclust compare`` reduces and fits
 through the same core (vclust.jobs.compare)."""
 
@@ -126,9 +127,10 @@ def in_process(z):
     return np.ascontiguousarray(z.compute(), dtype=np.float32)
 
 
-#: descriptor rows above this size are freed once reduced and prepared for the outlier fit,
-#: before the clustering (below it they stay: freeing waits for the outlier reference, which
-#: is otherwise built while the rows are clustered)
+#: descriptor rows above this size are streamed from a local uncompressed store on each pass
+#: (``_streams``); read into memory (another store), they are freed once reduced and prepared
+#: for the outlier fit, before the clustering (below it they stay: freeing waits for the
+#: outlier reference, which is otherwise built while the rows are clustered)
 RELEASE_BYTES = 2**30
 
 
@@ -215,9 +217,30 @@ def _projected_first(projected, prepared, say):
     say("outliers: reference rows projected")
 
 
+def _streams(store, descriptors, rows) -> bool:
+    """Whether the fit reads every row of ``descriptors`` from the store on each pass instead
+    of into memory: all rows (no sample), run in this process, over ``RELEASE_BYTES``, and in
+    uncompressed chunk files on this machine (``rawrows.RawRows``; a compressed or remote store
+    is read once). A read into fresh memory costs more than the passes' reads from the page
+    cache: efficientnet-b7's 4,263 MB took 3.3-12.4 s to read into memory and 0.4-0.6 s into
+    memory used before (first touches), and its fit 70.2 s at a peak of 5.86 GB read, 62.5 s
+    at 2.91 GB streamed (benchmarks/RESULTS.md)."""
+    import dask
+
+    from ..numerics.blocks import LOCAL_SCHEDULERS
+    from ..storage.rawrows import RawRows
+
+    if rows is not None or dask.config.get("scheduler", None) not in LOCAL_SCHEDULERS:
+        return False
+    if store.n_rows * row_bytes(store, descriptors) <= RELEASE_BYTES:
+        return False
+    return all(RawRows.of(store.array(d)) is not None for d in descriptors)
+
+
 def _read_and_prepare(store, descriptors, rows, scorer, say, wide):
-    """(the descriptor sets as dask arrays, whether they were read into this process, the
-    future of ``_prepare_outliers``, its ``projected`` Event). The outlier scorer's reference
+    """(the descriptor sets as dask arrays; where they are: "memory" (read into this process),
+    "streamed" (read from the store's chunk files on each pass, ``_streams``) or "workers";
+    the future of ``_prepare_outliers``, its ``projected`` Event). The outlier scorer's reference
     (rows, projection, index, their neighbours) depends on the descriptor rows only: one
     thread prepares it while the fit preprocesses and clusters (``OutlierScorer.prepare``; it
     imports pynndescent only when the index is not in the cache)."""
@@ -238,13 +261,25 @@ def _read_and_prepare(store, descriptors, rows, scorer, say, wide):
         outlier_thread.shutdown(wait=False)
         return out
 
+    if _streams(store, descriptors, rows):
+        imports.wait_for("dask.array")
+        from ..numerics.blocks import compact
+
+        # in the blocks the rows read into memory take (``as_blocks``), whatever the store's
+        # chunking: the same sums in the same order, so the same model to the bit
+        sets = {d: compact(store.descriptors(d)) for d in descriptors}
+        say(fitting)
+        say(f"streaming {sum(x.nbytes for x in sets.values()) / 1e6:.0f} MB of descriptors from "
+            f"the store on each pass (rows over {RELEASE_BYTES / 2**30:g} GiB are not read into "
+            "memory)")
+        return sets, "streamed", submit(sets), projected
     read = read_here(store, descriptors, rows, say, first=fitting)
     if read is not None:
         # the reference is gathered and projected from the numpy rows while dask.array (which
         # the dask arrays below need) and pynndescent still import; the fit's raw rows are dask
         # views of the same arrays, which the scorer takes for those it was prepared on
         prepared = submit(read)
-        return as_blocks(read), True, prepared, projected
+        return as_blocks(read), "memory", prepared, projected
     imports.wait_for("dask.array")
     sets = {}
     for d in descriptors:
@@ -252,7 +287,7 @@ def _read_and_prepare(store, descriptors, rows, scorer, say, wide):
         sets[d] = x[rows] if rows is not None else x
     say(fitting)
     sets = hold_sets(sets, say)
-    return sets, False, submit(sets), projected
+    return sets, "workers", submit(sets), projected
 
 
 def fit(store_path, params, *, max_components: int = MAX_COMPONENTS,
@@ -298,11 +333,14 @@ def _fit(store_path, params, max_components, sample_size, say):
         # the command queued there) while this thread reads the rows (benchmarks/RESULTS.md)
         imports.background(enable_numba_cache)
     scorer = OutlierScorer(random_state=seed, threshold_rows="reference", **params.outlier_options)
-    sets, here, prepared, projected = _read_and_prepare(store, descriptors, rows, scorer, say,
-                                                        wide)
+    sets, where, prepared, projected = _read_and_prepare(store, descriptors, rows, scorer, say,
+                                                         wide)
+    here = where != "workers"
     raw = sets[descriptors[0]] if len(descriptors) == 1 else sets
     raw_bytes = sum(x.nbytes for x in sets.values())
-    if raw_bytes > RELEASE_BYTES:
+    # rows held in memory: large ones are freed before the clustering (streamed ones are not held)
+    release = raw_bytes > RELEASE_BYTES and where != "streamed"
+    if release:
         _projected_first(projected, prepared, say)
     if here:
         # the reduction imports nothing the import thread may still be importing (it needs
@@ -324,7 +362,7 @@ def _fit(store_path, params, max_components, sample_size, say):
     else:
         z = hold_reduced(z, say)
         local = in_process(z)
-    if _materialised(z) and raw_bytes > RELEASE_BYTES:
+    if _materialised(z) and release:
         # the reduced rows no longer need the descriptor rows, nor does the outlier fit once
         # prepared: free them before the clustering (peak memory of a wide set's fit)
         prepared.result()
