@@ -49,9 +49,15 @@ import dask
 dask.config.set(scheduler="threads")
 from vclust.jobs import steps
 from vclust.jobs.params import FitParams
+streamed = []
+if sys.argv[3:] == ["stream"]:  # rows over RELEASE_BYTES: streamed from the store on each pass
+    from vclust.jobs import fit as fitmod
+    fitmod.RELEASE_BYTES, real_streams = 0, fitmod._streams
+    fitmod._streams = lambda *a: streamed.append(real_streams(*a)) or streamed[-1]
 model = steps.fit(sys.argv[1], FitParams(descriptor="osnet", k=4, seed=int(sys.argv[2]),
                                          algorithm="gmm"))
-print(json.dumps({"code": 0, "spans": spans, "dims": model.preprocess.n_features_in_}))
+print(json.dumps({"code": 0, "spans": spans, "dims": model.preprocess.n_features_in_,
+                  "streamed": streamed}))
 """
 
 
@@ -175,13 +181,17 @@ def wide(tmp_path_factory):
     return root / "store"
 
 
-def test_no_two_threads_import_one_package_at_once_in_a_wide_sets_fit(wide):
-    out = subprocess.run([sys.executable, "-c", LIBRARY, str(wide), "0"],
+@pytest.mark.parametrize("rows", ["read", "stream"])
+def test_no_two_threads_import_one_package_at_once_in_a_wide_sets_fit(wide, rows):
+    """The wide set's rows read into memory, or (as over RELEASE_BYTES) streamed from the store:
+    then the outlier thread gathers its reference through dask while the reduction starts."""
+    out = subprocess.run([sys.executable, "-c", LIBRARY, str(wide), "0", rows],
                          capture_output=True, text=True,
                          env={**ENV, "VCLUST_CACHE_DIR": "off"}, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["dims"] == 1100
+    assert got["streamed"] == ([True] if rows == "stream" else [])
     # scipy.linalg on the import thread, which the projection's and the reduction's threads
     # wait for (the outlier thread imported it itself beside dask.array's import before)
     assert {s[0] for s in got["spans"] if s[2] == "scipy.linalg"} == {"vclust-imports"}
