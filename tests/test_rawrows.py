@@ -122,3 +122,44 @@ def test_other_stores_go_to_zarr(tmp_path):
     ingest(tmp_path / "lz4", [tmp_path / "osnet.npy"], batch="b0", compression="lz4")
     assert RawRows.of(Store.open(tmp_path / "lz4").array("osnet")) is None
     np.testing.assert_array_equal(Store.open(tmp_path / "lz4").descriptors("osnet").compute(), X)
+
+
+def test_take_and_gather_read_the_rows_asked_where_the_graph_runs_here(stored):
+    """``RawRows.take``: sorted positions of a window, runs and gaps across chunk edges, a
+    repeated row. ``outlier_rows.gather`` of a dask array marked ``with_row_reader`` reads the
+    rows it wants through it when this process runs dask's graphs, and the same rows as the
+    blocks would give; with another scheduler (a cluster's) or unsorted positions it takes the
+    blocks, as before."""
+    import dask
+
+    from vclust.numerics.outlier_rows import gather, with_row_reader
+
+    st = Store.open(stored)
+    win = RawRows.of(st.array("osnet")).window(0, st.n_rows)
+    pos = np.array([0, 1, 2, 127, 128, 129, 300, 300, 511, 512, 999])
+    np.testing.assert_array_equal(win.take(pos), X[pos])
+    np.testing.assert_array_equal(RawRows.of(st.array("osnet")).window(100, 700).take([0, 5, 6]),
+                                  X[[100, 105, 106]])
+    asked = []
+
+    def take(p):
+        asked.append(len(p))
+        return win.take(p)
+
+    x = with_row_reader(st.descriptors("osnet"), take)
+    parts = (np.sort(RNG.choice(1000, 90, replace=False)), np.arange(400, 420))
+    with dask.config.set(scheduler="threads"):
+        got = gather(x, parts)
+    assert asked == [90, 20]
+    for g, p in zip(got, parts):
+        np.testing.assert_array_equal(g, X[p])
+    elsewhere = lambda dsk, keys, **kw: dask.get(dsk, keys, **kw)  # noqa: E731 - a cluster's
+    unsorted = (parts[0][::-1],)
+    for scheduler, ps in ((elsewhere, parts), ("threads", unsorted)):
+        asked.clear()
+        with dask.config.set(scheduler=scheduler):
+            again = gather(x, ps)
+        assert asked == []
+        for g, p in zip(again, ps):
+            # the blocks' order: block by block, each block's rows in the order asked
+            np.testing.assert_array_equal(g, X[p[np.argsort(p // 128, kind="stable")]])

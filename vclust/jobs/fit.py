@@ -264,10 +264,15 @@ def _read_and_prepare(store, descriptors, rows, scorer, say, wide):
     if _streams(store, descriptors, rows):
         imports.wait_for("dask.array")
         from ..numerics.blocks import compact
+        from ..numerics.outlier_rows import with_row_reader
+        from ..storage.rawrows import RawRows
 
         # in the blocks the rows read into memory take (``as_blocks``), whatever the store's
-        # chunking: the same sums in the same order, so the same model to the bit
-        sets = {d: compact(store.descriptors(d)) for d in descriptors}
+        # chunking: the same sums in the same order, so the same model to the bit; the outlier
+        # reference's rows read as exactly those rows
+        sets = {d: with_row_reader(compact(store.descriptors(d)),
+                                   RawRows.of(store.array(d)).window(0, store.n_rows).take)
+                for d in descriptors}
         say(fitting)
         say(f"streaming {sum(x.nbytes for x in sets.values()) / 1e6:.0f} MB of descriptors from "
             f"the store on each pass (rows over {RELEASE_BYTES / 2**30:g} GiB are not read into "

@@ -111,6 +111,18 @@ class RawRows:
         win.shape = (int(stop) - int(start), self.shape[1])
         return win
 
+    def take(self, rows) -> np.ndarray:
+        """The rows at the sorted positions ``rows`` of this array (a window's: from its first
+        row), each run of consecutive rows read as exactly its rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
+            if b > a:
+                self.read(self.start + int(rows[a]), self.start + int(rows[b - 1]) + 1,
+                          out=out[a:b])
+        return out
+
     def __getitem__(self, key):
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         if not isinstance(rows, slice) or rows.step not in (None, 1):
@@ -152,10 +164,5 @@ def read_rows(arr, rows) -> np.ndarray:
     raw = RawRows.of(arr)
     if raw is None:
         return np.asarray(arr.get_orthogonal_selection((rows, slice(None))))
-    out = np.empty((len(rows), raw.shape[1]), raw.dtype)
-    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(rows)]):
-        if b > a:
-            raw.read(int(rows[a]), int(rows[b - 1]) + 1, out=out[a:b])
-    return out
+    return raw.take(rows)
 
