@@ -53,7 +53,11 @@ streamed = []
 if sys.argv[3:] == ["stream"]:  # rows over RELEASE_BYTES: streamed from the store on each pass
     from vclust.jobs import fit as fitmod
     fitmod.RELEASE_BYTES, real_streams = 0, fitmod._streams
-    fitmod._streams = lambda *a: streamed.append(real_streams(*a)) or streamed[-1]
+    def recorded(*a):
+        raws = real_streams(*a)
+        streamed.append(raws is not None)
+        return raws
+    fitmod._streams = recorded
 model = steps.fit(sys.argv[1], FitParams(descriptor="osnet", k=4, seed=int(sys.argv[2]),
                                          algorithm="gmm"))
 print(json.dumps({"code": 0, "spans": spans, "dims": model.preprocess.n_features_in_,

@@ -33,7 +33,7 @@ def _fit(store, descriptor, release_bytes, monkeypatch, tmp_path, stream=False):
     and freed once reduced (as from a compressed or remote store)."""
     lines = []
     monkeypatch.setattr(fitmod, "RELEASE_BYTES", release_bytes)
-    monkeypatch.setattr(fitmod, "_streams", _STREAMS if stream else lambda *a: False)
+    monkeypatch.setattr(fitmod, "_streams", _STREAMS if stream else lambda *a: None)
     with dask.config.set(scheduler="threads"):  # as `vclust fit` runs a small fit: here
         model = jobs.fit(store, FitParams(descriptor=descriptor, k_range="3:5", seed=0),
                          say=lines.append)

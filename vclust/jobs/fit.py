@@ -217,11 +217,11 @@ def _projected_first(projected, prepared, say):
     say("outliers: reference rows projected")
 
 
-def _streams(store, descriptors, rows) -> bool:
-    """Whether the fit reads every row of ``descriptors`` from the store on each pass instead
-    of into memory: all rows (no sample), run in this process, over ``RELEASE_BYTES``, and in
-    uncompressed chunk files on this machine (``rawrows.RawRows``; a compressed or remote store
-    is read once). A read into fresh memory costs more than the passes' reads from the page
+def _streams(store, descriptors, rows) -> dict | None:
+    """``{set: rawrows.RawRows}`` of ``descriptors`` when the fit reads every row from the
+    store on each pass instead of into memory, else None: all rows (no sample), run in this
+    process, over ``RELEASE_BYTES``, and in uncompressed chunk files on this machine (a
+    compressed or remote store is read once). A read into fresh memory costs more than the passes' reads from the page
     cache: efficientnet-b7's 4,263 MB took 3.3-12.4 s to read into memory and 0.4-0.6 s into
     memory used before (first touches), and its fit with a k-range 63.8-76.4 s at a peak of
     5.6 GiB read, 58.1-58.7 s at 2.6 GiB streamed (benchmarks/RESULTS.md)."""
@@ -231,10 +231,11 @@ def _streams(store, descriptors, rows) -> bool:
     from ..storage.rawrows import RawRows
 
     if rows is not None or dask.config.get("scheduler", None) not in LOCAL_SCHEDULERS:
-        return False
+        return None
     if store.n_rows * row_bytes(store, descriptors) <= RELEASE_BYTES:
-        return False
-    return all(RawRows.of(store.array(d)) is not None for d in descriptors)
+        return None
+    raws = {d: RawRows.of(store.array(d)) for d in descriptors}
+    return raws if all(r is not None for r in raws.values()) else None
 
 
 def _read_and_prepare(store, descriptors, rows, scorer, say, wide):
@@ -261,17 +262,17 @@ def _read_and_prepare(store, descriptors, rows, scorer, say, wide):
         outlier_thread.shutdown(wait=False)
         return out
 
-    if _streams(store, descriptors, rows):
+    raws = _streams(store, descriptors, rows)
+    if raws is not None:
         imports.wait_for("dask.array")
         from ..numerics.blocks import compact
         from ..numerics.outlier_rows import with_row_reader
-        from ..storage.rawrows import RawRows
 
         # in the blocks the rows read into memory take (``as_blocks``), whatever the store's
         # chunking: the same sums in the same order, so the same model to the bit; the outlier
         # reference's rows read as exactly those rows
         sets = {d: with_row_reader(compact(store.descriptors(d)),
-                                   RawRows.of(store.array(d)).window(0, store.n_rows).take)
+                                   raws[d].window(0, store.n_rows).take)
                 for d in descriptors}
         say(fitting)
         say(f"streaming {sum(x.nbytes for x in sets.values()) / 1e6:.0f} MB of descriptors from "
