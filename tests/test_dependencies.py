@@ -37,16 +37,20 @@ def test_environment_yml_holds_the_same_upper_bounds():
 
 
 def test_pynndescent_is_a_version_the_copied_driver_was_made_from():
+    from vclust.numerics.annindex import DEFERRED_KERNELS, enable_numba_cache
+
+    # pynndescent imported as vclust imports it (the kernels vclust never runs left
+    # uncompiled), before vclust.numerics.nndescent, which imports it plainly: in a pytest
+    # worker that had not imported it yet, the plain import compiled those kernels, 10.9 s of
+    # this test in a fresh clone (benchmarks/RESULTS.md)
+    enable_numba_cache()
     import pynndescent
 
     from vclust.numerics import nndescent
-    from vclust.numerics.annindex import enable_numba_cache
 
     assert pynndescent.__version__ in nndescent.SUPPORTED
-    from vclust.numerics.annindex import DEFERRED_KERNELS
     assert pynndescent.__version__ in DEFERRED_KERNELS, \
         "no list of the kernels vclust never runs for this pynndescent (annindex)"
-    enable_numba_cache()
     assert nndescent.install(), "the copied NN-descent driver did not install"
 
 
@@ -59,11 +63,14 @@ def test_a_process_that_loads_the_driver_from_the_cache_then_builds_an_index_run
     import subprocess
     import sys
 
+    # as the warm-up's build part: pynndescent imported as vclust imports it, then the driver
+    # (vclust.numerics.nndescent imported first imports pynndescent plainly, and in a fresh
+    # install that cost this test about 11 s more, compiling the kernels vclust never runs)
     code = """
 import numpy as np
-from vclust.numerics import nndescent
 from vclust.numerics.annindex import enable_numba_cache
 enable_numba_cache()
+from vclust.numerics import nndescent
 assert nndescent.precompile()
 from pynndescent import NNDescent
 x = np.random.default_rng(0).normal(size=(2000, 8)).astype(np.float32)
