@@ -204,3 +204,20 @@ def test_importing_maps_loads_no_map_library():
                          check=False)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+def test_the_warm_up_maps_rows_whose_graph_falls_into_many_components():
+    """A map of rows whose neighbour graph falls into more components than twice the map's
+    dimensions (the demo's 20,000 rows) makes umap-learn place the components by the distances
+    between their centres, with its own euclidean kernel on float64 rows, which nothing else
+    compiles: the install's warm-up (vclust.warmup.map_rows) maps such rows too, so the user's
+    first report loads that kernel from numba's disk cache instead of compiling it."""
+    code = ("import json; from vclust.warmup import map_rows; map_rows(['many']); "
+            "import umap.distances as d; "
+            "print(json.dumps([str(s) for s in d.euclidean.signatures]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        "(Array(float64, 1, 'C', False, aligned=True), "
+        "Array(float64, 1, 'C', False, aligned=True))"]

@@ -18,7 +18,8 @@ compiling what the other does not:
           Ward tree's merge loop (vclust.numerics.ward) while the build part imports
           pynndescent, then the forest an index is built from, and an index prepared,
           queried, saved and restored (search graph, search forest, search kernel), then
-          umap-learn's 2D and 3D maps on their shared-graph path
+          umap-learn's 2D and 3D maps on their shared-graph path, of rows whose graph is one
+          component and of rows whose graph is many (``map_rows``)
 
 The search part needs built indexes but not the NN-descent kernels: its graphs are exact
 neighbours from numpy, of the types NN-descent returns (the maps' graph too). The build part's
@@ -148,7 +149,6 @@ def _search(ready_file=None):
     from pynndescent import NNDescent
     from pynndescent import pynndescent_ as P
 
-    from .numerics import maps
     from .numerics.annindex import index_from_state, index_to_state, prepare_index
 
     P.nn_descent = _exact_graph  # this process only: the build part compiles NN-descent
@@ -160,10 +160,29 @@ def _search(ready_file=None):
     if ready_file:
         open(ready_file, "w").close()
     index_from_state(*index_to_state(index)).query(x[:100], k=11)
-    # the report's maps (their graph from pynndescent at any row count; exact here), on 600
-    # rows: umap-learn's layouts run 500 epochs, seconds on thousands of rows
-    maps.embed_2d_3d(np.random.default_rng(0).normal(size=(600, 8)).astype(np.float32), "umap",
-                     random_state=0)
+    map_rows()
+
+
+def map_rows(graphs=("one", "many")) -> None:
+    """The report's maps (their graph from pynndescent at any row count; exact in the search
+    part), on 600 rows: umap-learn's layouts run 500 epochs, seconds on thousands of rows.
+    ``graphs``: rows whose graph is one component (``"one"``), and rows in eight groups far
+    apart (``"many"``), whose graph falls into more components than twice the map's
+    dimensions. umap-learn then places the components by the distances between their centres
+    (``spectral.component_layout``), with a kernel of its own that nothing else compiles: the
+    demo's first report compiled it."""
+    import warnings
+
+    from .numerics import maps
+
+    rng = np.random.default_rng(0)
+    rows = {"one": rng.normal(size=(600, 8)),
+            "many": rng.normal(size=(600, 8))
+            + np.repeat(np.eye(8, dtype=np.float32) * 1000, 75, axis=0)}
+    for name in graphs:
+        with warnings.catch_warnings():  # scikit-learn: "Graph is not fully connected", as meant
+            warnings.simplefilter("ignore", UserWarning)
+            maps.embed_2d_3d(rows[name].astype(np.float32), "umap", random_state=0)
 
 
 def main(argv=None) -> int:
