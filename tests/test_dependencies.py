@@ -41,8 +41,8 @@ def test_pynndescent_is_a_version_the_copied_driver_was_made_from():
 
     # pynndescent imported as vclust imports it (the kernels vclust never runs left
     # uncompiled), before vclust.numerics.nndescent, which imports it plainly: in a pytest
-    # worker that had not imported it yet, the plain import compiled those kernels, 10.9 s of
-    # this test in a fresh clone (benchmarks/RESULTS.md)
+    # worker that had not imported it yet, the plain import compiled those kernels: 13.5 s
+    # for this test in a fresh clone, 1.7 s without (benchmarks/RESULTS.md)
     enable_numba_cache()
     import pynndescent
 

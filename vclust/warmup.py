@@ -180,8 +180,8 @@ def map_rows(graphs=("one", "many")) -> None:
             "many": rng.normal(size=(600, 8))
             + np.repeat(np.eye(8, dtype=np.float32) * 1000, 75, axis=0)}
     for name in graphs:
-        with warnings.catch_warnings():  # scikit-learn: "Graph is not fully connected", as meant
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings():  # of the "many" rows, as meant
+            warnings.filterwarnings("ignore", message="Graph is not fully connected")
             maps.embed_2d_3d(rows[name].astype(np.float32), "umap", random_state=0)
 
 
