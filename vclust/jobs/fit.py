@@ -221,10 +221,11 @@ def _streams(store, descriptors, rows) -> dict | None:
     """``{set: rawrows.RawRows}`` of ``descriptors`` when the fit reads every row from the
     store on each pass instead of into memory, else None: all rows (no sample), run in this
     process, over ``RELEASE_BYTES``, and in uncompressed chunk files on this machine (a
-    compressed or remote store is read once). A read into fresh memory costs more than the passes' reads from the page
-    cache: efficientnet-b7's 4,263 MB took 3.3-12.4 s to read into memory and 0.4-0.6 s into
-    memory used before (first touches), and its fit with a k-range 63.8-76.4 s at a peak of
-    5.6 GiB read, 58.1-58.7 s at 2.6 GiB streamed (benchmarks/RESULTS.md)."""
+    compressed or remote store is read once). A read into fresh memory costs more than the
+    passes' reads from the page cache: efficientnet-b7's 4,263 MB took 3.3-12.4 s to read into
+    memory and 0.4-0.6 s into memory used before (first touches), and its fit with a k-range
+    63.8-76.4 s at a peak of 5.6 GiB read, 58.1-58.7 s at 2.6 GiB streamed
+    (benchmarks/RESULTS.md)."""
     import dask
 
     from ..numerics.blocks import LOCAL_SCHEDULERS
