@@ -287,8 +287,8 @@ def shared(obj):
     import dask
 
     client = distributed_client()
-    if client is None:
-        return dask.delayed(obj, pure=True, traverse=False)
+    if client is None:  # a random key, not a hash of the object's arrays
+        return dask.delayed(obj, traverse=False)
     return client.scatter(obj, broadcast=True, hash=False)
 
 
