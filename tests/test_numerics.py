@@ -361,6 +361,39 @@ def test_ch_db_equal_sklearn(blobs, dtype, chunks):
     assert sum(ev["sizes"]) == len(x)
 
 
+def test_partitions_scored_together_equal_each_scored_alone(blobs, local_client, monkeypatch):
+    """`vclust compare` scores every kept partition in every space in one go
+    (``evaluate_partitions``), the space's rows held on workers and the labels numpy: each
+    figure is the bits of that partition scored alone with dask labels
+    (``evaluate_partition``), on numpy rows too; two passes over the rows for all of them."""
+    from vclust.numerics import metrics
+
+    x, _ = blobs
+    xd = da.from_array(x, chunks=(777, -1)).persist()  # held in the workers' memory
+    labellings, ks = [], (3, 5, 8)
+    for k in ks:
+        labels = KMeans(k, random_state=1).fit(x).labels_.astype(np.int32)
+        labels[::89] = k  # a small extra cluster
+        labellings.append(labels)
+    ns = [k + 1 for k in ks]
+    alone = [evaluate_partition(xd, da.from_array(lab, chunks=777), n_clusters=n,
+                                silhouette_sample=900, random_state=2, cache={})
+             for lab, n in zip(labellings, ns)]
+    passes = []
+    real = metrics.map_blocks_reduce
+    monkeypatch.setattr(metrics, "map_blocks_reduce",
+                        lambda *a, **kw: passes.append(a[0]) or real(*a, **kw))
+    together = metrics.evaluate_partitions(xd, labellings, ns, silhouette_sample=900,
+                                           random_state=2, cache={})
+    assert together == alone  # every figure to the bit, sizes and k included
+    assert len({f["calinski_harabasz"] for f in together}) == len(ks)  # three partitions
+    assert len(passes) == 2  # the sums, then the distances to the means, for all three
+    assert metrics.evaluate_partitions(x, labellings, ns, silhouette_sample=900,
+                                       random_state=2) == \
+        [evaluate_partition(x, lab, n_clusters=n, silhouette_sample=900, random_state=2)
+         for lab, n in zip(labellings, ns)]
+
+
 @pytest.mark.parametrize("as_dask", [False, True])
 def test_sampled_silhouette_equals_sklearn_on_the_same_rows(blobs, as_dask):
     """The silhouette of the hashed sample, from one distance matrix kept across labelings (the

@@ -244,12 +244,6 @@ def _space(spec, reduced, say):
     return mix, hold_reduced(z.rechunk({1: -1}), say)
 
 
-def _aligned(labels_np, z):
-    import dask.array as da
-
-    return da.from_array(np.asarray(labels_np), chunks=(z.chunks[0],))
-
-
 def _fits_ahead(alg, X, params) -> dict:
     """{k: future of the fitted clusterer} for every k of a sample-fitted algorithm whose fits
     are independent of each other (gmm), submitted to the workers at once: they run side by side
@@ -504,15 +498,17 @@ def _cross_metrics(spaces, kept, params, say):
     """Every kept partition scored in every spec's reduced space."""
     import pandas as pd
 
-    from ..numerics.metrics import evaluate_partition
+    from ..numerics.metrics import evaluate_partitions
 
     cross = []
     for spec, (_, z) in spaces.items():
         cache = {}  # the space's silhouette sample distances, once for every kept partition
-        for m in kept:
-            s = evaluate_partition(z, _aligned(m["labels"], z), n_clusters=m["n"],
-                                   silhouette_sample=2_000, random_state=params.seed,
-                                   cache=cache)
+        # every kept partition in two passes over the space's rows (two round trips to the
+        # workers, not two each), their labels as numpy (the silhouette's rows taken here)
+        scores = evaluate_partitions(z, [m["labels"] for m in kept], [m["n"] for m in kept],
+                                     silhouette_sample=2_000, random_state=params.seed,
+                                     cache=cache)
+        for m, s in zip(kept, scores):
             cross.append({"model_id": m["model_id"], "model_descriptor": m["descriptor"],
                           "algorithm": m["algorithm"], "k": m["k"], "space": spec,
                           "calinski_harabasz": s["calinski_harabasz"],

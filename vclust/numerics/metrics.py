@@ -64,13 +64,41 @@ def cluster_sums(X, labels, n_clusters=None):
     return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
 
 
+def _sums_blocks(block, *rest):
+    """``_sums_block`` of one row block under each of several labellings (``rest``: their label
+    blocks, the block's first row, their cluster counts)."""
+    *labellings, row0, ks = rest
+    return [_sums_block(block, labels, row0, k) for labels, k in zip(labellings, ks)]
+
+
+def _dist_blocks(block, *rest):
+    """``_dist_block`` of one row block under each of several labellings (``rest``: their label
+    blocks, the block's first row, their cluster means)."""
+    *labellings, row0, means = rest
+    return [_dist_block(block, labels, row0, m) for labels, m in zip(labellings, means)]
+
+
+def _partition_stats_many(X, labellings, n_clusters):
+    """(counts, sums, means, squared and plain distances to the means) of X under each of
+    ``labellings`` (``n_clusters``: a list alike), in two passes over X for all of them: each
+    labelling's figures come from the same blocks summed in the same order as alone, so they
+    are the same bits, and a dask X costs two round trips to the workers, not two each."""
+    ks = [_n_clusters(labels, n) for labels, n in zip(labellings, n_clusters)]
+
+    def total(parts, j, i):  # labelling j's i-th figure, summed over the blocks in order
+        return np.sum([p[j][i] for p in parts], axis=0)
+
+    parts = map_blocks_reduce(_sums_blocks, X, *labellings, args=(ks,))
+    counts = [total(parts, j, 0) for j in range(len(ks))]
+    sums = [total(parts, j, 1) for j in range(len(ks))]
+    means = [s / np.maximum(c, 1)[:, None] for c, s in zip(counts, sums)]
+    parts = map_blocks_reduce(_dist_blocks, X, *labellings, args=(means,))
+    return [(counts[j], sums[j], means[j], total(parts, j, 0), total(parts, j, 1))
+            for j in range(len(ks))]
+
+
 def _partition_stats(X, labels, n_clusters=None):
-    counts, sums = cluster_sums(X, labels, n_clusters)
-    means = sums / np.maximum(counts, 1)[:, None]
-    parts = map_blocks_reduce(_dist_block, X, labels, args=(means,))
-    sq = np.sum([p[0] for p in parts], axis=0)
-    dist = np.sum([p[1] for p in parts], axis=0)
-    return counts, sums, means, sq, dist
+    return _partition_stats_many(X, [labels], [n_clusters])[0]
 
 
 def _check_labels(counts):
@@ -232,16 +260,29 @@ def evaluate_partition(X, labels, *, n_clusters=None, silhouette_sample=10_000,
     ``within_ss`` is the sum of squared distances to the cluster *means*; KMeans' ``inertia_``
     is the sum to its *centres*, the same number only when the centres are the means
     (at convergence). ``cache``: see :func:`silhouette_sampled` (one dict per X)."""
-    counts, sums, means, sq, dist = _partition_stats(X, labels, n_clusters)
-    _check_labels(counts)
-    return {
-        "n_clusters": int(len(counts)),
-        "calinski_harabasz": _ch(counts, sums, means, sq),
-        "davies_bouldin": _db(counts, means, dist),
-        "silhouette": silhouette_sampled(X, labels, silhouette_sample, random_state, cache),
-        "within_ss": float(sq.sum()),
-        "sizes": [int(c) for c in counts],
-    }
+    return evaluate_partitions(X, [labels], [n_clusters], silhouette_sample=silhouette_sample,
+                               random_state=random_state, cache=cache)[0]
+
+
+def evaluate_partitions(X, labellings, n_clusters, *, silhouette_sample=10_000, random_state=0,
+                        cache=None) -> list[dict]:
+    """``evaluate_partition`` of X under each of ``labellings`` (``n_clusters``: a list alike),
+    the same figures, from two passes over X for all of them (``_partition_stats_many``). Give
+    numpy labels where X is held on workers: the silhouette's rows of them are then taken here,
+    not computed there."""
+    out = []
+    stats = _partition_stats_many(X, labellings, n_clusters)
+    for labels, (counts, sums, means, sq, dist) in zip(labellings, stats):
+        _check_labels(counts)
+        out.append({
+            "n_clusters": int(len(counts)),
+            "calinski_harabasz": _ch(counts, sums, means, sq),
+            "davies_bouldin": _db(counts, means, dist),
+            "silhouette": silhouette_sampled(X, labels, silhouette_sample, random_state, cache),
+            "within_ss": float(sq.sum()),
+            "sizes": [int(c) for c in counts],
+        })
+    return out
 
 
 def choose_k(table: list[dict]) -> int:
