@@ -475,22 +475,30 @@ def _outliers_as_labelled(kept, runs, labels_dir):
 def _agreement(kept, folder: Path):
     """Agreement of every pair of kept models (all rows), their contingency tables in
     ``folder``."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import pandas as pd
 
     from ..numerics.agreement import (adjusted_mutual_info, adjusted_rand, contingency,
                                       outlier_jaccard)
 
     folder.mkdir(exist_ok=True)
+    pairs = [(a, b, contingency(a["labels"], b["labels"], a["n"], b["n"]))
+             for i, a in enumerate(kept) for b in kept[i + 1:]]
+    # the AMIs side by side: their log-gamma sums release the GIL (153 pairs of 416,314 rows:
+    # 7.0 s one after another, 3.2 s on two threads); a pool of its own, as contingency and
+    # outlier_jaccard run on run_local's
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        amis = list(pool.map(lambda p: adjusted_mutual_info(p[2]), pairs))
     agreement = []
-    for i, a in enumerate(kept):
-        for b in kept[i + 1:]:
-            t = contingency(a["labels"], b["labels"], a["n"], b["n"])
-            agreement.append({"model_a": a["model_id"], "model_b": b["model_id"],
-                              "ari": adjusted_rand(t), "ami": adjusted_mutual_info(t),
-                              "outlier_jaccard": outlier_jaccard(a["flags"], b["flags"])})
-            ct = pd.DataFrame(t[:-1, :-1], index=pd.Index(range(a["n"]), name=a["model_id"]),
-                              columns=[str(c) for c in range(b["n"])])
-            ct.to_csv(folder / f"{a['model_id']}__{b['model_id']}.csv")
+    for (a, b, t), ami in zip(pairs, amis):
+        agreement.append({"model_a": a["model_id"], "model_b": b["model_id"],
+                          "ari": adjusted_rand(t), "ami": ami,
+                          "outlier_jaccard": outlier_jaccard(a["flags"], b["flags"])})
+        ct = pd.DataFrame(t[:-1, :-1], index=pd.Index(range(a["n"]), name=a["model_id"]),
+                          columns=[str(c) for c in range(b["n"])])
+        ct.to_csv(folder / f"{a['model_id']}__{b['model_id']}.csv")
     return pd.DataFrame(agreement, columns=AGREEMENT_COLUMNS)
 
 
