@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,9 @@ def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path,
     monkeypatch.setattr(C, "raw_budget", lambda: 0)
     if where == "workers":
         monkeypatch.setattr(F, "IN_PROCESS_BYTES", 0)
+    threads, spec_scorer = [], C._spec_scorer  # made beside the first k-range, on its thread
+    monkeypatch.setattr(C, "_spec_scorer", lambda *a: threads.append(
+        threading.current_thread().name) or spec_scorer(*a))
     params = CompareParams(descriptors=SPECS, algorithm="kmeans,gmm", k_range="3:3",
                            out=str(tmp_path / "cmp"), map_method="pca", map_sample=800)
     said = []
@@ -92,6 +96,7 @@ def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path,
     assert any("clustering in this process" in m for m in said) == (where == "here")
     assert summary["store_reads"] == {"vdc_color": 5.0, "vdc_type": 3.0}
     assert len(summary["kept"]) == 4
+    assert threads == ["vclust-spec-scorer"] * len(SPECS)
     from vclust.model.bundle import Model
 
     reg = Registry(tmp_path / "registry")

@@ -18,8 +18,9 @@ One run over a store (``compare(store, CompareParams, registry, labels_dir)``):
    model (vclust.model.succession), is registered (*not* made current) and labels every row under
    ``model=<id>/`` in the labels dir through ``jobs.label``, from the reduced rows already in
    memory. The scorer's reference, index and scoring rows depend on the rows, not the
-   clusters: they are made once per spec (``_spec_scorer``) and every algorithm's scorer is
-   fitted from them. A spec whose rows are clustered in this process (``jobs.in_process``)
+   clusters: they are made once per spec (``_spec_scorer``, on a thread beside the first
+   algorithm's k-range) and every algorithm's scorer is fitted from them. A spec whose rows
+   are clustered in this process (``jobs.in_process``)
    is labelled here too, on this process's threads: the outlier query of every row is the
    same for each algorithm, so the second and third find it in this process's memo
    (``refindex.NEIGHBOUR_MEMO``).
@@ -375,6 +376,11 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
         say(f"{spec}: clustering in this process ({local.nbytes / 1e6:.0f} MB of rows)")
     cache, tree = {}, None  # the space's silhouette sample distances and Ward tree, once
     prepared = own = None  # the spec's outlier scorer, prepared, and its scoring rows
+    # they depend on the spec's rows only: made on a thread of their own while the first
+    # algorithm's k-range runs, which leaves part of the two cores idle (`vclust fit` prepares
+    # its scorer beside its clustering the same way, to the same bits)
+    scoring = _on_thread(lambda: (warming.join(), _spec_scorer(
+        spec, raw_in, z, local, store.n_rows, params, say))[1])
 
     def identity(labels):
         return {"identity_consistency": None if groups is None
@@ -393,8 +399,7 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
                  **{c: r[c] for c in RUNS_COLUMNS if c in r}} for r in part.table]
         t0 = time.perf_counter()
         if prepared is None:  # the spec's reference and scoring rows, once for every algorithm
-            warming.join()
-            prepared, own = _spec_scorer(spec, raw_in, z, local, store.n_rows, params, say)
+            prepared, own = scoring.result()
         scorer = prepared.prepared_copy()  # fits its own clusters' terms
         fit_info = {"store": str(store.path), "descriptors": names, "spec": spec,
                     "k_tried": params.ks, "pca_variance": params.pca_variance,
@@ -431,6 +436,24 @@ def _fit_spec(store, spec, pre, z, raw, params, registry, labels_dir, current, p
                 r["seconds"] = round(r["seconds"] + seconds, 3)
         yield ({"model_id": model_id, "descriptor": spec, "algorithm": alg, "k": part.k,
                 "labels": lab_np, "n": int(model.clusterer.n_clusters_)}, rows)
+
+
+def _on_thread(fn):
+    """``fn()`` started on a daemon thread (a command that fails meanwhile exits without waiting
+    for it); its future (``result()`` re-raises)."""
+    import threading
+    from concurrent.futures import Future
+
+    done = Future()
+
+    def run():
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the result
+            done.set_exception(exc)
+
+    threading.Thread(target=run, name="vclust-spec-scorer", daemon=True).start()
+    return done
 
 
 def _spec_scorer(spec, raw, z, local, n, params, say):
