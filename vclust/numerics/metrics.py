@@ -57,13 +57,6 @@ def _n_clusters(labels, n_clusters):
     return int(top) + 1
 
 
-def cluster_sums(X, labels, n_clusters=None):
-    """(counts (k,), sums (k, d) float64) in one pass."""
-    k = _n_clusters(labels, n_clusters)
-    parts = map_blocks_reduce(_sums_block, X, labels, args=(k,))
-    return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
-
-
 def _sums_blocks(block, *rest):
     """``_sums_block`` of one row block under each of several labellings (``rest``: their label
     blocks, the block's first row, their cluster counts)."""
