@@ -88,6 +88,10 @@ def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path,
     threads, spec_scorer = [], C._spec_scorer  # made beside the first k-range, on its thread
     monkeypatch.setattr(C, "_spec_scorer", lambda *a: threads.append(
         threading.current_thread().name) or spec_scorer(*a))
+    from vclust.storage import store as S
+
+    id_reads, read_ids = [], S.read_ids  # the labels' ids, read in this process
+    monkeypatch.setattr(S, "read_ids", lambda *a: id_reads.append(a[1:]) or read_ids(*a))
     params = CompareParams(descriptors=SPECS, algorithm="kmeans,gmm", k_range="3:3",
                            out=str(tmp_path / "cmp"), map_method="pca", map_sample=800)
     said = []
@@ -97,6 +101,11 @@ def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path,
     assert summary["store_reads"] == {"vdc_color": 5.0, "vdc_type": 3.0}
     assert len(summary["kept"]) == 4
     assert threads == ["vclust-spec-scorer"] * len(SPECS)
+    # every kept model labels every row, and each block's ids are read once for all of them
+    # here (steps.ids_read_once), on the workers by each model's tasks
+    assert len(id_reads) == len(set(id_reads)) and (len(id_reads) > 0) == (where == "here")
+    assert sum(b - a for a, b in id_reads) == (2400 if where == "here" else 0)
+    assert jobs._IDS_READ is None  # the memo ends with the run
     from vclust.model.bundle import Model
 
     reg = Registry(tmp_path / "registry")
@@ -107,6 +116,8 @@ def test_rows_as_given_are_read_once_per_spec_not_per_kept_model(case, tmp_path,
         written = read_labels(tmp_path / "labels", model=m["model_id"]).sort_values("row")
         assert len(written) == 2400
         assert np.array_equal(fresh["cluster"].to_numpy(), written["cluster"].to_numpy()), m
+        for col in ("image_id", "path"):
+            assert fresh[col].tolist() == written[col].tolist()
         np.testing.assert_allclose(fresh["outlier_score"], written["outlier_score"], atol=1e-4)
 
 

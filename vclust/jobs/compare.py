@@ -277,6 +277,7 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     from ..numerics.blocks import one_blas_thread
     from ..numerics.outliers import warm_up
     from ..report.content import identity_of
+    from .steps import ids_read_once
 
     t_start = time.perf_counter()
     store = check(store_path, params, registry, labels_dir)
@@ -312,8 +313,8 @@ def compare(store_path, params, registry, labels_dir, say=_quiet) -> dict:
     # the models made here at the BLAS threads `vclust fit` makes them at (one, throughout):
     # a kept model is then the one `vclust fit` makes of its spec, algorithm and k, to the bit,
     # its outlier scores included (at two threads the reduction's and the scorer's products
-    # and eigendecompositions summed in another order)
-    with one_blas_thread():
+    # and eigendecompositions summed in another order); the ids read once for all kept models
+    with one_blas_thread(), ids_read_once():
         reduced, raw_sets = _reduce_sets(store, names, params, log, say)
         spaces = {spec: _space(spec, reduced, say) for spec in params.descriptors}
         for spec, (pre, z) in spaces.items():
