@@ -175,14 +175,21 @@ def pytest_terminal_summary(terminalreporter):
 
 # ----------------------------------------------------------------------------- order
 
-# the files that take longest in `make test`'s two workers (--durations, 2026-12-03), started
-# first: with --no-loadscope-reorder pytest-xdist hands out whole files in collection order (by
-# default it orders them by their number of tests, which put the SLURM file, few tests and the
-# longest setup, last, where one worker ran it alone at the end of a 10 min 55 s run). How much
-# this saves was not separated from the machine's own variation (7:43 to 10:55 that day).
-LONG_FIRST = ("test_slurm.py", "test_s3.py", "test_faults_jobs.py", "test_outliers.py",
-              "test_api.py", "test_notebook.py", "test_faults.py", "test_ssh.py",
-              "test_report.py", "test_compare.py")
+# the files in the order of their time in `make test`'s two workers, longest first (a run's
+# timeline, 2026-12-06: the files over 3 s; the rest after them in collection order): with
+# --no-loadscope-reorder pytest-xdist hands out whole files in collection order (by default it
+# orders them by their number of tests, which put the SLURM file, few tests and the longest
+# setup, last, where one worker ran it alone at the end of a 10 min 55 s run). Longest first,
+# the files left at the end are the short ones: the two workers ended 10 s apart in the run
+# before this order (test_pixels, 10 s, last), 2.5 s apart in this order (336.08 s in all).
+LONG_FIRST = ("test_faults.py", "test_s3.py", "test_outliers.py", "test_slurm.py",
+              "test_faults_jobs.py", "test_faults_promote.py", "test_faults_imports.py",
+              "test_notebook.py", "test_report.py", "test_compare.py", "test_api.py",
+              "test_jobs_e2e.py", "test_maps.py", "test_numerics.py", "test_ssh.py",
+              "test_cluster.py", "test_faults_input.py", "test_fit_release.py",
+              "test_faults_images.py", "test_pixel_decode.py", "test_pixels.py",
+              "test_ingest.py", "test_compare_page.py", "test_pixel_reasons.py",
+              "test_labels.py", "test_dependencies.py", "test_layout.py")
 
 
 def pytest_collection_modifyitems(items):
