@@ -192,9 +192,22 @@ LONG_FIRST = ("test_faults.py", "test_s3.py", "test_outliers.py", "test_slurm.py
               "test_labels.py", "test_dependencies.py", "test_layout.py")
 
 
+# whole commands in fresh processes, real clusters (SLURM, SSH, S3), faults injected, the
+# notebook: marked ``system`` here. `make test` runs them; `make test-fast` leaves them out with
+# the tests marked ``slow``: 372 tests in 2 min 15 s instead of 516 in 5 min 36-49 s (README)
+SYSTEM_FILES = ("test_faults.py", "test_faults_images.py", "test_faults_imports.py",
+                "test_faults_input.py", "test_faults_jobs.py", "test_faults_promote.py",
+                "test_jobs_e2e.py", "test_notebook.py", "test_s3.py", "test_slurm.py",
+                "test_ssh.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # marked before `-m` selects
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: in-file order kept
+    for item in items:
+        if item.path.name in SYSTEM_FILES:
+            item.add_marker(pytest.mark.system)
 
 
 # ----------------------------------------------------------------------------- an S3 server

@@ -180,3 +180,17 @@ def test_modules_and_functions_stay_small():
                     long_functions.append(f"{rel}:{node.name} ({n} lines)")
     assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
     assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+
+
+def test_the_files_the_suite_orders_and_marks_exist():
+    """tests/conftest.py names test files: the order `make test` hands them out in
+    (LONG_FIRST) and those `make test-fast` leaves out (SYSTEM_FILES). A file renamed or gone
+    would silently fall out of both."""
+    from tests import conftest
+
+    here = {p.name for p in Path(__file__).parent.glob("test_*.py")}
+    for name, files in (("LONG_FIRST", conftest.LONG_FIRST),
+                        ("SYSTEM_FILES", conftest.SYSTEM_FILES)):
+        missing = sorted(set(files) - here)
+        assert not missing, f"conftest.{name} names test files that do not exist: {missing}"
+        assert len(set(files)) == len(files), f"conftest.{name} names a file twice"
