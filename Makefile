@@ -70,7 +70,8 @@ test: $(STAMP) browser services bytecode
 # while developing: everything but the tests marked slow (a minute or more each on 2 cores) and
 # the system tests (whole commands, real clusters, faults, the notebook: tests/conftest.py)
 test-fast: $(STAMP) browser services bytecode
-	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow and not system"
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  -m "not slow and not system"
 
 bench: $(STAMP) bytecode
 	$(PY) benchmarks/run_all.py
