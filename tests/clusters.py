@@ -375,7 +375,7 @@ def local_reference(tmp_path_factory, worker_id) -> Reference:
     Made once per run, not once per pytest-xdist worker: the first worker to ask makes it under
     the run's base folder (a file lock), a later one finds it made. The tests only read it
     (fit and label take no store lock; a test that changes the store copies it first).
-    Measured: 7.8 s alone, the test_slurm or test_ssh worker's setup that came second."""
+    It takes 7.8 s alone: the setup saved by whichever of test_slurm and test_ssh comes second."""
     import fcntl
 
     base = tmp_path_factory.getbasetemp()
