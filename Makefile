@@ -68,8 +68,9 @@ test: $(STAMP) browser services bytecode
 	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # while developing: everything but the tests marked slow (a minute or more each on 2 cores) and
-# the system tests (whole commands, real clusters, faults, the notebook: tests/conftest.py)
-test-fast: $(STAMP) browser services bytecode
+# the system tests (whole commands, real clusters, faults, the notebook: tests/conftest.py);
+# the SLURM and SSH tests are among the system tests, so no `services` here
+test-fast: $(STAMP) browser bytecode
 	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
 	  -m "not slow and not system"
 
