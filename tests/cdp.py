@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -84,12 +85,21 @@ class Browser:
                 self.ws.close()
         finally:
             if self.proc is not None:
+                # the folder of the profile's singleton socket (/tmp/org.chromium.Chromium.*,
+                # the system's temporary folder: a socket's path must stay short), which a
+                # browser ended by terminate() leaves behind
+                try:
+                    sockets = Path(os.readlink(self.profile / "SingletonSocket")).parent
+                except OSError:
+                    sockets = None
                 self.proc.terminate()
                 try:
                     self.proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
+                if sockets is not None and sockets.name.startswith("org.chromium."):
+                    shutil.rmtree(sockets, ignore_errors=True)
 
     # ------------------------------------------------------------------ protocol
 
