@@ -194,7 +194,7 @@ LONG_FIRST = ("test_faults.py", "test_s3.py", "test_outliers.py", "test_slurm.py
 
 # whole commands in fresh processes, real clusters (SLURM, SSH, S3), faults injected, the
 # notebook: marked ``system`` here. `make test` runs them; `make test-fast` leaves them out with
-# the tests marked ``slow``: 373 tests in 2 min 11 s instead of 517 in 5 min 36-49 s (README)
+# the tests marked ``slow``: 373 tests in 2 min 11 s instead of 517 in 5 min 36-58 s (README)
 SYSTEM_FILES = ("test_faults.py", "test_faults_images.py", "test_faults_imports.py",
                 "test_faults_input.py", "test_faults_jobs.py", "test_faults_promote.py",
                 "test_jobs_e2e.py", "test_notebook.py", "test_s3.py", "test_slurm.py",
